@@ -1,0 +1,1 @@
+"""Plain ``torch.nn.Module`` networks, one module per ``conf/model/<name>.yaml``."""

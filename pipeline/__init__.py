@@ -1,0 +1,1 @@
+"""pipeline: train -> export -> check -> convert -> parity, driven by Hydra configs."""

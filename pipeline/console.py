@@ -1,0 +1,48 @@
+"""What the user sees in the terminal: the config tree at start, a summary table at the end."""
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+# Wide enough for the parity table when the output is a log file rather than a terminal.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
+
+
+def print_config(cfg: DictConfig) -> None:
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            tree.add(str(key)).add(Syntax(OmegaConf.to_yaml(value, resolve=True).rstrip(), "yaml"))
+        else:
+            tree.add(f"{key}: {value}")
+    console.print(tree)
+
+
+def print_summary(report: dict, run_dir) -> None:
+    stages = Table(title=f"pipeline: {report['status']}  ({run_dir})")
+    for column in ("stage", "status", "seconds"):
+        stages.add_column(column)
+    for name, stage in report["stages"].items():
+        style = {"ok": "green", "failed": "red", "interrupted": "yellow"}.get(stage["status"], "dim")
+        seconds = "" if stage["seconds"] is None else f"{stage['seconds']:.1f}"
+        stages.add_row(name, f"[{style}]{stage['status']}[/]", seconds)
+    console.print(stages)
+    if report["parity"]:
+        console.print(parity_table(report))
+
+
+def parity_table(report: dict) -> Table:
+    table = Table(title="parity vs torch")
+    for column in ("runtime", "samples", "max abs err", "max rel err", "allclose", "top-1 agree",
+                   "metric", "latency b1 ms", "throughput/s"):
+        table.add_column(column, justify="right")
+    for e in report["parity"]:
+        agree = "-" if e["top1_agreement"] is None else f"{e['top1_agreement']:.4f}"
+        ok = "[green]yes[/]" if e["allclose"] else "[red]no[/]"
+        table.add_row(e["runtime"], str(e["samples"]), f"{e['max_abs_err']:.2e}", f"{e['max_rel_err']:.2e}",
+                      ok, agree, f"{e['metric']:.4f}", f"{e['latency_ms_batch1']:.3f}",
+                      f"{e['throughput_per_s']:.0f}")
+    return table

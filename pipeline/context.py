@@ -1,0 +1,74 @@
+"""What the stages share: config, run dir, report, data and the trained network."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from pipeline.errors import PipelineError
+from pipeline.report import Report
+
+ONNX_NAME = "model.onnx"
+WEIGHTS_NAME = "model.pt"
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    run_dir: Path
+    report: Report
+    # Converted artifacts that parity runs: target name -> path.
+    converted: dict[str, Path] = field(default_factory=dict)
+    _data: object = None
+    _net: torch.nn.Module | None = None
+
+    @property
+    def output_kind(self) -> str:
+        return self.cfg.model.output
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.run_dir / ONNX_NAME
+
+    @property
+    def weights_path(self) -> Path:
+        return self.run_dir / WEIGHTS_NAME
+
+    @property
+    def data(self):
+        """The dataset module, loaded once on first use."""
+        if self._data is None:
+            self._data = instantiate(self.cfg.dataset, _convert_="all")
+        return self._data
+
+    def new_net(self) -> torch.nn.Module:
+        return instantiate(self.cfg.model.net, _convert_="all")
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The trained network: from the train stage, or its saved weights in this run dir."""
+        if self._net is None:
+            self._net = self.load_weights(self.weights_path)
+        return self._net
+
+    @net.setter
+    def net(self, value: torch.nn.Module) -> None:
+        self._net = value
+
+    def load_weights(self, path: Path) -> torch.nn.Module:
+        if not path.is_file():
+            raise PipelineError(
+                f"No trained weights at {path}.",
+                "Run the train stage (add 'train' to stages) or start from a finished run.",
+            )
+        net = self.new_net()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except Exception as exc:
+            raise PipelineError(
+                f"The weights file {path} is unreadable or does not fit model={self.cfg.model.name}: {exc}",
+                "Re-run the train stage, or check that model= matches the run that produced it.",
+            ) from exc
+        return net.eval()

@@ -1,0 +1,1 @@
+"""Datasets, one module per ``conf/dataset/<name>.yaml``; all held in memory as tensors."""

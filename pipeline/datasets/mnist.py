@@ -1,0 +1,48 @@
+"""MNIST through torchvision, normalised once and kept as tensors."""
+import socket
+from pathlib import Path
+
+import torch
+
+from pipeline.datasets.base import InMemoryData, Splits, split_off
+from pipeline.errors import PipelineError
+
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class MnistData(InMemoryData):
+    def __init__(self, root: str = "data", download: bool = True, mean: float = 0.1307,
+                 std: float = 0.3081, **kwargs):
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        self.download = download
+        self.mean = mean
+        self.std = std
+
+    def load(self) -> Splits:
+        train, test = self._read(train=True), self._read(train=False)
+        train_pair, val_pair = split_off(self._tensors(train), self.val_fraction, self.seed)
+        files = sorted(Path(train.raw_folder).glob("*-ubyte"))
+        return Splits(train=train_pair, val=val_pair, test=self._tensors(test), files=files)
+
+    def _tensors(self, mnist) -> tuple[torch.Tensor, torch.Tensor]:
+        images = (mnist.data.float().div(255.0) - self.mean) / self.std
+        return images.unsqueeze(1).contiguous(), mnist.targets.long()
+
+    def _read(self, train: bool):
+        from torchvision import datasets
+
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # offline must fail fast, never hang
+        try:
+            return datasets.MNIST(str(self.root), train=train, download=self.download)
+        except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError
+            raise PipelineError(
+                f"MNIST could not be read from dataset.root={str(self.root)!r} "
+                f"(download={self.download}): {exc}",
+                "Point dataset.root at a folder holding MNIST/raw/*-ubyte files "
+                "(e.g. dataset.root=../shared/data/mnist-10k), or allow the download with "
+                "network access and dataset.download=true.",
+            ) from exc
+        finally:
+            socket.setdefaulttimeout(previous)

@@ -1,0 +1,92 @@
+"""report.json: the run's contract with tools and checks. Rewritten after every stage."""
+import hashlib
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.atomic import write_json
+
+REPORT_NAME = "report.json"
+STAGES = ("train", "export", "check", "convert", "parity")
+TRACKED_PACKAGES = (
+    "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "numpy", "onnx",
+    "onnxruntime", "onnx-tf", "onnx2keras", "tensorflow", "keras", "ai-edge-litert", "aeon",
+)
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def environment() -> dict:
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in TRACKED_PACKAGES:
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = None
+    env["git_sha"] = _git_sha()
+    return env
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class Report:
+    """The in-memory report; ``save`` writes it atomically to ``<run_dir>/report.json``."""
+
+    def __init__(self, run_dir: Path, model_name: str):
+        self.run_dir = Path(run_dir)
+        self.data = {
+            "status": "running",
+            "model": {"name": model_name, "parameters": None},
+            "stages": {name: {"status": "pending", "seconds": None} for name in STAGES},
+            "metrics": {},
+            "parity": [],
+            "reference": {},
+            "targets": {},
+            "artifacts": {},
+            "environment": environment(),
+        }
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / REPORT_NAME
+
+    def add_artifact(self, key: str, path: Path, **extra) -> None:
+        path = Path(path)
+        self.data["artifacts"][key] = {
+            "path": str(path.relative_to(self.run_dir)),
+            "sha256": sha256_of(path),
+            "bytes": size_of(path),
+            **extra,
+        }
+
+    def save(self) -> None:
+        write_json(self.path, self.data)

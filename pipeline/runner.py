@@ -1,0 +1,72 @@
+"""Runs the selected stages in order, rewriting report.json after each one."""
+import importlib
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from pipeline.context import RunContext
+from pipeline.errors import PipelineError, StageFailed
+from pipeline.report import STAGES, Report
+
+log = logging.getLogger(__name__)
+
+
+def check_stages(stages) -> list[str]:
+    stages = list(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise PipelineError(f"Unknown stage(s) {unknown} in stages={stages}.",
+                            f"Valid stages, in run order: {', '.join(STAGES)}.")
+    return stages
+
+
+def count_parameters(net) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Report:
+    """Run the pipeline into ``run_dir``; raises the first PipelineError after the report is saved."""
+    selected = check_stages(cfg.stages)
+    report = Report(run_dir, cfg.model.name)
+    if report.path.exists():
+        raise PipelineError(f"{run_dir} already holds a run (report.json exists); it is left untouched.",
+                            "Start a new run dir (the default is a new dated one), e.g. hydra.run.dir=...")
+    ctx = RunContext(cfg=cfg, run_dir=Path(run_dir), report=report)
+    report.data["model"]["parameters"] = count_parameters(ctx.new_net())
+    report.save()
+    failure = None
+    for name in STAGES:
+        stage = report.data["stages"][name]
+        if name not in selected or (failure and not isinstance(failure, StageFailed)):
+            stage.update(status="skipped", reason="an earlier stage failed" if name in selected else "not selected")
+            continue
+        failure = _run_stage(ctx, name, stage) or failure
+        report.save()
+    report.data["status"] = "failed" if failure else "ok"
+    report.save()
+    if failure:
+        raise failure
+    return report
+
+
+def _run_stage(ctx: RunContext, name: str, stage: dict) -> PipelineError | None:
+    log.info("stage %s", name)
+    start = time.perf_counter()
+    stage["status"] = "running"
+    try:
+        importlib.import_module(f"pipeline.stages.{name}").run(ctx)
+        stage["status"] = "ok"
+        return None
+    except PipelineError as exc:
+        stage.update(status="failed", reason=str(exc))
+        return exc
+    except BaseException as exc:  # a bug or an interrupt: record it honestly, then let it propagate
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        stage.update(status="interrupted" if interrupted else "failed", reason=f"{type(exc).__name__}: {exc}")
+        ctx.report.data["status"] = "interrupted" if interrupted else "failed"
+        raise
+    finally:
+        stage["seconds"] = round(time.perf_counter() - start, 3)
+        ctx.report.save()

@@ -1,0 +1,57 @@
+"""train: PyTorch Lightning fits the network on the dataset, then evaluates it on the test split."""
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from pipeline import tasks
+from pipeline.atomic import write_with
+from pipeline.context import RunContext
+from pipeline.lit_module import TaskModule
+
+
+def run(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    pl.seed_everything(cfg.seed, workers=True)
+    net = ctx.new_net()
+    module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer))
+    trainer = _trainer(ctx)
+    trainer.fit(module, datamodule=ctx.data)
+    trainer.test(module, datamodule=ctx.data, verbose=False)
+    net.eval()
+    ctx.net = net
+    write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
+    ctx.report.add_artifact("weights", ctx.weights_path)
+    last = ctx.run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        ctx.report.add_artifact("checkpoint", last)
+    ctx.report.data["metrics"].update(evaluate(ctx, net))
+    ctx.report.data["trainer"] = {
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__,
+        "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }
+
+
+def _trainer(ctx: RunContext) -> pl.Trainer:
+    checkpoints = ModelCheckpoint(dirpath=ctx.run_dir / "checkpoints", save_last=True, save_top_k=0)
+    logger = CSVLogger(save_dir=str(ctx.run_dir), name="", version="")
+    return instantiate(ctx.cfg.trainer, callbacks=[checkpoints], logger=logger,
+                       default_root_dir=str(ctx.run_dir))
+
+
+def predict(net: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Run the PyTorch network in eval mode over ``inputs`` in batches."""
+    net.eval()
+    with torch.inference_mode():
+        outs = [net(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return torch.cat(outs).numpy()
+
+
+def evaluate(ctx: RunContext, net: torch.nn.Module) -> dict:
+    x, y = ctx.data.splits.test
+    return tasks.evaluate(ctx.output_kind, predict(net, x), y.numpy(), ctx.data.splits.inverse)
