@@ -7,6 +7,11 @@ Three things broke it; each is patched only for the duration of the import:
   a stand-in module whose only function, ``seq2seq.hardmax``, is written in plain TensorFlow.
 - its Bernoulli handler imports ``tensorflow_probability`` (not a dependency, and it needs tf-keras
   on Keras 3) for ``distributions.Bernoulli``; the stand-in samples it with plain TensorFlow.
+Its Squeeze and Unsqueeze handlers also stop at version 11, so any opset >= 13 graph that uses
+them (torch's LSTM export does) fails with ``Unsqueeze version 13 is not implemented``; opset 13
+only moved ``axes`` from an attribute to an input, so ``_add_axes_input_handlers`` adds the
+missing ``version_13`` reading it from that (constant) input. ``onnx.version_converter`` is no way
+around it: it has no adapters down from opset 13 for several ops (``Shape``).
 Nothing else in onnx-tf is changed.
 """
 import sys
@@ -89,4 +94,45 @@ def import_onnx_tf_backend():
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+    _add_axes_input_handlers()
     return backend
+
+
+def _static_axes(node, tensor_dict) -> list[int] | None:
+    """The ``axes`` input of a Squeeze/Unsqueeze-13 as ints; None when it is omitted."""
+    import tensorflow as tf
+
+    if len(node.inputs) < 2 or not node.inputs[1]:
+        return None
+    axes = tf.get_static_value(tensor_dict[node.inputs[1]])
+    if axes is None:
+        raise NotImplementedError(f"{node.op_type} with computed (non-constant) axes is not supported.")
+    return [int(a) for a in axes.reshape(-1)]
+
+
+def _squeeze_13(cls, node, **kwargs):
+    import tensorflow as tf
+
+    tensor_dict = kwargs["tensor_dict"]
+    return [tf.squeeze(tensor_dict[node.inputs[0]], axis=_static_axes(node, tensor_dict))]
+
+
+def _unsqueeze_13(cls, node, **kwargs):
+    import tensorflow as tf
+
+    tensor_dict = kwargs["tensor_dict"]
+    x = tensor_dict[node.inputs[0]]
+    axes = _static_axes(node, tensor_dict)
+    rank = len(x.shape) + len(axes)  # negative axes count from the end of the output
+    for axis in sorted(a % rank for a in axes):
+        x = tf.expand_dims(x, axis=axis)
+    return [x]
+
+
+def _add_axes_input_handlers() -> None:
+    from onnx_tf.handlers.backend.squeeze import Squeeze
+    from onnx_tf.handlers.backend.unsqueeze import Unsqueeze
+
+    for handler, version_13 in ((Squeeze, _squeeze_13), (Unsqueeze, _unsqueeze_13)):
+        if not hasattr(handler, "version_13"):
+            handler.version_13 = classmethod(version_13)

@@ -1,8 +1,12 @@
 """TensorFlow SavedModel -> TFLite flatbuffer with TensorFlow's own converter."""
+import re
 from pathlib import Path
 
 from pipeline.atomic import write_with
 from pipeline.errors import ConversionError
+
+# The converter lists the TensorFlow ops that have no TFLite builtin kernel, e.g. "TF Select ops: Erf".
+_SELECT_OPS = re.compile(r"TF Select ops: ([\w, ]+)")
 
 
 def convert(saved_model: Path, out_path: Path) -> dict:
@@ -12,8 +16,21 @@ def convert(saved_model: Path, out_path: Path) -> dict:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
         flatbuffer = converter.convert()
     except Exception as exc:
-        raise ConversionError(f"The TFLite converter failed: {type(exc).__name__}: {exc}",
-                              "Check the TensorFlow SavedModel target first.") from exc
+        raise _explain(exc) from exc
     write_with(out_path, lambda tmp: tmp.write_bytes(flatbuffer))
     return {"converted_from": "tensorflow",
             "load": "ai_edge_litert.interpreter.Interpreter(model_path=path)"}
+
+
+def _explain(exc: Exception) -> ConversionError:
+    match = _SELECT_OPS.search(str(exc))
+    if match:
+        ops = [op.strip() for op in match.group(1).split(",") if op.strip()]
+        return ConversionError(
+            f"TFLite has no builtin kernel for TensorFlow op(s) {', '.join(ops)} (they would need TF Select "
+            "flex ops, which the LiteRT interpreter does not run).",
+            "Replace the op in the model (e.g. GELU approximate='tanh' instead of Erf), or drop the tflite target.",
+            unsupported_op=ops[0])
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return ConversionError(f"The TFLite converter failed: {type(exc).__name__}: {first_line}",
+                           "Check that the tensorflow target converts and runs first.")

@@ -1,0 +1,49 @@
+"""Shared helpers: run the real CLI in a subprocess, read its report."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Real MNIST digits for tests and CI (no network here): 8000 train / 2000 test.
+MNIST_ROOT = Path(os.environ.get("PIPELINE_MNIST_ROOT", ROOT.parent / "shared" / "data" / "mnist-10k")).resolve()
+
+
+def run_cli(*overrides: str, run_dir: Path | None = None, env: dict | None = None, timeout: int = 600,
+            multirun: bool = False) -> subprocess.CompletedProcess:
+    """``python -m pipeline`` with overrides; the run goes to ``run_dir`` when given."""
+    args = [sys.executable, "-m", "pipeline", *(["-m"] if multirun else []), "print_config=false", *overrides]
+    if run_dir is not None:
+        args.append(f"hydra.run.dir={run_dir}")
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def read_report(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "report.json").read_text())
+
+
+def mnist_root_override() -> str:
+    return f"dataset.root={MNIST_ROOT}"
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    if not (MNIST_ROOT / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST test data not found at {MNIST_ROOT}; set PIPELINE_MNIST_ROOT")
+    return MNIST_ROOT
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory, mnist_root) -> Path:
+    """One real default run of the headline job with every target: shared by the core and convert tests."""
+    run_dir = tmp_path_factory.mktemp("default") / "run"
+    assert_ok(run_cli("model=mnist_cnn", "export=all", mnist_root_override(), run_dir=run_dir))
+    return run_dir
