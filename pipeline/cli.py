@@ -1,43 +1,80 @@
 """Entry point: ``python -m pipeline`` / ``pipeline``, a Hydra app over ``conf/``."""
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline import console, runner
-from pipeline.errors import PipelineError
+from pipeline import console, from_run, runner
+from pipeline.atomic import write_with
+from pipeline.errors import PipelineError, RunInterrupted
 
 log = logging.getLogger("pipeline")
 # An absolute path: under ``python -m`` Hydra would otherwise look for a ``conf`` Python package.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if cfg.print_config:
-        console.print_config(cfg)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
+        if cfg.get("from_run"):
+            from_run.adopt_config(cfg, from_run.load_source(cfg.from_run))
+            _save_effective_config(cfg, run_dir)
+        if cfg.print_config:
+            console.print_config(cfg)
         report = runner.run(cfg, run_dir)
     except PipelineError as exc:
-        _explain(exc, run_dir)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # a sweep records the failure per job and goes on
-        sys.exit(1)
+        _explain(exc.message, exc.hint, run_dir)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if multirun:  # the job's report says failed; the sweep summary sets the exit code
+            return None
+        sys.exit(EXIT_FAILED)
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        _explain(str(exc) or "Interrupted.", "", run_dir)
+        sys.exit(EXIT_INTERRUPTED)
     console.print_summary(report.data, run_dir)
+    return _optimized_metric(cfg, report.data)
 
 
-def _explain(exc: PipelineError, run_dir: Path) -> None:
+def _sigterm_as_interrupt(signum, frame):
+    # SIGTERM stops the run as Ctrl+C does: Lightning checkpoints, the report says "interrupted".
+    raise KeyboardInterrupt(f"Received signal {signum}")
+
+
+def _save_effective_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra saved the config as typed; from_run adopted the source's model/dataset: save what ran."""
+    path = run_dir / ".hydra" / "config.yaml"
+    write_with(path, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg)))
+
+
+def _optimized_metric(cfg: DictConfig, report: dict) -> float | None:
+    """The value a hyperparameter sweeper optimises: ``optimized_metric`` names a report metric."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in report["metrics"]:
+        raise PipelineError(f"optimized_metric={name!r} is not a metric of this run.",
+                            f"Pick one of: {', '.join(report['metrics'])}.")
+    return float(report["metrics"][name])
+
+
+def _explain(message: str, hint: str, run_dir: Path) -> None:
     report = run_dir / "report.json"
-    lines = [f"pipeline failed: {exc.message}"]
-    if exc.hint:
-        lines.append(f"How to fix: {exc.hint}")
+    lines = [f"pipeline failed: {message}"]
+    if hint:
+        lines.append(f"How to fix: {hint}")
     if report.exists():
         lines.append(f"Report: {report}")
     lines.append("(Set HYDRA_FULL_ERROR=1 for the full traceback.)")

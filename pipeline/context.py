@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
-from pipeline.report import Report
+from pipeline.report import Report, sha256_of
 
 ONNX_NAME = "model.onnx"
 WEIGHTS_NAME = "model.pt"
@@ -20,6 +20,8 @@ class RunContext:
     report: Report
     # Converted artifacts that parity runs: target name -> path.
     converted: dict[str, Path] = field(default_factory=dict)
+    # A checkpoint of an unfinished run to resume training from (from_run).
+    resume_from: Path | None = None
     _data: object = None
     _net: torch.nn.Module | None = None
 
@@ -40,6 +42,8 @@ class RunContext:
         """The dataset module, loaded once on first use."""
         if self._data is None:
             self._data = instantiate(self.cfg.dataset, _convert_="all")
+            self.report.data["environment"]["data_files"] = {
+                str(Path(path).resolve()): sha256_of(path) for path in self._data.splits.files}
         return self._data
 
     def new_net(self) -> torch.nn.Module:

@@ -30,3 +30,7 @@ class ConversionError(PipelineError):
 
 class StageFailed(PipelineError):
     """A stage failed in part (one convert target of several): later stages still run on the rest."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run; the report says "interrupted"."""

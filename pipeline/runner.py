@@ -6,8 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pipeline import from_run
 from pipeline.context import RunContext
-from pipeline.errors import PipelineError, StageFailed
+from pipeline.errors import PipelineError, RunInterrupted, StageFailed
 from pipeline.report import STAGES, Report
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
         raise PipelineError(f"{run_dir} already holds a run (report.json exists); it is left untouched.",
                             "Start a new run dir (the default is a new dated one), e.g. hydra.run.dir=...")
     ctx = RunContext(cfg=cfg, run_dir=Path(run_dir), report=report)
+    if cfg.get("from_run"):
+        from_run.adopt_artifacts(ctx, from_run.load_source(cfg.from_run), selected)
     report.data["model"]["parameters"] = count_parameters(ctx.new_net())
     report.save()
     failure = None
@@ -63,7 +66,7 @@ def _run_stage(ctx: RunContext, name: str, stage: dict) -> PipelineError | None:
         stage.update(status="failed", reason=str(exc))
         return exc
     except BaseException as exc:  # a bug or an interrupt: record it honestly, then let it propagate
-        interrupted = isinstance(exc, KeyboardInterrupt)
+        interrupted = isinstance(exc, KeyboardInterrupt | RunInterrupted)
         stage.update(status="interrupted" if interrupted else "failed", reason=f"{type(exc).__name__}: {exc}")
         ctx.report.data["status"] = "interrupted" if interrupted else "failed"
         raise

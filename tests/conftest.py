@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import tf_env
+
+tf_env.prepare()  # some tests import TensorFlow in this process: Triton must load first
+
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST digits for tests and CI (no network here): 8000 train / 2000 test.
 MNIST_ROOT = Path(os.environ.get("PIPELINE_MNIST_ROOT", ROOT.parent / "shared" / "data" / "mnist-10k")).resolve()
@@ -38,7 +42,8 @@ def mnist_root() -> Path:
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    tail = f"STDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{tail}"
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,9 @@ TARGETS = {
 
 
 def converter(target: str):
+    from pipeline import tf_env
+
+    tf_env.prepare()  # every converter imports TensorFlow
     return importlib.import_module(TARGETS[target][0])
 
 

@@ -23,6 +23,7 @@ def convert(onnx_path: Path, out_path: Path) -> dict:
     source_opset = opset_of(model)
     if source_opset > ONNX_TF_MAX_OPSET:
         model = _downgrade(model, ONNX_TF_MAX_OPSET)
+    model, rewrites = _rewrite(model)
     try:
         representation = backend.prepare(model)
         write_dir_with(out_path, lambda tmp: representation.export_graph(str(tmp)))
@@ -31,8 +32,24 @@ def convert(onnx_path: Path, out_path: Path) -> dict:
         raise ConversionError(
             f"onnx-tf failed{f' on op {op}' if op else ''}: {type(exc).__name__}: {exc}",
             "Try another export.opset, or another target.", unsupported_op=op) from exc
-    return {"converted_from_opset": source_opset, "opset": opset_of(model), "signature": "serving_default",
-            "load": "tf.saved_model.load(path).signatures['serving_default']"}
+    entry = {"converted_from_opset": source_opset, "opset": opset_of(model), "signature": "serving_default",
+             "load": "tf.saved_model.load(path).signatures['serving_default']"}
+    return {**entry, "onnx_rewrites": rewrites} if rewrites else entry
+
+
+def _rewrite(model) -> tuple[object, list[str]]:
+    """Unroll the LSTM nodes, onnx-tf's own LSTM being broken; returns the rewrites applied."""
+    from pipeline.converters import onnx_rewrites
+
+    if not any(node.op_type == "LSTM" for node in model.graph.node):
+        return model, []
+    try:
+        # Dropping torch's zero initial states first spares the unrolled first step its recurrent term.
+        model = onnx_rewrites.unroll_lstm(onnx_rewrites.drop_zero_initial_states(model))
+    except onnx_rewrites.RewriteError as exc:
+        raise ConversionError(f"onnx-tf cannot convert this {exc.op}: {exc}",
+                              "Try another target.", unsupported_op=exc.op) from exc
+    return model, ["drop_zero_initial_states", "unroll_lstm"]
 
 
 def _downgrade(model, opset: int):

@@ -17,6 +17,10 @@ ADAPTERS = {
 
 def load(name: str, artifact, **options):
     """Load ``artifact`` (a path, or the network for torch) into the runtime adapter ``name``."""
+    if name not in ("torch", "onnxruntime"):
+        from pipeline import tf_env
+
+        tf_env.prepare()
     return importlib.import_module(ADAPTERS[name]).load(artifact, **options)
 
 

@@ -1,6 +1,5 @@
 """convert: turn model.onnx into every target picked by ``export=``; one failure spares the rest."""
 import logging
-import os
 
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS, converter, onnx_layout
@@ -23,7 +22,6 @@ def selected_targets(cfg) -> list[str]:
 def run(ctx: RunContext) -> None:
     import onnx
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     logging.getLogger("onnx2keras").setLevel(logging.ERROR)
     default_layout = onnx_layout(onnx.load(str(ctx.onnx_path), load_external_data=False))
     failed = []

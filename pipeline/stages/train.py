@@ -3,12 +3,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from pipeline import tasks
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
+from pipeline.errors import RunInterrupted
 from pipeline.lit_module import TaskModule
 
 
@@ -18,7 +19,13 @@ def run(ctx: RunContext) -> None:
     net = ctx.new_net()
     module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer))
     trainer = _trainer(ctx)
-    trainer.fit(module, datamodule=ctx.data)
+    try:
+        trainer.fit(module, datamodule=ctx.data, ckpt_path=str(ctx.resume_from) if ctx.resume_from else None)
+    except SystemExit:
+        # Lightning turns Ctrl+C (and our SIGTERM handler) into a graceful stop ending in sys.exit(1).
+        if trainer.interrupted:
+            raise RunInterrupted(_interrupted_message(ctx)) from None
+        raise
     trainer.test(module, datamodule=ctx.data, verbose=False)
     net.eval()
     ctx.net = net
@@ -38,10 +45,17 @@ def run(ctx: RunContext) -> None:
 
 
 def _trainer(ctx: RunContext) -> pl.Trainer:
-    checkpoints = ModelCheckpoint(dirpath=ctx.run_dir / "checkpoints", save_last=True, save_top_k=0)
+    folder = ctx.run_dir / "checkpoints"
+    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0),
+                 # On an interrupt, keep the exact state reached so that from_run resumes from it.
+                 OnExceptionCheckpoint(dirpath=folder, filename="interrupted")]
     logger = CSVLogger(save_dir=str(ctx.run_dir), name="", version="")
-    return instantiate(ctx.cfg.trainer, callbacks=[checkpoints], logger=logger,
-                       default_root_dir=str(ctx.run_dir))
+    return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(ctx.run_dir))
+
+
+def _interrupted_message(ctx: RunContext) -> str:
+    return (f"Training was interrupted; checkpoints are in {ctx.run_dir / 'checkpoints'}. "
+            f"Resume with: python -m pipeline from_run={ctx.run_dir}")
 
 
 def predict(net: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
