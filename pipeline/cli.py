@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import console, from_run, runner
+from pipeline import console, from_run, runner, schema
 from pipeline.atomic import write_with
 from pipeline.errors import PipelineError, RunInterrupted
 
@@ -19,6 +19,7 @@ log = logging.getLogger("pipeline")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+schema.register()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -29,7 +30,7 @@ def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         if cfg.get("from_run"):
-            from_run.adopt_config(cfg, from_run.load_source(cfg.from_run))
+            from_run.adopt_config(cfg, from_run.load_source(cfg.from_run), list(hydra_cfg.overrides.task))
             _save_effective_config(cfg, run_dir)
         if cfg.print_config:
             console.print_config(cfg)
@@ -42,7 +43,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(EXIT_FAILED)
     except (RunInterrupted, KeyboardInterrupt) as exc:
-        _explain(str(exc) or "Interrupted.", "", run_dir)
+        _explain(str(exc) or "Interrupted.", "", run_dir, verb="interrupted")
         sys.exit(EXIT_INTERRUPTED)
     console.print_summary(report.data, run_dir)
     return _optimized_metric(cfg, report.data)
@@ -70,9 +71,9 @@ def _optimized_metric(cfg: DictConfig, report: dict) -> float | None:
     return float(report["metrics"][name])
 
 
-def _explain(message: str, hint: str, run_dir: Path) -> None:
+def _explain(message: str, hint: str, run_dir: Path, verb: str = "failed") -> None:
     report = run_dir / "report.json"
-    lines = [f"pipeline failed: {message}"]
+    lines = [f"pipeline {verb}: {message}"]
     if hint:
         lines.append(f"How to fix: {hint}")
     if report.exists():

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -41,13 +42,13 @@ class RunContext:
     def data(self):
         """The dataset module, loaded once on first use."""
         if self._data is None:
-            self._data = instantiate(self.cfg.dataset, _convert_="all")
+            self._data = _build(self.cfg.dataset, "dataset")
             self.report.data["environment"]["data_files"] = {
                 str(Path(path).resolve()): sha256_of(path) for path in self._data.splits.files}
         return self._data
 
     def new_net(self) -> torch.nn.Module:
-        return instantiate(self.cfg.model.net, _convert_="all")
+        return _build(self.cfg.model.net, "model.net")
 
     @property
     def net(self) -> torch.nn.Module:
@@ -76,3 +77,14 @@ class RunContext:
                 "Re-run the train stage, or check that model= matches the run that produced it.",
             ) from exc
         return net.eval()
+
+
+def _build(node, key: str):
+    """instantiate() with the config key named in the error, and our own errors passed through."""
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, PipelineError):
+            raise exc.__cause__ from None
+        raise PipelineError(f"{key} could not be built from {node.get('_target_')}: {exc}",
+                            f"Check the {key}.* keys against that class's arguments.") from exc

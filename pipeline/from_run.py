@@ -1,8 +1,9 @@
 """``from_run=<run dir>``: later stages run on an earlier run's artifacts, in a new run dir.
 
-The source run is only read, never written. Its model and dataset config are adopted (the artifacts
-were made by them); the stages not selected take their outputs from it, copied into the new run dir
-so that the new run is complete on its own and can itself be a ``from_run`` source.
+The source run is only read, never written. Its model, dataset, trainer, optimizer and seed config
+are adopted (its artifacts and checkpoints were made with them), except the keys given on the command
+line. The stages not selected take their outputs from it, copied into the new run dir so that the
+new run is complete on its own and can itself be a ``from_run`` source.
 """
 import json
 import shutil
@@ -17,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.report import REPORT_NAME
 
 # Adopted from the source run: what its artifacts were made with.
-ADOPTED_KEYS = ("model", "dataset", "seed")
+ADOPTED_KEYS = ("model", "dataset", "trainer", "optimizer", "seed")
 
 
 @dataclass
@@ -41,7 +42,8 @@ class SourceRun:
         return self.report.get("stages", {}).get("train", {}).get("status") == "ok"
 
     def resume_checkpoint(self) -> Path | None:
-        for name in ("interrupted.ckpt", "last.ckpt"):
+        # An epoch-end checkpoint resumes cleanly (the data order is not resumable mid-epoch).
+        for name in ("last.ckpt", "interrupted.ckpt"):
             if (self.path / "checkpoints" / name).is_file():
                 return self.path / "checkpoints" / name
         return None
@@ -60,10 +62,21 @@ def load_source(path: str) -> SourceRun:
                             "Pick another run dir.") from exc
 
 
-def adopt_config(cfg: DictConfig, source: SourceRun) -> None:
+def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) -> None:
+    """Take ADOPTED_KEYS from the source run, then re-apply what the user set on the command line."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in command_line if "=" in o}
+    kept = {key: OmegaConf.select(cfg, key) for key in given if key.split(".")[0] in ADOPTED_KEYS}
     with open_dict(cfg):
         for key in ADOPTED_KEYS:
-            cfg[key] = source.config[key]
+            value = source.config[key]
+            if isinstance(value, DictConfig) and OmegaConf.get_type(cfg, key) is not dict:
+                # A typed node (model): replace field by field; untyped children (net) wholesale.
+                for field_name, field_value in value.items():
+                    cfg[key][field_name] = field_value
+            else:
+                cfg[key] = value
+        for key, value in kept.items():
+            OmegaConf.update(cfg, key, value, merge=False)
 
 
 def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> None:

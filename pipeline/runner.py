@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import from_run
+from pipeline import from_run, tasks
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageFailed
 from pipeline.report import STAGES, Report
@@ -23,13 +23,22 @@ def check_stages(stages) -> list[str]:
     return stages
 
 
+def validate(cfg: DictConfig) -> list[str]:
+    """Checks the schema cannot express; all before any work. Returns the selected stages."""
+    from pipeline.stages.convert import selected_targets
+
+    tasks.check_output_kind(cfg.model.output)
+    selected_targets(cfg)
+    return check_stages(cfg.stages)
+
+
 def count_parameters(net) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Report:
     """Run the pipeline into ``run_dir``; raises the first PipelineError after the report is saved."""
-    selected = check_stages(cfg.stages)
+    selected = validate(cfg)
     report = Report(run_dir, cfg.model.name)
     if report.path.exists():
         raise PipelineError(f"{run_dir} already holds a run (report.json exists); it is left untouched.",

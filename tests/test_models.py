@@ -4,7 +4,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from pipeline import schema
 from tests.conftest import ROOT
+
+schema.register()
 
 EXPECTED = {
     "mnist_cnn": (431_080, (3, 1, 28, 28), (3, 10)),

@@ -139,13 +139,13 @@ class _Builder:
         self.initializers.append(numpy_helper.from_array(array, full))
         return full
 
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs):
-        """Add a node; returns its output name (or names, when ``outputs`` asks for several)."""
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        """Add a node; returns its output's name (``output`` when given)."""
         self._count += 1
         name = f"{self.prefix}/{op_type}_{self._count}"
-        names = outputs if isinstance(outputs, list) else [f"{name}_out{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=name, **attrs))
-        return names[0] if len(names) == 1 else names
+        output = output or f"{name}_output"
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
+        return output
 
 
 def _unroll_one(node, b: _Builder, shapes: dict, values: dict) -> None:
@@ -162,7 +162,10 @@ def _unroll_one(node, b: _Builder, shapes: dict, values: dict) -> None:
     projected = b.op("Add", [b.op("MatMul", [x, b.const("W_T", w.T.copy())]),
                              b.const("bias", (bias[:4 * hidden] + bias[4 * hidden:]).astype(w.dtype))])
     recurrent = b.const("R_T", r.T.copy())
-    split = b.const("split", np.full(4, hidden, np.int64))
+    # Slices, not a Split: onnx-tf makes Split a SplitV with int64 sizes, which TFLite has no kernel for.
+    axis = b.const("axis", np.array([1], np.int64))
+    bounds = [(b.const(f"start{k}", np.array([k * hidden], np.int64)),
+               b.const(f"end{k}", np.array([(k + 1) * hidden], np.int64))) for k in range(4)]
     axes_y = b.const("axes_y", np.array([0, 1], np.int64))
     # An omitted state is zeros: None keeps its terms out of the first step.
     h, c = (b.op("Gather", [name, b.const(f"first{i}", np.array(0, np.int64))], axis=0) if name else None
@@ -172,7 +175,7 @@ def _unroll_one(node, b: _Builder, shapes: dict, values: dict) -> None:
         gates = b.op("Gather", [projected, b.const(f"t{t}", np.array(t, np.int64))], axis=0)
         if h is not None:
             gates = b.op("Add", [gates, b.op("MatMul", [h, recurrent])])
-        i, o, f, g = b.op("Split", [gates, split], outputs=4, axis=1)
+        i, o, f, g = (b.op("Slice", [gates, start, end, axis]) for start, end in bounds)
         i, o, f, g = b.op("Sigmoid", [i]), b.op("Sigmoid", [o]), b.op("Sigmoid", [f]), b.op("Tanh", [g])
         ig = b.op("Mul", [i, g])
         c = ig if c is None else b.op("Add", [b.op("Mul", [f, c]), ig])
@@ -180,11 +183,11 @@ def _unroll_one(node, b: _Builder, shapes: dict, values: dict) -> None:
         steps_out.append(b.op("Unsqueeze", [h, axes_y]))
     outputs = list(node.output) + [""] * (3 - len(node.output))
     if outputs[0]:  # Y: [T, 1, N, H]
-        b.op("Concat", steps_out, outputs=[outputs[0]], axis=0)
+        b.op("Concat", steps_out, output=outputs[0], axis=0)
     axes = b.const("axes_state", np.array([0], np.int64))
     for state, name in ((h, outputs[1]), (c, outputs[2])):  # Y_h, Y_c: [1, N, H]
         if name:
-            b.op("Unsqueeze", [state, axes], outputs=[name])
+            b.op("Unsqueeze", [state, axes], output=name)
 
 
 def plain_lstm_hidden_size(node, layouts: tuple[int, ...] = (0,)) -> int:

@@ -8,6 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
+from pipeline.errors import PipelineError
+
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -43,6 +45,12 @@ class InMemoryData(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0):
         super().__init__()
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise PipelineError(f"dataset.batch_size={batch_size!r} is not a positive integer.",
+                                "Set e.g. dataset.batch_size=128.")
+        if not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
+            raise PipelineError(f"dataset.val_fraction={val_fraction!r} is not a number in [0, 1).",
+                                "Set e.g. dataset.val_fraction=0.1.")
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed

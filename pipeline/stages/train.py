@@ -3,13 +3,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from pipeline import tasks
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
-from pipeline.errors import RunInterrupted
+from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.lit_module import TaskModule
 
 
@@ -21,6 +22,9 @@ def run(ctx: RunContext) -> None:
     trainer = _trainer(ctx)
     try:
         trainer.fit(module, datamodule=ctx.data, ckpt_path=str(ctx.resume_from) if ctx.resume_from else None)
+    except MisconfigurationException as exc:
+        raise PipelineError(f"Lightning rejected the training setup: {exc}", "Adjust the trainer.* keys "
+                            "(e.g. trainer.max_epochs above a resumed checkpoint's epoch).") from exc
     except SystemExit:
         # Lightning turns Ctrl+C (and our SIGTERM handler) into a graceful stop ending in sys.exit(1).
         if trainer.interrupted:
@@ -46,7 +50,8 @@ def run(ctx: RunContext) -> None:
 
 def _trainer(ctx: RunContext) -> pl.Trainer:
     folder = ctx.run_dir / "checkpoints"
-    callbacks = [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0),
+    # One rolling checkpoints/last.ckpt, rewritten at every epoch end.
+    callbacks = [ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False),
                  # On an interrupt, keep the exact state reached so that from_run resumes from it.
                  OnExceptionCheckpoint(dirpath=folder, filename="interrupted")]
     logger = CSVLogger(save_dir=str(ctx.run_dir), name="", version="")
