@@ -23,6 +23,9 @@ class RunContext:
     converted: dict[str, Path] = field(default_factory=dict)
     # A checkpoint of an unfinished run to resume training from (from_run).
     resume_from: Path | None = None
+    # Parity's outputs on the held-out data, per runtime ("torch" is the reference), and its targets.
+    outputs: dict = field(default_factory=dict)
+    held_out_targets: object = None
     _data: object = None
     _net: torch.nn.Module | None = None
 

@@ -58,9 +58,43 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
         report.save()
     report.data["status"] = "failed" if failure else "ok"
     report.save()
+    write_human_report(ctx)
     if failure:
         raise failure
     return report
+
+
+def write_human_report(ctx: RunContext) -> None:
+    """report.md and the plots; a problem drawing them never fails the run."""
+    from pipeline import report_md
+
+    try:
+        plots = draw_plots(ctx)
+    except Exception as exc:  # noqa: BLE001 - plots are a view, the run's result is report.json
+        log.warning("plots skipped: %s", exc)
+        plots = []
+    ctx.report.data["plots"] = [p.name for p in plots]
+    ctx.report.save()
+    report_md.write(ctx.run_dir, ctx.report.data, ctx.cfg, plots)
+
+
+def draw_plots(ctx: RunContext) -> list[Path]:
+    from pipeline import plots
+
+    drawn = [plots.training_curves(ctx.run_dir / "metrics.csv", ctx.run_dir / "training_curves.png")]
+    if ctx.outputs:
+        reference = ctx.outputs["torch"]
+        others = {k: v for k, v in ctx.outputs.items() if k != "torch"}
+        drawn.append(plots.parity(reference, others, ctx.run_dir / "parity.png"))
+        labels = ctx.held_out_targets
+        predicted = tasks.predictions(ctx.output_kind, reference)
+        if predicted is not None:
+            drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png"))
+        else:
+            inverse = ctx.data.splits.inverse or (lambda v: v)
+            drawn.append(plots.forecast(inverse(labels.reshape(-1)), inverse(reference.reshape(-1)),
+                                        ctx.run_dir / "forecast.png"))
+    return [p for p in drawn if p is not None]
 
 
 def _run_stage(ctx: RunContext, name: str, stage: dict) -> PipelineError | None:

@@ -148,48 +148,6 @@ class _Builder:
         return output
 
 
-def _unroll_one(node, b: _Builder, shapes: dict, values: dict) -> None:
-    x, hidden = node.input[0], plain_lstm_hidden_size(node)
-    inputs = list(node.input) + [""] * (8 - len(node.input))
-    if any(name and name not in values for name in inputs[1:4]):
-        raise RewriteError("LSTM", "LSTM weights computed in the graph (not constants) are not supported.")
-    steps = (shapes.get(x) or [None])[0]
-    if not isinstance(steps, int) or steps <= 0:
-        raise RewriteError("LSTM", f"LSTM over a sequence of unknown length ({x}): export with a fixed length.")
-    w, r = values[inputs[1]][0], values[inputs[2]][0]  # [4H, F], [4H, H], gates i, o, f, c
-    bias = values[inputs[3]][0] if inputs[3] else np.zeros(8 * hidden, np.float32)
-    # x_t W^T + Wb + Rb for every step at once: [T, N, 4H]
-    projected = b.op("Add", [b.op("MatMul", [x, b.const("W_T", w.T.copy())]),
-                             b.const("bias", (bias[:4 * hidden] + bias[4 * hidden:]).astype(w.dtype))])
-    recurrent = b.const("R_T", r.T.copy())
-    # Slices, not a Split: onnx-tf makes Split a SplitV with int64 sizes, which TFLite has no kernel for.
-    axis = b.const("axis", np.array([1], np.int64))
-    bounds = [(b.const(f"start{k}", np.array([k * hidden], np.int64)),
-               b.const(f"end{k}", np.array([(k + 1) * hidden], np.int64))) for k in range(4)]
-    axes_y = b.const("axes_y", np.array([0, 1], np.int64))
-    # An omitted state is zeros: None keeps its terms out of the first step.
-    h, c = (b.op("Gather", [name, b.const(f"first{i}", np.array(0, np.int64))], axis=0) if name else None
-            for i, name in enumerate(inputs[5:7]))
-    steps_out = []
-    for t in range(steps):
-        gates = b.op("Gather", [projected, b.const(f"t{t}", np.array(t, np.int64))], axis=0)
-        if h is not None:
-            gates = b.op("Add", [gates, b.op("MatMul", [h, recurrent])])
-        i, o, f, g = (b.op("Slice", [gates, start, end, axis]) for start, end in bounds)
-        i, o, f, g = b.op("Sigmoid", [i]), b.op("Sigmoid", [o]), b.op("Sigmoid", [f]), b.op("Tanh", [g])
-        ig = b.op("Mul", [i, g])
-        c = ig if c is None else b.op("Add", [b.op("Mul", [f, c]), ig])
-        h = b.op("Mul", [o, b.op("Tanh", [c])])
-        steps_out.append(b.op("Unsqueeze", [h, axes_y]))
-    outputs = list(node.output) + [""] * (3 - len(node.output))
-    if outputs[0]:  # Y: [T, 1, N, H]
-        b.op("Concat", steps_out, output=outputs[0], axis=0)
-    axes = b.const("axes_state", np.array([0], np.int64))
-    for state, name in ((h, outputs[1]), (c, outputs[2])):  # Y_h, Y_c: [1, N, H]
-        if name:
-            b.op("Unsqueeze", [state, axes], output=name)
-
-
 def plain_lstm_hidden_size(node, layouts: tuple[int, ...] = (0,)) -> int:
     """The hidden size of a plain LSTM node: forward, default activations, no clip, input_forget,
     sequence_lens or peepholes, and a layout in ``layouts``. Raises RewriteError otherwise."""
@@ -209,6 +167,59 @@ def plain_lstm_hidden_size(node, layouts: tuple[int, ...] = (0,)) -> int:
     if bad:
         raise RewriteError("LSTM", f"LSTM with {', '.join(bad)} is not supported.")
     return int(attrs["hidden_size"])
+
+
+def _unroll_one(node, b: _Builder, shapes: dict, values: dict) -> None:
+    x, hidden = node.input[0], plain_lstm_hidden_size(node)
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    if any(name and name not in values for name in inputs[1:4]):
+        raise RewriteError("LSTM", "LSTM weights computed in the graph (not constants) are not supported.")
+    steps = (shapes.get(x) or [None])[0]
+    if not isinstance(steps, int) or steps <= 0:
+        raise RewriteError("LSTM", f"LSTM over a sequence of unknown length ({x}): export with a fixed length.")
+    w, r = values[inputs[1]][0], values[inputs[2]][0]  # [4H, F], [4H, H], gates i, o, f, c
+    bias = values[inputs[3]][0] if inputs[3] else np.zeros(8 * hidden, w.dtype)
+    # x_t W^T + Wb + Rb for every step at once: [T, N, 4H]
+    projected = b.op("Add", [b.op("MatMul", [x, b.const("W_T", w.T.copy())]),
+                             b.const("bias", bias[:4 * hidden] + bias[4 * hidden:])])
+    cell = _Cell(b, r, hidden)
+    # An omitted state is zeros: None keeps its terms out of the first step.
+    h, c = (b.op("Gather", [name, b.const(f"first{i}", np.array(0, np.int64))], axis=0) if name else None
+            for i, name in enumerate(inputs[5:7]))
+    axes_y = b.const("axes_y", np.array([0, 1], np.int64))
+    steps_out = []
+    for t in range(steps):
+        h, c = cell(b.op("Gather", [projected, b.const(f"t{t}", np.array(t, np.int64))], axis=0), h, c)
+        steps_out.append(b.op("Unsqueeze", [h, axes_y]))
+    outputs = list(node.output) + [""] * (3 - len(node.output))
+    if outputs[0]:  # Y: [T, 1, N, H]
+        b.op("Concat", steps_out, output=outputs[0], axis=0)
+    axes = b.const("axes_state", np.array([0], np.int64))
+    for state, name in ((h, outputs[1]), (c, outputs[2])):  # Y_h, Y_c: [1, N, H]
+        if name:
+            b.op("Unsqueeze", [state, axes], output=name)
+
+
+class _Cell:
+    """One LSTM step: i, o, f = sigmoid, g = tanh of the gates; c' = f c + i g; h' = o tanh(c')."""
+
+    def __init__(self, b: _Builder, r: np.ndarray, hidden: int):
+        self.b = b
+        self.recurrent = b.const("R_T", r.T.copy())
+        # Slices, not a Split: onnx-tf makes Split a SplitV with int64 sizes, which TFLite lacks.
+        self.axis = b.const("axis", np.array([1], np.int64))
+        self.bounds = [(b.const(f"start{k}", np.array([k * hidden], np.int64)),
+                        b.const(f"end{k}", np.array([(k + 1) * hidden], np.int64))) for k in range(4)]
+
+    def __call__(self, gates: str, h: str | None, c: str | None) -> tuple[str, str]:
+        b = self.b
+        if h is not None:
+            gates = b.op("Add", [gates, b.op("MatMul", [h, self.recurrent])])
+        i, o, f, g = (b.op("Slice", [gates, start, end, self.axis]) for start, end in self.bounds)
+        i, o, f, g = b.op("Sigmoid", [i]), b.op("Sigmoid", [o]), b.op("Sigmoid", [f]), b.op("Tanh", [g])
+        ig = b.op("Mul", [i, g])
+        c = ig if c is None else b.op("Add", [b.op("Mul", [f, c]), ig])
+        return b.op("Mul", [o, b.op("Tanh", [c])]), c
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

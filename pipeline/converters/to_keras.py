@@ -261,8 +261,9 @@ def convert_lstm(node, params, layers, lambda_func, node_name, keras_name):
         raise ConversionError("onnx2keras: LSTM with a non-zero initial state or computed weights is not supported.",
                               "Start from zeros (PyTorch's default).", unsupported_op="LSTM")
     if _facts.batch_axis.get(inputs[0]) != (1 if time_major else 0):
-        raise ConversionError("onnx2keras: LSTM input without a dynamic batch axis.",
-                              "Export with a dynamic batch axis.", unsupported_op="LSTM")
+        raise ConversionError("onnx2keras: the LSTM's input batch axis is not where ONNX's LSTM has it (is the model "
+                              "batch-first, with a dynamic batch axis?).", "Use batch_first=True and export with a "
+                              "dynamic batch axis.", unsupported_op="LSTM")
     x = layers[inputs[0]]  # [N, T, F] whatever the ONNX layout
     with_states = any(o in _facts.consumed for o in outputs[1:])
     lstm = keras.layers.LSTM(hidden, return_sequences=True, return_state=with_states, name=name)

@@ -1,5 +1,7 @@
 """MNIST through torchvision, normalised once and kept as tensors."""
+import os
 import socket
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -8,6 +10,7 @@ from pipeline.datasets.base import InMemoryData, Splits, split_off
 from pipeline.errors import PipelineError
 
 DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_LOCK_TIMEOUT_S = 900
 
 
 class MnistData(InMemoryData):
@@ -35,7 +38,8 @@ class MnistData(InMemoryData):
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # offline must fail fast, never hang
         try:
-            return datasets.MNIST(str(self.root), train=train, download=self.download)
+            with cache_lock(self.root):  # parallel sweep jobs: one downloads, the others wait
+                return datasets.MNIST(str(self.root), train=train, download=self.download)
         except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError
             raise PipelineError(
                 f"MNIST could not be read from dataset.root={str(self.root)!r} "
@@ -46,3 +50,16 @@ class MnistData(InMemoryData):
             ) from exc
         finally:
             socket.setdefaulttimeout(previous)
+
+
+def cache_lock(root: Path):
+    """A file lock on a writable data cache; a read-only copy cannot be half-written, so needs none."""
+    from filelock import FileLock
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only location: torchvision reports the missing files itself
+        pass
+    if root.is_dir() and os.access(root, os.W_OK):
+        return FileLock(str(root / ".pipeline-download.lock"), timeout=DOWNLOAD_LOCK_TIMEOUT_S)
+    return nullcontext()

@@ -21,6 +21,7 @@ def run(ctx: RunContext) -> None:
     x, y = _held_out(ctx, settings.samples)
     reference = runtimes.load("torch", ctx.net)
     ref_out, ref_timing = _measure(reference, x, settings)
+    ctx.outputs["torch"], ctx.held_out_targets = ref_out, y
     kind = ctx.output_kind
     inverse = ctx.data.splits.inverse
     metric = tasks.metric_name(kind)
@@ -29,6 +30,7 @@ def run(ctx: RunContext) -> None:
     entries = []
     for name, adapter in _runtimes_under_test(ctx):
         out, timing = _measure(adapter, x, settings)
+        ctx.outputs[name] = out
         entry = {"runtime": name, "samples": len(x), **compare(out, ref_out, kind, settings),
                  "metric": tasks.evaluate(kind, out, y, inverse)[metric], **timing}
         entries.append(entry)

@@ -54,8 +54,19 @@ def _trainer(ctx: RunContext) -> pl.Trainer:
     callbacks = [ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False),
                  # On an interrupt, keep the exact state reached so that from_run resumes from it.
                  OnExceptionCheckpoint(dirpath=folder, filename="interrupted")]
-    logger = CSVLogger(save_dir=str(ctx.run_dir), name="", version="")
-    return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(ctx.run_dir))
+    return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=_loggers(ctx), default_root_dir=str(ctx.run_dir))
+
+
+def _loggers(ctx: RunContext) -> list:
+    """metrics.csv in the run dir always (the plots read it), plus the ``logger=`` choice if any."""
+    loggers = [CSVLogger(save_dir=str(ctx.run_dir), name="", version="")]
+    if ctx.cfg.get("logger"):
+        try:
+            loggers.append(instantiate(ctx.cfg.logger))
+        except Exception as exc:
+            raise PipelineError(f"logger={ctx.cfg.logger._target_.rsplit('.', 1)[-1]} could not start: {exc}",
+                                "Install its package (pip install -e '.[mlflow]' for MLflow) or drop logger=.") from exc
+    return loggers
 
 
 def _interrupted_message(ctx: RunContext) -> str:

@@ -1,0 +1,85 @@
+"""report.md: the run as people read it (GitHub or a terminal), built from report.json and the config."""
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.atomic import write_with
+
+LOAD_HINTS = {
+    "onnx": "`onnxruntime.InferenceSession(path)`; input `input`, output `output`, dynamic batch",
+    "keras": "`keras.saving.load_model(path, safe_mode=True)`",
+    "tensorflow": "`tf.saved_model.load(path).signatures['serving_default'](input=x)['output']`",
+    "tflite": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`",
+    "weights": "`model.load_state_dict(torch.load(path, weights_only=True))`",
+    "checkpoint": "Lightning checkpoint: `from_run=<this dir>` resumes from it",
+}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3e}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5) else f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
+    lines = [f"# Run report: {report['model']['name']} — {report['status']}", ""]
+    targets = [t for t, on in (cfg.export.get("targets") or {}).items() if on]
+    lines += ["## Config", "", *_table(["key", "value"], [
+        ["model", f"{cfg.model.name} ({report['model']['parameters']:,} trainable parameters)"],
+        ["dataset", cfg.dataset._target_.rsplit(".", 1)[-1]],
+        ["trainer", f"max_epochs={cfg.trainer.max_epochs}, accelerator={cfg.trainer.accelerator}"],
+        ["optimizer", OmegaConf.to_yaml(cfg.optimizer).strip().replace("\n", ", ")],
+        ["export", f"opset {cfg.export.opset}; targets: {', '.join(targets) or 'onnx only'}"],
+        ["seed", cfg.seed], ["from_run", cfg.get("from_run")],
+    ]), ""]
+    lines += ["## Stages", "", *_table(["stage", "status", "seconds", "reason"], [
+        [name, s["status"], s["seconds"], s.get("reason", "")] for name, s in report["stages"].items()]), ""]
+    if report["metrics"]:
+        metrics = list(report["metrics"].items())
+        lines += ["## Metrics (PyTorch, test split)", "", *_table(["metric", "value"], metrics), ""]
+    if report["parity"]:
+        rtol, atol = cfg.parity.rtol, cfg.parity.atol
+        lines += [f"## Parity vs PyTorch (rtol={rtol}, atol={atol})", "", *_table(
+            ["runtime", "samples", "max abs err", "max rel err", "allclose", "top-1 agreement", "metric",
+             "latency b1 (ms)", "throughput (/s)"],
+            [[e["runtime"], e["samples"], e["max_abs_err"], e["max_rel_err"], e["allclose"], e["top1_agreement"],
+              e["metric"], e["latency_ms_batch1"], round(e["throughput_per_s"])] for e in report["parity"]]), ""]
+        ref = report.get("reference") or {}
+        if ref:
+            lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
+                      f"throughput {round(ref['throughput_per_s'])}/s.", ""]
+    if report["targets"]:
+        lines += ["## Conversion targets", "", *_table(["target", "status", "input layout", "reason"], [
+            [t, e["status"], e.get("input_layout"), e.get("reason", "")] for t, e in report["targets"].items()]), ""]
+    if report["artifacts"]:
+        lines += ["## Artifacts", "", *_table(["artifact", "path", "size", "how to load"], [
+            [k, f"`{a['path']}`", _size(a["bytes"]), _load_hint(k, report)]
+            for k, a in report["artifacts"].items()]), ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _load_hint(key: str, report: dict) -> str:
+    hint = LOAD_HINTS.get(key, "")
+    layout = report["targets"].get(key, {}).get("input_layout")
+    return f"{hint}; input layout **{layout}**" if layout else hint
+
+
+def write(run_dir: Path, report: dict, cfg: DictConfig, plots: list[Path]) -> Path:
+    path = Path(run_dir) / "report.md"
+    write_with(path, lambda tmp: tmp.write_text(render(report, cfg, plots)))
+    return path
