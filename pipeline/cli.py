@@ -10,7 +10,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import console, from_run, runner, schema
+# Only light imports here: `--cfg job`, `--help` and bad overrides must answer fast. torch,
+# Lightning and TensorFlow load inside the stages that need them.
+from pipeline import schema
 from pipeline.atomic import write_with
 from pipeline.errors import PipelineError, RunInterrupted
 
@@ -24,6 +26,8 @@ schema.register()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from pipeline import console, from_run, runner
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

@@ -1,4 +1,5 @@
 """The LightningModule that trains any plain ``nn.Module`` for its output kind."""
+import inspect
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -44,5 +45,8 @@ class TaskModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.net.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        # OneCycle-style schedulers need the run's length, which only the trainer knows.
+        needs_total = "total_steps" in inspect.signature(self.scheduler_factory.func).parameters
+        extra = {"total_steps": int(self.trainer.estimated_stepping_batches)} if needs_total else {}
+        scheduler = self.scheduler_factory(optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

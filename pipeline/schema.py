@@ -66,6 +66,7 @@ class PipelineConfig:
     dataset: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: Any = MISSING
+    scheduler: Any = None
     logger: Any = None
     export: ExportConfig = field(default_factory=ExportConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)

@@ -17,9 +17,9 @@ MNIST_ROOT = Path(os.environ.get("PIPELINE_MNIST_ROOT", ROOT.parent / "shared" /
 
 
 def run_cli(*overrides: str, run_dir: Path | None = None, env: dict | None = None, timeout: int = 600,
-            multirun: bool = False) -> subprocess.CompletedProcess:
-    """``python -m pipeline`` with overrides; the run goes to ``run_dir`` when given."""
-    args = [sys.executable, "-m", "pipeline", *(["-m"] if multirun else []), "print_config=false", *overrides]
+            multirun: bool = False, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``python -m pipeline [flags] overrides``; the run goes to ``run_dir`` when given."""
+    args = [sys.executable, "-m", "pipeline", *(["-m"] if multirun else []), *flags, "print_config=false", *overrides]
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}

@@ -41,7 +41,7 @@ def test_same_seed_gives_byte_identical_onnx_and_metrics_and_the_saved_config_re
     assert a["metrics"] == b["metrics"]
     assert len(a["environment"]["data_files"]) == 4  # sha256 of each MNIST file read
     rerun = tmp_path / "rerun"
-    assert_ok(run_cli("--config-path", str(runs[0] / ".hydra"), "--config-name", "config", run_dir=rerun))
+    assert_ok(run_cli(flags=("--config-path", str(runs[0] / ".hydra"), "--config-name", "config"), run_dir=rerun))
     assert read_report(rerun)["artifacts"]["onnx"]["sha256"] == a["artifacts"]["onnx"]["sha256"]
 
 

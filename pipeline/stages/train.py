@@ -18,7 +18,8 @@ def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
     pl.seed_everything(cfg.seed, workers=True)
     net = ctx.new_net()
-    module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer))
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer), scheduler)
     trainer = _trainer(ctx)
     try:
         trainer.fit(module, datamodule=ctx.data, ckpt_path=str(ctx.resume_from) if ctx.resume_from else None)
