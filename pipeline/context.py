@@ -19,6 +19,8 @@ class RunContext:
     cfg: DictConfig
     run_dir: Path
     report: Report
+    # Intra-op threads for torch/onnxruntime/TensorFlow (0 = library default); see pipeline.threads.
+    threads: int = 0
     # Converted artifacts that parity runs: target name -> path.
     converted: dict[str, Path] = field(default_factory=dict)
     # A checkpoint of an unfinished run to resume training from (from_run).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import from_run, tasks
+from pipeline import from_run, tasks, threads
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageFailed
 from pipeline.report import STAGES, Report
@@ -43,7 +43,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     if report.path.exists():
         raise PipelineError(f"{run_dir} already holds a run (report.json exists); it is left untouched.",
                             "Start a new run dir (the default is a new dated one), e.g. hydra.run.dir=...")
-    ctx = RunContext(cfg=cfg, run_dir=Path(run_dir), report=report)
+    ctx = RunContext(cfg=cfg, run_dir=Path(run_dir), report=report, threads=threads.resolve(cfg))
+    threads.apply(ctx.threads)
+    report.data["environment"]["threads"] = ctx.threads
     if cfg.get("from_run"):
         from_run.adopt_artifacts(ctx, from_run.load_source(cfg.from_run), selected)
     report.data["model"]["parameters"] = count_parameters(ctx.new_net())

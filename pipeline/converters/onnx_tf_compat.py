@@ -7,11 +7,12 @@ Three things broke it; each is patched only for the duration of the import:
   a stand-in module whose only function, ``seq2seq.hardmax``, is written in plain TensorFlow.
 - its Bernoulli handler imports ``tensorflow_probability`` (not a dependency, and it needs tf-keras
   on Keras 3) for ``distributions.Bernoulli``; the stand-in samples it with plain TensorFlow.
-Its Squeeze and Unsqueeze handlers also stop at version 11, so any opset >= 13 graph that uses
-them (torch's LSTM export does) fails with ``Unsqueeze version 13 is not implemented``; opset 13
-only moved ``axes`` from an attribute to an input, so ``_add_axes_input_handlers`` adds the
-missing ``version_13`` reading it from that (constant) input. ``onnx.version_converter`` is no way
-around it: it has no adapters down from opset 13 for several ops (``Shape``).
+Its Squeeze and Unsqueeze handlers also stop at version 11, so an opset-13 graph using them
+(torch's LSTM export does) fails with ``Unsqueeze version 13 is not implemented``. Opset 13 only
+moved ``axes`` from an attribute to an input, so ``_add_axes_input_handlers`` gives both handler
+classes the missing ``version_13``, reading ``axes`` from that (constant) input; this one stays
+in place after the import, and only adds what was missing. (``onnx.version_converter`` cannot
+take such graphs down to opset 12 instead: it has no down-adapter for Shape-13, for one.)
 Nothing else in onnx-tf is changed.
 """
 import sys

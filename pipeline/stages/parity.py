@@ -52,7 +52,7 @@ def _held_out(ctx: RunContext, samples: int | None) -> tuple[np.ndarray, np.ndar
 
 
 def _runtimes_under_test(ctx: RunContext):
-    threads = int(ctx.cfg.threads)
+    threads = ctx.threads
     yield "onnxruntime", runtimes.load("onnxruntime", ctx.onnx_path, threads=threads)
     for target, path in ctx.converted.items():
         layout = ctx.report.data["targets"].get(target, {}).get("input_layout", "")

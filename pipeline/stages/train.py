@@ -41,10 +41,12 @@ def run(ctx: RunContext) -> None:
         ctx.report.add_artifact("checkpoint", last)
     ctx.report.data["metrics"].update(evaluate(ctx, net))
     ctx.report.data["trainer"] = {
-        "epochs": trainer.current_epoch,
+        # Under ddp_spawn the loop state stays in the workers: a finished fit ran max_epochs.
+        "epochs": trainer.current_epoch or int(cfg.trainer.max_epochs),
         "global_step": trainer.global_step,
         "world_size": trainer.world_size,
-        "strategy": type(trainer.strategy).__name__,
+        "strategy": str(cfg.trainer.strategy),
+        "strategy_class": type(trainer.strategy).__name__,
         "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
 
