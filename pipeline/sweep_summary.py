@@ -19,15 +19,19 @@ from pipeline.report import REPORT_NAME, STAGES
 log = logging.getLogger(__name__)
 
 
-def job_rows(sweep_dir: Path) -> list[dict]:
-    rows = []
+def job_reports(sweep_dir: Path) -> list[tuple[str, str, dict]]:
+    """(job name, its overrides, its report) for every job dir of the sweep, in job order."""
+    jobs = []
     for report_path in sorted(sweep_dir.glob(f"*/{REPORT_NAME}"), key=lambda p: _job_order(p.parent.name)):
         job_dir = report_path.parent
-        report = json.loads(report_path.read_text())
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
-        rows.append(_row(job_dir.name, " ".join(overrides), report))
-    return rows
+        jobs.append((job_dir.name, " ".join(overrides), json.loads(report_path.read_text())))
+    return jobs
+
+
+def job_rows(sweep_dir: Path) -> list[dict]:
+    return [_row(job, overrides, report) for job, overrides, report in job_reports(sweep_dir)]
 
 
 def _job_order(name: str):
@@ -71,13 +75,49 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MATRIX_RUNTIMES = ("onnxruntime", "keras", "tensorflow", "tflite")
+
+
+def support_matrix(sweep_dir: Path) -> str:
+    """Models x runtimes: max abs error and top-1 agreement vs PyTorch, or why it failed."""
+    header = ["model", "dataset", "metric (PyTorch)", *MATRIX_RUNTIMES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, overrides, report in job_reports(sweep_dir):
+        dataset = next((o.split("=", 1)[1] for o in overrides.split() if o.startswith("experiment=")), "")
+        metric = ", ".join(f"{k} {v:.4g}" for k, v in report["metrics"].items())
+        cells = [_matrix_cell(report, runtime) for runtime in MATRIX_RUNTIMES]
+        lines.append("| " + " | ".join([report["model"]["name"], dataset, metric, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _matrix_cell(report: dict, runtime: str) -> str:
+    entry = next((e for e in report["parity"] if e["runtime"] == runtime), None)
+    if entry is not None:
+        mark = "✅" if entry["in_tolerance"] else "❌ drift:"
+        agree = "" if entry["top1_agreement"] is None else f", top-1 {entry['top1_agreement']:.4f}"
+        return f"{mark} {entry['max_abs_err']:.1e}{agree}"
+    target = report["targets"].get(runtime)
+    if target and target["status"] != "ok":
+        return f"❌ {target.get('reason', 'failed')}".replace("|", "/").replace("\n", " ")[:160]
+    return "not run"
+
+
 class SweepSummary(Callback):
+    """``matrix_path``: also write the support matrix there (docs/support-matrix.md)."""
+
+    def __init__(self, matrix_path: str | None = None):
+        self.matrix_path = matrix_path
+
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         write_summary(Path(config.hydra.sweep.dir))  # kept current as jobs finish
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
+        if rows:
+            matrix = support_matrix(sweep_dir)
+            for path in filter(None, [sweep_dir / "support-matrix.md", self.matrix_path]):
+                write_with(Path(path), lambda tmp, text=matrix: tmp.write_text(text))
         failed = [row["job"] for row in rows if row["status"] != "ok"]
         log.info("sweep summary: %s (%d jobs, %d failed)", sweep_dir / "summary.md", len(rows), len(failed))
         if failed:
