@@ -14,6 +14,7 @@ tf_env.prepare()  # some tests import TensorFlow in this process: Triton must lo
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST digits for tests and CI (no network here): 8000 train / 2000 test.
 MNIST_ROOT = Path(os.environ.get("PIPELINE_MNIST_ROOT", ROOT.parent / "shared" / "data" / "mnist-10k")).resolve()
+os.environ["PIPELINE_MNIST_ROOT"] = str(MNIST_ROOT)  # conf/dataset/mnist.yaml reads it in every subprocess
 
 
 def run_cli(*overrides: str, run_dir: Path | None = None, env: dict | None = None, timeout: int = 600,
