@@ -51,13 +51,20 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     report.data["model"]["parameters"] = count_parameters(ctx.new_net())
     report.save()
     failure = None
-    for name in STAGES:
-        stage = report.data["stages"][name]
-        if name not in selected or (failure and not isinstance(failure, StageFailed)):
-            stage.update(status="skipped", reason="an earlier stage failed" if name in selected else "not selected")
-            continue
-        failure = _run_stage(ctx, name, stage) or failure
+    try:
+        for name in STAGES:
+            stage = report.data["stages"][name]
+            if name not in selected or (failure and not isinstance(failure, StageFailed)):
+                stage.update(status="skipped", reason="an earlier stage failed" if name in selected else "not selected")
+                continue
+            failure = _run_stage(ctx, name, stage) or failure
+            report.save()
+    except BaseException:  # an interrupt or a bug: the stages that never ran say so
+        for stage in report.data["stages"].values():
+            if stage["status"] == "pending":
+                stage.update(status="skipped", reason="the run stopped before this stage")
         report.save()
+        raise
     report.data["status"] = "failed" if failure else "ok"
     report.save()
     write_human_report(ctx)

@@ -33,6 +33,15 @@ def test_bad_config_fails_before_any_work_naming_the_key_and_the_choices(tmp_pat
     assert not (run_dir / "checkpoints").exists()  # no training started
 
 
+def test_no_network_for_the_download_fails_fast_and_clearly(tmp_path):
+    start = time.time()
+    proc = run_cli(f"dataset.root={tmp_path / 'empty'}", "dataset.download=true", run_dir=tmp_path / "run")
+    assert proc.returncode == 1
+    assert "MNIST could not be read" in proc.stderr and "download" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.time() - start < 120  # socket timeout: offline never hangs
+
+
 def _finished_run(tmp_path_factory, mnist_root):
     run_dir = tmp_path_factory.mktemp("source") / "run"
     assert_ok(run_cli("model=mnist_mlp", "export=onnx", mnist_root_override(), *SHORT, run_dir=run_dir))

@@ -15,7 +15,7 @@ def test_joblib_sweep_runs_two_jobs_in_parallel_with_one_thread_each(tmp_path):
     assert_ok(run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2", *TABULAR,
                       f"hydra.sweep.dir={sweep}", multirun=True))
     rows = _summary(sweep)
-    assert [r["overrides"].split()[0] for r in rows] == ["seed=1", "seed=2"]
+    assert [next(o for o in r["overrides"].split() if o.startswith("seed=")) for r in rows] == ["seed=1", "seed=2"]
     assert all(r["status"] == "ok" for r in rows)
     assert read_report(sweep / "0")["environment"]["threads"] == 1  # 2 cores / 2 concurrent jobs
 

@@ -70,3 +70,16 @@ def test_from_run_without_the_needed_artifact_says_which(tmp_path, mnist_root):
     shutil.rmtree(tmp_path / "later", ignore_errors=True)
     proc = run_cli(f"from_run={tmp_path / 'missing'}", "stages=[parity]", run_dir=tmp_path / "later")
     assert proc.returncode == 1 and "is not a pipeline run dir" in proc.stderr
+
+
+def test_optuna_search_optimises_a_report_metric_and_writes_the_best_trial(tmp_path, mnist_root):
+    from omegaconf import OmegaConf
+
+    sweep = tmp_path / "sweep"
+    assert_ok(run_cli("hparams_search=mnist_optuna", "hydra.sweeper.n_trials=2", "trainer.limit_train_batches=5",
+                      "trainer.limit_val_batches=2", "parity.samples=200", f"hydra.sweep.dir={sweep}",
+                      multirun=True))
+    accuracies = [read_report(sweep / job)["metrics"]["test_accuracy"] for job in ("0", "1")]
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == max(accuracies)
+    assert "scheduler.max_lr" in best.best_params

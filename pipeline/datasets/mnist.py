@@ -9,7 +9,7 @@ import torch
 from pipeline.datasets.base import InMemoryData, Splits, split_off
 from pipeline.errors import PipelineError
 
-DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_TIMEOUT_S = 15
 DOWNLOAD_LOCK_TIMEOUT_S = 900
 
 
