@@ -1,6 +1,7 @@
 """What people read: report.md, plots, training logs (issue: reports)."""
 import csv
 
+import pytest
 from PIL import Image
 
 from tests.conftest import assert_ok, mnist_root_override, read_report, run_cli
@@ -38,6 +39,18 @@ def test_tensorboard_logger_writes_event_files_and_forecaster_gets_a_forecast_pl
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert "forecast.png" in read_report(run_dir)["plots"]
     assert (run_dir / "metrics.csv").exists()
+
+
+def test_mlflow_logger_records_the_run_in_a_local_store(tmp_path):
+    import mlflow
+
+    run_dir = tmp_path / "run"
+    assert_ok(run_cli("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=2", "logger=mlflow",
+                      run_dir=run_dir))
+    mlflow.set_tracking_uri(f"sqlite:///{run_dir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["pipeline"])
+    assert len(runs) == 1
+    assert runs["metrics.test_acc"][0] == pytest.approx(read_report(run_dir)["metrics"]["test_accuracy"], abs=1e-6)
 
 
 def test_console_script_is_installed_and_equivalent(tmp_path, mnist_root):

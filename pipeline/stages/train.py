@@ -67,7 +67,8 @@ def _loggers(ctx: RunContext) -> list:
         try:
             loggers.append(instantiate(ctx.cfg.logger))
         except Exception as exc:
-            raise PipelineError(f"logger={ctx.cfg.logger._target_.rsplit('.', 1)[-1]} could not start: {exc}",
+            reason = exc.__cause__ or exc  # instantiate() wraps the logger's own error
+            raise PipelineError(f"logger={ctx.cfg.logger._target_.rsplit('.', 1)[-1]} could not start: {reason}",
                                 "Install its package (pip install -e '.[mlflow]' for MLflow) or drop logger=.") from exc
     return loggers
 
