@@ -110,6 +110,7 @@ def _run_stage(ctx: RunContext, name: str, stage: dict) -> PipelineError | None:
     log.info("stage %s", name)
     start = time.perf_counter()
     stage["status"] = "running"
+    ctx.report.save()  # a crash mid-stage leaves a report saying which stage was running
     try:
         importlib.import_module(f"pipeline.stages.{name}").run(ctx)
         stage["status"] = "ok"

@@ -42,6 +42,30 @@ def test_no_network_for_the_download_fails_fast_and_clearly(tmp_path):
     assert time.time() - start < 120  # socket timeout: offline never hangs
 
 
+def test_a_job_waits_for_the_data_cache_lock_before_reading(tmp_path, mnist_root):
+    """While another job holds the cache lock (downloading), a job reads nothing; then it runs normally."""
+    from filelock import FileLock
+
+    from pipeline.datasets.mnist import cache_lock
+
+    cache = tmp_path / "cache"
+    shutil.copytree(mnist_root / "MNIST", cache / "MNIST")
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "pipeline", "print_config=false", "model=mnist_mlp", f"dataset.root={cache}",
+            "stages=[train]", "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"hydra.run.dir={run_dir}"]
+    lock = cache_lock(cache)
+    assert isinstance(lock, FileLock)
+    with lock:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(15)
+        assert proc.poll() is None  # still waiting on the lock
+        assert read_report(run_dir)["stages"]["train"]["status"] == "running"
+        assert not (run_dir / "checkpoints").exists()
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert read_report(run_dir)["stages"]["train"]["status"] == "ok"
+
+
 def _finished_run(tmp_path_factory, mnist_root):
     run_dir = tmp_path_factory.mktemp("source") / "run"
     assert_ok(run_cli("model=mnist_mlp", "export=onnx", mnist_root_override(), *SHORT, run_dir=run_dir))
