@@ -5,6 +5,7 @@ are adopted (its artifacts and checkpoints were made with them), except the keys
 line. The stages not selected take their outputs from it, copied into the new run dir so that the
 new run is complete on its own and can itself be a ``from_run`` source.
 """
+import functools
 import json
 import shutil
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class SourceRun:
         return None
 
 
+@functools.lru_cache(maxsize=4)  # read once: the CLI adopts its config, the runner its artifacts
 def load_source(path: str) -> SourceRun:
     run = Path(path).expanduser().resolve()
     report, config = run / REPORT_NAME, run / ".hydra" / "config.yaml"
