@@ -28,7 +28,7 @@ class TrainerConfig:
     strategy: Any = "auto"
     num_nodes: int = 1
     precision: Any = "32-true"
-    max_epochs: int = 3
+    max_epochs: int = 2
     max_steps: int = -1
     deterministic: Any = True
     benchmark: bool | None = None
