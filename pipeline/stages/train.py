@@ -31,7 +31,10 @@ def run(ctx: RunContext) -> None:
         if trainer.interrupted:
             raise RunInterrupted(_interrupted_message(ctx)) from None
         raise
-    trainer.test(module, datamodule=ctx.data, verbose=False)
+    if trainer.world_size == 1:
+        # Under DDP, Lightning's test loop would spawn the workers again and shard the test set with a
+        # padding DistributedSampler; the report's metrics come from evaluate() below in any case.
+        trainer.test(module, datamodule=ctx.data, verbose=False)
     net.eval()
     ctx.net = net
     write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
