@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Only light imports here: `--cfg job`, `--help` and bad overrides must answer fast. torch,
 # Lightning and TensorFlow load inside the stages that need them.
@@ -26,15 +26,14 @@ schema.register()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline import console, from_run, runner
+    from pipeline import console, runner
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        if cfg.get("from_run"):
-            from_run.adopt_config(cfg, from_run.load_source(cfg.from_run), list(hydra_cfg.overrides.task))
+        if prepare(cfg, list(hydra_cfg.overrides.task)):
             _save_effective_config(cfg, run_dir)
         if cfg.print_config:
             console.print_config(cfg)
@@ -51,6 +50,27 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_INTERRUPTED)
     console.print_summary(report.data, run_dir)
     return _optimized_metric(cfg, report.data)
+
+
+def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
+    """What the composed config leaves to the run: adopt a from_run source's config, name the model.
+    Returns whether the config now differs from what Hydra saved."""
+    from pipeline import from_run
+
+    adopted = bool(cfg.get("from_run"))
+    if adopted:
+        from_run.adopt_config(cfg, from_run.load_source(cfg.from_run), overrides)
+    return _name_the_model(cfg, overrides) or adopted
+
+
+def _name_the_model(cfg: DictConfig, overrides: list[str]) -> bool:
+    """``model.name`` defaults to the network's class when ``model.net._target_`` names another network."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    if cfg.model.get("name") and ("model.net._target_" not in given or "model.name" in given):
+        return False
+    with open_dict(cfg):
+        cfg.model.name = str(cfg.model.net.get("_target_", "model")).rsplit(".", 1)[-1]
+    return True
 
 
 def _sigterm_as_interrupt(signum, frame):

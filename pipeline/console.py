@@ -40,9 +40,13 @@ def parity_table(report: dict) -> Table:
                    "metric", "latency b1 ms", "throughput/s"):
         table.add_column(column, justify="right")
     for e in report["parity"]:
-        agree = "-" if e["top1_agreement"] is None else f"{e['top1_agreement']:.4f}"
         ok = "[green]yes[/]" if e["allclose"] else "[red]no[/]"
-        table.add_row(e["runtime"], str(e["samples"]), f"{e['max_abs_err']:.2e}", f"{e['max_rel_err']:.2e}",
-                      ok, agree, f"{e['metric']:.4f}", f"{e['latency_ms_batch1']:.3f}",
-                      f"{e['throughput_per_s']:.0f}")
+        table.add_row(e["runtime"], str(e["samples"]), _number(e["max_abs_err"], ".2e"),
+                      _number(e["max_rel_err"], ".2e"), ok, _number(e["top1_agreement"], ".4f"),
+                      _number(e.get("metric"), ".4f"), _number(e.get("latency_ms_batch1"), ".3f"),
+                      _number(e.get("throughput_per_s"), ".0f"))
     return table
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -12,6 +13,8 @@ from pipeline.report import Report, sha256_of
 
 ONNX_NAME = "model.onnx"
 WEIGHTS_NAME = "model.pt"
+# model.weights=init: the network as its constructor builds it (random, or weights it loads itself).
+INIT_WEIGHTS = "init"
 
 
 @dataclass
@@ -25,11 +28,12 @@ class RunContext:
     converted: dict[str, Path] = field(default_factory=dict)
     # A checkpoint of an unfinished run to resume training from (from_run).
     resume_from: Path | None = None
-    # Parity's outputs on the held-out data, per runtime ("torch" is the reference), and its targets.
+    # Parity's outputs on the held-out data, per runtime ("torch" is the reference): {output name: array}.
     outputs: dict = field(default_factory=dict)
     held_out_targets: object = None
     _data: object = None
     _net: torch.nn.Module | None = None
+    _onnx_io: tuple | None = None
 
     @property
     def output_kind(self) -> str:
@@ -55,11 +59,24 @@ class RunContext:
     def new_net(self) -> torch.nn.Module:
         return _build(self.cfg.model.net, "model.net")
 
+    def initial_net(self) -> torch.nn.Module:
+        """The network before this run trains it: built, with ``model.weights`` loaded when given."""
+        given = self.cfg.model.get("weights")
+        if not given or given == INIT_WEIGHTS:
+            return self.new_net()
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise PipelineError(f"model.weights={given!r}: no such file.",
+                                "Point model.weights at a state_dict (.pt) or a Lightning checkpoint (.ckpt), "
+                                f"or use model.weights={INIT_WEIGHTS} for the network as its constructor builds it.")
+        return self.load_weights(path)
+
     @property
     def net(self) -> torch.nn.Module:
-        """The trained network: from the train stage, or its saved weights in this run dir."""
+        """The network to export: from the train stage, this run dir's weights, or ``model.weights``."""
         if self._net is None:
-            self._net = self.load_weights(self.weights_path)
+            trained = self.weights_path.is_file() or not self.cfg.model.get("weights")
+            self._net = self.load_weights(self.weights_path) if trained else self.initial_net().eval()
         return self._net
 
     @net.setter
@@ -70,18 +87,81 @@ class RunContext:
         if not path.is_file():
             raise PipelineError(
                 f"No trained weights at {path}.",
-                "Run the train stage (add 'train' to stages) or start from a finished run.",
+                "Run the train stage (add 'train' to stages), start from a finished run (from_run=...), or give "
+                "model.weights=<state_dict or Lightning checkpoint> (model.weights=init: the constructor's own).",
             )
         net = self.new_net()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
         except Exception as exc:
             raise PipelineError(
-                f"The weights file {path} is unreadable or does not fit model={self.cfg.model.name}: {exc}",
-                "Re-run the train stage, or check that model= matches the run that produced it.",
+                f"The weights file {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}).",
+                "Give a state_dict (torch.save(net.state_dict(), path)) or a Lightning checkpoint; "
+                "re-run the train stage if it is this pipeline's own.") from exc
+        try:
+            net.load_state_dict(state_dict_of(state, net))
+        except Exception as exc:
+            raise PipelineError(
+                f"The weights in {path} do not fit model={self.cfg.model.name} "
+                f"({self.cfg.model.net.get('_target_')}): {str(exc).splitlines()[0][:400]}",
+                "Check that model= (and its model.net.* arguments) match the network that produced them.",
             ) from exc
         return net.eval()
+
+    # --- the ONNX model's inputs and outputs, and real inputs for them ---------------------------------
+
+    def _io(self) -> tuple[list[str], list[str]]:
+        if self._onnx_io is None:
+            import onnx
+
+            graph = onnx.load(str(self.onnx_path), load_external_data=False).graph
+            initializers = {init.name for init in graph.initializer}
+            self._onnx_io = ([i.name for i in graph.input if i.name not in initializers],
+                             [o.name for o in graph.output])
+        return self._onnx_io
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._io()[0]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._io()[1]
+
+    def held_out_inputs(self, count: int | None = None, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The first ``count`` held-out inputs (all when None), by ONNX input name, as NumPy arrays."""
+        x = self.data.splits.test[0]
+        names = names or self.input_names
+        if isinstance(x, dict):
+            missing = sorted(set(names) - set(x))
+            if missing:
+                raise PipelineError(f"The dataset gives inputs {sorted(x)}; the model takes {names}.",
+                                    "Name the dataset's inputs after the model's (dataset.inputs).")
+            return {name: x[name][:count].numpy() for name in names}
+        return {names[0]: x[:count].numpy()}
+
+    def onnx_reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline import runtimes
+
+        session = runtimes.load("onnxruntime", self.onnx_path, self.input_names, self.output_names,
+                                threads=self.threads)
+        return session.predict(feeds)
+
+
+def state_dict_of(loaded, net: torch.nn.Module) -> dict:
+    """A plain state_dict from what torch.load returned: a state_dict, or a Lightning checkpoint whose
+    keys carry the LightningModule's attribute prefix (``net.``, ``model.``)."""
+    if not isinstance(loaded, dict):
+        raise TypeError(f"expected a state_dict, got {type(loaded).__name__}")
+    state = loaded.get("state_dict", loaded)
+    expected = set(net.state_dict())
+    if set(state) == expected:
+        return state
+    for prefix in {key.split(".", 1)[0] + "." for key in state if "." in key}:
+        stripped = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        if set(stripped) == expected:
+            return stripped
+    return state
 
 
 def _build(node, key: str):

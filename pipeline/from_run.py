@@ -97,8 +97,8 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
     if "convert" not in selected and "parity" in selected:
         for target, entry in source.report.get("targets", {}).items():
             if entry.get("status") == "ok" and target in TARGETS:
-                out = ctx.run_dir / TARGETS[target][1]
-                _copy(source.artifact(TARGETS[target][1], "parity"), out, ctx, target)
+                out = ctx.run_dir / TARGETS[target].artifact
+                _copy(source.artifact(TARGETS[target].artifact, "parity"), out, ctx, target)
                 ctx.report.data["targets"][target] = entry
                 ctx.converted[target] = out
 

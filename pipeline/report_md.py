@@ -56,14 +56,21 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
             ["runtime", "samples", "max abs err", "max rel err", "allclose", "top-1 agreement", "metric",
              "latency b1 (ms)", "throughput (/s)"],
             [[e["runtime"], e["samples"], e["max_abs_err"], e["max_rel_err"], e["allclose"], e["top1_agreement"],
-              e["metric"], e["latency_ms_batch1"], round(e["throughput_per_s"])] for e in report["parity"]]), ""]
+              e["metric"], e.get("latency_ms_batch1"), _rounded(e.get("throughput_per_s"))]
+             for e in report["parity"]]), ""]
+        failures = [f"- **{e['runtime']}**: {e['error']}" for e in report["parity"] if e.get("error")]
+        lines += [*failures, ""] if failures else []
         ref = report.get("reference") or {}
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
                       f"throughput {round(ref['throughput_per_s'])}/s.", ""]
     if report["targets"]:
-        lines += ["## Conversion targets", "", *_table(["target", "status", "input layout", "reason"], [
-            [t, e["status"], e.get("input_layout"), e.get("reason", "")] for t, e in report["targets"].items()]), ""]
+        lines += ["## Conversion targets", "", *_table(["target", "status", "backend", "input layout", "reason"], [
+            [t, e["status"], e.get("backend"), e.get("input_layout"), e.get("reason", "")]
+            for t, e in report["targets"].items()]), ""]
+        tried = [f"- {t}: " + "; ".join(_attempt(a) for a in e.get("attempts", []))
+                 for t, e in report["targets"].items() if len(e.get("attempts", [])) > 1 or e["status"] != "ok"]
+        lines += ["Backends tried, in order:", "", *tried, ""] if tried else []
     if report["artifacts"]:
         lines += ["## Artifacts", "", *_table(["artifact", "path", "size", "how to load"], [
             [k, f"`{a['path']}`", _size(a["bytes"]), _load_hint(k, report)]
@@ -71,6 +78,15 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _attempt(attempt: dict) -> str:
+    reason = f" ({attempt['reason']})" if attempt.get("reason") else ""
+    return f"{attempt['backend']} {attempt['status']}{reason}"
+
+
+def _rounded(value):
+    return None if value is None else round(value)
 
 
 def _load_hint(key: str, report: dict) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import from_run, tasks, threads
+from pipeline import from_run, preflight, tasks, threads
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageFailed
 from pipeline.report import STAGES, Report
@@ -48,8 +48,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     report.data["environment"]["threads"] = ctx.threads
     if cfg.get("from_run"):
         from_run.adopt_artifacts(ctx, from_run.load_source(cfg.from_run), selected)
-    report.data["model"]["parameters"] = count_parameters(ctx.new_net())
     report.save()
+    try:
+        report.data["model"]["parameters"] = count_parameters(preflight.check_model_fits_data(ctx))
+    except PipelineError as exc:  # before any work: the first selected stage is the one that could not start
+        _refuse(report, selected, exc)
+        raise
     failure = None
     try:
         for name in STAGES:
@@ -73,6 +77,16 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     return report
 
 
+def _refuse(report: Report, selected: list[str], exc: PipelineError) -> None:
+    for name, stage in report.data["stages"].items():
+        if selected and name == selected[0]:
+            stage.update(status="failed", reason=str(exc))
+        else:
+            stage.update(status="skipped", reason="an earlier check failed" if name in selected else "not selected")
+    report.data["status"] = "failed"
+    report.save()
+
+
 def write_human_report(ctx: RunContext) -> None:
     """report.md and the plots; a problem drawing them never fails the run."""
     from pipeline import report_md
@@ -92,13 +106,17 @@ def draw_plots(ctx: RunContext) -> list[Path]:
 
     drawn = [plots.training_curves(ctx.run_dir / "metrics.csv", ctx.run_dir / "training_curves.png")]
     if ctx.outputs:
-        reference = ctx.outputs["torch"]
-        others = {k: v for k, v in ctx.outputs.items() if k != "torch"}
+        first = ctx.output_names[0]  # the output the task metric is computed on
+        reference = ctx.outputs["torch"][first]
+        others = {k: v[first] for k, v in ctx.outputs.items() if k != "torch"}
         drawn.append(plots.parity(reference, others, ctx.run_dir / "parity.png"))
         labels = ctx.held_out_targets
         predicted = tasks.predictions(ctx.output_kind, reference)
-        if predicted is not None:
-            drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png"))
+        if labels is None:
+            pass
+        elif predicted is not None:
+            if predicted.ndim == 1:
+                drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png"))
         else:
             inverse = ctx.data.splits.inverse or (lambda v: v)
             drawn.append(plots.forecast(inverse(labels.reshape(-1)), inverse(reference.reshape(-1)),

@@ -4,18 +4,23 @@
 before any work starts: a wrong type (``trainer.max_epochs=abc``) or an unknown key fails with a
 message naming the key. Unknown choices (``model=nope``) are Hydra's own check, listing the options.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from pipeline.converters import TARGETS
+
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: str | None = None  # defaults to the network's class name when model.net._target_ is overridden
     net: Any = MISSING  # {_target_: models.x.Class, ...constructor arguments}
     output: str = MISSING  # log_probs | logits | probability | value
+    # Weights to start from instead of training's: a state_dict (.pt) or a Lightning checkpoint (.ckpt);
+    # "init": the network as its constructor builds it. null: this run's train stage (or from_run).
+    weights: str | None = None
 
 
 @dataclass
@@ -45,9 +50,30 @@ class TrainerConfig:
 
 
 @dataclass
-class ExportConfig:
+class TargetOptions:
+    backend: str = "auto"  # auto: the target's backends in order (pipeline/converters/backends), or one by name
+
+
+@dataclass
+class VerifyConfig:
+    """Each converted artifact against onnxruntime on a few held-out inputs, before parity: within
+    rtol * max|onnx output| + atol, or ``auto`` tries the next backend."""
+
+    samples: int = 8
+    rtol: float = 1e-3
+    atol: float = 1e-6
+
+
+# export.<target> for every registered target: adding a target adds its options.
+_ExportBase = make_dataclass("_ExportBase", [(name, TargetOptions, field(default_factory=TargetOptions))
+                                             for name in TARGETS])
+
+
+@dataclass
+class ExportConfig(_ExportBase):
     opset: int = 13
     targets: dict[str, bool] = field(default_factory=dict)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
 @dataclass

@@ -53,3 +53,20 @@ def default_run(tmp_path_factory, mnist_root) -> Path:
     run_dir = tmp_path_factory.mktemp("default") / "run"
     assert_ok(run_cli("model=mnist_cnn", "export=all", mnist_root_override(), run_dir=run_dir))
     return run_dir
+
+
+def run_in_process(*overrides: str, run_dir: Path) -> dict:
+    """The pipeline on a composed config in this process (no interpreter or TensorFlow start-up per run).
+
+    Returns report.json; a PipelineError propagates after the report is written, as in the CLI.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from pipeline import cli, runner
+
+    overrides = ["print_config=false", *overrides]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=overrides)
+    cli.prepare(cfg, overrides)
+    runner.run(cfg, Path(run_dir))
+    return read_report(run_dir)

@@ -1,23 +1,84 @@
-"""Converters, one module per target; each exposes ``convert(onnx_path, out_path) -> dict``.
+"""Export targets and the converter backends that produce them.
 
-The returned dict goes into report.json under ``targets.<name>``; ``input_layout`` defaults to the
-ONNX model's own layout (channels first) unless the converter changed it.
+A target is an artifact kind (``keras``: model.keras, ...) declared once in ``TARGETS``. A backend is
+one module in ``pipeline/converters/backends/`` whose ``convert(job)`` function is registered for a
+target with ``@backend(...)``; the modules there are found on their own, so a new backend is one
+new module. ``export.<target>.backend`` picks one by name, or ``auto`` tries them in ``order``.
 """
 import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-# target -> (module, artifact file name, target it is converted from)
-TARGETS = {
-    "keras": ("pipeline.converters.to_keras", "model.keras", None),
-    "tensorflow": ("pipeline.converters.to_tensorflow", "saved_model", None),
-    "tflite": ("pipeline.converters.to_tflite", "model.tflite", "tensorflow"),
-}
+import numpy as np
 
 
-def converter(target: str):
+@dataclass(frozen=True)
+class Target:
+    name: str
+    artifact: str  # file or directory name in the run dir
+    runtime: str  # the runtime adapter (pipeline.runtimes) that runs it in parity
+    description: str
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("keras", "model.keras", "keras", "Keras 3 model; loads with keras.saving.load_model(path, safe_mode=True)"),
+    Target("tensorflow", "saved_model", "tensorflow", "TensorFlow SavedModel with a serving_default signature"),
+    Target("tflite", "model.tflite", "tflite", "TFLite flatbuffer for the LiteRT interpreter"),
+)}
+
+
+@dataclass
+class ConvertJob:
+    """What a backend gets: the ONNX model, where to write, real inputs, and the run's other artifacts."""
+
+    target: str
+    onnx_path: Path
+    out_path: Path
+    sample: dict[str, np.ndarray]  # a few real held-out inputs, by ONNX input name, in ONNX layout
+    artifacts: dict[str, Path] = field(default_factory=dict)  # targets already converted in this run
+    options: dict = field(default_factory=dict)  # export.<target>
+    cache: dict = field(default_factory=dict)  # shared by every backend of one convert stage
+
+
+@dataclass(frozen=True)
+class Backend:
+    target: str
+    name: str
+    order: int  # auto tries lower first
+    needs: str | None  # another target whose artifact it converts from (tflite <- tensorflow), or None
+    convert: Callable[[ConvertJob], dict]
+    summary: str
+
+
+_BACKENDS: list[Backend] = []
+
+
+def backend(target: str, name: str, order: int, needs: str | None = None, summary: str = ""):
+    """Register ``convert(job) -> dict`` as the backend ``name`` for ``target``."""
+    def register(function):
+        _BACKENDS.append(Backend(target, name, order, needs, function, summary or (function.__doc__ or "").strip()))
+        return function
+    return register
+
+
+def backends(target: str) -> list[Backend]:
+    """The target's backends, in the order ``auto`` tries them."""
+    _discover()
+    return sorted((b for b in _BACKENDS if b.target == target), key=lambda b: b.order)
+
+
+def _discover() -> None:
+    package = importlib.import_module(f"{__name__}.backends")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def prepare_tensorflow() -> None:
     from pipeline import tf_env
 
-    tf_env.prepare()  # every converter imports TensorFlow
-    return importlib.import_module(TARGETS[target][0])
+    tf_env.prepare()  # every backend imports TensorFlow: Triton must come first
 
 
 def onnx_layout(onnx_model) -> str:

@@ -1,11 +1,12 @@
-"""Runtime adapters, one module per runtime, each with ``predict(batch: np.ndarray) -> np.ndarray``.
-
-Inputs are always given in PyTorch's layout (channels first); an adapter whose runtime wants
-another layout transposes inside ``predict``.
+"""Runtime adapters, one module per runtime. Each takes inputs and returns outputs by ONNX tensor name,
+in the ONNX model's own layout (PyTorch's): an artifact stored in another layout (a Keras model
+taking NHWC) records its per-tensor axis orders, and the adapter transposes on the way in and out.
 """
 import importlib
 
-# runtime name (as in report.json) -> module implementing ``load(path, **options)``
+import numpy as np
+
+# runtime name (as in report.json) -> module implementing ``load(artifact, io, **options)``
 ADAPTERS = {
     "torch": "pipeline.runtimes.torch_runtime",
     "onnxruntime": "pipeline.runtimes.onnx_runtime",
@@ -15,19 +16,56 @@ ADAPTERS = {
 }
 
 
-def load(name: str, artifact, **options):
+class OutputMismatch(ValueError):
+    """A runtime returned outputs that do not fit the ONNX model's (their number or rank)."""
+
+
+class Adapter:
+    """Base: ``predict({input name: array}) -> {output name: array}`` around the runtime's ``run``.
+
+    ``input_perms``/``output_perms`` give, per tensor, the ONNX axis each axis of the runtime's tensor
+    holds (absent: the ONNX layout itself).
+    """
+
+    name = ""
+
+    def __init__(self, inputs: list[str], outputs: list[str], input_perms: dict | None = None,
+                 output_perms: dict | None = None):
+        self.inputs, self.outputs = list(inputs), list(outputs)
+        self.input_perms, self.output_perms = dict(input_perms or {}), dict(output_perms or {})
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = [to_layout(feeds[name], self.input_perms.get(name)) for name in self.inputs]
+        results = [np.asarray(r) for r in self.run(arrays)]
+        if len(results) != len(self.outputs):
+            raise OutputMismatch(f"{self.name} returned {len(results)} output(s); the ONNX model has "
+                                 f"{len(self.outputs)} ({', '.join(self.outputs)}).")
+        return {name: from_layout(result, self.output_perms.get(name), name, self.name)
+                for name, result in zip(self.outputs, results, strict=True)}
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+def to_layout(array: np.ndarray, perm) -> np.ndarray:
+    if not perm or list(perm) == list(range(len(perm))):
+        return array
+    return np.ascontiguousarray(np.transpose(array, perm))
+
+
+def from_layout(array: np.ndarray, perm, name: str = "", runtime: str = "") -> np.ndarray:
+    if not perm or list(perm) == list(range(len(perm))):
+        return array
+    if array.ndim != len(perm):
+        raise OutputMismatch(f"{runtime} output {name} has rank {array.ndim}; its recorded layout has "
+                             f"{len(perm)} axes.")
+    return np.ascontiguousarray(np.transpose(array, np.argsort(perm)))
+
+
+def load(name: str, artifact, inputs: list[str], outputs: list[str], **options) -> Adapter:
     """Load ``artifact`` (a path, or the network for torch) into the runtime adapter ``name``."""
     if name not in ("torch", "onnxruntime"):
         from pipeline import tf_env
 
         tf_env.prepare()
-    return importlib.import_module(ADAPTERS[name]).load(artifact, **options)
-
-
-def channels_last(batch, layout: str):
-    """Move the channel axis to the end when the runtime's layout is channels-last (NHWC/NWC)."""
-    import numpy as np
-
-    if layout in ("NHWC", "NWC") and batch.ndim >= 3:
-        return np.ascontiguousarray(np.moveaxis(batch, 1, -1))
-    return batch
+    return importlib.import_module(ADAPTERS[name]).load(artifact, inputs, outputs, **options)

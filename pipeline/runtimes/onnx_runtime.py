@@ -1,21 +1,23 @@
 """onnxruntime on the CPU."""
 import numpy as np
 
+from pipeline.runtimes import Adapter
 
-class OnnxRuntime:
+
+class OnnxRuntime(Adapter):
     name = "onnxruntime"
 
-    def __init__(self, path, threads: int = 0):
+    def __init__(self, path, inputs, outputs, threads: int = 0):
         import onnxruntime as ort
 
+        super().__init__(inputs, outputs)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0 = onnxruntime's default
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.outputs, dict(zip(self.inputs, arrays, strict=True)))
 
 
-def load(path, threads: int = 0, **_) -> OnnxRuntime:
-    return OnnxRuntime(path, threads)
+def load(path, inputs, outputs, threads: int = 0, **_) -> OnnxRuntime:
+    return OnnxRuntime(path, inputs, outputs, threads)

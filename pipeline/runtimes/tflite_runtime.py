@@ -1,5 +1,7 @@
-"""A ``.tflite`` flatbuffer run by LiteRT's interpreter (TensorFlow's if LiteRT is missing)."""
+"""A ``.tflite`` flatbuffer run by LiteRT's interpreter, through its signature (tensors by name)."""
 import numpy as np
+
+from pipeline.runtimes import Adapter
 
 
 def _interpreter_class():
@@ -10,24 +12,40 @@ def _interpreter_class():
     return Interpreter
 
 
-class TFLiteRuntime:
+class TFLiteRuntime(Adapter):
     name = "tflite"
 
-    def __init__(self, path, threads: int = 0):
+    def __init__(self, path, inputs, outputs, input_perms=None, output_perms=None, threads: int = 0):
+        super().__init__(inputs, outputs, input_perms, output_perms)
         self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads or None)
-        self.input_index = self.interpreter.get_input_details()[0]["index"]
-        self.output_index = self.interpreter.get_output_details()[0]["index"]
-        self._shape = None
+        signatures = self.interpreter.get_signature_list()
+        self.runner = self.interpreter.get_signature_runner(next(iter(signatures))) if signatures else None
+        if self.runner is not None:
+            described = signatures[next(iter(signatures))]
+            self.feed_names = inputs if set(inputs) <= set(described["inputs"]) else described["inputs"]
+            self.fetch_names = outputs if set(outputs) <= set(described["outputs"]) else sorted(described["outputs"])
+        self._shapes = None
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        if self._shape != batch.shape:  # the batch axis is dynamic: resize only when it changes
-            self.interpreter.resize_tensor_input(self.input_index, batch.shape, strict=False)
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        if self.runner is not None:  # resizes the (dynamic) batch axis itself
+            result = self.runner(**dict(zip(self.feed_names, arrays, strict=True)))
+            return [np.array(result[name]) for name in self.fetch_names]
+        return self._run_by_index(arrays)
+
+    def _run_by_index(self, arrays):
+        details = self.interpreter.get_input_details()
+        shapes = [a.shape for a in arrays]
+        if self._shapes != shapes:  # the batch axis is dynamic: resize only when it changes
+            for detail, array in zip(details, arrays, strict=True):
+                self.interpreter.resize_tensor_input(detail["index"], array.shape, strict=False)
             self.interpreter.allocate_tensors()
-            self._shape = batch.shape
-        self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(batch, dtype=np.float32))
+            self._shapes = shapes
+        for detail, array in zip(details, arrays, strict=True):
+            self.interpreter.set_tensor(detail["index"], array)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index).copy()
+        return [self.interpreter.get_tensor(d["index"]).copy() for d in self.interpreter.get_output_details()]
 
 
-def load(path, threads: int = 0, **_) -> TFLiteRuntime:
-    return TFLiteRuntime(path, threads)
+def load(path, inputs, outputs, input_perms=None, output_perms=None, threads: int = 0, **_) -> TFLiteRuntime:
+    return TFLiteRuntime(path, inputs, outputs, input_perms, output_perms, threads)

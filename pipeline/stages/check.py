@@ -18,14 +18,16 @@ def run(ctx: RunContext) -> None:
         raise PipelineError(f"{path} is not a valid ONNX model: {exc}",
                             "Re-run the export stage; try another export.opset.") from exc
     session = onnxruntime_session(path)
-    test_x = ctx.data.splits.test[0].numpy()
+    feeds = ctx.held_out_inputs(max(CHECK_BATCH_SIZES), [i.name for i in session.get_inputs()])
     shapes = {}
     for batch in CHECK_BATCH_SIZES:
-        out = session.run(None, {session.get_inputs()[0].name: test_x[:batch]})[0]
-        if out.shape[0] != min(batch, len(test_x)) or not np.isfinite(out).all():
-            raise PipelineError(f"onnxruntime returned {out.shape} (finite: {np.isfinite(out).all()}) "
-                                f"for a batch of {batch}.", "Check the model's export.")
-        shapes[str(batch)] = list(out.shape)
+        outs = session.run(None, {name: value[:batch] for name, value in feeds.items()})
+        rows = min(batch, len(next(iter(feeds.values()))))
+        for out in outs:
+            if out.shape[:1] != (rows,) or (out.dtype.kind == "f" and not np.isfinite(out).all()):
+                raise PipelineError(f"onnxruntime returned {out.shape} (finite: {np.isfinite(out).all()}) "
+                                    f"for a batch of {rows}.", "Check the model's export.")
+        shapes[str(batch)] = list(outs[0].shape)
     ctx.report.data["check"] = {
         "opset": opset_of(model),
         "ir_version": model.ir_version,

@@ -1,55 +1,184 @@
-"""convert: turn model.onnx into every target picked by ``export=``; one failure spares the rest."""
+"""convert: every target picked by ``export=``, each by the first backend of its chain whose artifact
+computes what the ONNX model computes; one target's failure spares the others.
+
+``export.<target>.backend: auto`` tries the target's backends in order (``pipeline.converters``):
+a backend that fails is recorded with its reason and the op it names, and the next one is tried.
+Every artifact is verified against onnxruntime on a few real held-out inputs (shapes first, then
+values within ``export.verify``); ``auto`` passes over one that drifts. If every backend's artifact
+drifts, the first is kept so that parity reports (and localises) the drift.
+"""
 import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
 
 from pipeline.context import RunContext
-from pipeline.converters import TARGETS, converter, onnx_layout
+from pipeline.converters import TARGETS, Backend, ConvertJob, backends, onnx_layout, prepare_tensorflow
 from pipeline.errors import ConversionError, PipelineError, StageFailed
 
 log = logging.getLogger(__name__)
+AUTO = "auto"
+
+
+def chain(cfg, target: str) -> list[Backend]:
+    """The backends to try for ``target``: all in order under ``auto``, else the one named."""
+    options = cfg.export.get(target) or {}
+    requested = options.get("backend", AUTO) or AUTO
+    available = backends(target)
+    if requested == AUTO:
+        return available
+    picked = [b for b in available if b.name == requested]
+    if not picked:
+        raise PipelineError(f"export.{target}.backend={requested!r} is not a backend of the {target} target.",
+                            f"Pick one of: {AUTO}, {', '.join(b.name for b in available)}.")
+    return picked
 
 
 def selected_targets(cfg) -> list[str]:
-    """Targets in conversion order, with what they are converted from (tflite needs tensorflow)."""
+    """Targets in conversion order, with the targets their backends convert from (tflite <- tensorflow)."""
     wanted = [name for name, on in (cfg.export.get("targets") or {}).items() if on]
     unknown = sorted(set(wanted) - set(TARGETS))
     if unknown:
         raise PipelineError(f"Unknown export target(s) {unknown} in export.targets.",
-                            f"Valid targets: {', '.join(TARGETS)} (or export=onnx|keras|tensorflow|tflite|all).")
-    needed = set(wanted) | {TARGETS[t][2] for t in wanted if TARGETS[t][2]}
+                            f"Valid targets: {', '.join(TARGETS)} (or export=onnx|{'|'.join(TARGETS)}|all).")
+    needed = set(wanted)
+    for target in wanted:
+        needed |= {b.needs for b in chain(cfg, target) if b.needs}
     return [t for t in TARGETS if t in needed]
 
 
 def run(ctx: RunContext) -> None:
     import onnx
 
+    prepare_tensorflow()
     logging.getLogger("onnx2keras").setLevel(logging.ERROR)
-    default_layout = onnx_layout(onnx.load(str(ctx.onnx_path), load_external_data=False))
-    failed = []
-    for target in selected_targets(ctx.cfg):
-        failed += [target] if not _convert_one(ctx, target, default_layout) else []
+    model = onnx.load(str(ctx.onnx_path), load_external_data=False)
+    default_layout = onnx_layout(model)
+    sample = ctx.held_out_inputs(int(ctx.cfg.export.verify.samples))
+    reference = ctx.onnx_reference(sample)
+    cache: dict = {}
+    failed = [t for t in selected_targets(ctx.cfg)
+              if not _convert_target(ctx, t, default_layout, sample, reference, cache)]
     if failed:
         reasons = "; ".join(f"{t}: {ctx.report.data['targets'][t]['reason']}" for t in failed)
         raise StageFailed(f"Conversion failed for {', '.join(failed)} ({reasons}).",
                           "The other targets were converted and go through parity; see report.json targets.")
 
 
-def _convert_one(ctx: RunContext, target: str, default_layout: str) -> bool:
-    module_name, artifact_name, source = TARGETS[target]
-    out_path = ctx.run_dir / artifact_name
-    entry = {"status": "failed", "artifact": artifact_name, "input_layout": default_layout}
+def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, reference, cache) -> bool:
+    spec = TARGETS[target]
+    out_path = ctx.run_dir / spec.artifact
+    attempts: list[dict] = []
+    entry = {"status": "failed", "artifact": spec.artifact, "input_layout": default_layout, "backend": None,
+             "attempts": attempts}
     ctx.report.data["targets"][target] = entry
-    if source and source not in ctx.converted:
-        entry["reason"] = f"needs the {source} target, which did not convert"
-        return False
-    source_path = ctx.converted[source] if source else ctx.onnx_path
+    job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted),
+                     dict(ctx.cfg.export.get(target) or {}), cache)
+    kept = None  # (attempt, info, parked path) of the first artifact that drifted
+    for candidate in chain(ctx.cfg, target):
+        attempt = {"backend": candidate.name}
+        attempts.append(attempt)
+        info = _attempt(candidate, job, attempt)
+        if info is None:
+            continue
+        info = {"input_layout": default_layout, **info}
+        verdict = verify(ctx, target, out_path, info, sample, reference)
+        attempt["verify"] = verdict
+        if verdict["ok"]:
+            attempt["status"] = "ok"
+            _discard(kept)
+            return _accept(ctx, target, entry, candidate.name, info, out_path)
+        attempt.update(status="drifted", reason=verdict["reason"])
+        log.warning("convert %s: backend %s drifted: %s", target, candidate.name, verdict["reason"])
+        if kept is None:
+            kept = (attempt, info, _park(out_path))
+        else:
+            _remove(out_path)
+    if kept is not None:  # nothing verified: parity shall measure (and localise) the drift
+        attempt, info, parked = kept
+        parked.replace(out_path)
+        entry["verified"] = False
+        return _accept(ctx, target, entry, attempt["backend"], info, out_path)
+    entry["reason"] = "; ".join(f"{a['backend']}: {a.get('reason', a['status'])}" for a in attempts) or \
+        "no backend"
+    entry["unsupported_op"] = next((a["unsupported_op"] for a in attempts if a.get("unsupported_op")), None)
+    log.error("convert %s failed: %s", target, entry["reason"])
+    return False
+
+
+def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
+    """Run one backend; records why it did not produce an artifact and returns None then."""
+    if candidate.needs and candidate.needs not in job.artifacts:
+        attempt.update(status="skipped", reason=f"needs the {candidate.needs} target, which did not convert")
+        return None
+    start = time.perf_counter()
     try:
-        entry.update(converter(target).convert(source_path, out_path))
+        return candidate.convert(job) or {}
     except ConversionError as exc:
-        entry.update(reason=str(exc), unsupported_op=exc.unsupported_op)
-        log.error("convert %s failed: %s", target, exc)
-        return False
-    entry["status"] = "ok"
+        attempt.update(status="failed", reason=str(exc), unsupported_op=exc.unsupported_op)
+    except ImportError as exc:
+        attempt.update(status="skipped", reason=f"not installed ({exc})")
+    except Exception as exc:  # noqa: BLE001 - a converter library's own error: the next backend may do better
+        log.debug("backend %s raised", candidate.name, exc_info=True)
+        attempt.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                       if str(exc).strip() else type(exc).__name__)
+    finally:
+        attempt["seconds"] = round(time.perf_counter() - start, 3)
+    _remove(job.out_path)
+    return None
+
+
+def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict, out_path: Path) -> bool:
+    entry.update(info, status="ok", backend=backend)
+    entry.pop("reason", None)
     ctx.converted[target] = out_path
-    ctx.report.add_artifact(target, out_path)
-    log.info("convert %s -> %s", target, out_path.name)
+    ctx.report.add_artifact(target, out_path, backend=backend)
+    log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
     return True
+
+
+def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, reference: dict) -> dict:
+    """The artifact run on ``sample`` by its runtime adapter, against onnxruntime: shapes, then values."""
+    from pipeline import runtimes
+
+    settings = ctx.cfg.export.verify
+    try:
+        adapter = runtimes.load(TARGETS[target].runtime, path, ctx.input_names, ctx.output_names,
+                                input_perms=info.get("input_perms"), output_perms=info.get("output_perms"),
+                                threads=ctx.threads)
+        outputs = adapter.predict(sample)
+    except Exception as exc:  # noqa: BLE001 - an artifact that does not run is a failed conversion
+        return {"ok": False, "reason": f"the artifact does not run: {type(exc).__name__}: {str(exc)[:300]}"}
+    worst = 0.0
+    for name, ref in reference.items():
+        out = outputs[name]
+        if out.shape != ref.shape:
+            return {"ok": False, "reason": f"output {name} has shape {list(out.shape)}, ONNX gives {list(ref.shape)}"}
+        err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
+        limit = float(settings.rtol) * float(np.max(np.abs(ref), initial=0.0)) + float(settings.atol)
+        if not np.isfinite(err) or err > limit:
+            return {"ok": False, "max_abs_err": err, "reason": f"output {name} differs from onnxruntime by up to "
+                    f"{err:.3g} on {len(next(iter(sample.values())))} held-out samples (allowed {limit:.3g})"}
+        worst = max(worst, err)
+    return {"ok": True, "max_abs_err": worst, "samples": len(next(iter(sample.values())))}
+
+
+def _park(path: Path) -> Path:
+    parked = path.with_name(f".{path.name}.drifted")
+    _remove(parked)
+    path.replace(parked)
+    return parked
+
+
+def _discard(kept) -> None:
+    if kept is not None:
+        _remove(kept[2])
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()

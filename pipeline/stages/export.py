@@ -1,30 +1,103 @@
-"""export: torch.onnx.export with named inputs/outputs, a dynamic batch axis and the chosen opset."""
+"""export: torch.onnx.export with named inputs/outputs, a dynamic batch axis and the lowest opset that works.
+
+The export starts at ``export.opset``; when an op needs a newer opset (``scaled_dot_product_attention``
+needs 14), it is raised to the one the exporter names, up to the newest it supports. Inputs are named
+after the dataset's (``input`` for a single tensor), outputs ``output`` (``output_0``, ``output_1``...
+when the network returns several, or the keys of a returned dict).
+"""
+import re
 import warnings
 
 import torch
 
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
+from pipeline.errors import PipelineError
+from pipeline.runtimes.torch_runtime import flatten_outputs
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+# "Support for this operator was added in version 14" / "opset version 14 is required"
+_NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version)\D{0,12}(\d+)", re.IGNORECASE)
 
 
 def run(ctx: RunContext) -> None:
     net = ctx.net.eval()
-    sample = ctx.data.splits.test[0][:1]
-    write_with(ctx.onnx_path, lambda tmp: export_onnx(net, sample, tmp, ctx.cfg.export.opset))
-    ctx.report.add_artifact("onnx", ctx.onnx_path, opset=int(ctx.cfg.export.opset))
+    x = ctx.data.splits.test[0]
+    names = list(x) if isinstance(x, dict) else [INPUT_NAME]
+    args = tuple(x[n][:1] for n in names) if isinstance(x, dict) else (x[:1],)
+    requested = int(ctx.cfg.export.opset)
+    outputs = output_names(net, args)
+    opset, tracer_warnings = write_with_opset(net, args, names, outputs, ctx, requested)
+    extra = {"requested_opset": requested} if opset != requested else {}
+    ctx.report.add_artifact("onnx", ctx.onnx_path, opset=opset, **extra)
+    ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs,
+                                 "tracer_warnings": tracer_warnings}
 
 
-def export_onnx(net: torch.nn.Module, sample: torch.Tensor, path, opset: int) -> None:
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of dynamo, which cannot target the
-        # low opsets onnx-tf needs; its warnings say nothing actionable here.
-        warnings.simplefilter("ignore")
+def output_names(net: torch.nn.Module, args: tuple) -> list[str]:
+    with torch.inference_mode():
+        result = net(*args)
+    if isinstance(result, dict):
+        return [str(k) for k in result]
+    count = len(flatten_outputs(result))
+    return [OUTPUT_NAME] if count == 1 else [f"{OUTPUT_NAME}_{i}" for i in range(count)]
+
+
+def max_opset() -> int:
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+
+
+def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx: RunContext,
+                     opset: int) -> tuple[int, list[str]]:
+    """Export at ``opset``, raising it to what the exporter asks for; returns the opset used and the
+    tracer's warnings (a traced branch or a Python number frozen into the graph can break parity)."""
+    highest = max_opset()
+    if not 7 <= opset <= highest:
+        raise PipelineError(f"export.opset={opset} is outside what torch.onnx can export (7 to {highest}).",
+                            f"Set export.opset between 7 and {highest} (13 is the default).")
+    while True:
+        caught: list[str] = []
+        try:
+            write_with(ctx.onnx_path,
+                       lambda tmp, o=opset, c=caught: c.extend(export_onnx(net, args, tmp, o, names, outputs)))
+            return opset, caught
+        except Exception as exc:  # noqa: BLE001 - torch raises many types; the message says what it needs
+            needed = required_opset(exc)
+            if needed is None or needed <= opset or needed > highest:
+                raise PipelineError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}",
+                                    "Check that the model runs on the dataset's inputs; an op without an ONNX "
+                                    "export must be replaced in the model.") from exc
+            opset = needed
+
+
+def required_opset(exc: Exception) -> int | None:
+    """The highest opset the exporter's message names (it names the failing one too)."""
+    found = [int(n) for n in _NEEDED_OPSET.findall(str(exc))]
+    return max(found) if found else None
+
+
+def first_line(exc: Exception) -> str:
+    """The exporter's message without the TorchScript graph it appends."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:400] if text else ''}"
+
+
+def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None) -> list[str]:
+    """torch.onnx.export (TorchScript); returns the TracerWarnings it raised, deduplicated."""
+    args = args if isinstance(args, tuple) else (args,)
+    input_names = input_names or [INPUT_NAME]
+    output_names_ = output_names_ or [OUTPUT_NAME]
+    axes = {name: {0: "batch"} for name in [*input_names, *output_names_]}
+    with warnings.catch_warnings(record=True) as caught:
+        # The TorchScript exporter is deprecated in favour of dynamo, which cannot target the low
+        # opsets onnx-tf needs; only its tracer warnings say something about the exported graph.
+        warnings.simplefilter("always")
         torch.onnx.export(
-            net, (sample,), str(path),
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,
             opset_version=int(opset), do_constant_folding=True, dynamo=False,
         )
+    tracer = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    return list(dict.fromkeys(tracer))

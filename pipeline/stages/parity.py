@@ -1,8 +1,10 @@
-"""parity: every runtime runs the same held-out data; outputs are compared with PyTorch's.
+"""parity: every runtime runs the same held-out data; outputs are compared with PyTorch's, by name.
 
 Per runtime: max abs error, max rel error (|out - ref| / max(|ref|, atol)), ``np.allclose`` at
-rtol/atol, top-1 agreement (classifiers), the task metric, batch-1 latency (median) and batched
-throughput. The stage fails after the report is written if any runtime drifts.
+rtol/atol, top-1 agreement (classifiers, on the first output), the task metric, batch-1 latency
+(median) and batched throughput. Outputs are matched by ONNX name and brought back to the ONNX
+layout by the runtime adapters; a shape that does not match is a parity failure of that runtime.
+The stage fails after the report is written if any runtime drifts.
 """
 import logging
 import time
@@ -11,6 +13,7 @@ import numpy as np
 
 from pipeline import runtimes, tasks
 from pipeline.context import RunContext
+from pipeline.converters import TARGETS
 from pipeline.errors import ParityError
 
 log = logging.getLogger(__name__)
@@ -18,67 +21,110 @@ log = logging.getLogger(__name__)
 
 def run(ctx: RunContext) -> None:
     settings = ctx.cfg.parity
-    x, y = _held_out(ctx, settings.samples)
-    reference = runtimes.load("torch", ctx.net)
-    ref_out, ref_timing = _measure(reference, x, settings)
-    ctx.outputs["torch"], ctx.held_out_targets = ref_out, y
-    kind = ctx.output_kind
-    inverse = ctx.data.splits.inverse
-    metric = tasks.metric_name(kind)
-    ctx.report.data["reference"] = {"runtime": "torch", "samples": len(x),
-                                    "metric": tasks.evaluate(kind, ref_out, y, inverse)[metric], **ref_timing}
+    feeds, labels = _held_out(ctx, settings.samples)
+    reference = runtimes.load("torch", ctx.net, ctx.input_names, ctx.output_names)
+    ref_out, ref_timing = _measure(reference, feeds, settings)
+    ctx.outputs["torch"], ctx.held_out_targets = ref_out, labels
+    samples = len(next(iter(feeds.values())))
+    ctx.report.data["reference"] = {"runtime": "torch", "samples": samples, "metric": _metric(ctx, ref_out, labels),
+                                    **ref_timing}
     entries = []
     for name, adapter in _runtimes_under_test(ctx):
-        out, timing = _measure(adapter, x, settings)
-        ctx.outputs[name] = out
-        entry = {"runtime": name, "samples": len(x), **compare(out, ref_out, kind, settings),
-                 "metric": tasks.evaluate(kind, out, y, inverse)[metric], **timing}
+        entry = {"runtime": name, "samples": samples}
+        try:
+            out, timing = _measure(adapter, feeds, settings)
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the data fails parity, clearly
+            entry.update(failure_entry(f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
+        else:
+            ctx.outputs[name] = out
+            entry.update(compare(out, ref_out, ctx.output_kind, settings))
+            entry["metric"] = _metric(ctx, out, labels) if entry.get("error") is None else None
+            entry.update(timing)
         entries.append(entry)
-        log.info("parity %-11s max_abs_err=%.3g allclose=%s", name, entry["max_abs_err"], entry["allclose"])
+        log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
     drifted = [e for e in entries if not e["in_tolerance"]]
     if drifted:
-        details = "; ".join(f"{e['runtime']}: max_abs_err={e['max_abs_err']:.3g}, "
-                            f"top1_agreement={e['top1_agreement']}" for e in drifted)
-        raise ParityError(f"Parity failed for {', '.join(e['runtime'] for e in drifted)} ({details}) "
-                          f"at rtol={settings.rtol}, atol={settings.atol}.",
+        raise ParityError(f"Parity failed for {', '.join(e['runtime'] for e in drifted)} "
+                          f"({'; '.join(_describe(e) for e in drifted)}) at rtol={settings.rtol}, "
+                          f"atol={settings.atol}.",
                           "Inspect report.json parity; loosen parity.rtol/atol only if the drift is acceptable.")
 
 
-def _held_out(ctx: RunContext, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
-    x, y = ctx.data.splits.test
-    count = len(x) if samples is None else min(int(samples), len(x))
-    return x[:count].numpy(), y[:count].numpy()
+def _describe(entry: dict) -> str:
+    if entry.get("error"):
+        return f"{entry['runtime']}: {entry['error']}"
+    return f"{entry['runtime']}: max_abs_err={entry['max_abs_err']:.3g}, top1_agreement={entry['top1_agreement']}"
+
+
+def _held_out(ctx: RunContext, samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    feeds = ctx.held_out_inputs(None if samples is None else int(samples))
+    count = len(next(iter(feeds.values())))
+    labels = ctx.data.splits.test[1]
+    return feeds, None if labels is None else labels[:count].numpy()
+
+
+def _metric(ctx: RunContext, outputs: dict, labels) -> float | None:
+    if labels is None:
+        return None
+    kind = ctx.output_kind
+    return tasks.evaluate(kind, outputs[ctx.output_names[0]], labels, ctx.data.splits.inverse)[tasks.metric_name(kind)]
 
 
 def _runtimes_under_test(ctx: RunContext):
     threads = ctx.threads
-    yield "onnxruntime", runtimes.load("onnxruntime", ctx.onnx_path, threads=threads)
+    names = (ctx.input_names, ctx.output_names)
+    yield "onnxruntime", runtimes.load("onnxruntime", ctx.onnx_path, *names, threads=threads)
     for target, path in ctx.converted.items():
-        layout = ctx.report.data["targets"].get(target, {}).get("input_layout", "")
-        yield target, runtimes.load(target, path, layout=layout, threads=threads)
+        entry = ctx.report.data["targets"].get(target, {})
+        yield target, runtimes.load(TARGETS[target].runtime, path, *names, threads=threads,
+                                    input_perms=entry.get("input_perms"), output_perms=entry.get("output_perms"))
 
 
-def compare(out: np.ndarray, ref: np.ndarray, kind: str, settings) -> dict:
-    out = out.reshape(ref.shape)
-    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-    rel = diff / np.maximum(np.abs(ref), settings.atol)
-    allclose = bool(np.allclose(out, ref, rtol=settings.rtol, atol=settings.atol))
-    ref_labels, labels = tasks.predictions(kind, ref), tasks.predictions(kind, out)
+def failure_entry(error: str) -> dict:
+    return {"max_abs_err": None, "max_rel_err": None, "allclose": False, "top1_agreement": None,
+            "in_tolerance": False, "error": error, "metric": None}
+
+
+def compare(out: dict, ref: dict, kind: str, settings) -> dict:
+    """Errors over every output (matched by name); top-1 agreement on the first, for classifiers."""
+    per_output, worst_abs, worst_rel, allclose = {}, 0.0, 0.0, True
+    for name, expected in ref.items():
+        got = out.get(name)
+        if got is None or got.shape != expected.shape:
+            shape = None if got is None else list(got.shape)
+            return failure_entry(f"output {name}: shape {shape}, PyTorch gives {list(expected.shape)}")
+        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+        rel = diff / np.maximum(np.abs(expected), settings.atol)
+        close = bool(np.allclose(got, expected, rtol=settings.rtol, atol=settings.atol))
+        per_output[name] = {"max_abs_err": float(diff.max(initial=0.0)), "max_rel_err": float(rel.max(initial=0.0)),
+                            "allclose": close}
+        worst_abs = max(worst_abs, per_output[name]["max_abs_err"])
+        worst_rel = max(worst_rel, per_output[name]["max_rel_err"])
+        allclose &= close
+    first = next(iter(ref))
+    ref_labels, labels = tasks.predictions(kind, ref[first]), tasks.predictions(kind, out[first])
     agreement = None if ref_labels is None else float((ref_labels == labels).mean())
     in_tolerance = allclose and (agreement is None or agreement >= settings.min_top1_agreement)
-    return {"max_abs_err": float(diff.max()), "max_rel_err": float(rel.max()), "allclose": allclose,
-            "top1_agreement": agreement, "in_tolerance": in_tolerance}
+    entry = {"max_abs_err": worst_abs, "max_rel_err": worst_rel, "allclose": allclose, "top1_agreement": agreement,
+             "in_tolerance": in_tolerance}
+    return {**entry, "outputs": per_output} if len(per_output) > 1 else entry
 
 
-def _measure(adapter, x: np.ndarray, settings) -> tuple[np.ndarray, dict]:
-    """Outputs over ``x`` in batches, the batched throughput, and the batch-1 latency median."""
+def _rows(feeds: dict, start: int, stop: int) -> dict:
+    return {name: value[start:stop] for name, value in feeds.items()}
+
+
+def _measure(adapter, feeds: dict, settings) -> tuple[dict, dict]:
+    """Outputs over ``feeds`` in batches, the batched throughput, and the batch-1 latency median."""
     batch = int(settings.batch_size)
-    adapter.predict(x[:batch])  # warm-up: graph tracing and allocation are not throughput
+    count = len(next(iter(feeds.values())))
+    adapter.predict(_rows(feeds, 0, batch))  # warm-up: graph tracing and allocation are not throughput
     start = time.perf_counter()
-    out = np.concatenate([adapter.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+    parts = [adapter.predict(_rows(feeds, i, i + batch)) for i in range(0, count, batch)]
     elapsed = time.perf_counter() - start
-    single = x[:1]
+    out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    single = _rows(feeds, 0, 1)
     adapter.predict(single)
     latencies = []
     for _ in range(int(settings.latency_repeats)):
@@ -86,4 +132,4 @@ def _measure(adapter, x: np.ndarray, settings) -> tuple[np.ndarray, dict]:
         adapter.predict(single)
         latencies.append(time.perf_counter() - tick)
     return out, {"latency_ms_batch1": float(np.median(latencies) * 1e3),
-                 "throughput_per_s": float(len(x) / elapsed), "throughput_batch_size": batch}
+                 "throughput_per_s": float(count / elapsed), "throughput_batch_size": batch}

@@ -16,8 +16,13 @@ from pipeline.lit_module import TaskModule
 
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
+    x, y = ctx.data.splits.train
+    if y is None or isinstance(x, dict):
+        raise PipelineError("This dataset has no labels (or several inputs): there is nothing to train on.",
+                            "Drop train from stages and give the weights: stages=[export,check,convert,parity] "
+                            "model.weights=<state_dict or checkpoint> (model.weights=init: the constructor's own).")
     pl.seed_everything(cfg.seed, workers=True)
-    net = ctx.new_net()
+    net = ctx.initial_net()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer), scheduler)
     trainer = _trainer(ctx)

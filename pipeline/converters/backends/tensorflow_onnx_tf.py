@@ -1,4 +1,4 @@
-"""ONNX -> TensorFlow SavedModel with onnx-tf, through the compat layer in ``onnx_tf_compat``.
+"""tensorflow -> saved_model/ with onnx-tf (the seed tutorials' route), through the compat layer in ``onnx_tf_compat``.
 
 onnx-tf 1.10 knows ONNX op versions up to opset ~15 only (``Constant version 19`` fails), so a
 model exported at a newer opset is first converted down with ``onnx.version_converter``.
@@ -6,13 +6,20 @@ model exported at a newer opset is first converted down with ``onnx.version_conv
 from pathlib import Path
 
 from pipeline.atomic import write_dir_with
+from pipeline.converters import ConvertJob, backend
 from pipeline.errors import ConversionError
 
 # The highest opset whose ops onnx-tf 1.10 converts reliably (measured: 13 converts a CNN exactly).
 ONNX_TF_MAX_OPSET = 13
 
 
-def convert(onnx_path: Path, out_path: Path) -> dict:
+@backend("tensorflow", "onnx-tf", order=20)
+def convert(job: ConvertJob) -> dict:
+    """onnx-tf 1.10 (archived) through our compat layer; models above opset 13 converted down."""
+    return convert_file(job.onnx_path, job.out_path)
+
+
+def convert_file(onnx_path: Path, out_path: Path) -> dict:
     import onnx
 
     from pipeline.converters.onnx_tf_compat import import_onnx_tf_backend

@@ -1,15 +1,22 @@
-"""TensorFlow SavedModel -> TFLite flatbuffer with TensorFlow's own converter."""
+"""tflite -> model.tflite with TensorFlow's own converter, from this run's SavedModel (the tensorflow target)."""
 import re
 from pathlib import Path
 
 from pipeline.atomic import write_with
+from pipeline.converters import ConvertJob, backend
 from pipeline.errors import ConversionError
 
 # The converter lists the TensorFlow ops that have no TFLite builtin kernel, e.g. "TF Select ops: Erf".
 _SELECT_OPS = re.compile(r"TF Select ops: ([\w, ]+)")
 
 
-def convert(saved_model: Path, out_path: Path) -> dict:
+@backend("tflite", "tf-converter", order=10, needs="tensorflow")
+def convert(job: ConvertJob) -> dict:
+    """TFLiteConverter.from_saved_model on the tensorflow target's artifact; builtin ops only."""
+    return convert_file(job.artifacts["tensorflow"], job.out_path)
+
+
+def convert_file(saved_model: Path, out_path: Path) -> dict:
     import tensorflow as tf
 
     try:

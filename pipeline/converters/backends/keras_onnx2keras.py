@@ -1,4 +1,4 @@
-"""ONNX -> Keras with onnx2keras, saved as a ``.keras`` file that loads with ``safe_mode=True``.
+"""keras -> model.keras with onnx2keras (the seed tutorials' route); the file loads with ``safe_mode=True``.
 
 onnx2keras lacks some ops and builds others from Lambda layers, which Keras refuses to deserialise
 in safe mode: ``keras_ops`` registers serialisable converters for those in onnx2keras' own table.
@@ -9,7 +9,8 @@ Convolutions run channels-last (NHWC) on CPU, so image models are converted with
 from pathlib import Path
 
 from pipeline.atomic import write_with
-from pipeline.converters import keras_ops, onnx_rewrites
+from pipeline.converters import ConvertJob, backend, keras_ops, onnx_rewrites
+from pipeline.converters.backends.keras_keras3 import save_keras
 from pipeline.errors import ConversionError
 
 # Graphs with these ops are sequence models (see above), converted without change_ordering.
@@ -50,12 +51,21 @@ def _prepare(model):
     return onnx_rewrites.drop_zero_initial_states(model), False, ["drop_zero_initial_states"]
 
 
-def convert(onnx_path: Path, out_path: Path) -> dict:
+@backend("keras", "onnx2keras", order=20)
+def convert(job: ConvertJob) -> dict:
+    """onnx2keras with one global channels-last switch; single input and output."""
+    return convert_file(job.onnx_path, job.out_path)
+
+
+def convert_file(onnx_path: Path, out_path: Path) -> dict:
     import onnx
     from onnx2keras import onnx_to_keras
 
     keras_ops.register_converters()
     model, channels_last, rewrites = _prepare(onnx.load(str(onnx_path)))
+    if len(model.graph.input) - len(model.graph.initializer) > 1 or len(model.graph.output) > 1:
+        raise ConversionError("onnx2keras converts models with one input and one output only.",
+                              "Use export.keras.backend=keras3.")
     missing = unsupported_ops(model)
     if missing:
         raise ConversionError(
@@ -79,17 +89,12 @@ def convert(onnx_path: Path, out_path: Path) -> dict:
             f"onnx2keras built Lambda layers ({', '.join(lambdas[:5])}), which Keras will not load "
             "with safe_mode=True.", "Add a serialisable converter for their ops in "
             "pipeline/converters/keras_ops.py.")
-    write_with(out_path, lambda tmp: _save(keras_model, tmp))
-    entry = {"input_layout": layout_of(model), "input_name": keras_model.inputs[0].name,
+    write_with(out_path, lambda tmp: save_keras(keras_model, tmp))
+    entry = {"input_layout": layout_of(model), "input_perms": {input_name: _perm(layout_of(model))},
+             "output_perms": {model.graph.output[0].name: list(range(len(keras_model.outputs[0].shape)))},
              "load": "keras.saving.load_model(path, safe_mode=True)"}
     return {**entry, "onnx_rewrites": rewrites} if rewrites else entry
 
 
-def _save(keras_model, tmp: Path) -> None:
-    # Keras insists on the .keras suffix: save beside, then move onto the temp name.
-    staged = tmp.with_name(tmp.name + ".keras")
-    try:
-        keras_model.save(staged)
-        staged.replace(tmp)
-    finally:
-        staged.unlink(missing_ok=True)
+def _perm(layout: str) -> list[int]:
+    return {"NHWC": [0, 2, 3, 1], "NWC": [0, 2, 1], "NCHW": [0, 1, 2, 3], "NCW": [0, 1, 2]}.get(layout, [0, 1])

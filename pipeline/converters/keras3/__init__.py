@@ -1,0 +1,36 @@
+"""keras3: our ONNX -> Keras 3 converter, with the layout tracked per tensor (see ``layout``).
+
+``build`` probes the model with onnxruntime (``probe``), then walks its graph (``graph``) and converts
+each op with the converter registered for it (``ops``), fusing a few patterns first (``patterns``).
+The result uses built-in Keras layers and ``keras.ops`` only, so it saves as a ``.keras`` file that
+loads with ``safe_mode=True``; an op it cannot convert exactly is refused by name.
+"""
+import numpy as np
+
+from pipeline.converters.keras3.graph import Conversion, Converter
+from pipeline.converters.keras3.probe import Probe, run
+
+
+def build(onnx_model, sample: dict[str, np.ndarray]) -> tuple[Conversion, Probe]:
+    """The Keras model for ``onnx_model``; ``sample`` holds a few real inputs, by ONNX input name."""
+    probe = run(onnx_model, sample)
+    return Converter(onnx_model, probe).convert(), probe
+
+
+def build_for(job) -> Conversion:
+    """The conversion of ``job``'s ONNX model, built once per convert stage and shared by the keras3
+    backends of every target (a refusal is remembered too)."""
+    import onnx
+
+    key = ("keras3", str(job.onnx_path))
+    if key not in job.cache:
+        try:
+            job.cache[key] = build(onnx.load(str(job.onnx_path)), job.sample)[0]
+        except Exception as exc:  # noqa: BLE001 - remembered, re-raised below for every target
+            job.cache[key] = exc
+    if isinstance(job.cache[key], Exception):
+        raise job.cache[key]
+    return job.cache[key]
+
+
+__all__ = ["Conversion", "Probe", "build", "build_for"]

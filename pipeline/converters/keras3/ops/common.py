@@ -1,0 +1,83 @@
+"""Helpers shared by the op converters: operands brought to one layout, constants laid out to match."""
+import numpy as np
+
+from pipeline.converters.keras3.layout import Tensor
+
+
+def expand_rank(ctx, tensor: Tensor, rank: int, perm) -> object:
+    """``tensor`` with leading size-1 axes added up to ``rank`` (NumPy broadcasting), in ``perm`` order."""
+    from keras import ops
+
+    extra = rank - tensor.rank
+    if extra == 0:
+        return ctx.to_perm(tensor, perm)
+    own_order = [axis - extra for axis in perm if axis >= extra]
+    x = ctx.to_perm(tensor, own_order)
+    for position, axis in enumerate(perm):
+        if axis < extra:
+            x = ops.expand_dims(x, position)
+    return x
+
+
+def const_in_perm(value: np.ndarray, rank: int, perm) -> np.ndarray:
+    """A constant broadcast-ready for a rank-``rank`` tensor held in ``perm`` order."""
+    value = np.asarray(value)
+    if value.ndim == 0:
+        return value
+    value = value.reshape((1,) * (rank - value.ndim) + value.shape)
+    return np.ascontiguousarray(np.transpose(value, perm))
+
+
+def reference_perm(tensors: list[Tensor], rank: int) -> tuple[int, ...]:
+    """The layout the operands of an elementwise op meet in: that of the first full-rank tensor."""
+    full = [t for t in tensors if t.rank == rank]
+    if full:
+        return full[0].perm
+    t = tensors[0]
+    extra = rank - t.rank
+    return tuple(range(extra)) + tuple(axis + extra for axis in t.perm)
+
+
+def operands(ctx, indices=None) -> tuple[list, tuple[int, ...]]:
+    """The node's inputs as Keras tensors or constants, all in one layout; returns them and that layout."""
+    indices = list(range(len(ctx.input_names))) if indices is None else indices
+    values = [ctx.value(i) for i in indices]
+    rank = len(ctx.out_shape())
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    perm = reference_perm(tensors, rank)
+    result = []
+    for index, value in zip(indices, values, strict=True):
+        if isinstance(value, Tensor):
+            result.append(expand_rank(ctx, value, rank, perm))
+        elif isinstance(value, np.ndarray):
+            result.append(const_in_perm(value, rank, perm))
+        else:
+            result.append(expand_rank(ctx, materialize(ctx, index), rank, perm))
+    return result, perm
+
+
+def materialize(ctx, index: int) -> Tensor:
+    """A batch-dependent value that is constant along its batch axis (zeros sized by the batch, say) as a
+    Keras tensor in ONNX order; anything else would need a fixed batch size and is refused."""
+    name = ctx.input_names[index]
+    probe = ctx.c.probe
+    shape = probe.shape(name)
+    batch_axes = probe.batch_axes(name)
+    a, b = ctx.value(index).probe
+    if [axis for axis, d in enumerate(shape) if d is None] != batch_axes or len(batch_axes) != 1:
+        raise ctx.fail(f"input {name} depends on the batch size in a way only a fixed batch could express.")
+    axis = batch_axes[0]
+    row = np.take(a, [0], axis=axis)
+    if not (np.all(a == row) and np.all(b == np.take(b, [0], axis=axis))):
+        raise ctx.fail(f"input {name} varies along the batch axis without depending on the data.")
+    return Tensor(ctx.c.batch_ones(shape, dtype=row.dtype.name) * row, tuple(range(len(shape))))
+
+
+def axis_list(value, rank: int) -> list[int]:
+    return sorted(int(a) % rank for a in np.atleast_1d(value))
+
+
+def onnx_dtype(to: int) -> str:
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(int(to))).name

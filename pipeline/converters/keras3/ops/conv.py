@@ -1,0 +1,113 @@
+"""Conv and ConvTranspose as Keras layers on channels-last tensors (Keras' CPU kernels need them)."""
+import math
+
+import numpy as np
+
+from pipeline.converters.keras3 import layout
+from pipeline.converters.keras3.ops import op
+
+
+def spatial_pads(ctx, in_sizes, kernel, strides, dilations) -> list[tuple[int, int]]:
+    """(begin, end) zero padding per spatial axis, from ``pads`` or ``auto_pad``."""
+    n = len(kernel)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(ctx.attr("pads", [0] * 2 * n))
+        return [(int(pads[i]), int(pads[i + n])) for i in range(n)]
+    if auto == "VALID":
+        return [(0, 0)] * n
+    result = []
+    for size, k, s, d in zip(in_sizes, kernel, strides, dilations, strict=True):
+        if size is None:
+            raise ctx.fail("auto_pad over a dynamic spatial axis is not supported.")
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        result.append((small, large) if auto == "SAME_UPPER" else (large, small))
+    return result
+
+
+def zero_pad(ctx, x, pads, value: float = 0.0):
+    """Pad the spatial axes of a channels-last tensor."""
+    from keras import ops
+
+    if not any(b or e for b, e in pads):
+        return x
+    return ops.pad(x, [(0, 0), *pads, (0, 0)], mode="constant", constant_values=value)
+
+
+@op("Conv")
+def conv(ctx):
+    import keras
+
+    x = ctx.tensor(0)
+    weight = ctx.const(1)
+    bias = ctx.const(2) if ctx.has(2) else None
+    n = x.rank - 2
+    if n not in (1, 2, 3):
+        raise ctx.fail(f"a {n}-D convolution is not supported.")
+    kernel = list(weight.shape[2:])
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    group = int(ctx.attr("group", 1))
+    in_shape = ctx.c.probe.shape(ctx.input_names[0])
+    pads = spatial_pads(ctx, in_shape[2:], kernel, strides, dilations)
+    source = zero_pad(ctx, ctx.to_perm(x, layout.channels_last(x.rank)), pads)
+    channels_in, channels_out = weight.shape[1] * group, weight.shape[0]
+    # Keras refuses strides and dilation together: stride 1, then keep every s-th output.
+    subsample = strides if any(s > 1 for s in strides) and any(d > 1 for d in dilations) else None
+    layer_strides = [1] * n if subsample else strides
+    common = {"strides": layer_strides, "padding": "valid", "dilation_rate": dilations, "use_bias": bias is not None,
+              "name": ctx.name()}
+    if group == channels_in and group > 1 and n in (1, 2):
+        multiplier = channels_out // channels_in
+        layer_class = keras.layers.DepthwiseConv2D if n == 2 else keras.layers.DepthwiseConv1D
+        layer = layer_class(kernel, depth_multiplier=multiplier, **common)
+        # ONNX [C * mult, 1, k...] -> Keras [k..., C, mult]; output channel c * mult + j in both
+        kernel_value = weight.reshape(channels_in, multiplier, *kernel).transpose(*range(2, 2 + n), 0, 1)
+    else:
+        layer_class = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[n]
+        layer = layer_class(channels_out, kernel, groups=group, **common)
+        kernel_value = weight.transpose(*range(2, 2 + n), 1, 0)  # [out, in/g, k...] -> [k..., in/g, out]
+    result = layer(source)
+    layer.set_weights([kernel_value.astype(np.float32)] + ([bias.astype(np.float32)] if bias is not None else []))
+    if subsample:
+        result = result[(slice(None), *(slice(None, None, s) for s in subsample), slice(None))]
+    ctx.set(result, layout.channels_last(x.rank))
+
+
+@op("ConvTranspose")
+def conv_transpose(ctx):
+    import keras
+    from keras import ops
+
+    x = ctx.tensor(0)
+    weight = ctx.const(1)
+    bias = ctx.const(2) if ctx.has(2) else None
+    n = x.rank - 2
+    kernel = list(weight.shape[2:])
+    strides = list(ctx.attr("strides", [1] * n))
+    if int(ctx.attr("group", 1)) != 1 or any(d != 1 for d in ctx.attr("dilations", [1] * n)) or n not in (1, 2, 3):
+        raise ctx.fail("only ungrouped, undilated 1-D/2-D/3-D transposed convolutions are supported.")
+    in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
+    out_sizes = ctx.out_shape()[2:]
+    layer_class = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose,
+                   3: keras.layers.Conv3DTranspose}[n]
+    layer = layer_class(weight.shape[1], kernel, strides=strides, padding="valid", use_bias=False, name=ctx.name())
+    result = layer(ctx.to_perm(x, layout.channels_last(x.rank)))
+    # ONNX [in, out, k...] -> Keras [k..., out, in]
+    layer.set_weights([weight.transpose(*range(2, 2 + n), 1, 0).astype(np.float32)])
+    pads = spatial_pads(ctx, in_sizes, kernel, strides, [1] * n) if "output_shape" not in ctx.attrs else None
+    index, extra = [slice(None)], []
+    for axis, (size, k, s, out) in enumerate(zip(in_sizes, kernel, strides, out_sizes, strict=True)):
+        if size is None or out is None:
+            raise ctx.fail("a transposed convolution over a dynamic spatial axis is not supported.")
+        keras_size = size * s + max(k - s, 0)
+        begin = pads[axis][0] if pads else max((size - 1) * s + k - out, 0) // 2
+        index.append(slice(begin, min(begin + out, keras_size)))
+        extra.append((0, max(begin + out - keras_size, 0)))  # output_padding past Keras' output
+    result = result[(*index, slice(None))]
+    if any(e for _, e in extra):
+        result = ops.pad(result, [(0, 0), *extra, (0, 0)])
+    if bias is not None:
+        result = result + bias.astype(np.float32)
+    ctx.set(result, layout.channels_last(x.rank))

@@ -1,0 +1,122 @@
+"""Elementwise ops with NumPy broadcasting: operands meet in one layout, the output keeps it."""
+import functools
+
+import numpy as np
+
+from pipeline.converters.keras3.ops import op
+from pipeline.converters.keras3.ops.common import onnx_dtype, operands
+
+BINARY = {
+    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Pow": "power",
+    "Equal": "equal", "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
+    "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor",
+}
+VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
+UNARY = {
+    "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
+    "Abs": "abs", "Neg": "negative", "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign",
+    "Sin": "sin", "Cos": "cos", "Reciprocal": "reciprocal", "Erf": "erf", "Softplus": "softplus",
+    "Not": "logical_not", "IsNaN": "isnan", "Atan": "arctan", "Tan": "tan",
+}
+
+
+@op(*BINARY)
+def binary(ctx):
+    from keras import ops
+
+    (a, b), perm = operands(ctx)
+    if ctx.op_type == "Pow" and isinstance(b, np.ndarray) and b.size == 1 and float(b) == 2.0:
+        ctx.set(ops.square(a), perm)
+        return
+    ctx.set(getattr(ops, BINARY[ctx.op_type])(a, b), perm)
+
+
+@op("Div")
+def div(ctx):
+    from keras import ops
+
+    (a, b), perm = operands(ctx)
+    integer = all(np.dtype(getattr(x, "dtype", "float32")).kind in "iu" for x in (a, b))
+    if integer:  # ONNX integer division truncates; floor_divide matches for non-negative values only
+        raise ctx.fail("integer division of data-dependent values is not supported.")
+    ctx.set(ops.divide(a, b), perm)
+
+
+@op(*VARIADIC, "Mean")
+def variadic(ctx):
+    from keras import ops
+
+    values, perm = operands(ctx)
+    function = getattr(ops, VARIADIC.get(ctx.op_type, "add"))
+    result = functools.reduce(function, values)
+    if ctx.op_type == "Mean":
+        result = result / np.float32(len(values))
+    ctx.set(result, perm)
+
+
+@op("Where")
+def where(ctx):
+    from keras import ops
+
+    (condition, a, b), perm = operands(ctx)
+    ctx.set(ops.where(condition, a, b), perm)
+
+
+@op("Mod")
+def mod(ctx):
+    from keras import ops
+
+    (a, b), perm = operands(ctx)
+    if ctx.attr("fmod", 0):  # C fmod: the sign of the dividend
+        ctx.set(a - ops.trunc(a / b) * b, perm)
+    else:
+        ctx.set(ops.mod(a, b), perm)
+
+
+@op(*UNARY)
+def unary(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    ctx.set(getattr(ops, UNARY[ctx.op_type])(x.keras), x.perm)
+
+
+@op("Identity", "Dropout")
+def identity(ctx):
+    if ctx.op_type == "Dropout" and ctx.output_used(1):
+        raise ctx.fail("the dropout mask output is not supported (it is all ones at inference).")
+    ctx.set_value(ctx.value(0))
+
+
+@op("Cast", "CastLike")
+def cast(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    dtype = onnx_dtype(ctx.attr("to")) if ctx.op_type == "Cast" else _dtype_of(ctx.value(1))
+    ctx.set(ops.cast(x.keras, dtype), x.perm)
+
+
+def _dtype_of(value) -> str:
+    return np.dtype(value.dtype).name if isinstance(value, np.ndarray) else str(value.keras.dtype)
+
+
+@op("Clip")
+def clip(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    low = ctx.attr("min") if "min" in ctx.attrs else ctx.const(1)
+    high = ctx.attr("max") if "max" in ctx.attrs else ctx.const(2)
+    low = None if low is None else float(np.asarray(low))
+    high = None if high is None else float(np.asarray(high))
+    if low == 0.0 and high == 6.0:
+        ctx.set(ops.relu6(x.keras), x.perm)
+    elif low is not None and high is not None:
+        ctx.set(ops.clip(x.keras, low, high), x.perm)
+    elif low is not None:
+        ctx.set(ops.maximum(x.keras, np.float32(low)), x.perm)
+    elif high is not None:
+        ctx.set(ops.minimum(x.keras, np.float32(high)), x.perm)
+    else:
+        ctx.set_value(x)

@@ -1,0 +1,133 @@
+"""MatMul, Gemm and Einsum: a Dense layer for constant weights, ``einsum`` written in each operand's
+own axis order otherwise (no transposes: the subscripts follow the layout)."""
+import string
+
+import numpy as np
+
+from pipeline.converters.keras3 import layout
+from pipeline.converters.keras3.layout import Tensor
+from pipeline.converters.keras3.ops import op
+
+
+def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: str = "") -> tuple:
+    """``x @ kernel + bias`` over x's last ONNX axis with a Keras Dense layer."""
+    import keras
+
+    last = x.rank - 1
+    order = [p for p in x.perm if p != last] + [last]
+    layer = keras.layers.Dense(kernel.shape[1], use_bias=bias is not None, name=ctx.name(suffix or "dense"))
+    result = layer(ctx.to_perm(x, order))
+    layer.set_weights([kernel.astype(np.float32)] + ([bias.astype(np.float32)] if bias is not None else []))
+    return result, order
+
+
+@op("MatMul")
+def matmul(ctx):
+    a, b = ctx.value(0), ctx.value(1)
+    if isinstance(a, Tensor) and isinstance(b, np.ndarray) and b.ndim >= 2 and a.rank >= 2 and \
+            all(d == 1 for d in b.shape[:-2]) and b.ndim <= a.rank:
+        ctx.set(*dense(ctx, a, b.reshape(b.shape[-2:]), None))
+        return
+    ctx.set(*batched_matmul(ctx, a, b))
+
+
+def batched_matmul(ctx, a, b) -> tuple:
+    """ONNX MatMul (NumPy semantics) as one einsum over the operands as they are stored."""
+    from keras import ops
+
+    ranks = [v.rank if isinstance(v, Tensor) else np.ndim(v) for v in (a, b)]
+    if min(ranks) < 2:
+        return _matmul_in_onnx_order(ctx, a, b)
+    rank = max(ranks)
+    shapes = [ctx.c.probe.shape(name) for name in ctx.input_names[:2]]
+    shapes = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    batch = string.ascii_lowercase[:rank - 2]
+    out_letters = list(batch) + ["y", "z"]  # output axes: batch..., m, n
+    letters = [list(batch) + ["y", "x"], list(batch) + ["x", "z"]]  # A: batch, m, k; B: batch, k, n
+    operands, subscripts = [], []
+    for index, (value, shape) in enumerate(zip((a, b), shapes, strict=True)):
+        other = shapes[1 - index]
+        own = letters[index]
+        extra = rank - ranks[index]
+        drop = [axis for axis in range(rank - 2) if shape[axis] == 1 and other[axis] != 1]
+        if any(shape[axis] != other[axis] and axis not in drop and other[axis] != 1 for axis in range(rank - 2)):
+            return _matmul_in_onnx_order(ctx, a, b)
+        if isinstance(value, Tensor):
+            perm = [p + extra for p in value.perm]
+            keras_value = value.keras
+            dropped = [perm.index(axis) for axis in drop if axis >= extra]
+            if dropped:
+                keras_value = ops.squeeze(keras_value, axis=tuple(dropped))
+            kept = [p for p in perm if p not in drop]
+        else:
+            keras_value = np.asarray(value).reshape(shape)
+            keras_value = np.squeeze(keras_value, axis=tuple(drop)) if drop else keras_value
+            kept = [axis for axis in range(rank) if axis not in drop]
+        operands.append(keras_value)
+        subscripts.append("".join(own[p] for p in kept))
+    out_perm = [p + rank - ranks[0] for p in a.perm] if isinstance(a, Tensor) and ranks[0] == rank else \
+        list(range(rank))
+    equation = f"{subscripts[0]},{subscripts[1]}->{''.join(out_letters[p] for p in out_perm)}"
+    return ops.einsum(equation, *operands), out_perm
+
+
+def _matmul_in_onnx_order(ctx, a, b) -> tuple:
+    from keras import ops
+
+    def onnx_order(v):
+        return ctx.to_perm(v, layout.identity(v.rank)) if isinstance(v, Tensor) else v
+    result = ops.matmul(onnx_order(a), onnx_order(b))
+    return result, layout.identity(len(ctx.out_shape()))
+
+
+@op("Gemm")
+def gemm(ctx):
+    from keras import ops
+
+    a, b, c = ctx.value(0), ctx.value(1), ctx.value(2)
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    if isinstance(a, Tensor) and ctx.attr("transA", 0):
+        a = Tensor(a.keras, tuple(1 - p for p in a.perm))
+    if isinstance(b, np.ndarray) and isinstance(a, Tensor):
+        kernel = (b.T if ctx.attr("transB", 0) else b) * np.float32(alpha)
+        n = kernel.shape[1]
+        bias = None
+        if isinstance(c, np.ndarray) and c.size in (1, n) and (c.ndim < 2 or c.shape[0] == 1):
+            bias, c = np.broadcast_to(c.reshape(-1) * np.float32(beta), (n,)).copy(), None
+        result, perm = dense(ctx, a, kernel, bias)
+    else:
+        if isinstance(b, Tensor) and ctx.attr("transB", 0):
+            b = Tensor(b.keras, tuple(1 - p for p in b.perm))
+        elif isinstance(b, np.ndarray) and ctx.attr("transB", 0):
+            b = b.T
+        result, perm = batched_matmul(ctx, a, b)
+        result = result * np.float32(alpha) if alpha != 1.0 else result
+    if c is not None:
+        addend = ctx.to_perm(c, perm) if isinstance(c, Tensor) else \
+            np.transpose(np.reshape(c, (1,) * (2 - np.ndim(c)) + np.shape(c)), perm)
+        result = result + ops.multiply(addend, np.float32(beta)) if beta != 1.0 else result + addend
+    ctx.set(result, perm)
+
+
+@op("Einsum")
+def einsum(ctx):
+    """The equation rewritten for each operand's storage order; the output stays in ONNX order."""
+    from keras import ops
+
+    equation = ctx.attr("equation").replace(" ", "")
+    inputs, output = equation.split("->") if "->" in equation else (equation, None)
+    if "." in equation:
+        raise ctx.fail("einsum with an ellipsis is not supported.")
+    terms = inputs.split(",")
+    operands, rewritten = [], []
+    for index, term in enumerate(terms):
+        value = ctx.value(index)
+        if isinstance(value, Tensor):
+            rewritten.append("".join(term[p] for p in value.perm))
+            operands.append(value.keras)
+        else:
+            rewritten.append(term)
+            operands.append(value)
+    if output is None:
+        output = "".join(sorted(ch for ch in set(inputs.replace(",", "")) if inputs.count(ch) == 1))
+    ctx.set(ops.einsum(",".join(rewritten) + "->" + output, *operands), layout.identity(len(output)))

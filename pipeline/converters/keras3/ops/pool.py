@@ -1,0 +1,81 @@
+"""Pooling: Keras pooling layers on explicitly padded channels-last tensors, ONNX's edge rules kept exactly."""
+import numpy as np
+
+from pipeline.converters.keras3 import layout
+from pipeline.converters.keras3.ops import op
+from pipeline.converters.keras3.ops.conv import spatial_pads, zero_pad
+
+
+def _window(ctx, x):
+    n = x.rank - 2
+    kernel = list(ctx.attr("kernel_shape"))
+    strides = list(ctx.attr("strides", [1] * n))
+    if any(d != 1 for d in ctx.attr("dilations", [1] * n)):
+        raise ctx.fail("dilated pooling is not supported.")
+    in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
+    out_sizes = ctx.out_shape()[2:]
+    if None in in_sizes or None in out_sizes:
+        raise ctx.fail("pooling over a dynamic spatial axis is not supported.")
+    pads = spatial_pads(ctx, in_sizes, kernel, strides, [1] * n)
+    # ceil_mode: windows may run past the end padding; pad far enough for the measured output size.
+    full = [(b, max(e, (o - 1) * s + k - i - b)) for (b, e), i, o, s, k in
+            zip(pads, in_sizes, out_sizes, strides, kernel, strict=True)]
+    return kernel, strides, in_sizes, out_sizes, pads, full
+
+
+def _pool_layer(n: int, kind: str):
+    import keras
+
+    return getattr(keras.layers, f"{kind}Pooling{n}D")
+
+
+@op("MaxPool")
+def max_pool(ctx):
+    x = ctx.tensor(0)
+    if ctx.output_used(1):
+        raise ctx.fail("MaxPool's Indices output is not supported.")
+    kernel, strides, _, out_sizes, _, full = _window(ctx, x)
+    n = x.rank - 2
+    source = zero_pad(ctx, ctx.to_perm(x, layout.channels_last(x.rank)), full, float(np.finfo(np.float32).min))
+    result = _pool_layer(n, "Max")(kernel, strides=strides, padding="valid", name=ctx.name())(source)
+    ctx.set(_crop(result, out_sizes), layout.channels_last(x.rank))
+
+
+@op("AveragePool")
+def average_pool(ctx):
+    x = ctx.tensor(0)
+    kernel, strides, in_sizes, out_sizes, pads, full = _window(ctx, x)
+    n = x.rank - 2
+    source = zero_pad(ctx, ctx.to_perm(x, layout.channels_last(x.rank)), full)
+    result = _crop(_pool_layer(n, "Average")(kernel, strides=strides, padding="valid", name=ctx.name())(source),
+                   out_sizes)
+    # Keras divides by the whole window; ONNX by the elements inside the input (or input + pads).
+    counted = np.zeros([i + b + e for i, (b, e) in zip(in_sizes, full, strict=True)], np.float32)
+    inner = pads if ctx.attr("count_include_pad", 0) else [(0, 0)] * n
+    region = tuple(slice(b - ib, b + i + ie) for (b, _), i, (ib, ie) in zip(full, in_sizes, inner, strict=True))
+    counted[region] = 1
+    windows = np.lib.stride_tricks.sliding_window_view(counted, kernel)
+    windows = windows[tuple(slice(None, None, s) for s in strides)]
+    counts = windows.sum(axis=tuple(range(n, 2 * n)))[tuple(slice(0, o) for o in out_sizes)]
+    factor = np.float32(np.prod(kernel)) / counts
+    if not np.allclose(factor, 1.0):
+        result = result * factor.reshape(1, *factor.shape, 1).astype(np.float32)
+    ctx.set(result, layout.channels_last(x.rank))
+
+
+def _crop(result, out_sizes):
+    shape = result.shape[1:-1]
+    if all(s == o for s, o in zip(shape, out_sizes, strict=True)):
+        return result
+    return result[(slice(None), *(slice(0, o) for o in out_sizes), slice(None))]
+
+
+@op("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(ctx):
+    """A reduction over the spatial axes wherever the layout keeps them: no transpose needed."""
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axes = tuple(sorted(x.keras_axis(a) for a in range(2, x.rank)))
+    function = ops.mean if ctx.op_type == "GlobalAveragePool" else ops.max
+    ctx.set(function(x.keras, axis=axes, keepdims=True), x.perm)

@@ -1,0 +1,108 @@
+"""Reductions and ops along one axis (softmax, argmax, cumsum, top-k): the axes map through the layout."""
+import numpy as np
+
+from pipeline.converters.keras3 import layout
+from pipeline.converters.keras3.ops import op
+from pipeline.converters.keras3.ops.common import axis_list
+
+REDUCTIONS = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min",
+              "ReduceProd": "prod", "ReduceLogSumExp": "logsumexp"}
+DERIVED = {"ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum"}
+
+
+def _reduced_perm(perm, axes) -> list[int]:
+    return [p - sum(a < p for a in axes) for p in perm if p not in axes]
+
+
+@op(*REDUCTIONS, *DERIVED)
+def reduce(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axes = ctx.attr("axes") if "axes" in ctx.attrs else ctx.const(1)
+    if axes is None or np.size(axes) == 0:
+        if ctx.attr("noop_with_empty_axes", 0):
+            ctx.set_value(x)
+            return
+        axes = list(range(x.rank))
+    axes = axis_list(axes, x.rank)
+    keep = bool(ctx.attr("keepdims", 1))
+    keras_axes = tuple(sorted(x.keras_axis(a) for a in axes))
+    value = x.keras
+    if ctx.op_type == "ReduceL1":
+        value, name = ops.abs(value), "sum"
+    elif ctx.op_type in ("ReduceL2", "ReduceSumSquare"):
+        value, name = ops.square(value), "sum"
+    elif ctx.op_type == "ReduceLogSum":
+        name = "sum"
+    else:
+        name = REDUCTIONS[ctx.op_type]
+    result = getattr(ops, name)(value, axis=keras_axes, keepdims=keep)
+    if ctx.op_type == "ReduceL2":
+        result = ops.sqrt(result)
+    elif ctx.op_type == "ReduceLogSum":
+        result = ops.log(result)
+    ctx.set(result, x.perm if keep else _reduced_perm(x.perm, axes))
+
+
+@op("ArgMax", "ArgMin")
+def argmax(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    if ctx.attr("select_last_index", 0):
+        raise ctx.fail("select_last_index=1 is not supported.")
+    axis = int(ctx.attr("axis", 0)) % x.rank
+    keep = bool(ctx.attr("keepdims", 1))
+    function = ops.argmax if ctx.op_type == "ArgMax" else ops.argmin
+    result = ops.cast(function(x.keras, axis=x.keras_axis(axis), keepdims=keep), "int64")
+    ctx.set(result, x.perm if keep else _reduced_perm(x.perm, [axis]))
+
+
+@op("Softmax", "LogSoftmax")
+def softmax(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    opset = next(o.version for o in ctx.c.model.opset_import if o.domain in ("", "ai.onnx"))
+    axis = int(ctx.attr("axis", -1 if opset >= 13 else 1)) % x.rank
+    function = ops.softmax if ctx.op_type == "Softmax" else ops.log_softmax
+    if opset >= 13 or axis == x.rank - 1:
+        ctx.set(function(x.keras, axis=x.keras_axis(axis)), x.perm)
+        return
+    # Before opset 13 the input is seen as 2-D: [prod(shape[:axis]), prod(shape[axis:])].
+    shape = ctx.c.probe.shape(ctx.input_names[0])
+    if any(d is None for d in shape[axis:]):
+        raise ctx.fail("a pre-opset-13 softmax over a batch-sized axis is not supported.")
+    flat = ops.reshape(ctx.to_perm(x, layout.identity(x.rank)), [-1, int(np.prod(shape[axis:]))])
+    restored = ops.reshape(function(flat, axis=-1), [-1 if d is None else d for d in shape])
+    ctx.set(restored, layout.identity(x.rank))
+
+
+@op("CumSum")
+def cumsum(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axis = x.keras_axis(int(np.asarray(ctx.const(1))))
+    value = ops.flip(x.keras, axis=axis) if ctx.attr("reverse", 0) else x.keras
+    result = ops.cumsum(value, axis=axis)
+    if ctx.attr("exclusive", 0):
+        result = result - value
+    ctx.set(ops.flip(result, axis=axis) if ctx.attr("reverse", 0) else result, x.perm)
+
+
+@op("TopK")
+def top_k(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    k = int(np.asarray(ctx.const(1)).reshape(-1)[0])
+    axis = int(ctx.attr("axis", -1)) % x.rank
+    if not ctx.attr("largest", 1):
+        raise ctx.fail("TopK with largest=0 is not supported.")
+    moved = [p for p in x.perm if p != axis] + [axis]  # keras' top_k works on the last axis
+    values, indices = ops.top_k(ctx.to_perm(x, moved), k, sorted=True)
+    ctx.set(values, moved, 0)
+    if ctx.output_used(1):
+        ctx.set(ops.cast(indices, "int64"), moved, 1)

@@ -1,0 +1,106 @@
+"""Resize and Upsample, axis by axis: gathers at indices (and blend weights) computed here with ONNX's
+own coordinate rules, so every mode (nearest, linear, cubic; half_pixel, align_corners...) is exact."""
+import numpy as np
+
+from pipeline.converters.keras3.ops import op
+
+CUBIC_TAPS = (-1, 0, 1, 2)
+
+
+@op("Resize", "Upsample")
+def resize(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    mode = ctx.attr("mode", "nearest")
+    coordinate = ctx.attr("coordinate_transformation_mode", "half_pixel" if ctx.op_type == "Resize" else "asymmetric")
+    if ctx.attr("antialias", 0) or coordinate == "tf_crop_and_resize":
+        raise ctx.fail(f"antialias / {coordinate} resizing is not supported.")
+    in_shape, out_shape = ctx.c.probe.shape(ctx.input_names[0]), ctx.out_shape()
+    scales = _scales(ctx, in_shape, out_shape)
+    result = x.keras
+    for axis, (size, out, scale) in enumerate(zip(in_shape, out_shape, scales, strict=True)):
+        if size == out and scale == 1.0:
+            continue
+        if size is None or out is None:
+            raise ctx.fail("resizing the batch axis is not supported.")
+        source = _source_coordinates(coordinate, size, out, scale)
+        k = x.keras_axis(axis)
+        if mode == "nearest":
+            result = ops.take(result, _nearest(source, size, ctx.attr("nearest_mode", "round_prefer_floor")), axis=k)
+        else:
+            result = _blend(result, k, x.rank, _taps(mode, source, size, ctx.attr("cubic_coeff_a", -0.75),
+                                                     ctx.attr("exclude_outside", 0)))
+    ctx.set(result, x.perm)
+
+
+def _scales(ctx, in_shape, out_shape) -> list[float]:
+    if ctx.op_type == "Upsample":
+        scales = ctx.attr("scales") if "scales" in ctx.attrs else ctx.const(1)
+        return [float(s) for s in scales]
+    scales = ctx.const(2) if ctx.has(2) else None
+    if scales is not None and np.size(scales):
+        return [float(s) for s in scales]
+    return [1.0 if i == o else o / i for i, o in zip(in_shape, out_shape, strict=True)]
+
+
+def _source_coordinates(mode: str, size: int, out: int, scale: float) -> np.ndarray:
+    x = np.arange(out, dtype=np.float64)
+    if mode == "align_corners":
+        return x * (size - 1) / (out - 1) if out > 1 else np.zeros(out)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "pytorch_half_pixel" and out == 1:
+        return np.zeros(out)
+    if mode in ("half_pixel", "pytorch_half_pixel"):
+        return (x + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        adjustment = out / (size * scale)
+        return (size / 2) * (1 - adjustment) + (x + 0.5) / scale - 0.5
+    raise ValueError(f"coordinate_transformation_mode {mode!r}")
+
+
+def _nearest(source: np.ndarray, size: int, rounding: str) -> np.ndarray:
+    functions = {"round_prefer_floor": lambda v: np.where(v - np.floor(v) == 0.5, np.floor(v), np.round(v)),
+                 "round_prefer_ceil": lambda v: np.where(v - np.floor(v) == 0.5, np.ceil(v), np.round(v)),
+                 "floor": np.floor, "ceil": np.ceil}
+    return np.clip(functions[rounding](source), 0, size - 1).astype(np.int64)
+
+
+def _taps(mode: str, source: np.ndarray, size: int, a: float, exclude_outside: int) -> list:
+    """[(indices, weights)] whose weighted sum gives the interpolated value at each output position."""
+    if mode == "linear":
+        source = np.clip(source, 0, size - 1)
+        low = np.floor(source)
+        weight = source - low
+        low = low.astype(np.int64)
+        return [(low, 1 - weight), (np.minimum(low + 1, size - 1), weight)]
+    if mode != "cubic":
+        raise ValueError(f"mode {mode!r}")
+    base = np.floor(source)
+    t = source - base
+    taps = []
+    for offset in CUBIC_TAPS:
+        distance = np.abs(t - offset)
+        weight = np.where(distance <= 1, ((a + 2) * distance - (a + 3)) * distance**2 + 1,
+                          np.where(distance < 2, (((distance - 5) * distance + 8) * distance - 4) * a, 0))
+        index = base.astype(np.int64) + offset
+        if exclude_outside:
+            weight = np.where((index < 0) | (index >= size), 0, weight)
+        taps.append((np.clip(index, 0, size - 1), weight))
+    if exclude_outside:
+        total = sum(w for _, w in taps)
+        taps = [(i, w / total) for i, w in taps]
+    return taps
+
+
+def _blend(x, axis: int, rank: int, taps: list):
+    from keras import ops
+
+    shape = [1] * rank
+    shape[axis] = -1
+    result = None
+    for indices, weights in taps:
+        term = ops.take(x, indices, axis=axis) * weights.astype(np.float32).reshape(shape)
+        result = term if result is None else result + term
+    return result

@@ -1,0 +1,268 @@
+"""Ops that move, select or reshape elements: they map ONNX axes through the tensor's layout."""
+import numpy as np
+
+from pipeline.converters.keras3 import layout
+from pipeline.converters.keras3.layout import Tensor
+from pipeline.converters.keras3.ops import op
+from pipeline.converters.keras3.ops.common import axis_list, expand_rank, materialize, operands, reference_perm
+
+INT_MAX = 2**62
+
+
+def sized_shape(ctx, name: str) -> tuple:
+    """The probe's shape of ``name`` with "B" for an axis of exactly the batch size."""
+    probe = ctx.c.probe
+    batch = set(probe.batch_axes(name))
+    return tuple("B" if axis in batch else d for axis, d in enumerate(probe.shape(name)))
+
+
+def reshape(ctx, x: Tensor, in_name: str, out_index: int = 0) -> None:
+    """Reshape in ONNX (row-major) element order, without a transpose when the layout allows it."""
+    from keras import ops
+
+    in_shape, out_shape = sized_shape(ctx, in_name), sized_shape(ctx, ctx.node.output[out_index])
+    groups = layout.reshape_groups(in_shape, out_shape)
+    physical = [axis for axis in x.perm if in_shape[axis] != 1]
+    order = _group_order(groups, physical) if groups is not None else None
+    if order is not None:
+        out_perm = [axis for group in order for axis in group[1]]
+        out_perm += [axis for axis in range(len(out_shape)) if axis not in out_perm]
+        source = x.keras
+    else:  # the layout interleaves the groups: bring the tensor to ONNX order first
+        out_perm = list(range(len(out_shape)))
+        source = ctx.to_perm(x, layout.identity(x.rank))
+    target = [-1 if out_shape[axis] in ("B", None) else int(out_shape[axis]) for axis in out_perm]
+    if target.count(-1) > 1:
+        raise ctx.fail(f"a reshape to {ctx.out_shape(out_index)} with several batch-dependent axes is not supported.")
+    ctx.set(ops.reshape(source, target), out_perm, out_index)
+
+
+def _group_order(groups, physical: list[int]):
+    """The groups in the order their input axes are stored, or None if a group's axes are not
+    stored together and in order."""
+    position = {axis: i for i, axis in enumerate(physical)}
+    for in_axes, _ in groups:
+        places = [position[a] for a in in_axes]
+        if places != list(range(places[0], places[0] + len(places))):
+            return None
+    return sorted(groups, key=lambda group: position[group[0][0]])
+
+
+@op("Reshape", "Flatten")
+def reshape_op(ctx):
+    reshape(ctx, ctx.tensor(0), ctx.input_names[0])
+
+
+@op("Squeeze")
+def squeeze(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axes = ctx.attr("axes") if "axes" in ctx.attrs else ctx.const(1)
+    shape = ctx.c.probe.shape(ctx.input_names[0])
+    axes = axis_list(axes, x.rank) if axes is not None else [a for a, d in enumerate(shape) if d == 1]
+    perm = [p - sum(a < p for a in axes) for p in x.perm if p not in axes]
+    ctx.set(ops.squeeze(x.keras, axis=tuple(x.keras_axis(a) for a in axes)), perm)
+
+
+@op("Unsqueeze")
+def unsqueeze(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axes = ctx.attr("axes") if "axes" in ctx.attrs else ctx.const(1)
+    rank = x.rank + len(np.atleast_1d(axes))
+    axes = axis_list(axes, rank)
+    kept = [axis for axis in range(rank) if axis not in axes]  # where the input's axes go
+    result = x.keras
+    for _ in axes:  # new size-1 axes go last: no element moves
+        result = ops.expand_dims(result, -1)
+    ctx.set(result, [kept[p] for p in x.perm] + axes)
+
+
+@op("Transpose")
+def transpose(ctx):
+    """Free: the data stays, only the bookkeeping of which axis is which changes."""
+    x = ctx.tensor(0)
+    order = list(ctx.attr("perm", list(reversed(range(x.rank)))))
+    ctx.set(x.keras, [order.index(p) for p in x.perm])
+
+
+@op("Concat")
+def concat(ctx):
+    from keras import ops
+
+    values, perm = operands(ctx)
+    axis = perm.index(int(ctx.attr("axis")) % len(perm))
+    ctx.set(ops.concatenate(values, axis=axis), perm)
+
+
+@op("Split")
+def split(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axis = int(ctx.attr("axis", 0)) % x.rank
+    sizes = ctx.attr("split") if "split" in ctx.attrs else ctx.const(1)
+    if sizes is None:
+        sizes = [ctx.c.probe.shape(name)[axis] for name in ctx.node.output]
+    if any(s is None for s in np.atleast_1d(sizes)):
+        raise ctx.fail("a split along the batch axis is not supported.")
+    bounds = np.cumsum(np.atleast_1d(sizes))[:-1].tolist()
+    parts = ops.split(x.keras, bounds, axis=x.keras_axis(axis))
+    for index, part in enumerate(parts):
+        ctx.set(part, x.perm, index)
+
+
+@op("Slice")
+def slice_op(ctx):
+    x = ctx.tensor(0)
+    shape = ctx.c.probe.shape(ctx.input_names[0])
+    if "starts" in ctx.attrs:  # opset < 10
+        starts, ends = ctx.attr("starts"), ctx.attr("ends")
+        axes, steps = ctx.attr("axes", list(range(len(starts)))), [1] * len(starts)
+    else:
+        starts, ends = ctx.const(1), ctx.const(2)
+        axes = ctx.const(3, np.arange(len(starts)))
+        steps = ctx.const(4, np.ones(len(starts), np.int64))
+    index = [slice(None)] * x.rank
+    for start, end, axis, step in zip(np.atleast_1d(starts), np.atleast_1d(ends), np.atleast_1d(axes),
+                                      np.atleast_1d(steps), strict=True):
+        axis = int(axis) % x.rank
+        index[x.keras_axis(axis)] = _python_slice(ctx, int(start), int(end), int(step), shape[axis])
+    ctx.set(x.keras[tuple(index)], x.perm)
+
+
+def _python_slice(ctx, start: int, end: int, step: int, size) -> slice:
+    """ONNX's clamped slice bounds as a Python slice (``None`` where it runs to the end)."""
+    if size is None:
+        if start == 0 and end >= INT_MAX and step == 1:
+            return slice(None)
+        raise ctx.fail("slicing part of the batch axis is not supported.")
+    if step > 0:
+        start = min(max(start + size if start < 0 else start, 0), size)
+        end = min(max(end + size if end < 0 else end, 0), size)
+        return slice(start, end, step)
+    start = min(max(start + size if start < 0 else start, -1), size - 1)
+    end = min(max(end + size if end < 0 else end, -1), size - 1)
+    return slice(start, None if end < 0 else end, step)
+
+
+@op("Gather")
+def gather(ctx):
+    from keras import ops
+
+    data, indices = ctx.value(0), ctx.value(1)
+    axis = int(ctx.attr("axis", 0))
+    if isinstance(data, Tensor) and isinstance(indices, np.ndarray):
+        axis %= data.rank
+        size = ctx.c.probe.shape(ctx.input_names[0])[axis]
+        if size is None:
+            raise ctx.fail("gathering along the batch axis is not supported.")
+        indices = np.where(indices < 0, indices + size, indices).astype(np.int64)
+        k = data.keras_axis(axis)
+        q = indices.ndim
+
+        def moved(p):
+            return p if p < axis else p + q - 1
+        perm = [moved(p) for p in data.perm[:k]] + [axis + i for i in range(q)] + [moved(p) for p in data.perm[k + 1:]]
+        ctx.set(ops.take(data.keras, indices, axis=k), perm)
+    elif isinstance(indices, Tensor) and isinstance(data, np.ndarray):
+        axis %= data.ndim
+        if axis != 0:
+            raise ctx.fail("a lookup in a constant table along an axis other than the first is not supported.")
+        # A table lookup (an embedding): the indices keep their layout, the table's axes follow.
+        result = ops.take(data, ops.cast(indices.keras, "int32"), axis=0)
+        ctx.set(result, list(indices.perm) + list(range(indices.rank, indices.rank + data.ndim - 1)))
+    else:
+        raise ctx.fail("gathering with data-dependent indices from data-dependent values is not supported.")
+
+
+@op("Expand")
+def expand(ctx):
+    """Broadcast to the output shape; an axis broadcast up to the batch takes its size from the input."""
+    out_shape = ctx.out_shape()
+    rank = len(out_shape)
+    value = ctx.value(0)
+    if isinstance(value, np.ndarray):  # a constant broadcast up to the batch (a class token, say)
+        ctx.set(ctx.c.batch_ones(out_shape, value.dtype.name) * value, layout.identity(rank))
+        return
+    x = value if isinstance(value, Tensor) else materialize(ctx, 0)
+    perm = reference_perm([x], rank)
+    keras_x = expand_rank(ctx, x, rank, perm)
+    in_shape = (1,) * (rank - x.rank) + ctx.c.probe.shape(ctx.input_names[0])
+    ones_shape = [d if in_shape[axis] == 1 else 1 for axis, d in enumerate(out_shape)]
+    if all(d == 1 for d in ones_shape):
+        ctx.set(keras_x, perm)
+        return
+    dtype = str(keras_x.dtype)
+    if None in ones_shape:
+        ones = ctx.to_perm(Tensor(ctx.c.batch_ones(ones_shape, dtype), layout.identity(rank)), perm)
+    else:
+        ones = np.ones([ones_shape[p] for p in perm], dtype)
+    ctx.set(keras_x * ones, perm)
+
+
+@op("Tile")
+def tile(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    repeats = ctx.const(1)
+    ctx.set(ops.tile(x.keras, [int(repeats[p]) for p in x.perm]), x.perm)
+
+
+@op("Pad")
+def pad(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    mode = ctx.attr("mode", "constant")
+    pads = ctx.attr("pads") if "pads" in ctx.attrs else ctx.const(1)
+    value = ctx.attr("value", 0.0) if "value" in ctx.attrs else ctx.const(2, np.zeros(()))
+    axes = ctx.const(3) if ctx.has(3) else np.arange(len(pads) // 2)
+    axes = [int(a) % x.rank for a in np.atleast_1d(axes)]
+    begin, end = [0] * x.rank, [0] * x.rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = int(pads[i]), int(pads[i + len(axes)])
+    if min(begin + end) < 0:
+        raise ctx.fail("negative pads (cropping) are not supported.")
+    widths = [(begin[p], end[p]) for p in x.perm]
+    if mode == "constant":
+        result = ops.pad(x.keras, widths, mode="constant", constant_values=float(np.asarray(value).reshape(-1)[0]
+                                                                                  if np.size(value) else 0.0))
+    elif mode == "reflect":
+        result = ops.pad(x.keras, widths, mode="reflect")
+    elif mode in ("edge", "wrap"):
+        result = x.keras
+        shape = ctx.c.probe.shape(ctx.input_names[0])
+        for k, (b, e) in enumerate(widths):
+            if b or e:
+                size = shape[x.perm[k]]
+                positions = np.arange(-b, size + e)
+                indices = np.clip(positions, 0, size - 1) if mode == "edge" else positions % size
+                result = ops.take(result, indices, axis=k)
+    else:
+        raise ctx.fail(f"pad mode {mode!r} is not supported.")
+    ctx.set(result, x.perm)
+
+
+@op("DepthToSpace", "SpaceToDepth")
+def depth_space(ctx):
+    """Done in ONNX's own element order: reshape, transpose, reshape."""
+    from keras import ops
+
+    x = ctx.tensor(0)
+    b = int(ctx.attr("blocksize"))
+    _, c, h, w = ctx.c.probe.shape(ctx.input_names[0])
+    source = ctx.to_perm(x, layout.identity(4))
+    if ctx.op_type == "DepthToSpace":
+        if ctx.attr("mode", "DCR") == "DCR":
+            y = ops.transpose(ops.reshape(source, [-1, b, b, c // b**2, h, w]), [0, 3, 4, 1, 5, 2])
+        else:
+            y = ops.transpose(ops.reshape(source, [-1, c // b**2, b, b, h, w]), [0, 1, 4, 2, 5, 3])
+        result = ops.reshape(y, [-1, c // b**2, h * b, w * b])
+    else:
+        y = ops.transpose(ops.reshape(source, [-1, c, h // b, b, w // b, b]), [0, 3, 5, 1, 2, 4])
+        result = ops.reshape(y, [-1, c * b * b, h // b, w // b])
+    ctx.set(result, layout.identity(4))

@@ -1,0 +1,84 @@
+"""Subgraphs converted as one op: PyTorch's exact GELU, exported as ``x * 0.5 * (1 + erf(x / sqrt(2)))``.
+
+As one ``gelu`` it converts to TFLite's builtin GELU kernel; op by op, TFLite has no kernel for Erf.
+"""
+import math
+
+import numpy as np
+
+
+def fuse(converter) -> None:
+    nodes = list(converter.graph.node)
+    producers = {name: index for index, node in enumerate(nodes) for name in node.output}
+    outputs = {o.name for o in converter.graph.output}
+
+    def const(name):
+        value = converter.values.get(name)
+        if isinstance(value, np.ndarray):
+            return value
+        producer = producers.get(name)
+        if producer is not None and nodes[producer].op_type == "Constant":
+            return converter.probe.constant(name)
+        return None
+
+    def only_consumer(name):
+        users = converter.consumers.get(name, [])
+        if len(users) != 1 or name in outputs:
+            return None
+        return nodes.index(users[0])
+
+    def other_input(node, name):
+        rest = [i for i in node.input if i != name]
+        return rest[0] if len(rest) == 1 else None
+
+    def is_scalar(name, value):
+        c = const(name) if name else None
+        return c is not None and c.size == 1 and math.isclose(float(c.reshape(-1)[0]), value, rel_tol=1e-5)
+
+    for e, erf in enumerate(nodes):
+        if erf.op_type != "Erf" or erf.input[0] not in producers:
+            continue
+        d = producers[erf.input[0]]
+        scale = nodes[d]
+        x = scale.input[0]
+        if not ((scale.op_type == "Div" and is_scalar(scale.input[1], math.sqrt(2))) or
+                (scale.op_type == "Mul" and is_scalar(scale.input[1], 1 / math.sqrt(2)))):
+            continue
+        a = only_consumer(erf.output[0])
+        if a is None or only_consumer(scale.output[0]) != e:
+            continue
+        add = nodes[a]
+        if add.op_type != "Add" or not is_scalar(other_input(add, erf.output[0]), 1.0):
+            continue
+        match = _tail(nodes, a, x, only_consumer, other_input, is_scalar, producers)
+        if match is None:
+            continue
+        final, covered = match
+        converter.skip.update({d, e, a, *covered})
+        converter.replacements[final] = ("Gelu", [x], {"approximate": "none"})
+        converter.fused["Gelu"] = converter.fused.get("Gelu", 0) + 1
+
+
+def _tail(nodes, a, x, only_consumer, other_input, is_scalar, producers):
+    """The rest of the pattern after ``1 + erf``: returns (final node index, other covered nodes)."""
+    add_out = nodes[a].output[0]
+    m1 = only_consumer(add_out)
+    if m1 is None or nodes[m1].op_type != "Mul":
+        return None
+    partner = other_input(nodes[m1], add_out)
+    if partner == x:  # (x * (1 + erf)) * 0.5
+        m2 = only_consumer(nodes[m1].output[0])
+        tail = nodes[m2] if m2 is not None else None
+        if tail is not None and tail.op_type == "Mul" and is_scalar(other_input(tail, nodes[m1].output[0]), 0.5):
+            return m2, [m1]
+        return None
+    if is_scalar(partner, 0.5):  # x * ((1 + erf) * 0.5)
+        m2 = only_consumer(nodes[m1].output[0])
+        if m2 is not None and nodes[m2].op_type == "Mul" and other_input(nodes[m2], nodes[m1].output[0]) == x:
+            return m2, [m1]
+        return None
+    half = producers.get(partner)  # (x * 0.5) * (1 + erf)
+    if half is not None and nodes[half].op_type == "Mul" and x in nodes[half].input and \
+            is_scalar(other_input(nodes[half], x), 0.5) and only_consumer(partner) == m1:
+        return m1, [half]
+    return None

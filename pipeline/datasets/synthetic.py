@@ -1,0 +1,66 @@
+"""Generated inputs of a configured shape, for checking a model's conversion without a dataset.
+
+``shape`` is one sample's shape (no batch axis); ``inputs`` instead names several inputs, each with
+its own ``shape`` (and optionally ``distribution``, ``dtype``...). Values are drawn from
+``distribution``: ``normal`` (``mean``, ``std``), ``uniform`` (``low``, ``high``) or ``integers``
+(token ids in [``low``, ``high``)). No labels unless ``num_classes`` is set (then random ones: enough
+to exercise training, not to learn anything).
+"""
+import numpy as np
+import torch
+
+from pipeline.datasets.base import InMemoryData, Splits
+from pipeline.errors import PipelineError
+
+DISTRIBUTIONS = ("normal", "uniform", "integers")
+
+
+class SyntheticData(InMemoryData):
+    def __init__(self, shape=(3, 64, 64), inputs: dict | None = None, distribution: str = "normal",
+                 mean: float = 0.0, std: float = 1.0, low: float = 0.0, high: float = 1.0, samples: int = 256,
+                 num_classes: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.defaults = {"distribution": distribution, "mean": mean, "std": std, "low": low, "high": high}
+        self.specs = {name: {"shape": spec} if not isinstance(spec, dict) else dict(spec)
+                      for name, spec in (inputs or {"input": shape}).items()}
+        self.multiple = inputs is not None
+        if not isinstance(samples, int) or samples < 1:
+            raise PipelineError(f"dataset.samples={samples!r} is not a positive integer.",
+                                "Set e.g. dataset.samples=256.")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise PipelineError(f"dataset.num_classes={num_classes!r} is not a positive integer.",
+                                "Set dataset.num_classes=N for random labels, or null for none.")
+        self.samples, self.num_classes = samples, num_classes
+        for name, spec in self.specs.items():
+            self._check(name, spec)
+
+    def _check(self, name: str, spec: dict) -> None:
+        shape = spec.get("shape")
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise PipelineError(f"dataset input {name!r}: shape={shape!r} is not a list of positive integers.",
+                                "Give one sample's shape without the batch axis, e.g. dataset.shape=[3,64,64].")
+        distribution = spec.get("distribution", self.defaults["distribution"])
+        if distribution not in DISTRIBUTIONS:
+            raise PipelineError(f"dataset input {name!r}: distribution={distribution!r} is not known.",
+                                f"Use one of: {', '.join(DISTRIBUTIONS)}.")
+
+    def load(self) -> Splits:
+        rng = np.random.default_rng(self.seed)
+        return Splits(train=self._split(rng), val=self._split(rng), test=self._split(rng))
+
+    def _split(self, rng: np.random.Generator):
+        arrays = {name: torch.from_numpy(self._draw(rng, spec)) for name, spec in self.specs.items()}
+        x = arrays if self.multiple else arrays["input"]
+        y = None if self.num_classes is None else torch.from_numpy(rng.integers(0, self.num_classes, self.samples))
+        return x, y
+
+    def _draw(self, rng: np.random.Generator, spec: dict) -> np.ndarray:
+        options = {**self.defaults, **spec}
+        size = (self.samples, *options["shape"])
+        if options["distribution"] == "integers":
+            return rng.integers(int(options["low"]), int(options["high"]), size).astype(options.get("dtype", "int64"))
+        if options["distribution"] == "uniform":
+            values = rng.uniform(options["low"], options["high"], size)
+        else:
+            values = rng.normal(options["mean"], options["std"], size)
+        return values.astype(options.get("dtype", "float32"))

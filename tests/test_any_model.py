@@ -1,0 +1,233 @@
+"""Any model converts (issue: unseen architectures, existing weights, any output shape).
+
+The user models here are written the way users write them and configured only the README's way
+(``model.net._target_=... model.output=...``); none has a config of its own. Runs are in-process
+on composed configs (one TensorFlow start-up for the whole module).
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import PipelineError
+from tests.conftest import mnist_root_override, run_in_process
+
+TARGETS = ("keras", "tensorflow", "tflite")
+SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2", "parity.samples=200")
+
+
+class ResidualNet(nn.Module):
+    """ResNet-style: BatchNorm, residual adds, max pool, adaptive average pool, dropout."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        x = self.pool(self.stem(x))
+        x = F.relu(x + self.block(x))
+        return self.head(F.relu(self.down(x)))
+
+
+class MobileNet(nn.Module):
+    """Mobile-style: depthwise separable convs, BatchNorm, ReLU6, Hardswish, squeeze-excite, concat."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Hardswish())
+        self.pointwise = nn.Conv2d(16, 24, 1)
+        self.excite = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(24, 6, 1), nn.ReLU(), nn.Conv2d(6, 24, 1),
+                                    nn.Hardsigmoid())
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.pointwise(torch.cat([x, self.depthwise(x)], dim=1))
+        x = x * self.excite(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class GRUNet(nn.Module):
+    """A GRU over the 24 hourly values of italy_power ([N, 1, 24] -> [N, 24, 1] inside)."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.gru = nn.GRU(1, 16, batch_first=True)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        out, _ = self.gru(x.transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+class TinyTransformer(nn.Module):
+    """LayerNorm, multi-head attention (scaled_dot_product_attention: opset 14), exact GELU."""
+
+    def __init__(self, num_classes: int = 2, d_model: int = 16):
+        super().__init__()
+        self.embed = nn.Linear(1, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attention = nn.MultiheadAttention(d_model, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 32), nn.GELU(), nn.Linear(32, d_model))
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, x):
+        h = self.embed(x.transpose(1, 2))
+        q = self.norm1(h)
+        h = h + self.attention(q, q, q, need_weights=False)[0]
+        h = h + self.mlp(self.norm2(h))
+        return self.head(h.mean(dim=1))
+
+
+USER_MODELS = {
+    "ResidualNet": ("mnist", (mnist_root_override(), *SHORT)),
+    "MobileNet": ("mnist", (mnist_root_override(), *SHORT)),
+    "GRUNet": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
+    "TinyTransformer": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
+}
+
+
+@pytest.mark.parametrize("name", USER_MODELS)
+def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_path, mnist_root):
+    dataset, short = USER_MODELS[name]
+    report = run_in_process(f"model.net._target_=tests.test_any_model.{name}", "~model.net.num_classes",
+                            "model.output=logits", f"dataset={dataset}", "export=all", *short,
+                            run_dir=tmp_path / "run")
+    assert report["status"] == "ok"
+    assert report["model"]["name"] == name  # defaults to the class once _target_ names another network
+    assert all(report["targets"][t]["status"] == "ok" for t in TARGETS), report["targets"]
+    parity = {e["runtime"]: e for e in report["parity"]}
+    for runtime in ("onnxruntime", *TARGETS):
+        assert parity[runtime]["allclose"] and parity[runtime]["top1_agreement"] == 1.0, parity[runtime]
+    if name == "TinyTransformer":  # attention needs opset 14: the export raised it, and says so
+        assert report["artifacts"]["onnx"]["opset"] == 14 and report["artifacts"]["onnx"]["requested_opset"] == 13
+
+
+def test_zoo_rows_torchvision_and_a_4d_output_convert_without_a_dataset(tmp_path):
+    """Two rows of +matrix=zoo: a torchvision model on generated inputs, and a UNet whose per-pixel
+    output comes back channels-last from Keras and is compared in PyTorch's layout."""
+    mobile = run_in_process("experiment=zoo/mobilenet_v3_small", "dataset.samples=32", "parity.latency_repeats=3",
+                            run_dir=tmp_path / "mobile")
+    unet = run_in_process("experiment=zoo/unet_small", "dataset.samples=16", "dataset.shape=[3,32,32]",
+                          "model.net.size=32", "parity.latency_repeats=3", run_dir=tmp_path / "unet")
+    for report in (mobile, unet):
+        assert report["status"] == "ok", report["stages"]
+        assert report["stages"]["train"]["status"] == "skipped" and report["metrics"] == {}
+        assert all(e["in_tolerance"] and e["top1_agreement"] == 1.0 for e in report["parity"])
+        assert {e["runtime"] for e in report["parity"]} == {"onnxruntime", *TARGETS}
+    assert unet["targets"]["keras"]["output_perms"] == {"output": [0, 2, 3, 1]}  # NHWC out of Keras
+    assert unet["check"]["outputs"][0]["shape"] == ["batch", 4, 32, 32]
+
+
+class TwoHeads(nn.Module):
+    """Two inputs (an image and a feature vector), two outputs of different ranks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, image, features):
+        maps = F.relu(self.conv(image))
+        return maps.mean(dim=(2, 3)) + self.fc(features), maps
+
+
+def test_several_inputs_and_outputs_are_matched_by_name(tmp_path):
+    report = run_in_process("model.net._target_=tests.test_any_model.TwoHeads", "~model.net.num_classes",
+                            "model.output=logits", "model.weights=init", "dataset=synthetic",
+                            "dataset.inputs={image: {shape: [3, 8, 8]}, features: {shape: [6]}}", "dataset.samples=20",
+                            "export=all", "stages=[export,check,convert,parity]", run_dir=tmp_path / "run")
+    assert report["status"] == "ok", report
+    assert report["export"]["inputs"] == ["image", "features"]
+    assert report["export"]["outputs"] == ["output_0", "output_1"]
+    for entry in report["parity"]:
+        assert set(entry["outputs"]) == {"output_0", "output_1"} and entry["in_tolerance"], entry
+
+
+class Determinant(nn.Module):
+    """torch.linalg.det: an ONNX op (Det) that keras3 and onnx2keras refuse, onnx-tf converts, and TFLite
+    has no builtin kernel for."""
+
+    def __init__(self, in_features: int = 20):
+        super().__init__()
+        self.fc = nn.Linear(in_features, 4)
+        self.out = nn.Linear(1, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.out(torch.linalg.det(self.fc(x).view(-1, 2, 2)).unsqueeze(1)))
+
+
+def test_auto_falls_back_along_the_chain_and_names_the_op_and_backend_that_failed(tmp_path):
+    with pytest.raises(PipelineError, match="Conversion failed for keras, tflite"):
+        run_in_process("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1",
+                       "model.net._target_=tests.test_any_model.Determinant", "~model.net.hidden", "export=all",
+                       run_dir=tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    keras, tensorflow, tflite = (report["targets"][t] for t in TARGETS)
+    assert keras["status"] == "failed" and keras["unsupported_op"] == "Det"
+    assert [(a["backend"], a["status"]) for a in keras["attempts"]] == [("keras3", "failed"), ("onnx2keras", "failed")]
+    assert tensorflow["status"] == "ok" and tensorflow["backend"] == "onnx-tf"
+    assert tensorflow["attempts"][0]["backend"] == "keras3" and "Det" in tensorflow["attempts"][0]["reason"]
+    assert tflite["status"] == "failed" and tflite["unsupported_op"]
+    assert {e["runtime"] for e in report["parity"]} == {"onnxruntime", "tensorflow"}
+    assert all(e["in_tolerance"] for e in report["parity"])
+
+
+def test_an_explicit_backend_is_used_and_an_unknown_one_names_the_choices(tmp_path, mnist_root):
+    report = run_in_process("model=mnist_mlp", mnist_root_override(), "export=keras", "export.keras.backend=onnx2keras",
+                            *SHORT, run_dir=tmp_path / "run")
+    assert report["targets"]["keras"]["backend"] == "onnx2keras"
+    assert [a["backend"] for a in report["targets"]["keras"]["attempts"]] == ["onnx2keras"]
+    with pytest.raises(PipelineError, match="keras3, onnx2keras"):
+        run_in_process("model=mnist_mlp", "export=keras", "export.keras.backend=nope", run_dir=tmp_path / "bad")
+
+
+def test_existing_weights_convert_without_training(tmp_path):
+    """A state_dict saved elsewhere, and a Lightning checkpoint, each exported as they are."""
+    torch.manual_seed(3)
+    net = GRUNet()
+    state = tmp_path / "gru.pt"
+    torch.save(net.state_dict(), state)
+    common = ("model.net._target_=tests.test_any_model.GRUNet", "~model.net.num_classes", "model.output=logits",
+              "dataset=italy_power", "export=tflite", "stages=[export,check,convert,parity]", "parity.samples=100")
+    report = run_in_process(*common, f"model.weights={state}", run_dir=tmp_path / "from_state")
+    assert report["status"] == "ok" and report["stages"]["train"]["status"] == "skipped"
+    x = torch.randn(3, 1, 24)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "from_state" / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], net(x).numpy(), atol=1e-5)
+
+    trained = run_in_process(*common[:4], "trainer.max_epochs=2", "~scheduler", "stages=[train]",
+                             run_dir=tmp_path / "trained")
+    checkpoint = tmp_path / "trained" / "checkpoints" / "last.ckpt"
+    assert trained["status"] == "ok" and checkpoint.is_file()
+    report = run_in_process(*common, f"model.weights={checkpoint}", run_dir=tmp_path / "from_checkpoint")
+    assert report["status"] == "ok"
+    assert report["artifacts"]["onnx"]["sha256"] != json.loads((tmp_path / "from_state" / "report.json").read_text())[
+        "artifacts"]["onnx"]["sha256"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (("model=mnist_cnn", "dataset=italy_power"), "cannot take this dataset's inputs"),
+    (("model=ts_cnn", "dataset=italy_power", "model.net.num_classes=1"), "model.net.num_classes=2"),
+    (("model=ts_cnn", "dataset=italy_power", "model.output=value"), "model.output=logits"),
+    (("model=ts_cnn", "dataset=italy_power", "model.output=log_probs"), "model.output=logits"),
+    (("model=tabular_mlp", "dataset=synthetic_tabular", "model.output=logits"), "model.output="),
+    (("model=ts_cnn", "dataset=italy_power", "model.weights=/no/such/file.pt"), "model.weights"),
+])
+def test_a_model_that_does_not_fit_the_data_is_refused_before_any_work(tmp_path, overrides, expected):
+    with pytest.raises(PipelineError) as info:
+        run_in_process(*overrides, run_dir=tmp_path / "run")
+    assert expected in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
