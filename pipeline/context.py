@@ -31,6 +31,8 @@ class RunContext:
     # Parity's outputs on the held-out data, per runtime ("torch" is the reference): {output name: array}.
     outputs: dict = field(default_factory=dict)
     held_out_targets: object = None
+    # Per diagnosed runtime: [(node index, max abs error)] along the graph (pipeline.diagnose).
+    divergence_curves: dict = field(default_factory=dict)
     _data: object = None
     _net: torch.nn.Module | None = None
     _onnx_io: tuple | None = None

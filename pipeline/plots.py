@@ -88,6 +88,25 @@ def parity(reference: np.ndarray, outputs: dict[str, np.ndarray], out: Path) -> 
     return _save(fig, out)
 
 
+def divergence(curves: dict[str, list[tuple[int, float]]], out: Path) -> Path | None:
+    """Per diagnosed runtime: max abs error of each intermediate tensor vs onnxruntime, along the graph."""
+    if not any(curves.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    floor = 1e-12
+    for name, points in curves.items():
+        if points:
+            depth, error = zip(*points, strict=True)
+            ax.plot(depth, np.maximum(error, floor), marker=".", linewidth=1.2, label=name)
+    ax.set_yscale("log")
+    ax.set(title="Where parity drifts: error of each intermediate tensor vs ONNX",
+           xlabel="node index in the ONNX graph (topological order)", ylabel="max abs error (exact: 1e-12)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
     plt = _pyplot()
     classes = int(max(labels.max(), predicted.max())) + 1

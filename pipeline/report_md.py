@@ -64,6 +64,13 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
                       f"throughput {round(ref['throughput_per_s'])}/s.", ""]
+    diagnosed = [e for e in report["parity"] if e.get("divergence")]
+    if diagnosed:
+        lines += ["## Where parity drifts", "", *_table(
+            ["runtime", "first diverging node", "op", "max abs err", "inputs ok", "reproduce"],
+            [[e["runtime"], e["divergence"].get("node") or e["divergence"].get("error") or "-",
+              e["divergence"].get("op_type"), e["divergence"].get("max_abs_err"), e["divergence"].get("inputs_ok"),
+              f"`{e['divergence']['command']}`" if e["divergence"].get("command") else "-"] for e in diagnosed]), ""]
     if report["targets"]:
         lines += ["## Conversion targets", "", *_table(["target", "status", "backend", "input layout", "reason"], [
             [t, e["status"], e.get("backend"), e.get("input_layout"), e.get("reason", "")]

@@ -110,6 +110,8 @@ def draw_plots(ctx: RunContext) -> list[Path]:
         reference = ctx.outputs["torch"][first]
         others = {k: v[first] for k, v in ctx.outputs.items() if k != "torch"}
         drawn.append(plots.parity(reference, others, ctx.run_dir / "parity.png"))
+        if ctx.divergence_curves:
+            drawn.append(plots.divergence(ctx.divergence_curves, ctx.run_dir / "divergence.png"))
         labels = ctx.held_out_targets
         predicted = tasks.predictions(ctx.output_kind, reference)
         if labels is None:

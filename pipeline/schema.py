@@ -84,6 +84,8 @@ class ParityConfig:
     samples: int | None = None
     batch_size: int = 256
     latency_repeats: int = 50
+    diagnose: bool | None = None  # locate the first diverging node: null = for drifting runtimes only
+    diagnose_samples: int = 4
 
 
 @dataclass

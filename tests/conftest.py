@@ -55,18 +55,26 @@ def default_run(tmp_path_factory, mnist_root) -> Path:
     return run_dir
 
 
-def run_in_process(*overrides: str, run_dir: Path) -> dict:
+def run_in_process(*overrides: str, run_dir: Path, expect_failure: bool = False) -> dict:
     """The pipeline on a composed config in this process (no interpreter or TensorFlow start-up per run).
 
-    Returns report.json; a PipelineError propagates after the report is written, as in the CLI.
+    Returns report.json; a PipelineError propagates after the report is written, as in the CLI, unless
+    ``expect_failure`` (then the failed run's report is returned).
     """
     from hydra import compose, initialize_config_dir
 
     from pipeline import cli, runner
+    from pipeline.errors import PipelineError
 
     overrides = ["print_config=false", *overrides]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides=overrides)
     cli.prepare(cfg, overrides)
-    runner.run(cfg, Path(run_dir))
+    try:
+        runner.run(cfg, Path(run_dir))
+    except PipelineError:
+        if not expect_failure:
+            raise
+        return read_report(run_dir)
+    assert not expect_failure, "the run was expected to fail"
     return read_report(run_dir)

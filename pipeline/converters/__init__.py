@@ -40,6 +40,9 @@ class ConvertJob:
     artifacts: dict[str, Path] = field(default_factory=dict)  # targets already converted in this run
     options: dict = field(default_factory=dict)  # export.<target>
     cache: dict = field(default_factory=dict)  # shared by every backend of one convert stage
+    # Intermediate ONNX tensors to expose as extra outputs, for locating a drift (pipeline.diagnose);
+    # a backend that cannot raises ConversionError.
+    debug_outputs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def backend(target: str, name: str, order: int, needs: str | None = None, summar
     return register
 
 
-def backends(target: str) -> list[Backend]:
+def backends_for(target: str) -> list[Backend]:
     """The target's backends, in the order ``auto`` tries them."""
     _discover()
     return sorted((b for b in _BACKENDS if b.target == target), key=lambda b: b.order)
@@ -73,6 +76,22 @@ def _discover() -> None:
     package = importlib.import_module(f"{__name__}.backends")
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def with_outputs(onnx_model, names: list[str]):
+    """A copy of ``onnx_model`` whose graph also outputs the tensors ``names`` (typed by shape inference),
+    for backends without a node map of their own: they convert it as any other model."""
+    import onnx
+
+    marked = onnx.shape_inference.infer_shapes(onnx_model)
+    known = {o.name for o in marked.graph.output}
+    typed = {info.name: info for info in marked.graph.value_info}
+    for name in names:
+        if name not in known:
+            info = onnx.ValueInfoProto()
+            info.CopyFrom(typed.get(name, onnx.ValueInfoProto(name=name)))
+            marked.graph.output.append(info)
+    return marked
 
 
 def prepare_tensorflow() -> None:

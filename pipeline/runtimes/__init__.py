@@ -3,6 +3,7 @@ in the ONNX model's own layout (PyTorch's): an artifact stored in another layout
 taking NHWC) records its per-tensor axis orders, and the adapter transposes on the way in and out.
 """
 import importlib
+import re
 
 import numpy as np
 
@@ -45,6 +46,23 @@ class Adapter:
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
+
+
+def signature_key(name: str) -> str:
+    """A tensor name as a TensorFlow signature argument (letters, digits, underscores)."""
+    key = re.sub(r"\W", "_", name).strip("_") or "input"
+    return f"t_{key}" if key[0].isdigit() else key
+
+
+def feed_keys(names: list[str], available: list[str]) -> list[str]:
+    """The signature's keys for the ONNX tensor ``names``: the names themselves, their sanitised form,
+    or, for a single tensor, whatever the signature calls it."""
+    for candidate in (list(names), [signature_key(n) for n in names]):
+        if set(candidate) <= set(available):
+            return candidate
+    if len(names) == len(available) == 1:
+        return list(available)
+    raise OutputMismatch(f"the signature has {sorted(available)}; the ONNX model's tensors are {names}.")
 
 
 def to_layout(array: np.ndarray, perm) -> np.ndarray:

@@ -1,7 +1,7 @@
 """A TensorFlow SavedModel, called through its ``serving_default`` signature by tensor name."""
 import numpy as np
 
-from pipeline.runtimes import Adapter
+from pipeline.runtimes import Adapter, feed_keys
 
 
 class TensorFlowRuntime(Adapter):
@@ -14,11 +14,8 @@ class TensorFlowRuntime(Adapter):
         self._tf = tf
         self.loaded = tf.saved_model.load(str(path))
         self.signature = self.loaded.signatures["serving_default"]
-        signature_inputs = list(self.signature.structured_input_signature[1])
-        signature_outputs = list(self.signature.structured_outputs)
-        # Match by name; a single input or output may carry another name.
-        self.feed_names = inputs if set(inputs) <= set(signature_inputs) else signature_inputs
-        self.fetch_names = outputs if set(outputs) <= set(signature_outputs) else sorted(signature_outputs)
+        self.feed_names = feed_keys(inputs, list(self.signature.structured_input_signature[1]))
+        self.fetch_names = feed_keys(outputs, list(self.signature.structured_outputs))
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         result = self.signature(**{name: self._tf.constant(a) for name, a in zip(self.feed_names, arrays, strict=True)})

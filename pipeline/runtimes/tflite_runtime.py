@@ -1,7 +1,7 @@
 """A ``.tflite`` flatbuffer run by LiteRT's interpreter, through its signature (tensors by name)."""
 import numpy as np
 
-from pipeline.runtimes import Adapter
+from pipeline.runtimes import Adapter, feed_keys
 
 
 def _interpreter_class():
@@ -22,8 +22,8 @@ class TFLiteRuntime(Adapter):
         self.runner = self.interpreter.get_signature_runner(next(iter(signatures))) if signatures else None
         if self.runner is not None:
             described = signatures[next(iter(signatures))]
-            self.feed_names = inputs if set(inputs) <= set(described["inputs"]) else described["inputs"]
-            self.fetch_names = outputs if set(outputs) <= set(described["outputs"]) else sorted(described["outputs"])
+            self.feed_names = feed_keys(inputs, described["inputs"])
+            self.fetch_names = feed_keys(outputs, described["outputs"])
         self._shapes = None
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:

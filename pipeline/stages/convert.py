@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.context import RunContext
-from pipeline.converters import TARGETS, Backend, ConvertJob, backends, onnx_layout, prepare_tensorflow
+from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, onnx_layout, prepare_tensorflow
 from pipeline.errors import ConversionError, PipelineError, StageFailed
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def chain(cfg, target: str) -> list[Backend]:
     """The backends to try for ``target``: all in order under ``auto``, else the one named."""
     options = cfg.export.get(target) or {}
     requested = options.get("backend", AUTO) or AUTO
-    available = backends(target)
+    available = backends_for(target)
     if requested == AUTO:
         return available
     picked = [b for b in available if b.name == requested]

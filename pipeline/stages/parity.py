@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from pipeline import runtimes, tasks
+from pipeline import diagnose, runtimes, tasks
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS
 from pipeline.errors import ParityError
@@ -43,6 +43,8 @@ def run(ctx: RunContext) -> None:
         entries.append(entry)
         log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
+    ctx.report.save()  # the measurements stand even if the diagnosis below is interrupted
+    ctx.divergence_curves = diagnose.run(ctx, entries)
     drifted = [e for e in entries if not e["in_tolerance"]]
     if drifted:
         raise ParityError(f"Parity failed for {', '.join(e['runtime'] for e in drifted)} "
@@ -54,7 +56,10 @@ def run(ctx: RunContext) -> None:
 def _describe(entry: dict) -> str:
     if entry.get("error"):
         return f"{entry['runtime']}: {entry['error']}"
-    return f"{entry['runtime']}: max_abs_err={entry['max_abs_err']:.3g}, top1_agreement={entry['top1_agreement']}"
+    where = entry.get("divergence", {})
+    first = f", first diverges at node {where['node']} ({where['op_type']})" if where.get("node") else ""
+    return (f"{entry['runtime']}: max_abs_err={entry['max_abs_err']:.3g}, "
+            f"top1_agreement={entry['top1_agreement']}{first}")
 
 
 def _held_out(ctx: RunContext, samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

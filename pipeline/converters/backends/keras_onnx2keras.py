@@ -54,6 +54,9 @@ def _prepare(model):
 @backend("keras", "onnx2keras", order=20)
 def convert(job: ConvertJob) -> dict:
     """onnx2keras with one global channels-last switch; single input and output."""
+    if job.debug_outputs:
+        raise ConversionError("onnx2keras cannot expose intermediate tensors (one output only).",
+                              "Diagnose with export.keras.backend=keras3.")
     return convert_file(job.onnx_path, job.out_path)
 
 

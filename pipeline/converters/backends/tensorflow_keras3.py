@@ -12,10 +12,11 @@ def convert(job: ConvertJob) -> dict:
     import tensorflow as tf
 
     from pipeline.converters.keras3 import build_for
+    from pipeline.runtimes import signature_key
 
     conversion = build_for(job)
     model = conversion.model
-    specs = [tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype), name=name)
+    specs = [tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype), name=signature_key(name))
              for name, value in ((n, job.sample[n]) for n in conversion.input_names)]
     restore = [[int(i) for i in np.argsort(p)] for p in conversion.output_perms]
 

@@ -16,17 +16,20 @@ ONNX_TF_MAX_OPSET = 13
 @backend("tensorflow", "onnx-tf", order=20)
 def convert(job: ConvertJob) -> dict:
     """onnx-tf 1.10 (archived) through our compat layer; models above opset 13 converted down."""
-    return convert_file(job.onnx_path, job.out_path)
+    return convert_file(job.onnx_path, job.out_path, job.debug_outputs)
 
 
-def convert_file(onnx_path: Path, out_path: Path) -> dict:
+def convert_file(onnx_path: Path, out_path: Path, debug_outputs: list[str] = ()) -> dict:
     import onnx
 
+    from pipeline.converters import with_outputs
     from pipeline.converters.onnx_tf_compat import import_onnx_tf_backend
     from pipeline.stages.check import opset_of
 
     backend = import_onnx_tf_backend()
     model = onnx.load(str(onnx_path))
+    if debug_outputs:
+        model = with_outputs(model, debug_outputs)
     source_opset = opset_of(model)
     if source_opset > ONNX_TF_MAX_OPSET:
         model = _downgrade(model, ONNX_TF_MAX_OPSET)

@@ -11,10 +11,12 @@ from pipeline.converters.keras3.graph import Conversion, Converter
 from pipeline.converters.keras3.probe import Probe, run
 
 
-def build(onnx_model, sample: dict[str, np.ndarray]) -> tuple[Conversion, Probe]:
-    """The Keras model for ``onnx_model``; ``sample`` holds a few real inputs, by ONNX input name."""
+def build(onnx_model, sample: dict[str, np.ndarray], extra_outputs: list[str] | None = None
+          ) -> tuple[Conversion, Probe]:
+    """The Keras model for ``onnx_model``; ``sample`` holds a few real inputs, by ONNX input name.
+    ``extra_outputs`` names intermediate ONNX tensors to expose as outputs too (where they exist)."""
     probe = run(onnx_model, sample)
-    return Converter(onnx_model, probe).convert(), probe
+    return Converter(onnx_model, probe, extra_outputs).convert(), probe
 
 
 def build_for(job) -> Conversion:
@@ -22,10 +24,10 @@ def build_for(job) -> Conversion:
     backends of every target (a refusal is remembered too)."""
     import onnx
 
-    key = ("keras3", str(job.onnx_path))
+    key = ("keras3", str(job.onnx_path), tuple(job.debug_outputs))
     if key not in job.cache:
         try:
-            job.cache[key] = build(onnx.load(str(job.onnx_path)), job.sample)[0]
+            job.cache[key] = build(onnx.load(str(job.onnx_path)), job.sample, job.debug_outputs)[0]
         except Exception as exc:  # noqa: BLE001 - remembered, re-raised below for every target
             job.cache[key] = exc
     if isinstance(job.cache[key], Exception):

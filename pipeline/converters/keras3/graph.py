@@ -38,7 +38,8 @@ class Conversion:
 
 
 class Converter:
-    def __init__(self, model: onnx.ModelProto, probe: Probe):
+    def __init__(self, model: onnx.ModelProto, probe: Probe, extra_outputs: list[str] | None = None):
+        self.extra_outputs = list(extra_outputs or [])  # intermediate tensors to expose too (diagnosis)
         self.model = model
         self.graph = model.graph
         self.probe = probe
@@ -115,6 +116,12 @@ class Converter:
             outputs.append(tensor)
             output_perms.append(perm)
             names.append(info.name)
+        for name in self.extra_outputs:  # as stored: the recorded perm tells the reader the axis order
+            value = self.values.get(name)
+            if isinstance(value, Tensor) and name not in names:
+                outputs.append(keras.layers.Identity(name=self.unique_name(f"debug_{name}"))(value.keras))
+                output_perms.append(value.perm)
+                names.append(name)
         model = keras.Model(self.inputs, outputs, name="converted")
         data_inputs = [i.name for i in self.graph.input if isinstance(self.values.get(i.name), Tensor)]
         return Conversion(model, data_inputs, names, input_perms, output_perms, self.values, self.fused)

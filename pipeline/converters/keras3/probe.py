@@ -42,24 +42,29 @@ class Probe:
 
 
 def run(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> Probe:
-    import onnxruntime as ort
-
-    marked = _mark_all_outputs(model)
-    options = ort.SessionOptions()
-    # Node outputs as the graph names them: no fusion may swallow an intermediate tensor.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    feeds = [_batch_of(sample, size) for size in PROBE_BATCHES]
     try:
-        session = ort.InferenceSession(marked.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        feeds = [_batch_of(sample, size) for size in PROBE_BATCHES]
-        runs = [session.run(None, feed) for feed in feeds]
+        runs = [intermediates(model, feed) for feed in feeds]
     except Exception as exc:
         raise ConversionError(f"onnxruntime could not run the model at batch sizes {PROBE_BATCHES}: {exc}",
                               "Export with a dynamic batch axis (the batch size must not be hard-coded).") from exc
     values = {name: (feeds[0][name], feeds[1][name]) for name in sample}
-    values.update({name: (a, b) for name, a, b in zip(names, *runs, strict=True)})
+    values.update({name: (a, runs[1][name]) for name, a in runs[0].items()})
     return Probe(values)
+
+
+def intermediates(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tensor a node of ``model`` computes on ``feeds``, by name, as onnxruntime computes it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Node outputs as the graph names them: no fusion may swallow an intermediate tensor.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(_mark_all_outputs(model).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds), strict=True))
 
 
 def _mark_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:

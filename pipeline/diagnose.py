@@ -1,0 +1,236 @@
+"""Where a drifting runtime departs from the ONNX model: the first node whose output differs, and a
+reproducer for that node alone.
+
+For a runtime that fails parity (every runtime with ``parity.diagnose=true``, none with ``false``), the
+backends that made its artifact convert the model again with every intermediate tensor exposed as an
+extra output (keras3 from its own tensor map, onnx-tf from marked graph outputs; TFLite is converted
+from that SavedModel as before). The copy runs on a few held-out samples, and its tensors, brought
+back to the ONNX layout with the recorded axis orders, are compared in graph order with
+onnxruntime's values for the same tensors. onnxruntime itself is compared with the ONNX reference
+implementation (``onnx.reference``). The first tensor out of the parity tolerance names the node;
+its subgraph and its (correct) inputs go to ``diagnose/<runtime>/`` with a command that converts and
+runs that node alone:
+
+    python -m pipeline.diagnose <run dir>/diagnose/<runtime>
+"""
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIAGNOSE_DIR = "diagnose"
+MANIFEST = "manifest.json"
+
+
+def run(ctx, entries: list[dict]) -> dict[str, list]:
+    """Adds ``divergence`` to the parity entries to diagnose; returns error-by-depth curves per runtime."""
+    mode = ctx.cfg.parity.get("diagnose")  # None: the runtimes that drift; True: all; False: none
+    curves = {}
+    for entry in entries:
+        if mode is False or (mode is None and entry["in_tolerance"]):
+            continue
+        start = time.perf_counter()
+        try:
+            entry["divergence"], curves[entry["runtime"]] = localise(ctx, entry["runtime"])
+        except Exception as exc:  # noqa: BLE001 - a diagnosis that fails must not hide the parity result
+            entry["divergence"] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+        entry["divergence"]["seconds"] = round(time.perf_counter() - start, 2)
+    return curves
+
+
+def localise(ctx, runtime: str) -> tuple[dict, list[tuple[int, float]]]:
+    import onnx
+
+    from pipeline.converters.keras3.probe import intermediates
+
+    model = onnx.load(str(ctx.onnx_path))
+    settings = ctx.cfg.parity
+    feeds = ctx.held_out_inputs(int(settings.get("diagnose_samples", 4)))
+    tensors = traced_tensors(model)
+    onnx_values = {**feeds, **intermediates(model, feeds)}
+    if runtime == "onnxruntime":
+        reference, actual = reference_values(model, feeds), onnx_values
+    else:
+        reference, actual = onnx_values, converted_values(ctx, runtime, [name for _, _, name in tensors], feeds)
+    curve, compared, bad, first = [], set(), set(), None
+    for index, node, name in tensors:
+        if name not in actual or name not in reference:
+            continue
+        error, close = _difference(actual[name], reference[name], settings.rtol, settings.atol)
+        curve.append((index, error))
+        compared.add(name)
+        if not close:
+            bad.add(name)
+            first = first or (node, name, error)
+    result = {"compared_nodes": len(compared), "samples": len(next(iter(feeds.values())))}
+    if first is None:
+        return {**result, "node": None, "note": "every compared intermediate tensor is within tolerance: the "
+                "drift comes from an uncompared tensor or from the outputs' handling"}, curve
+    node, name, error = first
+    data_inputs = [i for i in node.input if i in onnx_values and i not in {x.name for x in model.graph.initializer}]
+    unchecked = [i for i in data_inputs if i not in compared and i not in feeds]
+    directory = ctx.run_dir / DIAGNOSE_DIR / runtime
+    command = write_reproducer(ctx, model, runtime, node, data_inputs, onnx_values, directory)
+    return {**result, "node": node.name, "op_type": node.op_type, "output": name, "max_abs_err": error,
+            "inputs_ok": not unchecked and not (set(data_inputs) & bad), "unchecked_inputs": unchecked,
+            "reproducer": str(directory.relative_to(ctx.run_dir)), "command": command}, curve
+
+
+def _difference(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> tuple[float, bool]:
+    if np.shape(actual) != np.shape(expected):
+        return float("inf"), False
+    if expected.dtype.kind not in "fc":
+        return float(np.sum(actual != expected)), bool(np.array_equal(actual, expected))
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    return float(diff.max(initial=0.0)), bool(np.allclose(actual, expected, rtol=rtol, atol=atol))
+
+
+def traced_tensors(model) -> list[tuple[int, object, str]]:
+    """(node index, node, output name) of every tensor computed from the input data, in graph order."""
+    dependent = {i.name for i in model.graph.input} - {init.name for init in model.graph.initializer}
+    tensors = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in ("Shape", "Size") or not dependent & set(node.input):
+            continue
+        for name in node.output:
+            if name:
+                dependent.add(name)
+                tensors.append((index, node, name))
+    return tensors
+
+
+def reference_values(model, feeds: dict) -> dict[str, np.ndarray]:
+    """Every tensor as the ONNX reference implementation (NumPy) computes it."""
+    from onnx.reference import ReferenceEvaluator
+
+    return {**feeds, **ReferenceEvaluator(model).run(None, feeds, intermediate=True)}
+
+
+def converted_values(ctx, target: str, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
+    """The tensors ``names`` as the target's runtime computes them, from a copy of its artifact made by
+    the same backends with those tensors exposed as outputs."""
+    entry = ctx.report.data["targets"][target]
+    work = Path(tempfile.mkdtemp(prefix=".diagnose.", dir=ctx.run_dir))
+    try:
+        backends = {t: e.get("backend") for t, e in ctx.report.data["targets"].items()}
+        path, info = rebuild(ctx.onnx_path, target, backends, names, feeds, work)
+        exposed = artifact_outputs(target, path, info)
+        return run_artifact(target, path, info, ctx.input_names, exposed, feeds, entry.get("input_perms"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def rebuild(onnx_path: Path, target: str, backends: dict, names: list[str], feeds: dict, work: Path,
+            options: dict | None = None) -> tuple[Path, dict]:
+    """Convert ``onnx_path`` to ``target`` with the named backends (and what they convert from)."""
+    from pipeline.converters import TARGETS, ConvertJob, backends_for, prepare_tensorflow
+    from pipeline.errors import PipelineError
+
+    prepare_tensorflow()
+    chosen = next((b for b in backends_for(target) if b.name == backends.get(target)), None)
+    if chosen is None:
+        raise PipelineError(f"No backend recorded for the {target} target.", "Re-run the convert stage.")
+    artifacts = {}
+    if chosen.needs:
+        artifacts[chosen.needs] = rebuild(onnx_path, chosen.needs, backends, names, feeds, work, options)[0]
+    job = ConvertJob(target, Path(onnx_path), work / TARGETS[target].artifact, feeds, artifacts,
+                     dict((options or {}).get(target, {})), {}, list(names))
+    return job.out_path, chosen.convert(job) or {}
+
+
+def artifact_outputs(target: str, path: Path, info: dict) -> list[str]:
+    """The output names a converted artifact has, in its own order."""
+    if "output_perms" in info:
+        return list(info["output_perms"])
+    if target == "tensorflow":
+        import tensorflow as tf
+
+        return list(tf.saved_model.load(str(path)).signatures["serving_default"].structured_outputs)
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    signatures = _interpreter_class()(model_path=str(path)).get_signature_list()
+    return list(next(iter(signatures.values()))["outputs"])
+
+
+def run_artifact(target: str, path: Path, info: dict, inputs: list[str], outputs: list[str], feeds: dict,
+                 input_perms=None) -> dict[str, np.ndarray]:
+    from pipeline import runtimes
+    from pipeline.converters import TARGETS
+
+    adapter = runtimes.load(TARGETS[target].runtime, path, inputs, outputs,
+                            input_perms=info.get("input_perms", input_perms), output_perms=info.get("output_perms"))
+    return adapter.predict(feeds)
+
+
+def write_reproducer(ctx, model, runtime: str, node, data_inputs: list[str], values: dict, directory: Path) -> str:
+    """The node's subgraph (it and the constants it reads), its correct inputs, and how to re-run it."""
+    import onnx
+    from onnx.utils import Extractor
+
+    from pipeline.atomic import write_json
+
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    outputs = [name for name in node.output if name]
+    subgraph = Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(data_inputs, outputs)
+    onnx.save(subgraph, str(directory / "subgraph.onnx"))
+    files = {}
+    for index, name in enumerate(data_inputs):
+        files[name] = f"input_{index}.npy"
+        np.save(directory / files[name], values[name])
+    backends = {t: e.get("backend") for t, e in ctx.report.data["targets"].items()}
+    write_json(directory / MANIFEST, {
+        "runtime": runtime, "node": node.name, "op_type": node.op_type, "inputs": files, "outputs": outputs,
+        "backends": backends, "rtol": float(ctx.cfg.parity.rtol), "atol": float(ctx.cfg.parity.atol),
+        "options": {t: dict(ctx.cfg.export.get(t) or {}) for t in backends}})
+    return f"python -m pipeline.diagnose {directory}"
+
+
+def reproduce(directory: Path) -> dict:
+    """Convert and run the saved subgraph alone; compare it as parity did. Returns the comparison."""
+    import onnx
+
+    from pipeline.converters.keras3.probe import intermediates
+
+    directory = Path(directory)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    model = onnx.load(str(directory / "subgraph.onnx"))
+    feeds = {name: np.load(directory / file) for name, file in manifest["inputs"].items()}
+    expected = {name: intermediates(model, feeds)[name] for name in manifest["outputs"]}
+    runtime = manifest["runtime"]
+    if runtime == "onnxruntime":
+        actual, expected = expected, {n: reference_values(model, feeds)[n] for n in manifest["outputs"]}
+    else:
+        work = Path(tempfile.mkdtemp(prefix=".reproduce."))
+        try:
+            path, info = rebuild(directory / "subgraph.onnx", runtime, manifest["backends"], [], feeds, work,
+                                 manifest.get("options"))
+            actual = run_artifact(runtime, path, info, list(feeds), manifest["outputs"], feeds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    errors = {name: _difference(actual[name], expected[name], manifest["rtol"], manifest["atol"])
+              for name in manifest["outputs"]}
+    return {"node": manifest["node"], "op_type": manifest["op_type"], "runtime": runtime,
+            "max_abs_err": max(e for e, _ in errors.values()), "drift": not all(ok for _, ok in errors.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / MANIFEST).is_file():
+        print("usage: python -m pipeline.diagnose <run dir>/diagnose/<runtime>", file=sys.stderr)
+        return 2
+    result = reproduce(Path(args[0]))
+    verdict = "drift reproduced" if result["drift"] else "no drift on this node alone"
+    against = "the ONNX reference implementation" if result["runtime"] == "onnxruntime" else "onnxruntime"
+    print(f"{result['runtime']}: node {result['node']} ({result['op_type']}): max abs error "
+          f"{result['max_abs_err']:.3g} vs {against}: {verdict}")
+    return 1 if result["drift"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""When parity fails, say where (issue: first diverging layer per runtime, and a minimal reproducer)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import diagnose
+from pipeline.converters.keras3.ops import HANDLERS
+from pipeline.errors import ParityError
+from tests.conftest import ROOT, mnist_root_override, run_in_process
+
+SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2",
+         "parity.samples=200", "parity.latency_repeats=3")
+
+
+def _wrong_relu(ctx):
+    """A Relu converted wrong on purpose: 5 % too large where it is positive."""
+    from keras import ops
+
+    x = ctx.tensor(0)
+    ctx.set(ops.relu(x.keras) * np.float32(1.05), x.perm)
+
+
+def test_an_injected_wrong_op_is_found_in_keras_tensorflow_and_tflite(tmp_path, mnist_root, monkeypatch):
+    monkeypatch.setitem(HANDLERS, "Relu", _wrong_relu)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ParityError, match="first diverges at node /Relu"):
+        # The backends are named: auto would pass over the drifting keras3 artifacts.
+        run_in_process("model=mnist_cnn", mnist_root_override(), "export=all", "export.keras.backend=keras3",
+                       "export.tensorflow.backend=keras3", *SHORT, run_dir=run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    parity = {e["runtime"]: e for e in report["parity"]}
+    assert parity["onnxruntime"]["in_tolerance"] and "divergence" not in parity["onnxruntime"]
+    for runtime in ("keras", "tensorflow", "tflite"):
+        where = parity[runtime]["divergence"]
+        assert (where["node"], where["op_type"], where["inputs_ok"]) == ("/Relu", "Relu", True), where
+        assert where["max_abs_err"] > 1e-3 and where["compared_nodes"] >= 10
+        assert where["seconds"] < 60
+        assert (run_dir / where["reproducer"] / "subgraph.onnx").is_file()
+        # The reproducer, alone, shows the same drift (the wrong converter is still in place here).
+        assert diagnose.reproduce(run_dir / where["reproducer"])["drift"] is True
+    assert (run_dir / "divergence.png").is_file()
+    assert "Where parity drifts" in (run_dir / "report.md").read_text()
+
+
+def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_reproduces_it(tmp_path, mnist_root):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ParityError):
+        run_in_process("model=mnist_cnn", mnist_root_override(), "export=tflite", "parity.atol=1e-9", "parity.rtol=0",
+                       *SHORT, run_dir=run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    for entry in report["parity"]:
+        assert entry["divergence"]["node"], entry  # onnxruntime's is against the ONNX reference implementation
+    command = report["parity"][-1]["divergence"]["command"].split()
+    proc = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "drift reproduced" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_diagnose_on_demand_and_off(tmp_path):
+    on = run_in_process("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
+                        "parity.diagnose=true", "parity.latency_repeats=3", run_dir=tmp_path / "on")
+    assert on["status"] == "ok"
+    for entry in on["parity"]:
+        assert entry["divergence"]["node"] is None and entry["divergence"]["compared_nodes"] > 0
+    off = run_in_process("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
+                         "parity.diagnose=false", "parity.atol=0", "parity.rtol=0", "parity.latency_repeats=3",
+                         run_dir=tmp_path / "off", expect_failure=True)
+    assert all("divergence" not in entry for entry in off["parity"])
