@@ -64,12 +64,21 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
 
 
 def _name_the_model(cfg: DictConfig, overrides: list[str]) -> bool:
-    """``model.name`` defaults to the network's class when ``model.net._target_`` names another network."""
+    """When the command line names another network (``model.net._target_=my_pkg.MyNet``), the default
+    model's constructor arguments are not its own: only those given on the command line are kept, and
+    ``model.name`` defaults to the class name."""
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
-    if cfg.model.get("name") and ("model.net._target_" not in given or "model.name" in given):
-        return False
+    if "model.net._target_" not in given:
+        if cfg.model.get("name"):
+            return False
+        with open_dict(cfg):
+            cfg.model.name = str(cfg.model.net.get("_target_", "model")).rsplit(".", 1)[-1]
+        return True
     with open_dict(cfg):
-        cfg.model.name = str(cfg.model.net.get("_target_", "model")).rsplit(".", 1)[-1]
+        for key in [k for k in cfg.model.net if k != "_target_" and f"model.net.{k}" not in given]:
+            del cfg.model.net[key]
+        if "model.name" not in given:
+            cfg.model.name = str(cfg.model.net._target_).rsplit(".", 1)[-1]
     return True
 
 

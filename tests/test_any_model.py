@@ -99,7 +99,7 @@ USER_MODELS = {
 @pytest.mark.parametrize("name", USER_MODELS)
 def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_path, mnist_root):
     dataset, short = USER_MODELS[name]
-    report = run_in_process(f"model.net._target_=tests.test_any_model.{name}", "~model.net.num_classes",
+    report = run_in_process(f"model.net._target_=tests.test_any_model.{name}",
                             "model.output=logits", f"dataset={dataset}", "export=all", *short,
                             run_dir=tmp_path / "run")
     assert report["status"] == "ok"
@@ -142,7 +142,7 @@ class TwoHeads(nn.Module):
 
 
 def test_several_inputs_and_outputs_are_matched_by_name(tmp_path):
-    report = run_in_process("model.net._target_=tests.test_any_model.TwoHeads", "~model.net.num_classes",
+    report = run_in_process("model.net._target_=tests.test_any_model.TwoHeads",
                             "model.output=logits", "model.weights=init", "dataset=synthetic",
                             "dataset.inputs={image: {shape: [3, 8, 8]}, features: {shape: [6]}}", "dataset.samples=20",
                             "export=all", "stages=[export,check,convert,parity]", run_dir=tmp_path / "run")
@@ -169,7 +169,7 @@ class Determinant(nn.Module):
 def test_auto_falls_back_along_the_chain_and_names_the_op_and_backend_that_failed(tmp_path):
     with pytest.raises(PipelineError, match="Conversion failed for keras, tflite"):
         run_in_process("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1",
-                       "model.net._target_=tests.test_any_model.Determinant", "~model.net.hidden", "export=all",
+                       "model.net._target_=tests.test_any_model.Determinant", "export=all",
                        run_dir=tmp_path / "run")
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     keras, tensorflow, tflite = (report["targets"][t] for t in TARGETS)
@@ -197,7 +197,7 @@ def test_existing_weights_convert_without_training(tmp_path):
     net = GRUNet()
     state = tmp_path / "gru.pt"
     torch.save(net.state_dict(), state)
-    common = ("model.net._target_=tests.test_any_model.GRUNet", "~model.net.num_classes", "model.output=logits",
+    common = ("model.net._target_=tests.test_any_model.GRUNet", "model.output=logits",
               "dataset=italy_power", "export=tflite", "stages=[export,check,convert,parity]", "parity.samples=100")
     report = run_in_process(*common, f"model.weights={state}", run_dir=tmp_path / "from_state")
     assert report["status"] == "ok" and report["stages"]["train"]["status"] == "skipped"

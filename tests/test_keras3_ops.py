@@ -79,6 +79,9 @@ CASES = {
     "layernorm_over_two_axes": (Lambda(lambda x, n: n(x), nn.LayerNorm([7, 5])), SEQ, 17),
     "class_token_expand": (Lambda(lambda x, p: torch.cat([p.weight.view(1, 1, 5).expand(x.shape[0], -1, -1), x], 1),
                                   nn.Linear(1, 5)), SEQ, 13),
+    "gather_sorted_one_hot_triu": (Lambda(lambda x: torch.gather(x, 2, torch.topk(x, 5, dim=2).indices)
+                                          + F.one_hot(x.argmax(dim=2), 5).float()
+                                          + torch.triu(x @ x.transpose(1, 2), diagonal=1)[..., :5]), SEQ, 14),
     # recurrent layers
     "gru_two_layers": (Lambda(lambda x, g: g(x)[0], nn.GRU(5, 6, 2, batch_first=True)), SEQ, 13),
     "lstm_bidirectional_final_states": (Lambda(lambda x, m: torch.cat([m(x)[1][0].transpose(0, 1).flatten(1),

@@ -16,7 +16,8 @@ UNARY = {
     "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
     "Abs": "abs", "Neg": "negative", "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign",
     "Sin": "sin", "Cos": "cos", "Reciprocal": "reciprocal", "Erf": "erf", "Softplus": "softplus",
-    "Not": "logical_not", "IsNaN": "isnan", "Atan": "arctan", "Tan": "tan",
+    "Not": "logical_not", "IsNaN": "isnan", "Atan": "arctan", "Tan": "tan", "Asin": "arcsin", "Acos": "arccos",
+    "Sinh": "sinh", "Cosh": "cosh", "Asinh": "arcsinh", "Acosh": "arccosh", "Atanh": "arctanh",
 }
 
 
@@ -79,6 +80,20 @@ def unary(ctx):
 
     x = ctx.tensor(0)
     ctx.set(getattr(ops, UNARY[ctx.op_type])(x.keras), x.perm)
+
+
+@op("IsInf")
+def is_inf(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    positive, negative = bool(ctx.attr("detect_positive", 1)), bool(ctx.attr("detect_negative", 1))
+    found = ops.isinf(x.keras)
+    if not negative:
+        found = ops.logical_and(found, x.keras > 0)
+    if not positive:
+        found = ops.logical_and(found, x.keras < 0)
+    ctx.set(found, x.perm)
 
 
 @op("Identity", "Dropout")

@@ -79,6 +79,29 @@ def softmax(ctx):
     ctx.set(restored, layout.identity(x.rank))
 
 
+@op("Hardmax")
+def hardmax(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axis = x.keras_axis(int(ctx.attr("axis", -1)))
+    moved = [p for p in x.perm if p != x.perm[axis]] + [x.perm[axis]]
+    stored = ctx.to_perm(x, moved)
+    ctx.set(ops.one_hot(ops.argmax(stored, axis=-1), stored.shape[-1], dtype=str(stored.dtype)), moved)
+
+
+@op("LpNormalization")
+def lp_normalization(ctx):
+    from keras import ops
+
+    x = ctx.tensor(0)
+    axis = x.keras_axis(int(ctx.attr("axis", -1)))
+    p = int(ctx.attr("p", 2))
+    norm = ops.sqrt(ops.sum(ops.square(x.keras), axis=axis, keepdims=True)) if p == 2 else \
+        ops.sum(ops.abs(x.keras), axis=axis, keepdims=True)
+    ctx.set(x.keras / norm, x.perm)
+
+
 @op("CumSum")
 def cumsum(ctx):
     from keras import ops

@@ -178,6 +178,53 @@ def gather(ctx):
         raise ctx.fail("gathering with data-dependent indices from data-dependent values is not supported.")
 
 
+@op("GatherElements")
+def gather_elements(ctx):
+    """``torch.gather``: both tensors in one layout, the axis mapped through it."""
+    from keras import ops
+
+    data, indices = ctx.value(0), ctx.value(1)
+    if not isinstance(data, Tensor):
+        raise ctx.fail("gathering from constant data is not supported.")
+    axis = int(ctx.attr("axis", 0)) % data.rank
+    size = ctx.c.probe.shape(ctx.input_names[0])[axis]
+    if isinstance(indices, np.ndarray):
+        index = np.transpose(np.where(indices < 0, indices + size, indices), data.perm)
+    else:
+        index = ops.cast(ctx.to_perm(indices, data.perm), "int32")
+        index = ops.where(index < 0, index + size, index) if size is not None else index
+    ctx.set(ops.take_along_axis(data.keras, index, axis=data.keras_axis(axis)), data.perm)
+
+
+@op("OneHot")
+def one_hot(ctx):
+    from keras import ops
+
+    indices = ctx.tensor(0)
+    depth = int(np.asarray(ctx.const(1)).reshape(-1)[0])
+    off, on = (float(v) for v in np.asarray(ctx.const(2)).reshape(-1)[:2])
+    axis = int(ctx.attr("axis", -1)) % (indices.rank + 1)
+    index = ops.cast(indices.keras, "int32")
+    encoded = ops.one_hot(ops.where(index < 0, index + depth, index), depth) * np.float32(on - off) + np.float32(off)
+    # Keras puts the new axis last: the indices' axes keep their order, shifted past ONNX's new axis.
+    ctx.set(encoded, [p + (p >= axis) for p in indices.perm] + [axis])
+
+
+@op("Trilu")
+def trilu(ctx):
+    """Upper or lower triangle of the last two axes: a constant 0/1 mask laid out like the tensor."""
+    from keras import ops
+
+    x = ctx.tensor(0)
+    k = int(np.asarray(ctx.const(1, np.zeros(()))).reshape(-1)[0])
+    rows, cols = ctx.c.probe.shape(ctx.input_names[0])[-2:]
+    if rows is None or cols is None:
+        raise ctx.fail("a triangle over a batch-sized axis is not supported.")
+    mask = np.triu(np.ones((rows, cols)), k) if ctx.attr("upper", 1) else np.tril(np.ones((rows, cols)), k)
+    full = np.transpose(mask.reshape((1,) * (x.rank - 2) + mask.shape), x.perm)
+    ctx.set(ops.multiply(x.keras, full.astype(str(x.keras.dtype))), x.perm)
+
+
 @op("Expand")
 def expand(ctx):
     """Broadcast to the output shape; an axis broadcast up to the batch takes its size from the input."""
