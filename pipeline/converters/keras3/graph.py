@@ -175,10 +175,6 @@ class Converter:
         first = next(i.name for i in self.graph.input if isinstance(self.values.get(i.name), Tensor))
         return self.values[first]
 
-    def fail(self, node, message: str, hint: str = "") -> ConversionError:
-        return ConversionError(f"keras3: {node.op_type} ({node.name}): {message}",
-                               hint or "Pick another backend or target, or change the model around this op.",
-                               unsupported_op=node.op_type)
 
 
 class NodeContext:
@@ -240,13 +236,10 @@ class NodeContext:
         return self.c.to_perm(tensor, perm)
 
     def fail(self, message: str, hint: str = "") -> ConversionError:
-        return self.c.fail(_Named(self.op_type, self.node.name), message, hint)
-
-
-@dataclass
-class _Named:
-    op_type: str
-    name: str
+        """The refusal to raise: what this op cannot do exactly, naming the op."""
+        return ConversionError(f"keras3: {self.op_type} ({self.node.name}): {message}",
+                               hint or "Pick another backend or target, or change the model around this op.",
+                               unsupported_op=self.op_type)
 
 
 def _consumers(graph) -> dict[str, list]:

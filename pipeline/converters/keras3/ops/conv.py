@@ -26,6 +26,17 @@ def spatial_pads(ctx, in_sizes, kernel, strides, dilations) -> list[tuple[int, i
     return result
 
 
+def is_same_padding(pads, in_sizes, kernel, strides, dilations) -> bool:
+    """Whether explicit ``pads`` are what Keras' ``padding="same"`` pads: then no separate Pad op."""
+    for (begin, end), size, k, s, d in zip(pads, in_sizes, kernel, strides, dilations, strict=True):
+        if size is None:
+            return False
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        if (begin, end) != (total // 2, total - total // 2):
+            return False
+    return True
+
+
 def zero_pad(ctx, x, pads, value: float = 0.0):
     """Pad the spatial axes of a channels-last tensor."""
     from keras import ops
@@ -51,13 +62,16 @@ def conv(ctx):
     group = int(ctx.attr("group", 1))
     in_shape = ctx.c.probe.shape(ctx.input_names[0])
     pads = spatial_pads(ctx, in_shape[2:], kernel, strides, dilations)
-    source = zero_pad(ctx, ctx.to_perm(x, layout.channels_last(x.rank)), pads)
     channels_in, channels_out = weight.shape[1] * group, weight.shape[0]
     # Keras refuses strides and dilation together: stride 1, then keep every s-th output.
     subsample = strides if any(s > 1 for s in strides) and any(d > 1 for d in dilations) else None
     layer_strides = [1] * n if subsample else strides
-    common = {"strides": layer_strides, "padding": "valid", "dilation_rate": dilations, "use_bias": bias is not None,
-              "name": ctx.name()}
+    same = not subsample and any(b or e for b, e in pads) and is_same_padding(pads, in_shape[2:], kernel, strides,
+                                                                             dilations)
+    source = ctx.to_perm(x, layout.channels_last(x.rank))
+    source = source if same else zero_pad(ctx, source, pads)
+    common = {"strides": layer_strides, "padding": "same" if same else "valid", "dilation_rate": dilations,
+              "use_bias": bias is not None, "name": ctx.name()}
     if group == channels_in and group > 1 and n in (1, 2):
         multiplier = channels_out // channels_in
         layer_class = keras.layers.DepthwiseConv2D if n == 2 else keras.layers.DepthwiseConv1D

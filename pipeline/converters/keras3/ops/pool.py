@@ -3,7 +3,7 @@ import numpy as np
 
 from pipeline.converters.keras3 import layout
 from pipeline.converters.keras3.ops import op
-from pipeline.converters.keras3.ops.conv import spatial_pads, zero_pad
+from pipeline.converters.keras3.ops.conv import is_same_padding, spatial_pads, zero_pad
 
 
 def _window(ctx, x):
@@ -34,10 +34,14 @@ def max_pool(ctx):
     x = ctx.tensor(0)
     if ctx.output_used(1):
         raise ctx.fail("MaxPool's Indices output is not supported.")
-    kernel, strides, _, out_sizes, _, full = _window(ctx, x)
+    kernel, strides, in_sizes, out_sizes, _, full = _window(ctx, x)
     n = x.rank - 2
-    source = zero_pad(ctx, ctx.to_perm(x, layout.channels_last(x.rank)), full, float(np.finfo(np.float32).min))
-    result = _pool_layer(n, "Max")(kernel, strides=strides, padding="valid", name=ctx.name())(source)
+    source = ctx.to_perm(x, layout.channels_last(x.rank))
+    # Keras' "same" max pooling skips the padding, as ONNX's -inf padding does.
+    same = any(b or e for b, e in full) and is_same_padding(full, in_sizes, kernel, strides, [1] * n)
+    source = source if same else zero_pad(ctx, source, full, float(np.finfo(np.float32).min))
+    result = _pool_layer(n, "Max")(kernel, strides=strides, padding="same" if same else "valid",
+                                   name=ctx.name())(source)
     ctx.set(_crop(result, out_sizes), layout.channels_last(x.rank))
 
 

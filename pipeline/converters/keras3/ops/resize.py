@@ -24,13 +24,17 @@ def resize(ctx):
             continue
         if size is None or out is None:
             raise ctx.fail("resizing the batch axis is not supported.")
-        source = _source_coordinates(coordinate, size, out, scale)
         k = x.keras_axis(axis)
-        if mode == "nearest":
-            result = ops.take(result, _nearest(source, size, ctx.attr("nearest_mode", "round_prefer_floor")), axis=k)
-        else:
-            result = _blend(result, k, x.rank, _taps(mode, source, size, ctx.attr("cubic_coeff_a", -0.75),
-                                                     ctx.attr("exclude_outside", 0)))
+        try:
+            source = _source_coordinates(coordinate, size, out, scale)
+            if mode == "nearest":
+                indices = _nearest(source, size, ctx.attr("nearest_mode", "round_prefer_floor"))
+                result = ops.take(result, indices, axis=k)
+            else:
+                result = _blend(result, k, x.rank, _taps(mode, source, size, ctx.attr("cubic_coeff_a", -0.75),
+                                                         ctx.attr("exclude_outside", 0)))
+        except (ValueError, KeyError) as exc:
+            raise ctx.fail(f"resize with mode={mode!r}, coordinate_transformation_mode={coordinate!r}: {exc}") from exc
     ctx.set(result, x.perm)
 
 
