@@ -72,7 +72,8 @@ CASES = {
     # matrix products and attention
     "batched_matmul_with_transpose": (Lambda(lambda x, q: torch.matmul(q(x), q(x).transpose(1, 2)),
                                              nn.Linear(5, 4)), SEQ, 13),
-    "einsum": (Lambda(lambda x, q: torch.einsum("btf,bsf->bts", q(x), x[..., :4]), nn.Linear(5, 4)), SEQ, 13),
+    "einsum_capital_letters": (Lambda(lambda x, q: torch.einsum("bTF,bSF->bTS", q(x), x[..., :4]), nn.Linear(5, 4)),
+                               SEQ, 13),
     "multihead_attention_seq_first": (Lambda(lambda x, m: m(x.transpose(0, 1), x.transpose(0, 1),
                                                             x.transpose(0, 1), need_weights=False)[0],
                                              nn.MultiheadAttention(5, 1)), SEQ, 14),

@@ -130,4 +130,13 @@ def einsum(ctx):
             operands.append(value)
     if output is None:
         output = "".join(sorted(ch for ch in set(inputs.replace(",", "")) if inputs.count(ch) == 1))
-    ctx.set(ops.einsum(",".join(rewritten) + "->" + output, *operands), layout.identity(len(output)))
+    ctx.set(ops.einsum(_lowercase(",".join(rewritten) + "->" + output), *operands), layout.identity(len(output)))
+
+
+def _lowercase(equation: str) -> str:
+    """The same equation in lowercase letters only (Keras' shape inference mis-reads capitals)."""
+    letters = sorted({ch for ch in equation if ch.isalpha()})
+    if len(letters) > 26:
+        return equation
+    mapping = dict(zip(letters, string.ascii_lowercase, strict=False))
+    return "".join(mapping.get(ch, ch) for ch in equation)
