@@ -46,42 +46,31 @@ def zero_pad(ctx, x, pads, value: float = 0.0):
     return ops.pad(x, [(0, 0), *pads, (0, 0)], mode="constant", constant_values=value)
 
 
-@op("Conv")
-def conv(ctx):
-    import keras
-
-    x = ctx.tensor(0)
-    weight = ctx.const(1)
+def _conv_inputs(ctx):
+    """The data, weight and bias of a (transposed) convolution, and its kernel and strides."""
+    x, weight = ctx.tensor(0), ctx.const(1)
     bias = ctx.const(2) if ctx.has(2) else None
     n = x.rank - 2
     if n not in (1, 2, 3):
         raise ctx.fail(f"a {n}-D convolution is not supported.")
-    kernel = list(weight.shape[2:])
-    strides = list(ctx.attr("strides", [1] * n))
+    return x, weight, bias, n, list(weight.shape[2:]), list(ctx.attr("strides", [1] * n))
+
+
+@op("Conv")
+def conv(ctx):
+    x, weight, bias, n, kernel, strides = _conv_inputs(ctx)
     dilations = list(ctx.attr("dilations", [1] * n))
-    group = int(ctx.attr("group", 1))
     in_shape = ctx.c.probe.shape(ctx.input_names[0])
     pads = spatial_pads(ctx, in_shape[2:], kernel, strides, dilations)
-    channels_in, channels_out = weight.shape[1] * group, weight.shape[0]
     # Keras refuses strides and dilation together: stride 1, then keep every s-th output.
     subsample = strides if any(s > 1 for s in strides) and any(d > 1 for d in dilations) else None
-    layer_strides = [1] * n if subsample else strides
-    same = not subsample and any(b or e for b, e in pads) and is_same_padding(pads, in_shape[2:], kernel, strides,
-                                                                             dilations)
+    same = not subsample and any(b or e for b, e in pads) and \
+        is_same_padding(pads, in_shape[2:], kernel, strides, dilations)
     source = ctx.to_perm(x, layout.channels_last(x.rank))
     source = source if same else zero_pad(ctx, source, pads)
-    common = {"strides": layer_strides, "padding": "same" if same else "valid", "dilation_rate": dilations,
-              "use_bias": bias is not None, "name": ctx.name()}
-    if group == channels_in and group > 1 and n in (1, 2):
-        multiplier = channels_out // channels_in
-        layer_class = keras.layers.DepthwiseConv2D if n == 2 else keras.layers.DepthwiseConv1D
-        layer = layer_class(kernel, depth_multiplier=multiplier, **common)
-        # ONNX [C * mult, 1, k...] -> Keras [k..., C, mult]; output channel c * mult + j in both
-        kernel_value = weight.reshape(channels_in, multiplier, *kernel).transpose(*range(2, 2 + n), 0, 1)
-    else:
-        layer_class = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[n]
-        layer = layer_class(channels_out, kernel, groups=group, **common)
-        kernel_value = weight.transpose(*range(2, 2 + n), 1, 0)  # [out, in/g, k...] -> [k..., in/g, out]
+    layer, kernel_value = _conv_layer(ctx, weight, int(ctx.attr("group", 1)), n, {
+        "strides": [1] * n if subsample else strides, "padding": "same" if same else "valid",
+        "dilation_rate": dilations, "use_bias": bias is not None, "name": ctx.name()})
     result = layer(source)
     layer.set_weights([kernel_value.astype(np.float32)] + ([bias.astype(np.float32)] if bias is not None else []))
     if subsample:
@@ -89,19 +78,31 @@ def conv(ctx):
     ctx.set(result, layout.channels_last(x.rank))
 
 
+def _conv_layer(ctx, weight: np.ndarray, group: int, n: int, options: dict):
+    """A depthwise layer when every channel is its own group, else a (grouped) ConvND; and its kernel."""
+    import keras
+
+    kernel = list(weight.shape[2:])
+    channels_in, channels_out = weight.shape[1] * group, weight.shape[0]
+    if group == channels_in and group > 1 and n in (1, 2):
+        multiplier = channels_out // channels_in
+        layer_class = keras.layers.DepthwiseConv2D if n == 2 else keras.layers.DepthwiseConv1D
+        # ONNX [C * mult, 1, k...] -> Keras [k..., C, mult]; output channel c * mult + j in both
+        return (layer_class(kernel, depth_multiplier=multiplier, **options),
+                weight.reshape(channels_in, multiplier, *kernel).transpose(*range(2, 2 + n), 0, 1))
+    layer_class = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[n]
+    # ONNX [out, in / g, k...] -> Keras [k..., in / g, out]
+    return layer_class(channels_out, kernel, groups=group, **options), weight.transpose(*range(2, 2 + n), 1, 0)
+
+
 @op("ConvTranspose")
 def conv_transpose(ctx):
     import keras
     from keras import ops
 
-    x = ctx.tensor(0)
-    weight = ctx.const(1)
-    bias = ctx.const(2) if ctx.has(2) else None
-    n = x.rank - 2
-    kernel = list(weight.shape[2:])
-    strides = list(ctx.attr("strides", [1] * n))
-    if int(ctx.attr("group", 1)) != 1 or any(d != 1 for d in ctx.attr("dilations", [1] * n)) or n not in (1, 2, 3):
-        raise ctx.fail("only ungrouped, undilated 1-D/2-D/3-D transposed convolutions are supported.")
+    x, weight, bias, n, kernel, strides = _conv_inputs(ctx)
+    if int(ctx.attr("group", 1)) != 1 or any(d != 1 for d in ctx.attr("dilations", [1] * n)):
+        raise ctx.fail("only ungrouped, undilated transposed convolutions are supported.")
     in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
     out_sizes = ctx.out_shape()[2:]
     layer_class = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose,
