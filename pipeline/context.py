@@ -33,7 +33,7 @@ class RunContext:
 
     @property
     def output_kind(self) -> str:
-        return self.cfg.model.output
+        return str(self.cfg.model.output)  # a plain string: it is pickled into DDP workers
 
     @property
     def onnx_path(self) -> Path:
@@ -77,9 +77,12 @@ class RunContext:
             state = torch.load(path, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PipelineError(
-                f"The weights file {path} is unreadable or does not fit model={self.cfg.model.name}: {exc}",
-                "Re-run the train stage, or check that model= matches the run that produced it.",
+                f"The weights file {path} is unreadable or does not fit model={self.cfg.model.name} "
+                f"({type(exc).__name__}: {first_line.rstrip(':')}).",
+                "Re-run the train stage, or check that model= matches the run that produced it "
+                "(with from_run, drop model= to use that run's model).",
             ) from exc
         return net.eval()
 
@@ -89,7 +92,19 @@ def _build(node, key: str):
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as exc:
-        if isinstance(exc.__cause__, PipelineError):
-            raise exc.__cause__ from None
-        raise PipelineError(f"{key} could not be built from {node.get('_target_')}: {exc}",
+        cause = exc.__cause__
+        if isinstance(cause, PipelineError):
+            raise cause from None
+        target = node.get("_target_")
+        reason = f"{type(cause).__name__}: {_first_line(cause)}" if cause else _first_line(exc)
+        if "Error locating target" in str(exc):
+            raise PipelineError(f"{key}._target_={target} cannot be imported ({reason}).",
+                                "Check the module path and class name; the module must be importable from where "
+                                "the pipeline runs (e.g. models.mnist_cnn.MnistCNN).") from exc
+        raise PipelineError(f"{key} could not be built from {target} ({reason}).",
                             f"Check the {key}.* keys against that class's arguments.") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,7 +21,7 @@ SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limi
     ("model=no_such_model", ["model/no_such_model", "mnist_cnn", "lstm_forecaster"]),
     ("export=nope", ["export/nope", "keras", "tflite"]),
     ("model.output=bogus", ["model.output", "log_probs, logits, probability, value"]),
-    ("dataset.batch_size=0", ["dataset.batch_size", "positive integer"]),
+    ("dataset.batch_size=0", ["dataset.batch_size", "integer >= 1"]),
 ])
 def test_bad_config_fails_before_any_work_naming_the_key_and_the_choices(tmp_path, override, expected):
     run_dir = tmp_path / "run"
