@@ -22,9 +22,11 @@ def run(ctx: RunContext) -> None:
     shapes = {}
     for batch in CHECK_BATCH_SIZES:
         out = session.run(None, {session.get_inputs()[0].name: test_x[:batch]})[0]
-        if out.shape[0] != min(batch, len(test_x)) or not np.isfinite(out).all():
-            raise PipelineError(f"onnxruntime returned {out.shape} (finite: {np.isfinite(out).all()}) "
-                                f"for a batch of {batch}.", "Check the model's export.")
+        if out.shape[0] != min(batch, len(test_x)):
+            raise PipelineError(f"onnxruntime returned {out.shape} for a batch of {batch}: the batch axis is lost.",
+                                "Re-run the export stage; check that model.net keeps the batch axis first.")
+        if not np.isfinite(out).all():
+            raise _not_finite(ctx, test_x[:batch], batch)
         shapes[str(batch)] = list(out.shape)
     ctx.report.data["check"] = {
         "opset": opset_of(model),
@@ -35,6 +37,20 @@ def run(ctx: RunContext) -> None:
         "outputs": [_value_info(v) for v in inferred.graph.output],
         "onnxruntime_output_shapes": shapes,
     }
+
+
+def _not_finite(ctx: RunContext, x: np.ndarray, batch: int) -> PipelineError:
+    """NaN/inf from onnxruntime: the export's fault only if PyTorch gives finite outputs for the same input."""
+    import torch
+
+    with torch.inference_mode():
+        reference = ctx.net.eval()(torch.from_numpy(x)).numpy()
+    if not np.isfinite(reference).all():
+        return PipelineError(f"The trained network itself returns NaN or inf for the test inputs (batch of {batch}), "
+                             "in PyTorch as in onnxruntime: training diverged or the data holds extreme values.",
+                             "Re-train with a lower optimizer.lr (or scheduler.max_lr), and check the data.")
+    return PipelineError(f"onnxruntime returns NaN or inf for a batch of {batch} where PyTorch's outputs are finite.",
+                         "Re-run the export stage; try another export.opset.")
 
 
 def load_onnx(path) -> onnx.ModelProto:

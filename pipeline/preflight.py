@@ -1,0 +1,136 @@
+"""Checks that need the data and the network, before any stage: seconds instead of a crash mid-training.
+
+One batch of the dataset goes through ``model.net`` and the loss of ``model.output``: a network that
+cannot take the dataset's input, an output kind that does not fit the targets (a regression output
+on class labels, log-probabilities that are not), or a loss that is not finite, fail here with the
+key to change. The data itself must be finite (a NaN or inf in the inputs trains to NaN weights).
+"""
+import torch
+
+from pipeline import tasks
+from pipeline.context import RunContext
+from pipeline.errors import PipelineError
+
+BATCH = 16
+# Models made for each dataset (conf/model/*.yaml): suggested when a network does not fit.
+MODELS_FOR = {"mnist": "mnist_cnn or mnist_mlp", "synthetic_tabular": "tabular_mlp", "italy_power": "ts_cnn",
+              "series": "lstm_forecaster"}
+
+
+def check(ctx: RunContext, selected: list[str]) -> None:
+    if not set(selected) & {"train", "export", "check", "parity"}:
+        return  # convert alone reads model.onnx only
+    splits = ctx.data.splits
+    dataset = dataset_name(ctx.cfg)
+    for split in ("train", "test"):
+        x, y = getattr(splits, split)
+        if len(x) == 0:
+            raise PipelineError(f"dataset={dataset} has an empty {split} split.",
+                                "Use more data, or lower dataset.val_fraction / dataset.test_fraction.")
+        for name, tensor in (("inputs", x), ("targets", y)):
+            if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise PipelineError(f"dataset={dataset}: the {split} {name} hold {bad} NaN or infinite value(s).",
+                                    "Clean the data (or, for a CSV series, set dataset.missing=drop|interpolate "
+                                    "for missing values).")
+    x, y = (splits.train if "train" in selected else splits.test)
+    x, y = x[:BATCH], y[:BATCH]
+    out = _forward(ctx, x, dataset)
+    check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset)
+    if "train" in selected:
+        _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+
+
+def dataset_name(cfg) -> str:
+    """``conf/dataset/<name>.yaml`` is named after its module: pipeline.datasets.<name>.Class."""
+    target = str(cfg.dataset.get("_target_", "?"))
+    parts = target.split(".")
+    return parts[-2] if len(parts) >= 2 else target
+
+
+def _model_hint(dataset: str) -> str:
+    suggested = MODELS_FOR.get(dataset)
+    return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
+
+
+def _forward(ctx: RunContext, x: torch.Tensor, dataset: str) -> torch.Tensor:
+    net = ctx.new_net().eval()
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except Exception as exc:
+        raise PipelineError(
+            f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
+            f"{list(x.shape)}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+            f"For dataset={dataset}, {_model_hint(dataset)}, or change model.net.* to fit that input.") from exc
+    if not isinstance(out, torch.Tensor):
+        raise PipelineError(f"model.net returns {type(out).__name__}, not one tensor.",
+                            "Return a single tensor [N, ...] from forward(); the exporter names it 'output'.")
+    return out
+
+
+def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str) -> None:
+    """Does what ``model.net`` returns mean what ``model.output`` says, for these targets?"""
+    shape = list(out.shape)
+    classes = not torch.is_floating_point(y)
+    per_sample = out.numel() == len(y)
+    if kind == "value":
+        if classes:
+            raise PipelineError(
+                f"model.output=value trains a regression (MSE), but dataset={dataset} has class labels.",
+                "Set model.output to what model.net returns: log_probs (log_softmax), logits (class scores) or "
+                "probability (one sigmoid output, two classes).")
+        if not per_sample:
+            raise PipelineError(f"model.output=value needs one value per sample ([N, 1]), but model.net returns "
+                                f"{shape}.",
+                                f"Make model.net return [N, 1] for dataset={dataset}, or {_model_hint(dataset)}.")
+        return
+    if not classes:
+        raise PipelineError(f"model.output={kind} is for classification, but dataset={dataset} has real-valued "
+                            "targets.",
+                            "Set model.output=value for a regression.")
+    if kind == "probability":
+        if not per_sample:
+            raise PipelineError(
+                f"model.output=probability needs one probability per sample ([N, 1]), but model.net returns {shape}.",
+                "For one score per class set model.output=logits (raw scores) or log_probs (log_softmax).")
+        if y.max() > 1 or y.min() < 0:
+            raise PipelineError(f"model.output=probability is for two classes, but dataset={dataset} has labels "
+                                f"up to {int(y.max())}.", "Set model.output=logits or log_probs.")
+        if out.min() < 0 or out.max() > 1:
+            raise PipelineError(f"model.output=probability needs values in [0, 1] (a sigmoid), but model.net returns "
+                                f"values from {float(out.min()):.3g} to {float(out.max()):.3g}.",
+                                "End model.net with a sigmoid, or pick the model.output that matches it.")
+        return
+    if out.dim() != 2 or out.shape[1] < 2:
+        raise PipelineError(f"model.output={kind} needs one score per class ([N, classes]), but model.net returns "
+                            f"{shape}.", "For one sigmoid output per sample set model.output=probability.")
+    if kind == "log_probs":
+        totals = out.double().exp().sum(dim=1)
+        if not torch.allclose(totals, torch.ones_like(totals), atol=1e-3):
+            raise PipelineError(
+                "model.output=log_probs needs log-probabilities (log_softmax: exp sums to 1 per sample), "
+                f"but model.net's outputs do not (exp sums to {float(totals[0]):.3g}); NLL on raw scores diverges.",
+                "Set model.output=logits for raw class scores, or end model.net with log_softmax.")
+
+
+def _check_loss(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str, targets: torch.Tensor) -> None:
+    try:
+        loss = tasks.loss(kind, out, y)
+    except Exception as exc:
+        raise PipelineError(
+            f"model={cfg.model.name} (model.output={kind}, returns {list(out.shape)}) does not fit dataset={dataset}'s "
+            f"targets (shape {list(y.shape)}, {_describe_targets(targets)}): {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+            f"Make model.net's output match the targets (e.g. its number of classes), or {_model_hint(dataset)}.") \
+            from exc
+    if not torch.isfinite(loss):
+        raise PipelineError(f"The loss of the first batch is {float(loss)} for model={cfg.model.name} "
+                            f"(model.output={kind}) on dataset={dataset}.",
+                            "Check that model.output matches what model.net returns, and the data's values.")
+
+
+def _describe_targets(y: torch.Tensor) -> str:
+    if torch.is_floating_point(y):
+        return "real values"
+    return f"class labels {int(y.min())}..{int(y.max())}"
