@@ -1,7 +1,6 @@
 """Entry point: ``python -m pipeline`` / ``pipeline``, a Hydra app over ``conf/``."""
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -30,7 +29,6 @@ schema.register()
 
 def main() -> None:
     """The console script and ``python -m pipeline``: Hydra, with interrupts and run-dir locks handled."""
-    previous = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
     interrupts.install()
     logging.captureWarnings(True)  # library warnings go to pipeline.log, not the console (conf/config.yaml)
     if any(flag in sys.argv for flag in ("--config-name", "-cn", "--config-path", "-cp")):
@@ -45,9 +43,7 @@ def main() -> None:
     finally:
         run_dirs.release_all()
         logging.captureWarnings(False)
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
+        interrupts.ignore()  # the process is ending: a late signal must not turn exit 130 into 143
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -70,6 +66,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             console.print_config(cfg)
         report = runner.run(cfg, run_dir)
     except PipelineError as exc:
+        runner.report_early_end(cfg, run_dir, "failed", str(exc))
         _explain(exc.message, exc.hint, run_dir)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -77,8 +74,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(EXIT_FAILED)
     except (RunInterrupted, KeyboardInterrupt) as exc:
+        runner.report_early_end(cfg, run_dir, "interrupted", str(exc) or "Interrupted")
         _explain(str(exc) or "Interrupted.", "", run_dir, verb="interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # outside any stage (the run dir became unwritable, the disk is full, a bug)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        logfile.error("Unexpected error", exc_info=exc)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _explain(f"{type(exc).__name__}: {text}", "Check that the run dir is writable and the disk has space; "
+                 "the full traceback is in pipeline.log (report it as a bug if the cause is not there).", run_dir)
+        if multirun:
+            return None
+        sys.exit(EXIT_FAILED)
     console.print_summary(report.data, run_dir)
     return runner.optimized_metric(cfg, report.data)
 

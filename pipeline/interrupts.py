@@ -21,6 +21,14 @@ def install() -> None:
             signal.signal(signum, _stop)
 
 
+def ignore() -> None:
+    """Ignore the stop signals from here on. Python resets its own handlers to the default (terminate)
+    while the interpreter shuts down, so a signal arriving then would end the process with 143."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def stopping() -> bool:
     return _stopping
 

@@ -32,21 +32,37 @@ def log_file() -> Path | None:
 
 @contextmanager
 def native_stderr_to_log():
-    """Point file descriptor 2 at pipeline.log (appending) for the duration; no-op without a log file."""
+    """Point stderr (file descriptor 2 and ``sys.stderr``) at pipeline.log, appending, for the duration.
+
+    torch.onnx prints whole IR graphs through ``sys.stderr`` when an export fails; TensorFlow writes to
+    fd 2 from C++. No-op without a log file (logging not configured)."""
     path = log_file()
     if path is None:
         yield
         return
+    _torch_onnx_log_to_stderr()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved_fd, saved_stream = os.dup(2), sys.stderr
     try:
         with open(path, "ab", buffering=0) as log:
             os.dup2(log.fileno(), 2)
-        yield
+        with open(path, "a", buffering=1, encoding="utf-8", errors="replace") as stream:
+            sys.stderr = stream
+            yield
     finally:
+        sys.stderr = saved_stream
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+
+
+def _torch_onnx_log_to_stderr() -> None:
+    """torch.onnx turns its own log on during every export (its check reads a function, not its result)
+    and, when an export fails, writes the whole Torch IR graph to that log: stdout by default."""
+    torch = sys.modules.get("torch")
+    set_stream = getattr(getattr(torch, "_C", None), "_jit_set_onnx_log_output_stream", None)
+    if set_stream is not None:
+        set_stream("stderr")
 
 
 class _Collect(logging.Handler):

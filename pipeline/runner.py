@@ -4,7 +4,7 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline import from_run, preflight, quiet, schema, tasks, threads
 from pipeline.context import RunContext
@@ -106,6 +106,21 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     return report
 
 
+def report_early_end(cfg: DictConfig, run_dir: Path, status: str, reason: str) -> None:
+    """A run that ended before its report existed (a bad config, a from_run problem, an early interrupt)
+    still leaves one, so that every run dir (and every sweep job) says how it ended."""
+    report = Report(run_dir, str(OmegaConf.select(cfg, "model.name", default=None)))
+    if report.path.exists():
+        return
+    report.data["status"] = status
+    for stage in report.data["stages"].values():
+        stage.update(status="skipped", reason=f"the run stopped before any stage: {reason}")
+    try:
+        report.save()
+    except OSError:  # an unwritable dir: the console message is all there is
+        pass
+
+
 def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
     """from_run artifacts and the pre-flight checks; a failure is reported as the first stage's."""
     report = ctx.report
@@ -180,22 +195,35 @@ def _run_stage(ctx: RunContext, name: str, stage: dict) -> PipelineError | None:
     except PipelineError as exc:
         stage.update(status="failed", reason=str(exc))
         return exc
+    except (KeyboardInterrupt, RunInterrupted) as exc:  # record it honestly, then let it propagate
+        stage.update(status="interrupted", reason=f"{type(exc).__name__}: {exc}")
+        ctx.report.data["status"] = "interrupted"
+        raise
     except Exception as exc:  # not an input we check for yet: one paragraph, the traceback in pipeline.log
         logfile.error("The %s stage raised:", name, exc_info=exc)
-        crashed = StageCrashed(f"The {name} stage failed unexpectedly: {type(exc).__name__}: {_first_line(exc)}",
-                               "The full traceback is in pipeline.log; if the input is valid, please report it "
-                               "as a bug with that log.")
-        crashed.__cause__ = exc
+        crashed = _crashed(name, exc)
         stage.update(status="failed", reason=str(crashed))
         return crashed
-    except BaseException as exc:  # an interrupt: record it honestly, then let it propagate
-        interrupted = isinstance(exc, KeyboardInterrupt | RunInterrupted)
-        stage.update(status="interrupted" if interrupted else "failed", reason=f"{type(exc).__name__}: {exc}")
-        ctx.report.data["status"] = "interrupted" if interrupted else "failed"
+    except BaseException as exc:  # SystemExit and the like: recorded, then propagated
+        stage.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        ctx.report.data["status"] = "failed"
         raise
     finally:
         stage["seconds"] = round(time.perf_counter() - start, 3)
         ctx.report.save()
+
+
+def _crashed(stage: str, exc: Exception) -> StageCrashed:
+    if type(exc).__module__.startswith("torch.onnx"):  # torch.onnx.errors: an op or opset the exporter lacks
+        crashed = StageCrashed(f"torch.onnx cannot export model.net: {_first_line(exc)}",
+                               "Pick another export.opset (7 to 20) if the message names one, or replace that op "
+                               "in model.net; the full error is in pipeline.log.")
+    else:
+        crashed = StageCrashed(f"The {stage} stage failed unexpectedly: {type(exc).__name__}: {_first_line(exc)}",
+                               "The full traceback is in pipeline.log; if the input is valid, please report it "
+                               "as a bug with that log.")
+    crashed.__cause__ = exc
+    return crashed
 
 
 def _native_output(stage: str):
