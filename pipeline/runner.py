@@ -80,6 +80,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     report.data["environment"]["threads"] = ctx.threads
     try:
         failure = _prepare(ctx, selected)
+        first = True
         for name in STAGES:
             stage = report.data["stages"][name]
             if stage["status"] != "pending":  # failed before it started (_prepare)
@@ -87,7 +88,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
             if name not in selected or (failure and not isinstance(failure, StageFailed)):
                 stage.update(status="skipped", reason="an earlier stage failed" if name in selected else "not selected")
                 continue
-            failure = _run_stage(ctx, name, stage) or failure
+            # The checks that need the data run as part of the first stage (it loads the data anyway).
+            checks = (lambda: preflight.check(ctx, selected)) if first else None
+            failure = _run_stage(ctx, name, stage, checks) or failure
+            first = False
             report.save()
     except BaseException as exc:  # an interrupt or a bug: the report never stays "running"
         interrupted = isinstance(exc, KeyboardInterrupt | RunInterrupted)
@@ -122,14 +126,13 @@ def report_early_end(cfg: DictConfig, run_dir: Path, status: str, reason: str) -
 
 
 def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
-    """from_run artifacts and the pre-flight checks; a failure is reported as the first stage's."""
+    """from_run's artifacts and the model's size; a failure is reported as the first stage's."""
     report = ctx.report
     report.save()  # the run is claimed: report.json says "running" from here on
     try:
         if ctx.cfg.get("from_run"):
             from_run.adopt_artifacts(ctx, from_run.load_source(ctx.cfg.from_run), selected)
         report.data["model"]["parameters"] = count_parameters(ctx.new_net())
-        preflight.check(ctx, selected)
         _check_metric_available(ctx)
     except PipelineError as exc:
         report.data["stages"][selected[0]].update(status="failed", reason=f"before the stage started: {exc}")
@@ -182,12 +185,14 @@ def draw_plots(ctx: RunContext) -> list[Path]:
     return [p for p in drawn if p is not None]
 
 
-def _run_stage(ctx: RunContext, name: str, stage: dict) -> PipelineError | None:
+def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> PipelineError | None:
     log.info("stage %s", name)
     start = time.perf_counter()
     stage["status"] = "running"
     ctx.report.save()  # a crash mid-stage leaves a report saying which stage was running
     try:
+        if before is not None:
+            before()
         with quiet.recorded_warnings(stage), _native_output(name):
             importlib.import_module(f"pipeline.stages.{name}").run(ctx)
         stage["status"] = "ok"

@@ -422,3 +422,19 @@ def test_the_console_shows_no_library_noise_and_pipeline_log_keeps_it(default_ru
         assert noise not in console, noise
     log = (default_run / "pipeline.log").read_text()
     assert "[py.warnings][WARNING]" in log  # Lightning's warnings: kept, in the log
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow: a trace keeps one branch, and torch says so with a TracerWarning."""
+
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def test_a_tracer_warning_in_a_stage_is_listed_in_that_stage_of_the_report():
+    from pipeline import quiet
+
+    stage = {}
+    with quiet.recorded_warnings(stage):
+        torch.jit.trace(Branchy(), torch.ones(2, 3), check_trace=False)
+    assert any(w.startswith("TracerWarning:") for w in stage["warnings"]), stage
