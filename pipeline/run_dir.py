@@ -29,9 +29,14 @@ LOCK_NAME = ".pipeline.lock"
 _held: dict[Path, int] = {}  # dirs this process owns -> the open, flock-ed lock file
 
 
+def absolute(run_dir) -> Path:
+    """The dir as Hydra names it (``os.path.abspath``: ``..`` and a trailing slash resolved)."""
+    return Path(os.path.abspath(run_dir))
+
+
 def owner(run_dir: Path) -> dict | None:
     """Who holds ``run_dir``'s lock now (pid, host, started, command), or None if no live process does."""
-    path = Path(run_dir).absolute()
+    path = absolute(run_dir)
     if path in _held:
         return _read_owner(path)
     try:
@@ -68,7 +73,8 @@ def _read_owner(path: Path) -> dict | None:
 
 def check_unused(run_dir: Path, key: str) -> None:
     """Refuse a dir that another run owns or that already holds anything; touches nothing."""
-    path = Path(run_dir).absolute()
+    path = absolute(run_dir)
+    _check_not_inside_a_run(path, key)
     if path.exists() and not path.is_dir():
         raise PipelineError(f"{key}={path} is a file, not a directory.", f"Set {key} to a new directory.")
     if not path.exists():
@@ -86,6 +92,14 @@ def check_unused(run_dir: Path, key: str) -> None:
                             f"Every run writes into a new dir: drop {key} (a new dated dir is the default) "
                             f"or set it to a path that does not exist yet."
                             + _resume_hint(path))
+
+
+def _check_not_inside_a_run(path: Path, key: str) -> None:
+    """A dir inside another run's dir would add files to that run (a sweep's own jobs are claimed apart)."""
+    for ancestor in path.parents:
+        if (ancestor / REPORT_NAME).is_file() or ((ancestor / LOCK_NAME).is_file() and owner(ancestor)):
+            raise PipelineError(f"{key}={path} is inside the run dir {ancestor}, which it would change.",
+                                f"Set {key} to a path outside other runs' dirs.")
 
 
 def _check_creatable(path: Path, key: str) -> None:
@@ -127,7 +141,7 @@ def _busy(path: Path, key: str, holder: dict) -> PipelineError:
 def claim(run_dir: Path, key: str = "hydra.run.dir", fresh: bool = True) -> None:
     """Lock ``run_dir`` for this process. ``fresh``: it must be new or empty (nothing written yet);
     otherwise (a sweep job, Hydra already wrote its config there) it must hold no report yet."""
-    path = Path(run_dir).absolute()
+    path = absolute(run_dir)
     if path in _held:
         return
     if fresh:
@@ -156,7 +170,7 @@ def claim(run_dir: Path, key: str = "hydra.run.dir", fresh: bool = True) -> None
 
 
 def release(run_dir: Path) -> None:
-    fd = _held.pop(Path(run_dir).absolute(), None)
+    fd = _held.pop(absolute(run_dir), None)
     if fd is not None:
         os.close(fd)  # closing drops the flock; the file stays, naming the last owner
 

@@ -161,7 +161,7 @@ class ParityConfig:
     min_top1_agreement: float = ranged(0.999, between(0, 1))
     samples: int | None = ranged(None, at_least(1, integer=True))  # null: the whole test split
     batch_size: int = ranged(256, at_least(1, integer=True))
-    latency_repeats: int = ranged(50, at_least(1, integer=True))
+    latency_repeats: int = ranged(50, between(1, 100_000, integer=True))
 
 
 # seed_everything takes an unsigned 32-bit seed (and silently picks a random one otherwise).
@@ -215,8 +215,8 @@ class ItalyPowerDataConfig(DataConfig):
 @dataclass
 class SyntheticTabularDataConfig(DataConfig):
     _target_: str = "pipeline.datasets.synthetic_tabular.SyntheticTabularData"
-    samples: int = ranged(4000, at_least(20, integer=True))
-    features: int = ranged(20, at_least(1, integer=True))
+    samples: int = ranged(4000, between(20, 10_000_000, integer=True))  # held in memory
+    features: int = ranged(20, between(1, 10_000, integer=True))
     informative: int = ranged(10, at_least(1, integer=True))  # and <= features (checked by the dataset)
     noise: float = ranged(0.5, at_least(0))
     test_fraction: float = ranged(0.2, between(0, 1, low_open=True, high_open=True))

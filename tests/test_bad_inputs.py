@@ -226,6 +226,16 @@ def test_an_odd_run_dir_is_refused_without_creating_anything(tmp_path, where, ex
     assert sorted(p.name for p in Path.cwd().iterdir()) == cwd_before  # no .hydra/, pipeline.log, lock here
 
 
+def test_a_run_dir_inside_another_run_is_refused_and_a_dotted_path_is_one_dir(source_run, tmp_path):
+    before = tree(source_run)
+    assert_refused(run_in_process(*TABULAR, run_dir=source_run / "nested"), "is inside the run dir", str(source_run))
+    assert tree(source_run) == before
+    # Hydra normalises x/../y/ to y: the guard's lock must name the same dir (it refused its own run before).
+    outcome = run_in_process(*TABULAR, "stages=[train]", run_dir=f"{tmp_path}/x/../y/")
+    assert outcome.code == 0, outcome.output[-3000:]
+    assert strict_json(tmp_path / "y" / "report.json")["status"] == "ok"
+
+
 def test_a_sweep_into_a_used_sweep_dir_or_with_one_subdir_for_all_jobs_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -291,6 +301,9 @@ def test_a_live_run_is_refused_a_killed_one_is_recognised_and_resumed(tmp_path, 
     assert read_report(run_dir)["status"] == "running"  # what kill -9 leaves
     before = tree(run_dir)
     assert_refused(run_in_process(run_dir=run_dir), "killed while it was running", f"from_run={run_dir}")
+    # Its checkpoint fits only its own network.
+    assert_refused(run_in_process(f"from_run={run_dir}", "+model.net.hidden=64", run_dir=tmp_path / "other"),
+                   "model.net differs", "checkpoint does not fit")
     outcome = run_in_process(f"from_run={run_dir}", "trainer.max_epochs=4", run_dir=resumed)
     assert outcome.code == 0, outcome.output[-3000:]
     report = strict_json(resumed / "report.json")
