@@ -318,8 +318,24 @@ def check_stages(stages) -> list[str]:
 
 def validate(cfg: DictConfig) -> None:
     """Every check that needs only the composed config (no data, no network): before any work."""
-    check_ranges(cfg)
+    check_ranges(typed(cfg))
     check_stages(cfg.stages)
+
+
+def typed(cfg: DictConfig) -> DictConfig:
+    """``cfg`` under the schema. A saved ``.hydra/config.yaml`` re-run with ``--config-name`` is plain
+    YAML, without the schema's types and ranges: checked through a typed copy."""
+    if OmegaConf.get_type(cfg) is PipelineConfig:
+        return cfg
+    plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+    try:
+        for group in GROUP_SCHEMAS:
+            if isinstance(plain.get(group), dict):
+                plain[group] = typed_option(group, plain[group])
+        return OmegaConf.merge(OmegaConf.structured(PipelineConfig), plain)
+    except Exception as exc:  # a wrong type or an unknown key: OmegaConf names it
+        raise PipelineError(f"The config does not fit the schema: {exc}".replace("\n", " "),
+                            "Fix or remove that key (see pipeline/schema.py for the valid keys).") from exc
 
 
 def _typed_nodes(node: DictConfig, prefix: str):

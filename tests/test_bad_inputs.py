@@ -6,6 +6,7 @@ kill -9 and concurrent runs need real processes.
 """
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, mnist_root_override, read_report, run_in_process, tree
 
@@ -201,12 +203,14 @@ def test_a_finished_run_dir_is_refused_and_left_byte_identical(source_run):
     assert tree(source_run) == before  # .hydra/*.yaml and pipeline.log included
 
 
-def test_re_running_a_saved_config_into_its_own_dir_is_refused_and_leaves_it_identical(source_run):
+def test_re_running_a_saved_config_into_its_own_dir_is_refused_and_leaves_it_identical(source_run, tmp_path):
     before = tree(source_run)
-    outcome = run_in_process(run_dir=source_run, flags=("--config-path", str(source_run / ".hydra"),
-                                                        "--config-name", "config"))
-    assert_refused(outcome, "hydra.run.dir", "not empty")
+    saved = ("--config-path", str(source_run / ".hydra"), "--config-name", "config")
+    assert_refused(run_in_process(run_dir=source_run, flags=saved), "hydra.run.dir", "not empty")
     assert tree(source_run) == before
+    # The saved config is plain YAML: its values are still checked against the schema's ranges.
+    assert_refused(run_in_process("parity.samples=-5", run_dir=tmp_path / "rerun", flags=saved), "parity.samples=-5")
+    assert not (tmp_path / "rerun").exists()
 
 
 @pytest.mark.parametrize("where, expected", [
@@ -234,6 +238,25 @@ def test_a_run_dir_inside_another_run_is_refused_and_a_dotted_path_is_one_dir(so
     outcome = run_in_process(*TABULAR, "stages=[train]", run_dir=f"{tmp_path}/x/../y/")
     assert outcome.code == 0, outcome.output[-3000:]
     assert strict_json(tmp_path / "y" / "report.json")["status"] == "ok"
+
+
+def test_a_read_only_empty_run_dir_is_refused_cleanly(tmp_path):
+    run_dir = tmp_path / "read_only"
+    run_dir.mkdir()
+    run_dir.chmod(0o555)
+    immutable = False
+    if os.access(run_dir, os.W_OK):  # root ignores the mode: make it immutable instead, if the filesystem can
+        immutable = subprocess.run(["chattr", "+i", str(run_dir)], capture_output=True).returncode == 0
+        if not immutable:
+            pytest.skip("cannot make a directory read-only for this user here")
+    try:
+        assert_refused(run_in_process(*TABULAR, run_dir=run_dir), f"hydra.run.dir={run_dir}", "cannot be",
+                       "writable location")
+        assert list(run_dir.iterdir()) == []
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(run_dir)], check=True)
+        run_dir.chmod(0o755)
 
 
 def test_a_sweep_into_a_used_sweep_dir_or_with_one_subdir_for_all_jobs_is_refused(tmp_path):
@@ -326,6 +349,12 @@ def test_from_run_command_line_keys_win_over_the_source(source_run, tmp_path):
     assert outcome.code == 0, outcome.output[-3000:]
     report = strict_json(tmp_path / "b" / "report.json")
     assert report["model"] == {"name": "tabular_mlp", "parameters": 20 * 8 + 8 + 8 + 1}
+    # An experiment sets groups and keys: those win too (seed002 has no scheduler; the source had one-cycle).
+    outcome = run_in_process(f"from_run={source_run}", "experiment=seed002_tabular_mlp", "trainer.max_epochs=1",
+                             "stages=[train]", run_dir=tmp_path / "c")
+    assert outcome.code == 0, outcome.output[-3000:]
+    ran = OmegaConf.load(tmp_path / "c" / ".hydra" / "config.yaml")
+    assert ran.scheduler is None and ran.trainer.max_epochs == 1 and ran.trainer.limit_train_batches == 5
     assert tree(source_run) == before
 
 
