@@ -31,7 +31,7 @@ def main() -> None:
     """The console script and ``python -m pipeline``: Hydra, with interrupts and run-dir locks handled."""
     interrupts.install()
     logging.captureWarnings(True)  # library warnings go to pipeline.log, not the console (conf/config.yaml)
-    if any(flag in sys.argv for flag in ("--config-name", "-cn", "--config-path", "-cp")):
+    if any(arg.split("=")[0] in ("--config-name", "-cn", "--config-path", "-cp") for arg in sys.argv[1:]):
         # A saved config (.hydra/config.yaml) has no hydra section: keep the run-dir guard anyway.
         sys.argv.append(GUARD_OVERRIDE)
     try:

@@ -58,6 +58,11 @@ def is_alive(run_dir: Path) -> bool:
     return owner(run_dir) is not None
 
 
+def owns(run_dir: Path) -> bool:
+    """Whether this process holds ``run_dir``'s lock (and so may write into it)."""
+    return absolute(run_dir) in _held
+
+
 def describe_owner(info: dict) -> str:
     started = info.get("started")
     since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(started)) if started else ""

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import from_run, preflight, quiet, schema, tasks, threads
+from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
 from pipeline.report import STAGES, Report
@@ -113,6 +114,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
 def report_early_end(cfg: DictConfig, run_dir: Path, status: str, reason: str) -> None:
     """A run that ended before its report existed (a bad config, a from_run problem, an early interrupt)
     still leaves one, so that every run dir (and every sweep job) says how it ended."""
+    if not run_dirs.owns(run_dir):  # refused: the dir is another run's, never write into it
+        return
     report = Report(run_dir, str(OmegaConf.select(cfg, "model.name", default=None)))
     if report.path.exists():
         return
