@@ -124,7 +124,10 @@ def _keys_set_by_global_option(group: str, choice) -> set[str]:
 
     if not isinstance(choice, str) or not GlobalHydra.instance().is_initialized():
         return set()
-    result = GlobalHydra.instance().config_loader().repository.load_config(f"{group}/{choice}")
+    try:  # Hydra's own config repository: every config source and search path, as composition saw them
+        result = GlobalHydra.instance().config_loader().repository.load_config(f"{group}/{choice}")
+    except Exception:  # noqa: BLE001 - not a config group option (e.g. a plain key): it sets nothing else
+        return set()
     if result is None or result.header.get("package") != "_global_":
         return set()
     keys = {str(d.group).lstrip("/").replace("/", ".") for d in result.defaults_list or [] if getattr(d, "group", None)}
