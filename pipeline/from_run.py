@@ -45,7 +45,8 @@ class SourceRun:
         return "killed" if self.killed else str(self.report.get("status"))
 
     def stage_status(self, stage: str) -> str | None:
-        return (self.report.get("stages", {}).get(stage) or {}).get("status")
+        entry = self.report.get("stages", {}).get(stage)
+        return entry.get("status") if isinstance(entry, dict) else None
 
     def artifact(self, name: str, needed_for: str) -> Path:
         path = self.path / name
@@ -227,12 +228,26 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
     if "export" not in selected and set(selected) & {"check", "convert", "parity"}:
         _copy(source.artifact(ONNX_NAME, "check/convert/parity"), ctx.onnx_path, ctx, "onnx")
     if "convert" not in selected and "parity" in selected:
-        for target, target_entry in source.report.get("targets", {}).items():
-            if isinstance(target_entry, dict) and target_entry.get("status") == "ok" and target in TARGETS:
-                out = ctx.run_dir / TARGETS[target][1]
-                _copy(source.artifact(TARGETS[target][1], "parity"), out, ctx, target)
-                ctx.report.data["targets"][target] = target_entry
-                ctx.converted[target] = out
+        converted = {target: entry for target, entry in (source.report.get("targets") or {}).items()
+                     if isinstance(entry, dict) and entry.get("status") == "ok" and target in TARGETS}
+        _check_converted(ctx.cfg, source, converted)
+        for target, target_entry in converted.items():
+            out = ctx.run_dir / TARGETS[target][1]
+            _copy(source.artifact(TARGETS[target][1], "parity"), out, ctx, target)
+            ctx.report.data["targets"][target] = target_entry
+            ctx.converted[target] = out
+
+
+def _check_converted(cfg: DictConfig, source: SourceRun, converted: dict) -> None:
+    """Parity without convert measures the source's conversions: each target asked for must be there."""
+    from pipeline.stages.convert import selected_targets
+
+    missing = [t for t in selected_targets(cfg) if t not in converted]
+    if missing:
+        raise PipelineError(f"from_run={source.path} has no {', '.join(missing)} conversion for parity to measure "
+                            f"(it converted: {', '.join(converted) or 'nothing'}).",
+                            f"Add convert to stages (stages=[convert,parity]) to convert it here, or drop "
+                            f"{', '.join(missing)} from export=.")
 
 
 def check_resumable(cfg: DictConfig, source: SourceRun) -> None:

@@ -358,13 +358,14 @@ def test_from_run_command_line_keys_win_over_the_source(source_run, tmp_path):
     assert tree(source_run) == before
 
 
-@pytest.mark.parametrize("make, expected", [
-    ("finished", ["finished every stage it ran", "nothing to resume", "stages=["]),
-    ("not a run", ["is not a pipeline run dir"]),
-    ("a list as report", ["is not a pipeline run's"]),
-    ("truncated report", ["report.json or .hydra/config.yaml is unreadable"]),
+@pytest.mark.parametrize("make, extra, expected", [
+    ("finished", [], ["finished every stage it ran", "nothing to resume", "stages=["]),
+    ("finished", ["stages=[parity]", "export=keras"], ["has no keras conversion", "stages=[convert,parity]"]),
+    ("not a run", [], ["is not a pipeline run dir"]),
+    ("a list as report", [], ["is not a pipeline run's"]),
+    ("truncated report", [], ["report.json or .hydra/config.yaml is unreadable"]),
 ])
-def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, make, expected):
+def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, make, extra, expected):
     source = source_run
     if make != "finished":
         source = tmp_path / "source"
@@ -373,7 +374,8 @@ def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, m
             (source / ".hydra" / "config.yaml").write_text((source_run / ".hydra" / "config.yaml").read_text())
             (source / "report.json").write_text("[]" if make == "a list as report" else '{"status": "ok", "sta')
     before = tree(source)
-    assert_refused(run_in_process(f"from_run={source}", run_dir=tmp_path / "run"), f"from_run={source}", *expected)
+    outcome = run_in_process(f"from_run={source}", *extra, run_dir=tmp_path / "run")
+    assert_refused(outcome, f"from_run={source}", *expected)
     assert tree(source) == before
 
 
