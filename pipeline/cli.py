@@ -31,6 +31,7 @@ def main() -> None:
     """The console script and ``python -m pipeline``: Hydra, with interrupts and run-dir locks handled."""
     interrupts.install()
     logging.captureWarnings(True)  # library warnings go to pipeline.log, not the console (conf/config.yaml)
+    sys.argv[1:] = [_group_deletion(arg) for arg in sys.argv[1:]]
     if any(arg.split("=")[0] in ("--config-name", "-cn", "--config-path", "-cp") for arg in sys.argv[1:]):
         # A saved config (.hydra/config.yaml) has no hydra section: keep the run-dir guard anyway.
         sys.argv.append(GUARD_OVERRIDE)
@@ -44,6 +45,15 @@ def main() -> None:
         run_dirs.release_all()
         logging.captureWarnings(False)
         interrupts.ignore()  # the process is ending: a late signal must not turn exit 130 into 143
+
+
+def _group_deletion(arg: str) -> str:
+    """``scheduler=null`` (drop a group's default, as the README and the experiments' defaults say) is
+    ``~scheduler`` on Hydra's command line; Hydra rejects the former with a traceback."""
+    key, _, value = arg.partition("=")
+    if value == "null" and key.isidentifier() and (Path(CONFIG_DIR) / key).is_dir():
+        return f"~{key}"
+    return arg
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

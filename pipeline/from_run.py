@@ -161,10 +161,12 @@ def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) ->
                     OmegaConf.update(cfg, key, kept[key], merge=False)
                 else:
                     _set_node(cfg, key, kept[key])
-            for key in deleted:
+            for key in deleted:  # ~scheduler (scheduler=null): none; ~model.net.dropout: that key gone
                 parent, _, leaf = key.rpartition(".")
                 node = OmegaConf.select(cfg, parent) if parent else cfg
-                if isinstance(node, DictConfig) and leaf in node:
+                if not parent and leaf in adopted:
+                    cfg[leaf] = None
+                elif isinstance(node, DictConfig) and leaf in node:
                     del node[leaf]
     except PipelineError:
         raise

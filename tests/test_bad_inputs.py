@@ -482,3 +482,27 @@ def test_a_tracer_warning_in_a_stage_is_listed_in_that_stage_of_the_report():
     with quiet.recorded_warnings(stage):
         torch.jit.trace(Branchy(), torch.ones(2, 3), check_trace=False)
     assert any(w.startswith("TracerWarning:") for w in stage["warnings"]), stage
+
+
+class Overflowing(torch.nn.Module):
+    """A forecaster whose first loss is finite (~1e36) and whose weights overflow after a few SGD steps."""
+
+    def __init__(self, n_features: int = 1, hidden_size: int = 32, num_layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        self.fc = torch.nn.Linear(n_features, 1)
+        self.gain = torch.nn.Parameter(torch.tensor(1e18))
+
+    def forward(self, x):
+        return self.fc(x[:, -1]) * self.gain
+
+
+def test_a_diverging_training_fails_the_train_stage_and_the_report_stays_strict_json(tmp_path):
+    run_dir = tmp_path / "run"
+    outcome = run_in_process("model=lstm_forecaster", "dataset=series",
+                             "model.net._target_=tests.test_bad_inputs.Overflowing", "optimizer=sgd", "optimizer.lr=1",
+                             "scheduler=null", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                             "stages=[train,export]", run_dir=run_dir)
+    assert_refused(outcome, "Training diverged", "optimizer.lr")
+    report = strict_json(run_dir / "report.json")  # NaN metrics are null, not a bare NaN
+    assert report["stages"]["train"]["status"] == "failed" and report["stages"]["export"]["status"] == "skipped"
+    assert None in report["metrics"].values() and not (run_dir / "model.pt").exists()
