@@ -39,6 +39,31 @@ def check(ctx: RunContext, selected: list[str]) -> None:
     check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset)
     if "train" in selected:
         _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+        _check_optimizer(ctx.cfg, ctx.new_net())
+
+
+def _check_optimizer(cfg, net: torch.nn.Module) -> None:
+    """The optimizer and the schedule are built in Lightning's fit; build them here first."""
+    from hydra.utils import instantiate
+
+    from pipeline.lit_module import build_scheduler
+
+    for key in ("optimizer", "scheduler"):
+        node = cfg.get(key)
+        if node is None and key == "scheduler":
+            continue
+        try:
+            factory = instantiate(node)
+            if key == "optimizer":
+                optimizer = factory(net.parameters())
+            else:
+                build_scheduler(factory, optimizer, total_steps=100)
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            text = " ".join(str(cause).split())[:300]
+            raise PipelineError(f"{key}={node.get('_target_')} cannot be built from {key}.*: "
+                                f"{type(cause).__name__}: {text}",
+                                f"Check the {key}.* keys against that class's arguments.") from exc
 
 
 def dataset_name(cfg) -> str:
