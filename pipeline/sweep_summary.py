@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def _job_order(name: str):
 def _row(job: str, overrides: str, report: dict) -> dict:
     row = {"job": job, "overrides": overrides, "status": report["status"], "model": report["model"]["name"]}
     row.update({k: _round(v) for k, v in report["metrics"].items()})
-    worst = max(report["parity"], key=lambda e: e["max_abs_err"], default=None)
+    # A runtime that returned NaN has max_abs_err null (strict JSON): it is the worst of all.
+    worst = max(report["parity"], key=lambda e: math.inf if e["max_abs_err"] is None else e["max_abs_err"],
+                default=None)
     row["worst_parity_runtime"] = worst["runtime"] if worst else ""
     row["worst_max_abs_err"] = _round(worst["max_abs_err"]) if worst else ""
     row["all_allclose"] = all(e["allclose"] for e in report["parity"]) if report["parity"] else ""
@@ -88,7 +91,7 @@ def support_matrix(sweep_dir: Path) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, overrides, report in job_reports(sweep_dir):
         dataset = next((o.split("=", 1)[1] for o in overrides.split() if o.startswith("experiment=")), "")
-        metric = ", ".join(f"{k} {v:.4g}" for k, v in report["metrics"].items())
+        metric = ", ".join(f"{k} {'NaN' if v is None else f'{v:.4g}'}" for k, v in report["metrics"].items())
         cells = [_matrix_cell(report, runtime) for runtime in MATRIX_RUNTIMES]
         lines.append("| " + " | ".join([report["model"]["name"], dataset, metric, *cells]) + " |")
     return "\n".join(lines) + "\n"
@@ -99,7 +102,8 @@ def _matrix_cell(report: dict, runtime: str) -> str:
     if entry is not None:
         mark = "✅" if entry["in_tolerance"] else "❌ drift:"
         agree = "" if entry["top1_agreement"] is None else f", top-1 {entry['top1_agreement']:.4f}"
-        return f"{mark} {entry['max_abs_err']:.1e}{agree}"
+        error = "NaN" if entry["max_abs_err"] is None else f"{entry['max_abs_err']:.1e}"
+        return f"{mark} {error}{agree}"
     target = report["targets"].get(runtime)
     if target and target["status"] != "ok":
         return f"❌ {target.get('reason', 'failed')}".replace("|", "/").replace("\n", " ")[:160]
