@@ -56,7 +56,7 @@ def source_run(tmp_path_factory) -> Path:
     (["parity.samples=-5"], ["parity.samples=-5", "integer >= 1", "(or null)"]),
     (["parity.samples=0"], ["parity.samples=0", "integer >= 1"]),
     (["parity.batch_size=0"], ["parity.batch_size=0", "integer >= 1"]),
-    (["parity.latency_repeats=0"], ["parity.latency_repeats=0", "integer >= 1"]),
+    (["parity.latency_repeats=0"], ["parity.latency_repeats=0", "integer in [1, 100000]"]),
     (["parity.atol=-1"], ["parity.atol=-1", "number >= 0"]),
     (["parity.rtol=nan"], ["parity.rtol=nan", "number >= 0"]),
     (["parity.atol=inf"], ["parity.atol=inf", "number >= 0"]),
