@@ -1,5 +1,6 @@
 """Write files and directories under a temporary name, then rename: never a half-written artifact."""
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -8,7 +9,22 @@ from pathlib import Path
 
 
 def write_json(path: Path, data) -> None:
-    write_with(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+    """Strict JSON (RFC 8259): NaN and infinities, which json.dumps would write bare, become null."""
+    text = json.dumps(strict(data), indent=2, default=str, allow_nan=False) + "\n"
+    write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def strict(value):
+    """``value`` with every non-finite float replaced by None (and NumPy scalars as Python numbers)."""
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a NumPy/torch scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _umask() -> int:

@@ -1,44 +1,80 @@
 """Entry point: ``python -m pipeline`` / ``pipeline``, a Hydra app over ``conf/``."""
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
+# Only light imports here: `--cfg job`, `--help` and bad overrides must answer fast. torch,
+# Lightning and TensorFlow load inside the stages that need them.
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-# Only light imports here: `--cfg job`, `--help` and bad overrides must answer fast. torch,
-# Lightning and TensorFlow load inside the stages that need them.
-from pipeline import schema
+from pipeline import interrupts, schema
+from pipeline import run_dir as run_dirs
 from pipeline.atomic import write_with
-from pipeline.errors import PipelineError, RunInterrupted
+from pipeline.errors import PipelineError, RunInterrupted, explain
 
 log = logging.getLogger("pipeline")
+# Records for pipeline.log only (conf/config.yaml routes this logger to the file handler).
+logfile = logging.getLogger("pipeline.logfile")
 # An absolute path: under ``python -m`` Hydra would otherwise look for a ``conf`` Python package.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+GUARD_OVERRIDE = "++hydra.callbacks.run_dir_guard._target_=pipeline.run_dir.RunDirGuard"
 schema.register()
 
 
+def main() -> None:
+    """The console script and ``python -m pipeline``: Hydra, with interrupts and run-dir locks handled."""
+    interrupts.install()
+    logging.captureWarnings(True)  # library warnings go to pipeline.log, not the console (conf/config.yaml)
+    sys.argv[1:] = [_group_deletion(arg) for arg in sys.argv[1:]]
+    if any(arg.split("=")[0] in ("--config-name", "-cn", "--config-path", "-cp") for arg in sys.argv[1:]):
+        # A saved config (.hydra/config.yaml) has no hydra section: keep the run-dir guard anyway.
+        sys.argv.append(GUARD_OVERRIDE)
+    try:
+        hydra_main()
+    except KeyboardInterrupt as exc:  # before or after the job (Hydra start-up, a sweep between jobs)
+        print(explain(f"{exc or 'Interrupted'} before the run started or after it ended.", "", verb="interrupted"),
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        run_dirs.release_all()
+        logging.captureWarnings(False)
+        interrupts.ignore()  # the process is ending: a late signal must not turn exit 130 into 143
+
+
+def _group_deletion(arg: str) -> str:
+    """``scheduler=null`` (drop a group's default, as the README and the experiments' defaults say) is
+    ``~scheduler`` on Hydra's command line; Hydra rejects the former with a traceback."""
+    key, _, value = arg.partition("=")
+    if value == "null" and key.isidentifier() and (Path(CONFIG_DIR) / key).is_dir():
+        return f"~{key}"
+    return arg
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     from pipeline import console, runner
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    report = None
     try:
+        # The guard callback claimed it already; a config without the callback still gets the lock.
+        run_dirs.claim(run_dir, fresh=False)
         if prepare(cfg, list(hydra_cfg.overrides.task)):
             _save_effective_config(cfg, run_dir)
+        schema.validate(cfg)
         if cfg.print_config:
             console.print_config(cfg)
         report = runner.run(cfg, run_dir)
     except PipelineError as exc:
+        runner.report_early_end(cfg, run_dir, "failed", str(exc))
         _explain(exc.message, exc.hint, run_dir)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -46,10 +82,21 @@ def main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(EXIT_FAILED)
     except (RunInterrupted, KeyboardInterrupt) as exc:
+        runner.report_early_end(cfg, run_dir, "interrupted", str(exc) or "Interrupted")
         _explain(str(exc) or "Interrupted.", "", run_dir, verb="interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # outside any stage (the run dir became unwritable, the disk is full, a bug)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        logfile.error("Unexpected error", exc_info=exc)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _explain(f"{type(exc).__name__}: {text}", "Check that the run dir is writable and the disk has space; "
+                 "the full traceback is in pipeline.log (report it as a bug if the cause is not there).", run_dir)
+        if multirun:
+            return None
+        sys.exit(EXIT_FAILED)
     console.print_summary(report.data, run_dir)
-    return _optimized_metric(cfg, report.data)
+    return runner.optimized_metric(cfg, report.data)
 
 
 def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
@@ -59,6 +106,7 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
 
     adopted = bool(cfg.get("from_run"))
     if adopted:
+        from_run.load_source.cache_clear()  # a source read by an earlier job of this process may have changed
         from_run.adopt_config(cfg, from_run.load_source(cfg.from_run), overrides)
     return _name_the_model(cfg, overrides) or adopted
 
@@ -82,35 +130,14 @@ def _name_the_model(cfg: DictConfig, overrides: list[str]) -> bool:
     return True
 
 
-def _sigterm_as_interrupt(signum, frame):
-    # SIGTERM stops the run as Ctrl+C does: Lightning checkpoints, the report says "interrupted".
-    raise KeyboardInterrupt(f"Received signal {signum}")
-
-
 def _save_effective_config(cfg: DictConfig, run_dir: Path) -> None:
     """Hydra saved the config as typed; from_run adopted the source's model/dataset: save what ran."""
     path = run_dir / ".hydra" / "config.yaml"
     write_with(path, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg)))
 
 
-def _optimized_metric(cfg: DictConfig, report: dict) -> float | None:
-    """The value a hyperparameter sweeper optimises: ``optimized_metric`` names a report metric."""
-    name = cfg.get("optimized_metric")
-    if not name:
-        return None
-    if name not in report["metrics"]:
-        raise PipelineError(f"optimized_metric={name!r} is not a metric of this run.",
-                            f"Pick one of: {', '.join(report['metrics'])}.")
-    return float(report["metrics"][name])
-
-
 def _explain(message: str, hint: str, run_dir: Path, verb: str = "failed") -> None:
     report = run_dir / "report.json"
-    lines = [f"pipeline {verb}: {message}"]
-    if hint:
-        lines.append(f"How to fix: {hint}")
-    if report.exists():
-        lines.append(f"Report: {report}")
-    lines.append("(Set HYDRA_FULL_ERROR=1 for the full traceback.)")
-    log.error(" ".join(lines[:2]))
-    print("\n".join(lines), file=sys.stderr)
+    text = explain(message, hint, report if report.exists() else None, verb=verb)
+    logfile.error(text)  # the console gets it once, below
+    print(text, file=sys.stderr)

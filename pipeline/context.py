@@ -39,7 +39,7 @@ class RunContext:
 
     @property
     def output_kind(self) -> str:
-        return self.cfg.model.output
+        return str(self.cfg.model.output)  # a plain string: it is pickled into DDP workers
 
     @property
     def onnx_path(self) -> Path:
@@ -97,7 +97,7 @@ class RunContext:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise PipelineError(
-                f"The weights file {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}).",
+                f"The weights file {path} is unreadable ({type(exc).__name__}: {_first_line(exc)[:300]}).",
                 "Give a state_dict (torch.save(net.state_dict(), path)) or a Lightning checkpoint; "
                 "re-run the train stage if it is this pipeline's own.") from exc
         try:
@@ -105,8 +105,9 @@ class RunContext:
         except Exception as exc:
             raise PipelineError(
                 f"The weights in {path} do not fit model={self.cfg.model.name} "
-                f"({self.cfg.model.net.get('_target_')}): {str(exc).splitlines()[0][:400]}",
-                "Check that model= (and its model.net.* arguments) match the network that produced them.",
+                f"({self.cfg.model.net.get('_target_')}): {_first_line(exc)[:400]}",
+                "Check that model= (and its model.net.* arguments) match the network that produced them "
+                "(with from_run, drop model= to use that run's model).",
             ) from exc
         return net.eval()
 
@@ -171,7 +172,19 @@ def _build(node, key: str):
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as exc:
-        if isinstance(exc.__cause__, PipelineError):
-            raise exc.__cause__ from None
-        raise PipelineError(f"{key} could not be built from {node.get('_target_')}: {exc}",
+        cause = exc.__cause__
+        if isinstance(cause, PipelineError):
+            raise cause from None
+        target = node.get("_target_")
+        reason = f"{type(cause).__name__}: {_first_line(cause)}" if cause else _first_line(exc)
+        if "Error locating target" in str(exc):
+            raise PipelineError(f"{key}._target_={target} cannot be imported ({reason}).",
+                                "Check the module path and class name; the module must be importable from where "
+                                "the pipeline runs (e.g. models.mnist_cnn.MnistCNN).") from exc
+        raise PipelineError(f"{key} could not be built from {target} ({reason}).",
                             f"Check the {key}.* keys against that class's arguments.") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

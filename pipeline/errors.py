@@ -34,3 +34,18 @@ class StageFailed(PipelineError):
 
 class RunInterrupted(Exception):
     """SIGINT/SIGTERM stopped the run; the report says "interrupted"."""
+
+
+class StageCrashed(PipelineError):
+    """A stage raised something the pipeline does not check for yet: one paragraph, the traceback in the log."""
+
+
+def explain(message: str, hint: str = "", report=None, verb: str = "failed") -> str:
+    """The one paragraph a user sees for an expected error: what, how to fix, where the report is."""
+    lines = [f"pipeline {verb}: {message}"]
+    if hint:
+        lines.append(f"How to fix: {hint}")
+    if report is not None:
+        lines.append(f"Report: {report}")
+    lines.append("(Set HYDRA_FULL_ERROR=1 for the full traceback.)")
+    return "\n".join(lines)

@@ -1,25 +1,35 @@
 """``from_run=<run dir>``: later stages run on an earlier run's artifacts, in a new run dir.
 
-The source run is only read, never written. Its model, dataset, trainer, optimizer and seed config
-are adopted (its artifacts and checkpoints were made with them), except the keys given on the command
-line. The stages not selected take their outputs from it, copied into the new run dir so that the
-new run is complete on its own and can itself be a ``from_run`` source.
+The source run is only read, never written. What its artifacts were made with (ADOPTED_KEYS: model,
+dataset, trainer, optimizer, scheduler, export, seed) is adopted, except the keys given on the
+command line, which win: a group (``model=mnist_cnn``) replaces the whole key, a dotted key
+(``trainer.max_epochs=3``) that one value, and an experiment (``experiment=...``) the groups and keys
+it sets. Without ``stages=`` on the command line the run resumes: it runs the source's stages that did
+not finish (an interrupted training continues from its checkpoint). The stages not run take their
+outputs from the source, copied into the new run dir so that the new run is complete on its own and
+can itself be a ``from_run`` source.
 """
 import functools
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from pipeline import run_dir as run_dirs
+from pipeline import schema
 from pipeline.context import ONNX_NAME, WEIGHTS_NAME, RunContext
 from pipeline.converters import TARGETS
 from pipeline.errors import PipelineError
-from pipeline.report import REPORT_NAME
+from pipeline.report import REPORT_NAME, STAGES
 
-# Adopted from the source run: what its artifacts were made with.
-ADOPTED_KEYS = ("model", "dataset", "trainer", "optimizer", "seed")
+# Adopted from the source run: what its artifacts and checkpoints were made with.
+ADOPTED_KEYS = ("model", "dataset", "trainer", "optimizer", "scheduler", "export", "seed")
+# A resume (no stages= on the command line) finishes the source run as it was set up: these too.
+RESUMED_KEYS = (*ADOPTED_KEYS, "parity", "logger")
+# Groups whose options are typed per option (pipeline/schema.py): adopted values keep their schema.
+TYPED_GROUPS = ("dataset", "optimizer", "scheduler")
 
 
 @dataclass
@@ -27,20 +37,29 @@ class SourceRun:
     path: Path
     report: dict
     config: DictConfig
+    killed: bool = False  # its report says "running" but no process holds its lock (kill -9, power loss)
+    adopted: tuple[str, ...] = ADOPTED_KEYS  # what adopt_config took from it
+
+    @property
+    def status(self) -> str:
+        return "killed" if self.killed else str(self.report.get("status"))
+
+    def stage_status(self, stage: str) -> str | None:
+        entry = self.report.get("stages", {}).get(stage)
+        return entry.get("status") if isinstance(entry, dict) else None
 
     def artifact(self, name: str, needed_for: str) -> Path:
         path = self.path / name
         if not path.exists():
-            train = self.report.get("stages", {}).get("train", {}).get("status")
             raise PipelineError(
                 f"from_run={self.path} has no {name}, which the {needed_for} stage needs "
-                f"(its train stage: {train}, status: {self.report.get('status')}).",
+                f"(its train stage: {self.stage_status('train')}, status: {self.status}).",
                 "Add the stage that makes it to stages=[...], or pick a run that finished it.")
         return path
 
     @property
     def training_finished(self) -> bool:
-        return self.report.get("stages", {}).get("train", {}).get("status") == "ok"
+        return self.stage_status("train") == "ok"
 
     def resume_checkpoint(self) -> Path | None:
         # An epoch-end checkpoint resumes cleanly (the data order is not resumable mid-epoch).
@@ -49,58 +68,200 @@ class SourceRun:
                 return self.path / "checkpoints" / name
         return None
 
+    def unfinished_stages(self) -> list[str]:
+        """The stages the source selected and did not finish, in run order."""
+        selected = self.config.get("stages") or list(STAGES)
+        return [s for s in STAGES if s in selected and self.stage_status(s) != "ok"]
+
 
 @functools.lru_cache(maxsize=4)  # read once: the CLI adopts its config, the runner its artifacts
 def load_source(path: str) -> SourceRun:
     run = Path(path).expanduser().resolve()
-    report, config = run / REPORT_NAME, run / ".hydra" / "config.yaml"
-    if not report.is_file() or not config.is_file():
+    report_path, config_path = run / REPORT_NAME, run / ".hydra" / "config.yaml"
+    if not report_path.is_file() or not config_path.is_file():
         raise PipelineError(f"from_run={path} is not a pipeline run dir (it needs report.json and .hydra/config.yaml).",
                             "Point from_run at a dir under outputs/ or multirun/ written by a run.")
     try:
-        return SourceRun(run, json.loads(report.read_text()), OmegaConf.load(config))
+        report, config = json.loads(report_path.read_text()), OmegaConf.load(config_path)
     except Exception as exc:
         raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is unreadable: {exc}",
                             "Pick another run dir.") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("stages"), dict) or not isinstance(config, DictConfig):
+        raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is not a pipeline run's.",
+                            "Pick another run dir.")
+    source = SourceRun(run, report, config)
+    if report.get("status") == "running":
+        holder = run_dirs.owner(run)
+        if holder:
+            raise PipelineError(f"from_run={path} is still running ({run_dirs.describe_owner(holder)}).",
+                                "Wait for it to finish, or stop it (Ctrl+C or kill: it then says interrupted) "
+                                "and resume from it.")
+        source.killed = True
+    return source
+
+
+# --- the config: the source's, then the command line's ---
+
+def command_line_keys(overrides: list[str]) -> tuple[set[str], set[str]]:
+    """(keys set on the command line, keys deleted there): groups and dotted keys, and what experiments set."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given, deleted = set(), set()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.startswith("hydra"):
+            continue
+        if override.is_delete():
+            deleted.add(key.replace("/", "."))
+            continue
+        given.add((override.package or key).replace("/", "."))
+        given |= _keys_set_by_global_option(key, override.value())
+    return given, deleted
+
+
+def _keys_set_by_global_option(group: str, choice) -> set[str]:
+    """What a ``@package _global_`` option (experiment=...) sets: the groups it picks and its keys."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not isinstance(choice, str) or not GlobalHydra.instance().is_initialized():
+        return set()
+    try:  # Hydra's own config repository: every config source and search path, as composition saw them
+        result = GlobalHydra.instance().config_loader().repository.load_config(f"{group}/{choice}")
+    except Exception:  # noqa: BLE001 - not a config group option (e.g. a plain key): it sets nothing else
+        return set()
+    if result is None or result.header.get("package") != "_global_":
+        return set()
+    keys = {str(d.group).lstrip("/").replace("/", ".") for d in result.defaults_list or [] if getattr(d, "group", None)}
+    return keys | set(_leaf_keys(result.config, ""))
+
+
+def _leaf_keys(node, prefix: str):
+    for key, value in node.items_ex(resolve=False) if isinstance(node, DictConfig) else []:
+        if isinstance(value, DictConfig) and len(value):
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) -> None:
-    """Take ADOPTED_KEYS from the source run, then re-apply what the user set on the command line."""
-    given = {o.split("=", 1)[0].lstrip("+~") for o in command_line if "=" in o}
-    kept = {key: OmegaConf.select(cfg, key) for key in given if key.split(".")[0] in ADOPTED_KEYS}
-    with open_dict(cfg):
-        for key in ADOPTED_KEYS:
-            value = source.config[key]
-            if isinstance(value, DictConfig) and OmegaConf.get_type(cfg, key) is not dict:
-                # A typed node (model): replace field by field; untyped children (net) wholesale.
-                for field_name, field_value in value.items():
-                    cfg[key][field_name] = field_value
-            else:
-                cfg[key] = value
-        for key, value in kept.items():
-            OmegaConf.update(cfg, key, value, merge=False)
+    """Take ADOPTED_KEYS from the source run, re-apply what the command line set, pick the stages to run."""
+    given, deleted = command_line_keys(command_line)
+    resuming = "stages" not in given
+    adopted = RESUMED_KEYS if resuming else ADOPTED_KEYS
+    # Copies: the adopted values below replace the nodes these were read from.
+    kept = {key: _plain(OmegaConf.select(cfg, key, throw_on_missing=False)) for key in given
+            if key.split(".")[0] in adopted and OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT}
+    try:
+        with open_dict(cfg):
+            for key in adopted:
+                if key in source.config:
+                    _set_node(cfg, key, _plain(source.config._get_node(key)))
+            for key in sorted(kept, key=lambda k: k.count(".")):  # whole groups first, then single keys
+                if "." in key:
+                    OmegaConf.update(cfg, key, kept[key], merge=False)
+                else:
+                    _set_node(cfg, key, kept[key])
+            for key in deleted:  # ~scheduler (scheduler=null): none; ~model.net.dropout: that key gone
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(cfg, parent) if parent else cfg
+                if not parent and leaf in adopted:
+                    cfg[leaf] = None
+                elif isinstance(node, DictConfig) and leaf in node:
+                    del node[leaf]
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise PipelineError(f"from_run={source.path}: its config does not fit this version's schema: {exc}",
+                            "Re-run that run's config with this version, or set the keys on the command line.") \
+            from exc
+    source.adopted = adopted
+    if resuming:
+        cfg.stages = _resume_stages(source)
 
+
+_ABSENT = object()
+
+
+def _plain(node):
+    """A detached copy of a config value (interpolations kept as written)."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=False)
+    return node._value() if hasattr(node, "_value") else node
+
+
+def _set_node(cfg: DictConfig, key: str, value) -> None:
+    """Replace ``cfg[key]``, keeping its schema (types and ranges still apply to the new value)."""
+    if isinstance(value, dict):
+        if key in TYPED_GROUPS:
+            value = schema.typed_option(key, value)
+        elif is_dataclass(node_type := OmegaConf.get_type(cfg, key)):
+            value = OmegaConf.merge(OmegaConf.structured(node_type), value)
+    cfg[key] = value
+
+
+def _resume_stages(source: SourceRun) -> list[str]:
+    stages = source.unfinished_stages()
+    if not stages:
+        done = ", ".join(s for s in STAGES if source.stage_status(s) == "ok")
+        raise PipelineError(f"from_run={source.path} finished every stage it ran ({done}): there is nothing to resume.",
+                            f"To run stages again on its artifacts, name them, e.g. from_run={source.path} "
+                            "stages=[convert,parity] export=keras.")
+    return stages
+
+
+# --- the artifacts ---
 
 def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> None:
     """Copy what the unselected stages would have made; set the checkpoint to resume from."""
-    ctx.report.data["from_run"] = {"path": str(source.path), "adopted_config": list(ADOPTED_KEYS)}
+    entry = {"path": str(source.path), "adopted_config": list(source.adopted), "source_status": source.status,
+             "stages": selected}
+    ctx.report.data["from_run"] = entry
     if "train" in selected:
         if not source.training_finished and source.resume_checkpoint():
+            check_resumable(ctx.cfg, source)
             ctx.resume_from = source.resume_checkpoint()
-            ctx.report.data["from_run"]["resumed_from"] = str(ctx.resume_from)
+            entry["resumed_from"] = str(ctx.resume_from)
     else:
         ctx.report.data["metrics"].update(source.report.get("metrics", {}))  # the model's, measured there
+        if "trainer" in source.report:
+            ctx.report.data["trainer"] = source.report["trainer"]
         if set(selected) & {"export", "check", "convert", "parity"}:
             _copy(source.artifact(WEIGHTS_NAME, "export/parity"), ctx.weights_path, ctx, "weights")
     if "export" not in selected and set(selected) & {"check", "convert", "parity"}:
         _copy(source.artifact(ONNX_NAME, "check/convert/parity"), ctx.onnx_path, ctx, "onnx")
     if "convert" not in selected and "parity" in selected:
-        for target, entry in source.report.get("targets", {}).items():
-            if entry.get("status") == "ok" and target in TARGETS:
-                out = ctx.run_dir / TARGETS[target].artifact
-                _copy(source.artifact(TARGETS[target].artifact, "parity"), out, ctx, target)
-                ctx.report.data["targets"][target] = entry
-                ctx.converted[target] = out
+        converted = {target: entry for target, entry in (source.report.get("targets") or {}).items()
+                     if isinstance(entry, dict) and entry.get("status") == "ok" and target in TARGETS}
+        _check_converted(ctx.cfg, source, converted)
+        for target, target_entry in converted.items():
+            out = ctx.run_dir / TARGETS[target].artifact
+            _copy(source.artifact(TARGETS[target].artifact, "parity"), out, ctx, target)
+            ctx.report.data["targets"][target] = target_entry
+            ctx.converted[target] = out
+
+
+def _check_converted(cfg: DictConfig, source: SourceRun, converted: dict) -> None:
+    """Parity without convert measures the source's conversions: each target asked for must be there."""
+    from pipeline.stages.convert import selected_targets
+
+    missing = [t for t in selected_targets(cfg) if t not in converted]
+    if missing:
+        raise PipelineError(f"from_run={source.path} has no {', '.join(missing)} conversion for parity to measure "
+                            f"(it converted: {', '.join(converted) or 'nothing'}).",
+                            f"Add convert to stages (stages=[convert,parity]) to convert it here, or drop "
+                            f"{', '.join(missing)} from export=.")
+
+
+def check_resumable(cfg: DictConfig, source: SourceRun) -> None:
+    """A checkpoint resumes only the network and optimizer it was saved from."""
+    for key in ("model.net", "model.output", "optimizer._target_"):
+        ours = _plain(OmegaConf.select(cfg, key, default=None))
+        theirs = _plain(OmegaConf.select(source.config, key, default=None))
+        if str(ours) != str(theirs):
+            raise PipelineError(
+                f"from_run={source.path} resumes its interrupted training, but {key} differs from that run's "
+                f"({ours} here, {theirs} there): its checkpoint does not fit.",
+                f"Drop {key} from the command line to resume, or train anew with a new run (no from_run).")
 
 
 def _copy(src: Path, dst: Path, ctx: RunContext, key: str) -> None:

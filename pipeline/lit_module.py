@@ -45,8 +45,15 @@ class TaskModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.net.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        # OneCycle-style schedulers need the run's length, which only the trainer knows.
-        needs_total = "total_steps" in inspect.signature(self.scheduler_factory.func).parameters
-        extra = {"total_steps": int(self.trainer.estimated_stepping_batches)} if needs_total else {}
-        scheduler = self.scheduler_factory(optimizer, **extra)
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_scheduler(factory: Callable, optimizer, total_steps: int):
+    """OneCycle-style schedulers need the run's length, which only the trainer knows."""
+    target = getattr(factory, "func", factory)
+    try:
+        needs_total = "total_steps" in inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        needs_total = False
+    return factory(optimizer, **({"total_steps": total_steps} if needs_total else {}))

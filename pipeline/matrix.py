@@ -19,7 +19,7 @@ def render(sweep_dir: Path, jobs: list[tuple[str, str, dict]], kind: str = "seed
     rows, green, cells_total = [], 0, 0
     for _, overrides, report in jobs:
         experiment = next((o.split("=", 1)[1] for o in overrides.split() if o.startswith("experiment=")), "")
-        metric = ", ".join(f"{k} {v:.4g}" for k, v in report["metrics"].items()) or "-"
+        metric = ", ".join(f"{k} {'NaN' if v is None else f'{v:.4g}'}" for k, v in report["metrics"].items()) or "-"
         onnx = report["artifacts"].get("onnx", {})
         cells = [cell(report, runtime) for runtime in RUNTIMES]
         green += sum(c.startswith("✅") for c in cells[1:])
@@ -47,7 +47,8 @@ def cell(report: dict, runtime: str) -> str:
     if entry is not None:
         mark = "✅" if entry["in_tolerance"] else "❌ drift:"
         agree = "" if entry["top1_agreement"] is None else f", top-1 {entry['top1_agreement']:.4f}"
-        return f"{mark} {entry['max_abs_err']:.1e}{agree}{backend}"
+        error = "NaN" if entry["max_abs_err"] is None else f"{entry['max_abs_err']:.1e}"  # null: NaN outputs
+        return f"{mark} {error}{agree}{backend}"
     if target and target.get("status") != "ok":
         return _clean(f"❌ {_failure(target)}")
     stage = report["stages"].get("parity", {}).get("status")

@@ -1,81 +1,172 @@
-"""Before any work: does the network take the dataset's inputs, and does its output fit ``model.output``
-and the labels? One forward pass on two held-out samples answers it, so that a mismatch is a clear
-error naming the key to change, not a traceback deep in training or a silently meaningless metric.
+"""Checks that need the data and the network, before any stage: seconds instead of a crash mid-training.
+
+One batch of the dataset goes through ``model.net`` and the loss of ``model.output``: a network that
+cannot take the dataset's input, an output kind that does not fit the targets (a regression output
+on class labels, log-probabilities that are not), or a loss that is not finite, fail here with the
+key to change. The data itself must be finite (a NaN or inf in the inputs trains to NaN weights).
 """
-import numpy as np
 import torch
 
+from pipeline import tasks
+from pipeline.context import RunContext
 from pipeline.errors import PipelineError
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
-LOG_PROB_TOLERANCE = 1e-3
+BATCH = 16
+# Models made for each dataset (conf/model/*.yaml): suggested when a network does not fit.
+MODELS_FOR = {"mnist": "mnist_cnn or mnist_mlp", "synthetic_tabular": "tabular_mlp", "italy_power": "ts_cnn",
+              "series": "lstm_forecaster"}
 
 
-def check_model_fits_data(ctx) -> torch.nn.Module:
-    """Raises a PipelineError naming the key to change; returns the network it built."""
-    net = ctx.initial_net()
-    x, y = ctx.data.splits.test
-    sample = {name: value[:2] for name, value in x.items()} if isinstance(x, dict) else x[:2]
-    target = ctx.cfg.model.net.get("_target_")
-    shapes = {n: list(v.shape[1:]) for n, v in sample.items()} if isinstance(sample, dict) else list(sample.shape[1:])
-    was_training = net.training
-    net.eval()
+def check(ctx: RunContext, selected: list[str]) -> None:
+    if not set(selected) & {"train", "export", "check", "parity"}:
+        return  # convert alone reads model.onnx only
+    splits = ctx.data.splits
+    dataset = dataset_name(ctx.cfg)
+    for split in ("train", "test"):
+        x, y = getattr(splits, split)
+        tensors = list(x.values()) if isinstance(x, dict) else [x]  # several named inputs, or one
+        if len(tensors[0]) == 0:
+            raise PipelineError(f"dataset={dataset} has an empty {split} split.",
+                                "Use more data, or lower dataset.val_fraction / dataset.test_fraction.")
+        for name, tensor in [*(("inputs", t) for t in tensors), ("targets", y)]:
+            if tensor is not None and torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise PipelineError(f"dataset={dataset}: the {split} {name} hold {bad} NaN or infinite value(s).",
+                                    "Clean the data (or, for a CSV series, set dataset.missing=drop|interpolate "
+                                    "for missing values).")
+    x, y = (splits.train if "train" in selected else splits.test)
+    x = {n: t[:BATCH] for n, t in x.items()} if isinstance(x, dict) else x[:BATCH]
+    out = _forward(ctx, x, dataset)
+    if y is None:  # generated inputs without labels: nothing to check the output against
+        return
+    y = y[:BATCH]
+    check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+    if "train" in selected:
+        _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+        _check_optimizer(ctx.cfg, ctx.new_net())
+
+
+def _check_optimizer(cfg, net: torch.nn.Module) -> None:
+    """The optimizer and the schedule are built in Lightning's fit; build them here first."""
+    from hydra.utils import instantiate
+
+    from pipeline.lit_module import build_scheduler
+
+    for key in ("optimizer", "scheduler"):
+        node = cfg.get(key)
+        if node is None and key == "scheduler":
+            continue
+        try:
+            factory = instantiate(node)
+            if key == "optimizer":
+                optimizer = factory(net.parameters())
+            else:
+                build_scheduler(factory, optimizer, total_steps=100)
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            text = " ".join(str(cause).split())[:300]
+            raise PipelineError(f"{key}={node.get('_target_')} cannot be built from {key}.*: "
+                                f"{type(cause).__name__}: {text}",
+                                f"Check the {key}.* keys against that class's arguments.") from exc
+
+
+def dataset_name(cfg) -> str:
+    """``conf/dataset/<name>.yaml`` is named after its module: pipeline.datasets.<name>.Class."""
+    target = str(cfg.dataset.get("_target_", "?"))
+    parts = target.split(".")
+    return parts[-2] if len(parts) >= 2 else target
+
+
+def _model_hint(dataset: str) -> str:
+    suggested = MODELS_FOR.get(dataset)
+    return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
+
+
+def _forward(ctx: RunContext, x, dataset: str) -> torch.Tensor:
+    """The network (with model.weights loaded when given) on a batch; its first output."""
+    net = ctx.initial_net().eval()
+    shape = {n: list(t.shape) for n, t in x.items()} if isinstance(x, dict) else list(x.shape)
     try:
-        with torch.inference_mode():
-            out = net(**sample) if isinstance(sample, dict) else net(sample)
-        first = flatten_outputs(out)[0]
-    except Exception as exc:  # noqa: BLE001 - any error here means the model does not fit the data
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        with torch.no_grad():
+            out = net(**x) if isinstance(x, dict) else net(x)
+        return flatten_outputs(out)[0]
+    except Exception as exc:
         raise PipelineError(
-            f"model.net ({target}) cannot take this dataset's inputs (one sample: {shapes}): {message}",
-            "Pick a model= made for this dataset=, or set the model's size arguments (model.net.*) to fit it.",
-        ) from exc
-    finally:
-        net.train(was_training)
-    if y is not None:
-        _check_output(ctx.cfg.model.output, first.float(), y[:len(first)], y)
-    return net
+            f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
+            f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+            f"For dataset={dataset}, {_model_hint(dataset)}, or change model.net.* to fit that input.") from exc
 
 
-def _check_output(kind: str, out: torch.Tensor, labels: torch.Tensor, all_labels: torch.Tensor) -> None:
-    per_sample = out[0].numel() if out.ndim else 1
-    classes = not torch.is_floating_point(all_labels)
-    if kind in ("log_probs", "logits"):
-        if not classes:
-            raise PipelineError(f"model.output={kind} needs class labels; this dataset's targets are real values.",
-                                "Use model.output=value (regression) for this dataset.")
-        count = int(all_labels.max()) + 1
-        width = out.shape[1] if out.ndim >= 2 else 1
-        if width < count:
-            binary = " A single sigmoid output is model.output=probability." if width == 1 and count == 2 else ""
-            raise PipelineError(f"The model outputs {width} class score(s) per sample; the dataset has {count} "
-                                "classes.",
-                                f"Set the model's number of classes to {count} (e.g. model.net.num_classes={count}), "
-                                f"or pick the model made for this dataset.{binary}")
-        if kind == "log_probs" and out.ndim == 2:
-            total = torch.logsumexp(out, dim=1)
-            if not torch.allclose(total, torch.zeros_like(total), atol=LOG_PROB_TOLERANCE):
-                raise PipelineError("model.output=log_probs, but the model's outputs are not log-probabilities "
-                                    f"(their logsumexp is {float(total[0]):.3g}, not 0).",
-                                    "Use model.output=logits for raw class scores.")
-    elif kind == "probability":
-        if per_sample != 1:
-            raise PipelineError(f"model.output=probability needs one value per sample; the model gives {per_sample}.",
-                                "Use model.output=logits for several class scores.")
-        if classes and int(all_labels.max()) > 1:
-            raise PipelineError(f"model.output=probability is binary; the dataset has {int(all_labels.max()) + 1} "
-                                "classes.",
-                                "Use model.output=logits with one score per class.")
-        if float(out.min()) < 0 or float(out.max()) > 1:
-            raise PipelineError(f"model.output=probability, but the model returns values in "
-                                f"[{float(out.min()):.3g}, {float(out.max()):.3g}], not probabilities in [0, 1].",
-                                "End the model with a sigmoid, or use model.output=logits.")
-    elif kind == "value":
+def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str,
+                 all_labels: torch.Tensor | None = None) -> None:
+    """Does what ``model.net`` returns mean what ``model.output`` says, for these targets?"""
+    shape = list(out.shape)
+    classes = not torch.is_floating_point(y)
+    per_sample = out.numel() == len(y)
+    if kind == "value":
         if classes:
-            raise PipelineError("model.output=value (regression) on a dataset of class labels would train on class "
-                                "numbers as if they were quantities.",
-                                "Use model.output=logits (or log_probs, probability) for a classifier.")
-        expected = int(np.prod(labels.shape[1:] or (1,)))
-        if per_sample != expected:
-            raise PipelineError(f"The model gives {per_sample} value(s) per sample; the dataset's targets have "
-                                f"{expected}.", "Match the model's output size to the targets.")
+            raise PipelineError(
+                f"model.output=value trains a regression (MSE), but dataset={dataset} has class labels.",
+                "Set model.output to what model.net returns: log_probs (log_softmax), logits (class scores) or "
+                "probability (one sigmoid output, two classes).")
+        if not per_sample:
+            raise PipelineError(f"model.output=value needs one value per sample ([N, 1]), but model.net returns "
+                                f"{shape}.",
+                                f"Make model.net return [N, 1] for dataset={dataset}, or {_model_hint(dataset)}.")
+        return
+    if not classes:
+        raise PipelineError(f"model.output={kind} is for classification, but dataset={dataset} has real-valued "
+                            "targets.",
+                            "Set model.output=value for a regression.")
+    if kind == "probability":
+        if not per_sample:
+            raise PipelineError(
+                f"model.output=probability needs one probability per sample ([N, 1]), but model.net returns {shape}.",
+                "For one score per class set model.output=logits (raw scores) or log_probs (log_softmax).")
+        if y.max() > 1 or y.min() < 0:
+            raise PipelineError(f"model.output=probability is for two classes, but dataset={dataset} has labels "
+                                f"up to {int(y.max())}.", "Set model.output=logits or log_probs.")
+        if out.min() < 0 or out.max() > 1:
+            raise PipelineError(f"model.output=probability needs values in [0, 1] (a sigmoid), but model.net returns "
+                                f"values from {float(out.min()):.3g} to {float(out.max()):.3g}.",
+                                "End model.net with a sigmoid, or pick the model.output that matches it.")
+        return
+    if out.dim() < 2 or out.shape[1] < 2:
+        raise PipelineError(f"model.output={kind} needs one score per class ([N, classes]), but model.net returns "
+                            f"{shape}.", "For one sigmoid output per sample set model.output=probability.")
+    classes_in_data = int((all_labels if all_labels is not None else y).max()) + 1
+    if out.shape[1] < classes_in_data:
+        raise PipelineError(f"model.net returns {out.shape[1]} class scores per sample, but dataset={dataset} has "
+                            f"{classes_in_data} classes.",
+                            f"Set the model's number of classes (e.g. model.net.num_classes={classes_in_data}), "
+                            f"or {_model_hint(dataset)}.")
+    if kind == "log_probs":
+        totals = out.double().exp().sum(dim=1)
+        if not torch.allclose(totals, torch.ones_like(totals), atol=1e-3):
+            raise PipelineError(
+                "model.output=log_probs needs log-probabilities (log_softmax: exp sums to 1 per sample), "
+                f"but model.net's outputs do not (exp sums to {float(totals[0]):.3g}); NLL on raw scores diverges.",
+                "Set model.output=logits for raw class scores, or end model.net with log_softmax.")
+
+
+def _check_loss(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str, targets: torch.Tensor) -> None:
+    try:
+        loss = tasks.loss(kind, out, y)
+    except Exception as exc:
+        raise PipelineError(
+            f"model={cfg.model.name} (model.output={kind}, returns {list(out.shape)}) does not fit dataset={dataset}'s "
+            f"targets (shape {list(y.shape)}, {_describe_targets(targets)}): {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+            f"Make model.net's output match the targets (e.g. its number of classes), or {_model_hint(dataset)}.") \
+            from exc
+    if not torch.isfinite(loss):
+        raise PipelineError(f"The loss of the first batch is {float(loss)} for model={cfg.model.name} "
+                            f"(model.output={kind}) on dataset={dataset}.",
+                            "Check that model.output matches what model.net returns, and the data's values.")
+
+
+def _describe_targets(y: torch.Tensor) -> str:
+    if torch.is_floating_point(y):
+        return "real values"
+    return f"class labels {int(y.min())}..{int(y.max())}"

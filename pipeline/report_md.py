@@ -21,6 +21,10 @@ def _fmt(value) -> str:
     return "-" if value is None else str(value)
 
 
+def _count(value) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
@@ -38,7 +42,7 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
     lines = [f"# Run report: {report['model']['name']} — {report['status']}", ""]
     targets = [t for t, on in (cfg.export.get("targets") or {}).items() if on]
     lines += ["## Config", "", *_table(["key", "value"], [
-        ["model", f"{cfg.model.name} ({report['model']['parameters']:,} trainable parameters)"],
+        ["model", f"{cfg.model.name} ({_count(report['model']['parameters'])} trainable parameters)"],
         ["dataset", cfg.dataset._target_.rsplit(".", 1)[-1]],
         ["trainer", f"max_epochs={cfg.trainer.max_epochs}, accelerator={cfg.trainer.accelerator}"],
         ["optimizer", OmegaConf.to_yaml(cfg.optimizer).strip().replace("\n", ", ")],

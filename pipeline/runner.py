@@ -4,32 +4,65 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline import from_run, preflight, tasks, threads
+from pipeline import from_run, preflight, quiet, schema, tasks, threads
+from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
-from pipeline.errors import PipelineError, RunInterrupted, StageFailed
+from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
 from pipeline.report import STAGES, Report
 
 log = logging.getLogger(__name__)
+logfile = logging.getLogger("pipeline.logfile")  # pipeline.log only (conf/config.yaml)
+
+# What a stage reads that an earlier stage writes into the run dir (or from_run copies in).
+MADE_BY = {"train": "model.pt (the trained weights)", "export": "model.onnx"}
+NEEDS = {"export": ("train",), "check": ("export",), "convert": ("export",), "parity": ("train", "export")}
+# Stages that load TensorFlow/LiteRT/onnxruntime, whose native output goes to pipeline.log.
+NATIVE_CHATTER = {"export", "check", "convert", "parity"}
 
 
-def check_stages(stages) -> list[str]:
-    stages = list(stages)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise PipelineError(f"Unknown stage(s) {unknown} in stages={stages}.",
-                            f"Valid stages, in run order: {', '.join(STAGES)}.")
-    return stages
+def check_inputs(selected: list[str], has_source: bool) -> None:
+    """Each stage's input is made by an earlier selected stage, or comes from from_run."""
+    if has_source:
+        return  # from_run.adopt_artifacts checks that the source run has them
+    for stage in selected:
+        for producer in NEEDS.get(stage, ()):
+            if producer not in selected:
+                shown = f"[{','.join(selected)}]"
+                raise PipelineError(
+                    f"stages={shown} runs {stage}, which needs {MADE_BY[producer]} from the {producer} stage; "
+                    "this run does not make it and there is no from_run to take it from.",
+                    f"Add {producer} to stages (stages=[{','.join(s for s in STAGES if s in {*selected, producer})}]), "
+                    f"or take it from an earlier run: from_run=<run dir> stages={shown}.")
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    name = cfg.get("optimized_metric")
+    valid = tasks.metric_names(cfg.model.output)
+    if name and name not in valid:
+        raise PipelineError(f"optimized_metric={name!r} is not a metric of this run "
+                            f"(model.output={cfg.model.output} reports {', '.join(valid)}).",
+                            f"Set optimized_metric to one of: {', '.join(valid)} (or null).")
 
 
 def validate(cfg: DictConfig) -> list[str]:
-    """Checks the schema cannot express; all before any work. Returns the selected stages."""
+    """Checks the schema cannot express; all before any work. Returns the selected stages in run order."""
     from pipeline.stages.convert import selected_targets
 
     tasks.check_output_kind(cfg.model.output)
     selected_targets(cfg)
-    return check_stages(cfg.stages)
+    selected = schema.check_stages(cfg.stages)
+    check_inputs(selected, bool(cfg.get("from_run")))
+    check_optimized_metric(cfg)
+    return selected
+
+
+def optimized_metric(cfg: DictConfig, report: dict) -> float | None:
+    """The value a hyperparameter sweeper optimises: ``optimized_metric`` names a report metric."""
+    name = cfg.get("optimized_metric")
+    value = report["metrics"].get(name) if name else None
+    return None if value is None else float(value)
 
 
 def count_parameters(net) -> int:
@@ -40,33 +73,34 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     """Run the pipeline into ``run_dir``; raises the first PipelineError after the report is saved."""
     selected = validate(cfg)
     report = Report(run_dir, cfg.model.name)
-    if report.path.exists():
+    if report.path.exists():  # the run-dir guard refuses this earlier; never overwrite a report
         raise PipelineError(f"{run_dir} already holds a run (report.json exists); it is left untouched.",
                             "Start a new run dir (the default is a new dated one), e.g. hydra.run.dir=...")
     ctx = RunContext(cfg=cfg, run_dir=Path(run_dir), report=report, threads=threads.resolve(cfg))
     threads.apply(ctx.threads)
     report.data["environment"]["threads"] = ctx.threads
-    if cfg.get("from_run"):
-        from_run.adopt_artifacts(ctx, from_run.load_source(cfg.from_run), selected)
-    report.save()
     try:
-        report.data["model"]["parameters"] = count_parameters(preflight.check_model_fits_data(ctx))
-    except PipelineError as exc:  # before any work: the first selected stage is the one that could not start
-        _refuse(report, selected, exc)
-        raise
-    failure = None
-    try:
+        failure = _prepare(ctx, selected)
+        first = True
         for name in STAGES:
             stage = report.data["stages"][name]
+            if stage["status"] != "pending":  # failed before it started (_prepare)
+                continue
             if name not in selected or (failure and not isinstance(failure, StageFailed)):
                 stage.update(status="skipped", reason="an earlier stage failed" if name in selected else "not selected")
                 continue
-            failure = _run_stage(ctx, name, stage) or failure
+            # The checks that need the data run as part of the first stage (it loads the data anyway).
+            checks = (lambda: preflight.check(ctx, selected)) if first else None
+            failure = _run_stage(ctx, name, stage, checks) or failure
+            first = False
             report.save()
-    except BaseException:  # an interrupt or a bug: the stages that never ran say so
+    except BaseException as exc:  # an interrupt or a bug: the report never stays "running"
+        interrupted = isinstance(exc, KeyboardInterrupt | RunInterrupted)
         for stage in report.data["stages"].values():
-            if stage["status"] == "pending":
+            if stage["status"] in ("pending", "running"):
                 stage.update(status="skipped", reason="the run stopped before this stage")
+        if report.data["status"] == "running":
+            report.data["status"] = "interrupted" if interrupted else "failed"
         report.save()
         raise
     report.data["status"] = "failed" if failure else "ok"
@@ -77,14 +111,45 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
     return report
 
 
-def _refuse(report: Report, selected: list[str], exc: PipelineError) -> None:
-    for name, stage in report.data["stages"].items():
-        if selected and name == selected[0]:
-            stage.update(status="failed", reason=str(exc))
-        else:
-            stage.update(status="skipped", reason="an earlier check failed" if name in selected else "not selected")
-    report.data["status"] = "failed"
-    report.save()
+def report_early_end(cfg: DictConfig, run_dir: Path, status: str, reason: str) -> None:
+    """A run that ended before its report existed (a bad config, a from_run problem, an early interrupt)
+    still leaves one, so that every run dir (and every sweep job) says how it ended."""
+    if not run_dirs.owns(run_dir):  # refused: the dir is another run's, never write into it
+        return
+    report = Report(run_dir, str(OmegaConf.select(cfg, "model.name", default=None)))
+    if report.path.exists():
+        return
+    report.data["status"] = status
+    for stage in report.data["stages"].values():
+        stage.update(status="skipped", reason=f"the run stopped before any stage: {reason}")
+    try:
+        report.save()
+    except OSError:  # an unwritable dir: the console message is all there is
+        pass
+
+
+def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
+    """from_run's artifacts and the model's size; a failure is reported as the first stage's."""
+    report = ctx.report
+    report.save()  # the run is claimed: report.json says "running" from here on
+    try:
+        if ctx.cfg.get("from_run"):
+            from_run.adopt_artifacts(ctx, from_run.load_source(ctx.cfg.from_run), selected)
+        report.data["model"]["parameters"] = count_parameters(ctx.new_net())
+        _check_metric_available(ctx)
+    except PipelineError as exc:
+        report.data["stages"][selected[0]].update(status="failed", reason=f"before the stage started: {exc}")
+        return exc
+    finally:
+        report.save()
+    return None
+
+
+def _check_metric_available(ctx: RunContext) -> None:
+    name = ctx.cfg.get("optimized_metric")
+    if name and "train" not in ctx.cfg.stages and name not in ctx.report.data["metrics"]:
+        raise PipelineError(f"optimized_metric={name} needs the train stage or a from_run that measured it.",
+                            "Add train to stages, or drop optimized_metric.")
 
 
 def write_human_report(ctx: RunContext) -> None:
@@ -98,7 +163,10 @@ def write_human_report(ctx: RunContext) -> None:
         plots = []
     ctx.report.data["plots"] = [p.name for p in plots]
     ctx.report.save()
-    report_md.write(ctx.run_dir, ctx.report.data, ctx.cfg, plots)
+    try:
+        report_md.write(ctx.run_dir, ctx.report.data, ctx.cfg, plots)
+    except Exception as exc:  # noqa: BLE001 - the same: report.json is already complete
+        log.warning("report.md skipped: %s", exc)
 
 
 def draw_plots(ctx: RunContext) -> list[Path]:
@@ -115,7 +183,7 @@ def draw_plots(ctx: RunContext) -> list[Path]:
         labels = ctx.held_out_targets
         predicted = tasks.predictions(ctx.output_kind, reference)
         if labels is None:
-            pass
+            pass  # generated inputs: no task to plot
         elif predicted is not None:
             if predicted.ndim == 1:
                 drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png"))
@@ -126,23 +194,60 @@ def draw_plots(ctx: RunContext) -> list[Path]:
     return [p for p in drawn if p is not None]
 
 
-def _run_stage(ctx: RunContext, name: str, stage: dict) -> PipelineError | None:
+def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> PipelineError | None:
     log.info("stage %s", name)
     start = time.perf_counter()
     stage["status"] = "running"
     ctx.report.save()  # a crash mid-stage leaves a report saying which stage was running
     try:
-        importlib.import_module(f"pipeline.stages.{name}").run(ctx)
+        if before is not None:
+            before()
+        with quiet.recorded_warnings(stage), _native_output(name):
+            importlib.import_module(f"pipeline.stages.{name}").run(ctx)
         stage["status"] = "ok"
         return None
     except PipelineError as exc:
         stage.update(status="failed", reason=str(exc))
         return exc
-    except BaseException as exc:  # a bug or an interrupt: record it honestly, then let it propagate
-        interrupted = isinstance(exc, KeyboardInterrupt | RunInterrupted)
-        stage.update(status="interrupted" if interrupted else "failed", reason=f"{type(exc).__name__}: {exc}")
-        ctx.report.data["status"] = "interrupted" if interrupted else "failed"
+    except (KeyboardInterrupt, RunInterrupted) as exc:  # record it honestly, then let it propagate
+        stage.update(status="interrupted", reason=f"{type(exc).__name__}: {exc}")
+        ctx.report.data["status"] = "interrupted"
+        raise
+    except Exception as exc:  # not an input we check for yet: one paragraph, the traceback in pipeline.log
+        logfile.error("The %s stage raised:", name, exc_info=exc)
+        crashed = _crashed(name, exc)
+        stage.update(status="failed", reason=str(crashed))
+        return crashed
+    except BaseException as exc:  # SystemExit and the like: recorded, then propagated
+        stage.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        ctx.report.data["status"] = "failed"
         raise
     finally:
         stage["seconds"] = round(time.perf_counter() - start, 3)
         ctx.report.save()
+
+
+def _crashed(stage: str, exc: Exception) -> StageCrashed:
+    if type(exc).__module__.startswith("torch.onnx"):  # torch.onnx.errors: an op or opset the exporter lacks
+        crashed = StageCrashed(f"torch.onnx cannot export model.net: {_first_line(exc)}",
+                               "Pick another export.opset (7 to 20) if the message names one, or replace that op "
+                               "in model.net; the full error is in pipeline.log.")
+    else:
+        crashed = StageCrashed(f"The {stage} stage failed unexpectedly: {type(exc).__name__}: {_first_line(exc)}",
+                               "The full traceback is in pipeline.log; if the input is valid, please report it "
+                               "as a bug with that log.")
+    crashed.__cause__ = exc
+    return crashed
+
+
+def _native_output(stage: str):
+    from contextlib import nullcontext
+
+    return quiet.native_stderr_to_log() if stage in NATIVE_CHATTER else nullcontext()
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The gist of an exception: torch.onnx appends whole IR graphs, TensorFlow long stacks."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + " ..."

@@ -1,26 +1,125 @@
-"""Typed schema of the project's config, registered in Hydra's ConfigStore as ``schema``.
+"""Typed schema of the project's config: a type and a range for every key, registered in Hydra's ConfigStore.
 
-``conf/config.yaml`` lists it first in its defaults, so Hydra checks every override against it
-before any work starts: a wrong type (``trainer.max_epochs=abc``) or an unknown key fails with a
-message naming the key. Unknown choices (``model=nope``) are Hydra's own check, listing the options.
+``conf/config.yaml`` lists ``schema`` first in its defaults, so Hydra checks every override against
+it before any work starts: a wrong type (``trainer.max_epochs=abc``), an unknown key or a value not
+in an Enum (``model.output=bogus``) fails with a message naming the key. Groups whose options differ
+in keys (``dataset``, ``optimizer``, ``scheduler``) get one structured config per option, stored as
+``schema/<group>/<option>`` and named first in that option's defaults (``/schema/dataset/mnist@_here_``).
+
+Types alone cannot say ``parity.samples >= 1``: fields carry a ``check`` in their metadata
+(``at_least``, ``between``, ...) and ``check_ranges(cfg)`` applies them to every typed node of the
+composed config, naming the key, the value and the valid range. Unknown choices (``model=nope``) are
+Hydra's own check, listing the options.
 """
-from dataclasses import dataclass, field, make_dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from pipeline.converters import TARGETS
+from pipeline.errors import PipelineError
+
+# --- range checks: each returns None when the value is valid, else what a valid value looks like ---
+
+Check = Callable[[Any], str | None]
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def at_least(low: float, *, integer: bool = False) -> Check:
+    def check(value):
+        if value is None or (_number(value) and value >= low and (not integer or isinstance(value, int))):
+            return None
+        return f"{'an integer' if integer else 'a number'} >= {low}"
+    return check
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+            integer: bool = False) -> Check:
+    def check(value):
+        if value is None or (_number(value) and (not integer or isinstance(value, int))
+                             and (low < value if low_open else low <= value)
+                             and (value < high if high_open else value <= high)):
+            return None
+        return (f"{'an integer' if integer else 'a number'} in {'(' if low_open else '['}{low}, "
+                f"{high}{')' if high_open else ']'}")
+    return check
+
+
+def one_of(*choices) -> Check:
+    def check(value):
+        return None if value is None or value in choices else f"one of: {', '.join(map(str, choices))}"
+    return check
+
+
+def batches_limit(*, zero_ok: bool) -> Check:
+    """Lightning's limit_*_batches: a fraction of the batches (float) or a number of batches (int)."""
+    def check(value):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero_ok else 1):
+            return None
+        if isinstance(value, float) and math.isfinite(value) and (0.0 <= value if zero_ok else 0.0 < value) \
+                and value <= 1.0:
+            return None
+        return (f"a fraction in {'[' if zero_ok else '('}0, 1] (e.g. 0.25) or a whole number of batches "
+                f">= {0 if zero_ok else 1} (e.g. 10)")
+    return check
+
+
+def devices(value) -> str | None:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)):
+        return None
+    if isinstance(value, list | ListConfig) and value and all(isinstance(v, int) and v >= 0 for v in value):
+        return None
+    return "a number of devices >= 1, -1 (all), 'auto', or a list of device indices such as [0, 1]"
+
+
+def not_zero_steps(value) -> str | None:
+    return None if isinstance(value, int) and (value == -1 or value >= 1) else "-1 (no limit) or an integer >= 1"
+
+
+def ranged(default, check: Check, **kwargs):
+    """A dataclass field whose value ``check_ranges`` validates."""
+    return field(default=default, metadata={"check": check}, **kwargs)
+
+
+# --- the schema ---
+
+class OutputKind(StrEnum):
+    """What the network returns; picks the loss and the metric (see pipeline/tasks.py)."""
+
+    log_probs = "log_probs"  # class log-probabilities [N, C]: NLL loss, accuracy
+    logits = "logits"  # class scores [N, C]: cross-entropy, accuracy
+    probability = "probability"  # one sigmoid probability per sample [N, 1]: BCE, accuracy at 0.5
+    value = "value"  # one regression value per sample [N, 1]: MSE, MSE/MAE in original units
+
+
+class MissingValues(StrEnum):
+    """What a CSV series does with empty/NaN/"n/a" cells."""
+
+    error = "error"  # refuse, naming the rows (the default: never guess silently)
+    drop = "drop"  # leave them out; no window spans a gap
+    interpolate = "interpolate"  # linear between the neighbours; leading/trailing gaps are cut off
 
 
 @dataclass
 class ModelConfig:
     name: str | None = None  # defaults to the network's class name when model.net._target_ is overridden
     net: Any = MISSING  # {_target_: models.x.Class, ...constructor arguments}
-    output: str = MISSING  # log_probs | logits | probability | value
+    output: OutputKind = MISSING
     # Weights to start from instead of training's: a state_dict (.pt) or a Lightning checkpoint (.ckpt);
     # "init": the network as its constructor builds it. null: this run's train stage (or from_run).
     weights: str | None = None
+
+
+PRECISIONS = ("32-true", "32", 32, "64-true", "64", 64, "16-mixed", "bf16-mixed", "16-true", "bf16-true",
+              "16", 16, "bf16")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 
 
 @dataclass
@@ -28,25 +127,29 @@ class TrainerConfig:
     """The pytorch_lightning.Trainer arguments the configs use; add more here when needed."""
 
     _target_: str = "pytorch_lightning.Trainer"
-    accelerator: str = "cpu"
-    devices: Any = 1
+    accelerator: str = ranged("cpu", one_of(*ACCELERATORS))
+    devices: Any = ranged(1, devices)
     strategy: Any = "auto"
-    num_nodes: int = 1
-    precision: Any = "32-true"
-    max_epochs: int = 2
-    max_steps: int = -1
-    deterministic: Any = True
+    num_nodes: int = ranged(1, at_least(1, integer=True))
+    precision: Any = ranged("32-true", one_of(*PRECISIONS))
+    max_epochs: int = ranged(2, at_least(1, integer=True))  # 0 would "train" nothing and export random weights
+    max_steps: int = ranged(-1, not_zero_steps)
+    deterministic: Any = ranged(True, one_of(True, False, "warn"))
     benchmark: bool | None = None
-    log_every_n_steps: int = 50
+    log_every_n_steps: int = ranged(50, at_least(1, integer=True))
     enable_model_summary: bool = False
     enable_progress_bar: bool = True
-    num_sanity_val_steps: int = 2
-    check_val_every_n_epoch: int = 1
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = None
-    limit_train_batches: Any = 1.0  # a fraction (float) or a number of batches (int)
-    limit_val_batches: Any = 1.0
-    limit_test_batches: Any = 1.0
+    num_sanity_val_steps: int = ranged(2, at_least(-1, integer=True))
+    check_val_every_n_epoch: int | None = ranged(1, at_least(1, integer=True))
+    accumulate_grad_batches: int = ranged(1, at_least(1, integer=True))
+    gradient_clip_val: float | None = ranged(None, at_least(0))
+    limit_train_batches: Any = ranged(1.0, batches_limit(zero_ok=False))  # a fraction (float) or batches (int)
+    limit_val_batches: Any = ranged(1.0, batches_limit(zero_ok=True))
+    limit_test_batches: Any = ranged(1.0, batches_limit(zero_ok=True))
+
+
+# torch.onnx's TorchScript exporter (the one used, see stages/export.py) writes opsets 7 to 20.
+MIN_OPSET, MAX_OPSET = 7, 20
 
 
 @dataclass
@@ -59,9 +162,9 @@ class VerifyConfig:
     """Each converted artifact against onnxruntime on a few held-out inputs, before parity: within
     rtol * max|onnx output| + atol, or ``auto`` tries the next backend."""
 
-    samples: int = 8
-    rtol: float = 1e-3
-    atol: float = 1e-6
+    samples: int = ranged(8, between(1, 10_000, integer=True))
+    rtol: float = ranged(1e-3, at_least(0))
+    atol: float = ranged(1e-6, at_least(0))
 
 
 # export.<target> for every registered target: adding a target adds its options.
@@ -71,40 +174,242 @@ _ExportBase = make_dataclass("_ExportBase", [(name, TargetOptions, field(default
 
 @dataclass
 class ExportConfig(_ExportBase):
-    opset: int = 13
+    opset: int = ranged(13, between(MIN_OPSET, MAX_OPSET, integer=True))  # the lowest tried (raised as needed)
     targets: dict[str, bool] = field(default_factory=dict)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
 @dataclass
 class ParityConfig:
-    rtol: float = 1e-3
-    atol: float = 1e-5
-    min_top1_agreement: float = 0.999
-    samples: int | None = None
-    batch_size: int = 256
-    latency_repeats: int = 50
+    rtol: float = ranged(1e-3, at_least(0))
+    atol: float = ranged(1e-5, at_least(0))
+    min_top1_agreement: float = ranged(0.999, between(0, 1))
+    samples: int | None = ranged(None, at_least(1, integer=True))  # null: the whole test split
+    batch_size: int = ranged(256, at_least(1, integer=True))
+    latency_repeats: int = ranged(50, between(1, 100_000, integer=True))
     diagnose: bool | None = None  # locate the first diverging node: null = for drifting runtimes only
-    diagnose_samples: int = 4
+    diagnose_samples: int = ranged(4, between(1, 10_000, integer=True))
+
+
+# seed_everything takes an unsigned 32-bit seed (and silently picks a random one otherwise).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
 class PipelineConfig:
     model: ModelConfig = MISSING
-    dataset: Any = MISSING
+    dataset: Any = MISSING  # typed per option: schema/dataset/*
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optimizer: Any = MISSING
-    scheduler: Any = None
+    optimizer: Any = MISSING  # typed per option: schema/optimizer/*
+    scheduler: Any = None  # typed per option: schema/scheduler/*
     logger: Any = None
     export: ExportConfig = field(default_factory=ExportConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
-    seed: int = 42
+    seed: int = ranged(42, between(0, MAX_SEED, integer=True))
     stages: list[str] = field(default_factory=lambda: ["train", "export", "check", "convert", "parity"])
-    threads: int = 0
+    threads: int = ranged(0, between(0, 1024, integer=True))  # 0: the libraries' default
     print_config: bool = True
     from_run: str | None = None
     optimized_metric: str | None = None
 
 
+# --- per-option schemas of the groups whose options have different keys ---
+
+@dataclass
+class DataConfig:
+    """What every dataset takes (pipeline/datasets/base.py)."""
+
+    _target_: str = MISSING
+    batch_size: int = ranged(128, at_least(1, integer=True))
+    val_fraction: float = ranged(0.1, between(0, 1, high_open=True))
+    seed: int = 0
+
+
+@dataclass
+class MnistDataConfig(DataConfig):
+    _target_: str = "pipeline.datasets.mnist.MnistData"
+    root: str = "data"
+    download: bool = True
+    mean: float = ranged(0.1307, between(-1e6, 1e6))
+    std: float = ranged(0.3081, between(0, 1e6, low_open=True))
+
+
+@dataclass
+class ItalyPowerDataConfig(DataConfig):
+    _target_: str = "pipeline.datasets.italy_power.ItalyPowerData"
+
+
+@dataclass
+class SyntheticTabularDataConfig(DataConfig):
+    _target_: str = "pipeline.datasets.synthetic_tabular.SyntheticTabularData"
+    samples: int = ranged(4000, between(20, 10_000_000, integer=True))  # held in memory
+    features: int = ranged(20, between(1, 10_000, integer=True))
+    informative: int = ranged(10, at_least(1, integer=True))  # and <= features (checked by the dataset)
+    noise: float = ranged(0.5, at_least(0))
+    test_fraction: float = ranged(0.2, between(0, 1, low_open=True, high_open=True))
+
+
+@dataclass
+class SeriesDataConfig(DataConfig):
+    _target_: str = "pipeline.datasets.series.SeriesData"
+    path: str | None = None  # a CSV file; null: aeon's bundled airline series
+    column: str | None = None
+    window: int = ranged(12, at_least(1, integer=True))
+    test_fraction: float = ranged(0.15, between(0, 1, low_open=True, high_open=True))
+    missing: MissingValues = MissingValues.error
+
+
+class Distribution(StrEnum):
+    normal = "normal"  # mean, std
+    uniform = "uniform"  # low, high
+    integers = "integers"  # low <= id < high (token ids)
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    """Generated inputs (pipeline/datasets/synthetic.py): one ``shape``, or several named ``inputs``."""
+
+    _target_: str = "pipeline.datasets.synthetic.SyntheticData"
+    shape: list[int] = field(default_factory=lambda: [3, 64, 64])
+    inputs: Any = None  # {name: {shape: [...], distribution: ..., ...}}
+    distribution: Distribution = Distribution.normal
+    mean: float = ranged(0.0, between(-1e9, 1e9))
+    std: float = ranged(1.0, at_least(0))
+    low: float = ranged(0.0, between(-1e9, 1e9))
+    high: float = ranged(1.0, between(-1e9, 1e9))
+    samples: int = ranged(256, between(1, 1_000_000, integer=True))
+    num_classes: int | None = ranged(None, at_least(1, integer=True))
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = MISSING
+    _partial_: bool = True  # the train stage passes the parameters
+    lr: float = ranged(1e-3, between(0, 10, low_open=True))  # lr=0 would train nothing
+    weight_decay: float = ranged(0.0, at_least(0))
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    lr: float = ranged(0.01, between(0, 10, low_open=True))
+    momentum: float = ranged(0.0, between(0, 1, high_open=True))
+    nesterov: bool = False
+
+
+@dataclass
+class OneCycleConfig:
+    _target_: str = "pipeline.schedulers.OneCycleLR"
+    _partial_: bool = True  # the train stage passes the optimizer and the run's total steps
+    max_lr: float = ranged(5e-3, between(0, 10, low_open=True))
+    pct_start: float = ranged(0.25, between(0, 1, low_open=True, high_open=True))
+
+
+GROUP_SCHEMAS = {
+    "dataset": {"mnist": MnistDataConfig, "italy_power": ItalyPowerDataConfig,
+                "synthetic_tabular": SyntheticTabularDataConfig, "series": SeriesDataConfig,
+                "synthetic": SyntheticDataConfig},
+    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
+    "scheduler": {"onecycle": OneCycleConfig},
+}
+
+
 def register() -> None:
-    ConfigStore.instance().store(name="schema", node=PipelineConfig)
+    store = ConfigStore.instance()
+    store.store(name="schema", node=PipelineConfig)
+    for group, options in GROUP_SCHEMAS.items():
+        for name, node in options.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+# --- applying the range checks ---
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Raise a PipelineError for the first value outside its field's range, naming key and valid values."""
+    for key, node in _typed_nodes(cfg, ""):
+        schema = OmegaConf.get_type(node)
+        for spec in fields(schema):
+            check = spec.metadata.get("check")
+            if check is None or spec.name not in node:
+                continue
+            full_key = f"{key}{spec.name}"
+            try:
+                value = node[spec.name]
+            except Exception as exc:  # an interpolation that does not resolve
+                raise PipelineError(f"{full_key} cannot be resolved: {exc}", f"Set {full_key} to a value.") from exc
+            expected = check(value)
+            if expected is not None:
+                if spec.default is None:
+                    expected += " (or null)"
+                raise PipelineError(f"{full_key}={_show(value)} is out of range: it must be {expected}.",
+                                    f"Set a value in that range, e.g. {full_key}={_show(spec.default)} (the default), "
+                                    "or drop the override.")
+
+
+def check_stages(stages) -> list[str]:
+    """The selected stages in run order; unknown names and an empty list are refused."""
+    from pipeline.report import STAGES
+
+    stages = list(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise PipelineError(f"Unknown stage(s) {unknown} in stages={stages}.",
+                            f"Valid stages, in run order: {', '.join(STAGES)}.")
+    if not stages:
+        raise PipelineError("stages=[] selects no stage: the run would do nothing.",
+                            f"Name at least one, e.g. stages=[train,export,check]; in run order: {', '.join(STAGES)}.")
+    return [s for s in STAGES if s in stages]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs only the composed config (no data, no network): before any work."""
+    check_ranges(typed(cfg))
+    check_stages(cfg.stages)
+
+
+def typed(cfg: DictConfig) -> DictConfig:
+    """``cfg`` under the schema. A saved ``.hydra/config.yaml`` re-run with ``--config-name`` is plain
+    YAML, without the schema's types and ranges: checked through a typed copy."""
+    if OmegaConf.get_type(cfg) is PipelineConfig:
+        return cfg
+    plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+    try:
+        for group in GROUP_SCHEMAS:
+            if isinstance(plain.get(group), dict):
+                plain[group] = typed_option(group, plain[group])
+        return OmegaConf.merge(OmegaConf.structured(PipelineConfig), plain)
+    except Exception as exc:  # a wrong type or an unknown key: OmegaConf names it
+        raise PipelineError(f"The config does not fit the schema: {exc}".replace("\n", " "),
+                            "Fix or remove that key (see pipeline/schema.py for the valid keys).") from exc
+
+
+def _typed_nodes(node: DictConfig, prefix: str):
+    """(key prefix, node) for every structured (dataclass-typed) node, the hydra section left out."""
+    if is_dataclass(OmegaConf.get_type(node)):
+        yield prefix, node
+    for key in node.keys():
+        if key == "hydra" and not prefix:
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            yield from _typed_nodes(child, f"{prefix}{key}.")
+
+
+def _show(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def typed_option(group: str, value: dict) -> Any:
+    """``value`` (a plain dict, e.g. from a saved config) under the schema of its group's option, if it has one.
+
+    The option is recognised by its ``_target_``; a value of another class stays untyped."""
+    for schema in GROUP_SCHEMAS.get(group, {}).values():
+        target = next((f.default for f in fields(schema) if f.name == "_target_"), None)
+        if target == value.get("_target_"):
+            return OmegaConf.merge(OmegaConf.structured(schema), value)
+    return value

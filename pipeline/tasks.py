@@ -11,17 +11,19 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
+from pipeline.schema import OutputKind
 
-OUTPUT_KINDS = ("log_probs", "logits", "probability", "value")
+OUTPUT_KINDS = tuple(kind.value for kind in OutputKind)
 
 
 def check_output_kind(kind: str) -> str:
+    """The kind as a plain string (the schema's Enum already refuses unknown kinds from the config)."""
     if kind not in OUTPUT_KINDS:
         raise PipelineError(
-            f"model.output={kind!r} is not a known output kind.",
+            f"model.output={kind} is not a known output kind.",
             f"Use one of: {', '.join(OUTPUT_KINDS)}.",
         )
-    return kind
+    return str(kind)
 
 
 def is_classifier(kind: str) -> bool:
@@ -30,6 +32,11 @@ def is_classifier(kind: str) -> bool:
 
 def metric_name(kind: str) -> str:
     return "test_accuracy" if is_classifier(kind) else "test_mse"
+
+
+def metric_names(kind: str) -> tuple[str, ...]:
+    """Every metric report.json ``metrics`` holds for this output kind (see ``evaluate``)."""
+    return ("test_accuracy",) if is_classifier(kind) else ("test_mse", "test_mae")
 
 
 def loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

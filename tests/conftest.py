@@ -1,8 +1,13 @@
-"""Shared helpers: run the real CLI in a subprocess, read its report."""
+"""Shared helpers: run the real CLI in a subprocess or in this process, read its report."""
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,12 +56,95 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
 def default_run(tmp_path_factory, mnist_root) -> Path:
     """One real default run of the headline job with every target: shared by the core and convert tests."""
     run_dir = tmp_path_factory.mktemp("default") / "run"
-    assert_ok(run_cli("model=mnist_cnn", "export=all", mnist_root_override(), run_dir=run_dir))
+    proc = run_cli("model=mnist_cnn", "export=all", mnist_root_override(), run_dir=run_dir)
+    assert_ok(proc)
+    (run_dir.parent / "console.txt").write_text(proc.stdout + proc.stderr)  # what the user saw
     return run_dir
 
 
-def run_in_process(*overrides: str, run_dir: Path, expect_failure: bool = False) -> dict:
-    """The pipeline on a composed config in this process (no interpreter or TensorFlow start-up per run).
+@dataclass
+class Outcome:
+    """What a run of the CLI left: its exit code and its console output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_in_process(*overrides: str, run_dir: Path | None = None, multirun: bool = False,
+                   flags: tuple[str, ...] = ()) -> Outcome:
+    """``pipeline.cli.main()`` in this process (no interpreter start, no torch import per call), as the
+    console script runs it: the same argv, exit code and output (file descriptors 1 and 2)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline import cli
+
+    argv = ["pipeline", *flags, *(["-m"] if multirun else []), "print_config=false", *overrides]
+    if run_dir is not None:
+        argv.append(f"hydra.run.dir={run_dir}")
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    saved_argv, code = sys.argv, 0
+    GlobalHydra.instance().clear()
+    sys.argv = argv
+    try:
+        with _captured() as output:
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        GlobalHydra.instance().clear()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for handler in logging.getLogger().handlers[:]:  # Hydra's console/file handlers of that run
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    return Outcome(code, output["stdout"], output["stderr"])
+
+
+@contextmanager
+def _captured():
+    """Capture file descriptors 1 and 2 (Python and native writers alike) into strings."""
+    output = {}
+    files = {1: tempfile.TemporaryFile(), 2: tempfile.TemporaryFile()}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = {fd: os.dup(fd) for fd in files}
+    saved_streams = sys.stdout, sys.stderr
+    for fd, file in files.items():
+        os.dup2(file.fileno(), fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+    try:
+        yield output
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            stream.close()
+        sys.stdout, sys.stderr = saved_streams
+        for fd, saved in saved_fds.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            files[fd].seek(0)
+            output[name] = files[fd].read().decode("utf-8", errors="replace")
+            files[fd].close()
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (hidden ones too) with its bytes: to prove nothing was touched."""
+    path = Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def run_composed(*overrides: str, run_dir: Path, expect_failure: bool = False) -> dict:
+    """The runner on a composed config in this process (no CLI around it: no run-dir guard, no interrupt
+    handling), for tests of what the stages do with a config.
 
     Returns report.json; a PipelineError propagates after the report is written, as in the CLI, unless
     ``expect_failure`` (then the failed run's report is returned).

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from tests.conftest import mnist_root_override, run_in_process
+from tests.conftest import mnist_root_override, run_composed
 
 TARGETS = ("keras", "tensorflow", "tflite")
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2", "parity.samples=200")
@@ -99,7 +99,7 @@ USER_MODELS = {
 @pytest.mark.parametrize("name", USER_MODELS)
 def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_path, mnist_root):
     dataset, short = USER_MODELS[name]
-    report = run_in_process(f"model.net._target_=tests.test_any_model.{name}",
+    report = run_composed(f"model.net._target_=tests.test_any_model.{name}",
                             "model.output=logits", f"dataset={dataset}", "export=all", *short,
                             run_dir=tmp_path / "run")
     assert report["status"] == "ok"
@@ -115,9 +115,9 @@ def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_p
 def test_zoo_rows_torchvision_and_a_4d_output_convert_without_a_dataset(tmp_path):
     """Two rows of +matrix=zoo: a torchvision model on generated inputs, and a UNet whose per-pixel
     output comes back channels-last from Keras and is compared in PyTorch's layout."""
-    mobile = run_in_process("experiment=zoo/mobilenet_v3_small", "dataset.samples=32", "parity.latency_repeats=3",
+    mobile = run_composed("experiment=zoo/mobilenet_v3_small", "dataset.samples=32", "parity.latency_repeats=3",
                             run_dir=tmp_path / "mobile")
-    unet = run_in_process("experiment=zoo/unet_small", "dataset.samples=16", "dataset.shape=[3,32,32]",
+    unet = run_composed("experiment=zoo/unet_small", "dataset.samples=16", "dataset.shape=[3,32,32]",
                           "model.net.size=32", "parity.latency_repeats=3", run_dir=tmp_path / "unet")
     for report in (mobile, unet):
         assert report["status"] == "ok", report["stages"]
@@ -142,7 +142,7 @@ class TwoHeads(nn.Module):
 
 
 def test_several_inputs_and_outputs_are_matched_by_name(tmp_path):
-    report = run_in_process("model.net._target_=tests.test_any_model.TwoHeads",
+    report = run_composed("model.net._target_=tests.test_any_model.TwoHeads",
                             "model.output=logits", "model.weights=init", "dataset=synthetic",
                             "dataset.inputs={image: {shape: [3, 8, 8]}, features: {shape: [6]}}", "dataset.samples=20",
                             "export=all", "stages=[export,check,convert,parity]", run_dir=tmp_path / "run")
@@ -168,7 +168,7 @@ class Determinant(nn.Module):
 
 def test_auto_falls_back_along_the_chain_and_names_the_op_and_backend_that_failed(tmp_path):
     with pytest.raises(PipelineError, match="Conversion failed for keras, tflite"):
-        run_in_process("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1",
+        run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1",
                        "model.net._target_=tests.test_any_model.Determinant", "export=all",
                        run_dir=tmp_path / "run")
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -183,12 +183,12 @@ def test_auto_falls_back_along_the_chain_and_names_the_op_and_backend_that_faile
 
 
 def test_an_explicit_backend_is_used_and_an_unknown_one_names_the_choices(tmp_path, mnist_root):
-    report = run_in_process("model=mnist_mlp", mnist_root_override(), "export=keras", "export.keras.backend=onnx2keras",
+    report = run_composed("model=mnist_mlp", mnist_root_override(), "export=keras", "export.keras.backend=onnx2keras",
                             *SHORT, run_dir=tmp_path / "run")
     assert report["targets"]["keras"]["backend"] == "onnx2keras"
     assert [a["backend"] for a in report["targets"]["keras"]["attempts"]] == ["onnx2keras"]
     with pytest.raises(PipelineError, match="keras3, onnx2keras"):
-        run_in_process("model=mnist_mlp", "export=keras", "export.keras.backend=nope", run_dir=tmp_path / "bad")
+        run_composed("model=mnist_mlp", "export=keras", "export.keras.backend=nope", run_dir=tmp_path / "bad")
 
 
 def test_existing_weights_convert_without_training(tmp_path):
@@ -199,7 +199,7 @@ def test_existing_weights_convert_without_training(tmp_path):
     torch.save(net.state_dict(), state)
     common = ("model.net._target_=tests.test_any_model.GRUNet", "model.output=logits",
               "dataset=italy_power", "export=tflite", "stages=[export,check,convert,parity]", "parity.samples=100")
-    report = run_in_process(*common, f"model.weights={state}", run_dir=tmp_path / "from_state")
+    report = run_composed(*common, f"model.weights={state}", run_dir=tmp_path / "from_state")
     assert report["status"] == "ok" and report["stages"]["train"]["status"] == "skipped"
     x = torch.randn(3, 1, 24)
     import onnxruntime as ort
@@ -208,11 +208,11 @@ def test_existing_weights_convert_without_training(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], net(x).numpy(), atol=1e-5)
 
-    trained = run_in_process(*common[:4], "trainer.max_epochs=2", "~scheduler", "stages=[train]",
+    trained = run_composed(*common[:4], "trainer.max_epochs=2", "~scheduler", "stages=[train]",
                              run_dir=tmp_path / "trained")
     checkpoint = tmp_path / "trained" / "checkpoints" / "last.ckpt"
     assert trained["status"] == "ok" and checkpoint.is_file()
-    report = run_in_process(*common, f"model.weights={checkpoint}", run_dir=tmp_path / "from_checkpoint")
+    report = run_composed(*common, f"model.weights={checkpoint}", run_dir=tmp_path / "from_checkpoint")
     assert report["status"] == "ok"
     assert report["artifacts"]["onnx"]["sha256"] != json.loads((tmp_path / "from_state" / "report.json").read_text())[
         "artifacts"]["onnx"]["sha256"]
@@ -228,6 +228,6 @@ def test_existing_weights_convert_without_training(tmp_path):
 ])
 def test_a_model_that_does_not_fit_the_data_is_refused_before_any_work(tmp_path, overrides, expected):
     with pytest.raises(PipelineError) as info:
-        run_in_process(*overrides, run_dir=tmp_path / "run")
+        run_composed(*overrides, run_dir=tmp_path / "run")
     assert expected in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -9,7 +9,7 @@ import pytest
 from pipeline import diagnose
 from pipeline.converters.keras3.ops import HANDLERS
 from pipeline.errors import ParityError
-from tests.conftest import ROOT, mnist_root_override, run_in_process
+from tests.conftest import ROOT, mnist_root_override, run_composed
 
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2",
          "parity.samples=200", "parity.latency_repeats=3")
@@ -28,7 +28,7 @@ def test_an_injected_wrong_op_is_found_in_keras_tensorflow_and_tflite(tmp_path, 
     run_dir = tmp_path / "run"
     with pytest.raises(ParityError, match="first diverges at node /Relu"):
         # The backends are named: auto would pass over the drifting keras3 artifacts.
-        run_in_process("model=mnist_cnn", mnist_root_override(), "export=all", "export.keras.backend=keras3",
+        run_composed("model=mnist_cnn", mnist_root_override(), "export=all", "export.keras.backend=keras3",
                        "export.tensorflow.backend=keras3", *SHORT, run_dir=run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     parity = {e["runtime"]: e for e in report["parity"]}
@@ -48,7 +48,7 @@ def test_an_injected_wrong_op_is_found_in_keras_tensorflow_and_tflite(tmp_path, 
 def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_reproduces_it(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     with pytest.raises(ParityError):
-        run_in_process("model=mnist_cnn", mnist_root_override(), "export=tflite", "parity.atol=1e-9", "parity.rtol=0",
+        run_composed("model=mnist_cnn", mnist_root_override(), "export=tflite", "parity.atol=1e-9", "parity.rtol=0",
                        *SHORT, run_dir=run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     for entry in report["parity"]:
@@ -59,12 +59,12 @@ def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_r
 
 
 def test_diagnose_on_demand_and_off(tmp_path):
-    on = run_in_process("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
+    on = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
                         "parity.diagnose=true", "parity.latency_repeats=3", run_dir=tmp_path / "on")
     assert on["status"] == "ok"
     for entry in on["parity"]:
         assert entry["divergence"]["node"] is None and entry["divergence"]["compared_nodes"] > 0
-    off = run_in_process("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
+    off = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
                          "parity.diagnose=false", "parity.atol=0", "parity.rtol=0", "parity.latency_repeats=3",
                          run_dir=tmp_path / "off", expect_failure=True)
     assert all("divergence" not in entry for entry in off["parity"])

@@ -2,6 +2,11 @@
 
 The default series is aeon's bundled airline passengers (offline); any CSV works with
 ``dataset.path=... dataset.column=...``. Splits are chronological; scaling is fitted on train only.
+
+A CSV column is checked before anything trains: text that is not a number, infinite values and a
+series too short for the window are errors naming the lines. Missing values (empty cells, NaN,
+"n/a") follow ``dataset.missing``: ``error`` (default), ``drop`` (windows never span a gap) or
+``interpolate`` (linear between neighbours; leading and trailing gaps are cut off).
 """
 from pathlib import Path
 
@@ -11,33 +16,61 @@ import torch
 from pipeline.datasets.base import InMemoryData, Splits
 from pipeline.errors import PipelineError
 
+MIN_WINDOWS = 10  # train, validation and test need a few windows each
+MISSING_MODES = ("error", "drop", "interpolate")
+SHOWN_LINES = 5
+
 
 class SeriesData(InMemoryData):
     def __init__(self, path: str | None = None, column: str | None = None, window: int = 12,
-                 test_fraction: float = 0.15, **kwargs):
+                 test_fraction: float = 0.15, missing: str = "error", **kwargs):
         super().__init__(**kwargs)
-        self.path = Path(path) if path else None
+        self.path = Path(path).expanduser() if path else None
         self.column = column
-        self.window = window
+        self.window = int(window)
         self.test_fraction = test_fraction
+        self.missing = str(missing)
+        if self.missing not in MISSING_MODES:
+            raise PipelineError(f"dataset.missing={missing!r} is not a choice.",
+                                f"Use one of: {', '.join(MISSING_MODES)}.")
+        if self.window < 1:
+            raise PipelineError(f"dataset.window={window} must be >= 1.", "Set e.g. dataset.window=12.")
+        if not 0 < test_fraction < 1 or test_fraction + self.val_fraction >= 1:
+            raise PipelineError(f"dataset.test_fraction={test_fraction} and dataset.val_fraction={self.val_fraction} "
+                                "leave no windows to train on.",
+                                "Keep both in (0, 1) with a sum below 1, e.g. 0.15 each.")
 
     def load(self) -> Splits:
-        values = self._read().astype(np.float64)
-        if len(values) < self.window + 10:
-            raise PipelineError(f"The series has {len(values)} values: too short for window={self.window}.",
-                                "Use a longer series or a smaller dataset.window.")
-        n_windows = len(values) - self.window
+        values = self._read()
+        starts = window_starts(values, self.window)
+        if len(starts) < MIN_WINDOWS:
+            raise PipelineError(
+                f"The series has {np.isfinite(values).sum()} values, which give {len(starts)} windows of "
+                f"dataset.window={self.window} values plus a target: too short (at least {MIN_WINDOWS} are needed).",
+                f"Use a longer series or a smaller dataset.window (at most {max(1, len(values) - MIN_WINDOWS)}).")
+        n_windows = len(starts)
         n_test = max(1, int(round(n_windows * self.test_fraction)))
         n_val = max(1, int(round(n_windows * self.val_fraction)))
         n_train = n_windows - n_val - n_test
-        fitted = values[: n_train + self.window]  # every value a training window or target touches
+        if n_train < 1:
+            raise PipelineError(f"The series gives {n_windows} windows: none is left to train on after dataset."
+                                f"val_fraction={self.val_fraction} and dataset.test_fraction={self.test_fraction}.",
+                                "Use a longer series or smaller fractions.")
+        covered = np.zeros(len(values), dtype=bool)  # every value a training window or its target touches
+        for start in starts[:n_train]:
+            covered[start:start + self.window + 1] = True
+        fitted = values[covered]
         mean, std = float(fitted.mean()), float(fitted.std() + 1e-8)
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            raise PipelineError(f"The series' values are too large to scale (mean {mean}, std {std}).",
+                                "Rescale the column (e.g. to thousands) before training.")
         scaled = ((values - mean) / std).astype(np.float32)
-        x = np.lib.stride_tricks.sliding_window_view(scaled[:-1], self.window)[..., None].copy()
-        y = scaled[self.window:, None].copy()
+        rows = starts[:, None] + np.arange(self.window)
+        x = scaled[rows][..., None].copy()
+        y = scaled[starts + self.window, None].copy()
 
-        def pair(rows):
-            return torch.from_numpy(x[rows]), torch.from_numpy(y[rows])
+        def pair(part):
+            return torch.from_numpy(x[part]), torch.from_numpy(y[part])
 
         return Splits(train=pair(slice(0, n_train)), val=pair(slice(n_train, n_train + n_val)),
                       test=pair(slice(n_train + n_val, None)), inverse=lambda v: np.asarray(v) * std + mean,
@@ -48,7 +81,14 @@ class SeriesData(InMemoryData):
             from aeon.datasets import load_airline
 
             return np.asarray(load_airline(), dtype=np.float64)
-        return read_csv_column(self.path, self.column)
+        return read_csv_column(self.path, self.column, self.missing)
+
+
+def window_starts(values: np.ndarray, window: int) -> np.ndarray:
+    """Start of every window of ``window`` values plus a target that holds no gap (NaN)."""
+    gaps = np.concatenate([[0], np.cumsum(np.isnan(values))])  # gaps[i]: NaNs among values[:i]
+    starts = np.arange(max(0, len(values) - window))
+    return starts[gaps[starts + window + 1] == gaps[starts]]
 
 
 def _airline_file() -> Path:
@@ -57,15 +97,85 @@ def _airline_file() -> Path:
     return Path(aeon.datasets.__file__).parent / "data" / "Airline" / "Airline.csv"
 
 
-def read_csv_column(path: Path, column: str | None) -> np.ndarray:
+def read_csv_column(path: Path, column: str | None, missing: str = "error") -> np.ndarray:
+    """The column as floats, checked; with ``missing=drop`` gaps stay NaN (``window_starts`` skips them)."""
+    frame = _read_csv(path)
+    if column is None or column not in frame.columns:
+        import pandas as pd
+
+        numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+        what = "dataset.column is not set" if column is None else f"dataset.column={column!r} is not a column of {path}"
+        raise PipelineError(f"{what} (dataset.path={str(path)!r}).",
+                            f"Set dataset.column to one of its numeric columns: {_names(numeric) or '(none)'} "
+                            f"(all columns: {_names(frame.columns)}).")
+    return _checked_values(frame[column], path, column, missing)
+
+
+def _read_csv(path: Path):
     import pandas as pd
 
+    if path.is_dir():
+        raise PipelineError(f"dataset.path={str(path)!r} is a directory, not a CSV file.",
+                            "Point dataset.path at a CSV file.")
     if not path.is_file():
         raise PipelineError(f"dataset.path={str(path)!r} does not exist.", "Point dataset.path at a CSV file.")
-    frame = pd.read_csv(path)
-    if column is None or column not in frame.columns:
-        numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
-        raise PipelineError(f"dataset.column={column!r} is not a column of {path}.",
-                            f"Pick one of its numeric columns: {', '.join(map(str, numeric)) or '(none)'}.")
-    values = pd.to_numeric(frame[column], errors="coerce").dropna().to_numpy()
-    return values
+    try:
+        # An empty cell of a one-column file is a blank line: kept (as missing), never silently skipped.
+        frame = pd.read_csv(path, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"dataset.path={str(path)!r} is empty.", "Point dataset.path at a CSV file with a "
+                            "header line and one value per line.") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"dataset.path={str(path)!r} is not a readable CSV text file ({reason}).",
+                            "Point dataset.path at a comma-separated text file with a header line.") from None
+    except OSError as exc:
+        raise PipelineError(f"dataset.path={str(path)!r} cannot be read: {exc.strerror or exc}.",
+                            "Check the file's permissions, or point dataset.path at another file.") from None
+    filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
+    frame = frame.iloc[:filled[-1] + 1] if len(filled) else frame.iloc[:0]  # blank lines at the end of the file
+    if frame.empty:
+        raise PipelineError(f"dataset.path={str(path)!r} has a header but no rows.", "Add the series' values.")
+    return frame
+
+
+def _checked_values(raw, path: Path, column: str, missing: str) -> np.ndarray:
+    import pandas as pd
+
+    where = f"dataset.column={column!r} of {path}"
+    numbers = pd.to_numeric(raw, errors="coerce")
+    text = raw.notna() & numbers.isna()  # present, but not a number (NaN/"n/a"/empty are missing, not text)
+    if text.any():
+        raise PipelineError(f"{where} holds values that are not numbers: {_lines(raw, text, show=True)}.",
+                            "Fix those cells, or pick a numeric column with dataset.column=...")
+    values = numbers.to_numpy(dtype=np.float64)
+    infinite = np.isinf(values)
+    if infinite.any():
+        raise PipelineError(f"{where} holds infinite values: {_lines(raw, infinite, show=True)}.",
+                            "Replace them with real values (an infinite value is not a missing one), or delete "
+                            "those lines and set dataset.missing=drop.")
+    gaps = np.isnan(values)
+    if not gaps.any():
+        return values
+    if missing == "error":
+        raise PipelineError(f"{where} has {int(gaps.sum())} missing value(s): {_lines(raw, gaps)}.",
+                            "Fill them in the file, or say how to treat them: dataset.missing=drop (no window "
+                            "spans a gap) or dataset.missing=interpolate (linear between neighbours).")
+    if missing == "interpolate":
+        filled = pd.Series(values).interpolate(method="linear", limit_area="inside").to_numpy()
+        present = np.flatnonzero(~np.isnan(filled))
+        return filled[present[0]:present[-1] + 1] if len(present) else filled[:0]
+    return values  # drop: the gaps stay NaN and no window spans them
+
+
+def _names(columns, limit: int = 10) -> str:
+    shown = [str(c)[:40] for c in list(columns)[:limit]]
+    return ", ".join(shown) + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
+
+
+def _lines(raw, mask, show: bool = False) -> str:
+    """'line 5 ('abc'), line 9 ('x')' in the file's own line numbers (the header is line 1)."""
+    rows = np.flatnonzero(np.asarray(mask))
+    shown = [f"line {row + 2}" + (f" ({str(raw.iloc[row])!r})" if show else "") for row in rows[:SHOWN_LINES]]
+    more = f" and {len(rows) - SHOWN_LINES} more" if len(rows) > SHOWN_LINES else ""
+    return ", ".join(shown) + more

@@ -3,12 +3,16 @@ import numpy as np
 import torch
 
 from pipeline.datasets.base import InMemoryData, Splits
+from pipeline.errors import PipelineError
 
 
 class SyntheticTabularData(InMemoryData):
     def __init__(self, samples: int = 4000, features: int = 20, informative: int = 10, noise: float = 0.5,
                  test_fraction: float = 0.2, **kwargs):
         super().__init__(**kwargs)
+        if not 1 <= informative <= features:
+            raise PipelineError(f"dataset.informative={informative} must be between 1 and dataset.features={features}.",
+                                "Lower dataset.informative or raise dataset.features.")
         self.samples, self.features, self.informative = samples, features, informative
         self.noise, self.test_fraction = noise, test_fraction
 

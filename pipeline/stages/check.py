@@ -24,9 +24,11 @@ def run(ctx: RunContext) -> None:
         outs = session.run(None, {name: value[:batch] for name, value in feeds.items()})
         rows = min(batch, len(next(iter(feeds.values()))))
         for out in outs:
-            if out.shape[:1] != (rows,) or (out.dtype.kind == "f" and not np.isfinite(out).all()):
-                raise PipelineError(f"onnxruntime returned {out.shape} (finite: {np.isfinite(out).all()}) "
-                                    f"for a batch of {rows}.", "Check the model's export.")
+            if out.shape[:1] != (rows,):
+                raise PipelineError(f"onnxruntime returned {out.shape} for a batch of {rows}: the batch axis is lost.",
+                                    "Re-run the export stage; check that model.net keeps the batch axis first.")
+            if out.dtype.kind == "f" and not np.isfinite(out).all():
+                raise _not_finite(ctx, {name: value[:batch] for name, value in feeds.items()}, batch)
         shapes[str(batch)] = list(outs[0].shape)
     ctx.report.data["check"] = {
         "opset": opset_of(model),
@@ -37,6 +39,19 @@ def run(ctx: RunContext) -> None:
         "outputs": [_value_info(v) for v in inferred.graph.output],
         "onnxruntime_output_shapes": shapes,
     }
+
+
+def _not_finite(ctx: RunContext, feeds: dict, batch: int) -> PipelineError:
+    """NaN/inf from onnxruntime: the export's fault only if PyTorch gives finite outputs for the same input."""
+    from pipeline import runtimes
+
+    reference = runtimes.load("torch", ctx.net, ctx.input_names, ctx.output_names).predict(feeds)
+    if not all(np.isfinite(v).all() for v in reference.values() if v.dtype.kind == "f"):
+        return PipelineError(f"The trained network itself returns NaN or inf for the test inputs (batch of {batch}), "
+                             "in PyTorch as in onnxruntime: training diverged or the data holds extreme values.",
+                             "Re-train with a lower optimizer.lr (or scheduler.max_lr), and check the data.")
+    return PipelineError(f"onnxruntime returns NaN or inf for a batch of {batch} where PyTorch's outputs are finite.",
+                         "Re-run the export stage; try another export.opset.")
 
 
 def load_onnx(path) -> onnx.ModelProto:

@@ -53,7 +53,6 @@ def run(ctx: RunContext) -> None:
     import onnx
 
     prepare_tensorflow()
-    logging.getLogger("onnx2keras").setLevel(logging.ERROR)
     model = onnx.load(str(ctx.onnx_path), load_external_data=False)
     default_layout = onnx_layout(model)
     sample = ctx.held_out_inputs(int(ctx.cfg.export.verify.samples))

@@ -28,11 +28,10 @@ def run(ctx: RunContext) -> None:
     args = tuple(x[n][:1] for n in names) if isinstance(x, dict) else (x[:1],)
     requested = int(ctx.cfg.export.opset)
     outputs = output_names(net, args)
-    opset, tracer_warnings = write_with_opset(net, args, names, outputs, ctx, requested)
+    opset = write_with_opset(net, args, names, outputs, ctx, requested)
     extra = {"requested_opset": requested} if opset != requested else {}
     ctx.report.add_artifact("onnx", ctx.onnx_path, opset=opset, **extra)
-    ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs,
-                                 "tracer_warnings": tracer_warnings}
+    ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs}
 
 
 def output_names(net: torch.nn.Module, args: tuple) -> list[str]:
@@ -50,20 +49,16 @@ def max_opset() -> int:
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
 
 
-def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx: RunContext,
-                     opset: int) -> tuple[int, list[str]]:
-    """Export at ``opset``, raising it to what the exporter asks for; returns the opset used and the
-    tracer's warnings (a traced branch or a Python number frozen into the graph can break parity)."""
+def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx: RunContext, opset: int) -> int:
+    """Export at ``opset``, raising it to what the exporter asks for; returns the opset used."""
     highest = max_opset()
     if not 7 <= opset <= highest:
         raise PipelineError(f"export.opset={opset} is outside what torch.onnx can export (7 to {highest}).",
                             f"Set export.opset between 7 and {highest} (13 is the default).")
     while True:
-        caught: list[str] = []
         try:
-            write_with(ctx.onnx_path,
-                       lambda tmp, o=opset, c=caught: c.extend(export_onnx(net, args, tmp, o, names, outputs)))
-            return opset, caught
+            write_with(ctx.onnx_path, lambda tmp, o=opset: export_onnx(net, args, tmp, o, names, outputs))
+            return opset
         except Exception as exc:  # noqa: BLE001 - torch raises many types; the message says what it needs
             needed = required_opset(exc)
             if needed is None or needed <= opset or needed > highest:
@@ -85,19 +80,20 @@ def first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0][:400] if text else ''}"
 
 
-def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None) -> list[str]:
-    """torch.onnx.export (TorchScript); returns the TracerWarnings it raised, deduplicated."""
+def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None) -> None:
+    """torch.onnx.export (TorchScript). Its TracerWarnings (a branch or a Python number frozen into the
+    graph) go on to the stage's recorder (report.json stages.export.warnings)."""
     args = args if isinstance(args, tuple) else (args,)
     input_names = input_names or [INPUT_NAME]
     output_names_ = output_names_ or [OUTPUT_NAME]
     axes = {name: {0: "batch"} for name in [*input_names, *output_names_]}
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which cannot target the low
-        # opsets onnx-tf needs; only its tracer warnings say something about the exported graph.
-        warnings.simplefilter("always")
+        # opsets onnx-tf needs: that says nothing about this model.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*dynamo=False.*|.*TorchScript-based ONNX export.*")
         torch.onnx.export(
             net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,
             opset_version=int(opset), do_constant_folding=True, dynamo=False,
         )
-    tracer = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
-    return list(dict.fromkeys(tracer))

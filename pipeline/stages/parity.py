@@ -100,7 +100,8 @@ def compare(out: dict, ref: dict, kind: str, settings) -> dict:
             shape = None if got is None else list(got.shape)
             return failure_entry(f"output {name}: shape {shape}, PyTorch gives {list(expected.shape)}")
         diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-        rel = diff / np.maximum(np.abs(expected), settings.atol)
+        # atol=0 must not divide by an exact zero: the smallest float32 stands in for it.
+        rel = diff / np.maximum(np.abs(expected), max(float(settings.atol), float(np.finfo(np.float32).tiny)))
         close = bool(np.allclose(got, expected, rtol=settings.rtol, atol=settings.atol))
         per_output[name] = {"max_abs_err": float(diff.max(initial=0.0)), "max_rel_err": float(rel.max(initial=0.0)),
                             "allclose": close}

@@ -1,7 +1,11 @@
 """train: PyTorch Lightning fits the network on the dataset, then evaluates it on the test split."""
+import math
+import warnings
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
@@ -21,6 +25,9 @@ def run(ctx: RunContext) -> None:
         raise PipelineError("This dataset has no labels (or several inputs): there is nothing to train on.",
                             "Drop train from stages and give the weights: stages=[export,check,convert,parity] "
                             "model.weights=<state_dict or checkpoint> (model.weights=init: the constructor's own).")
+    # The run dir is new (pipeline/run_dir.py), so Lightning's "logs directory exists ... will be deleted"
+    # is a false alarm: the CSV logger shares the run dir with .hydra/ and pipeline.log.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     pl.seed_everything(cfg.seed, workers=True)
     net = ctx.initial_net()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
@@ -41,13 +48,14 @@ def run(ctx: RunContext) -> None:
         # padding DistributedSampler; the report's metrics come from evaluate() below in any case.
         trainer.test(module, datamodule=ctx.data, verbose=False)
     net.eval()
-    ctx.net = net
-    write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
-    ctx.report.add_artifact("weights", ctx.weights_path)
+    ctx.report.data["metrics"].update(evaluate(ctx, net))
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         ctx.report.add_artifact("checkpoint", last)
-    ctx.report.data["metrics"].update(evaluate(ctx, net))
+    check_converged(ctx, net)
+    ctx.net = net
+    write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
+    ctx.report.add_artifact("weights", ctx.weights_path)
     ctx.report.data["trainer"] = {
         # Under ddp_spawn the loop state stays in the workers: a finished fit ran max_epochs.
         "epochs": trainer.current_epoch or int(cfg.trainer.max_epochs),
@@ -65,7 +73,28 @@ def _trainer(ctx: RunContext) -> pl.Trainer:
     callbacks = [ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False),
                  # On an interrupt, keep the exact state reached so that from_run resumes from it.
                  OnExceptionCheckpoint(dirpath=folder, filename="interrupted")]
-    return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=_loggers(ctx), default_root_dir=str(ctx.run_dir))
+    loggers = _loggers(ctx)
+    try:
+        return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(ctx.run_dir))
+    except InstantiationException as exc:
+        reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+        trainer = ctx.cfg.trainer
+        raise PipelineError(f"The trainer could not be set up from trainer.* (accelerator={trainer.accelerator}, "
+                            f"devices={trainer.devices}, strategy={trainer.strategy}, "
+                            f"precision={trainer.precision}): {reason}",
+                            "Pick settings this machine supports: trainer=default runs on the CPU.") from exc
+
+
+def check_converged(ctx: RunContext, net: torch.nn.Module) -> None:
+    """NaN or infinite weights or metrics mean training diverged: fail here, not later in check/parity."""
+    bad_metrics = [k for k, v in ctx.report.data["metrics"].items() if not math.isfinite(v)]
+    bad_weights = not all(torch.isfinite(p).all() for p in net.state_dict().values() if torch.is_floating_point(p))
+    if bad_metrics or bad_weights:
+        what = ", ".join(f"{k}={ctx.report.data['metrics'][k]}" for k in bad_metrics) or "the metrics are finite"
+        raise PipelineError(f"Training diverged: {what}{'; the weights hold NaN or inf' if bad_weights else ''}. "
+                            "model.pt was not written.",
+                            "Lower optimizer.lr (or scheduler.max_lr), check the data for extreme values, or set "
+                            "trainer.gradient_clip_val (e.g. 1.0).")
 
 
 def _loggers(ctx: RunContext) -> list:

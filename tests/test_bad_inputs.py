@@ -1,0 +1,512 @@
+"""Hostile and mistaken input: exit 1 (130 for interrupts), one paragraph naming the key and a fix, no
+traceback, nothing that existed before changed, no silently wrong result (issue 13).
+
+Most cases run the real CLI in this process (``run_in_process``: no interpreter start per case); signals,
+kill -9 and concurrent runs need real processes.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import ROOT, mnist_root_override, read_report, run_in_process, tree
+
+TABULAR = ("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
+           "trainer.limit_val_batches=2", "parity.samples=64", "parity.latency_repeats=2")
+SERIES = ("model=lstm_forecaster", "dataset=series", "trainer.max_epochs=1", "stages=[train]")
+
+
+def assert_refused(outcome, *expected: str, code: int = 1) -> None:
+    """Exit ``code``, no traceback, and every expected text (the key, the valid values) in the message."""
+    text = outcome.stderr
+    assert outcome.code == code, f"exit {outcome.code}\n{outcome.output[-4000:]}"
+    assert "Traceback" not in outcome.output, outcome.output[-4000:]
+    for part in expected:
+        assert part in text, (part, text[-3000:])
+
+
+def strict_json(path: Path) -> dict:
+    """report.json parsed as strict JSON: a bare NaN or Infinity fails."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory) -> Path:
+    """A finished tiny run: the run dir that other runs must never modify."""
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    outcome = run_in_process(*TABULAR, run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    return run_dir
+
+
+# --- config errors: refused before any work, and before the run dir exists ---
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["parity.samples=-5"], ["parity.samples=-5", "integer >= 1", "(or null)"]),
+    (["parity.samples=0"], ["parity.samples=0", "integer >= 1"]),
+    (["parity.batch_size=0"], ["parity.batch_size=0", "integer >= 1"]),
+    (["parity.latency_repeats=0"], ["parity.latency_repeats=0", "integer in [1, 100000]"]),
+    (["parity.atol=-1"], ["parity.atol=-1", "number >= 0"]),
+    (["parity.rtol=nan"], ["parity.rtol=nan", "number >= 0"]),
+    (["parity.atol=inf"], ["parity.atol=inf", "number >= 0"]),
+    (["parity.min_top1_agreement=2"], ["parity.min_top1_agreement=2", "[0, 1]"]),
+    (["seed=-1"], ["seed=-1", "[0, 4294967295]"]),
+    (["seed=4294967296"], ["seed=4294967296", "[0, 4294967295]"]),
+    (["threads=-3"], ["threads=-3", "[0, 1024]"]),
+    (["stages=[]"], ["stages=[]", "train, export, check, convert, parity"]),
+    (["stages=[train,exprt]"], ["exprt", "train, export, check, convert, parity"]),
+    (["export.opset=99"], ["export.opset=99", "[7, 20]"]),
+    (["export.opset=abc"], ["export.opset"]),
+    (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "integer >= 1"]),
+    (["trainer.max_steps=0"], ["trainer.max_steps=0", "-1 (no limit)"]),
+    (["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0", "fraction in (0, 1]"]),
+    (["trainer.limit_val_batches=abc"], ["trainer.limit_val_batches=abc", "fraction in [0, 1]"]),
+    (["trainer.devices=0"], ["trainer.devices=0", "'auto'"]),
+    (["trainer.precision=8"], ["trainer.precision=8", "32-true"]),
+    (["trainer.accelerator=quantum"], ["trainer.accelerator=quantum", "cpu, gpu"]),
+    (["optimizer.lr=0"], ["optimizer.lr=0", "(0, 10]"]),
+    (["optimizer=sgd", "optimizer.momentum=1.5"], ["optimizer.momentum=1.5", "[0, 1)"]),
+    (["scheduler.max_lr=-1"], ["scheduler.max_lr=-1", "(0, 10]"]),
+    (["scheduler.pct_start=1"], ["scheduler.pct_start=1", "(0, 1)"]),
+    (["dataset.val_fraction=1.5"], ["dataset.val_fraction=1.5", "[0, 1)"]),
+    (["dataset.batch_size=0"], ["dataset.batch_size=0", "integer >= 1"]),
+    (["dataset=series", "dataset.window=0"], ["dataset.window=0", "integer >= 1"]),
+    (["dataset=series", "dataset.missing=sometimes"], ["dataset.missing", "error, drop, interpolate"]),
+    (["model.output=bogus"], ["model.output", "log_probs, logits, probability, value"]),
+    (["model=nope"], ["model/nope", "mnist_cnn", "lstm_forecaster"]),
+    (["trainer.no_such_key=1"], ["no_such_key", "trainer"]),
+])
+def test_a_bad_config_value_is_refused_before_the_run_dir_exists(tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(*overrides, run_dir=run_dir), *expected)
+    assert not run_dir.exists()  # refused before Hydra wrote anything
+
+
+# --- errors that need the data or the network: before training, the report says failed ---
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([*TABULAR, "model.output=value"], ["model.output=value", "class labels", "log_probs"]),
+    ([*TABULAR, "model.output=logits"], ["model.output=logits", "[16, 1]", "model.output=probability"]),
+    (["model=mnist_mlp", "model.output=log_probs"], ["model.output=log_probs", "model.output=logits"]),
+    (["model.output=probability"], ["model.output=probability", "[16, 10]", "model.output=logits"]),
+    (["dataset=italy_power"], ["model=mnist_cnn", "dataset=italy_power", "model=ts_cnn"]),
+    (["model=lstm_forecaster", "dataset=series", "model.output=logits"], ["model.output=logits", "model.output=value"]),
+    ([*TABULAR, "model.net._target_=no.such.Net"], ["model.net._target_=no.such.Net", "cannot be imported"]),
+    ([*TABULAR, "+model.net.bogus=1"], ["model.net", "bogus"]),
+    ([*TABULAR, "dataset.informative=30"], ["dataset.informative=30", "dataset.features=20"]),
+    ([*TABULAR, "trainer.strategy=nope"], ["trainer.*", "strategy=nope", "trainer=default"]),
+    ([*TABULAR, "optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"],
+     ["optimizer.*", "Nesterov momentum requires"]),
+    ([*TABULAR, "optimizer._target_=torch.optim.Nope"], ["optimizer=torch.optim.Nope", "optimizer.*"]),
+    ([*TABULAR, "scheduler._target_=torch.optim.lr_scheduler.StepLR"], ["scheduler.*", "max_lr"]),
+    ([*TABULAR, "optimized_metric=nope"], ["optimized_metric='nope'", "test_accuracy"]),
+    ([*SERIES, "optimized_metric=test_accuracy"], ["optimized_metric='test_accuracy'", "test_mse, test_mae"]),
+    (["stages=[convert]"], ["stages=[convert]", "model.onnx", "export", "from_run="]),
+    (["stages=[export,parity]"], ["model.pt", "train", "from_run="]),
+])
+def test_a_model_or_stage_that_does_not_fit_fails_before_training(tmp_path, mnist_root, overrides, expected):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(*overrides, run_dir=run_dir), *expected)
+    assert not (run_dir / "checkpoints").exists()  # nothing trained
+    assert strict_json(run_dir / "report.json")["status"] == "failed"
+
+
+# --- CSV series ---
+
+def _series(n=120):
+    return [f"{100 + 10 * math.sin(i / 5) + i / 2:.3f}" for i in range(n)]
+
+
+def _csv(rows, header="value") -> str:
+    return "\n".join([header, *rows]) + "\n"
+
+
+def _with(rows, **cells):
+    rows = list(rows)
+    for index, value in cells.items():
+        rows[int(index.lstrip("_"))] = value
+    return rows
+
+
+CSV_CASES = {
+    # name: (file content (None: a directory), extra overrides, expected texts)
+    "missing values": (_csv(_with(_series(), _30="n/a", _31="", _70="NaN")), [],
+                       ["dataset.column='value'", "3 missing value(s): line 32, line 33, line 72",
+                        "dataset.missing=drop", "dataset.missing=interpolate"]),
+    "infinite value": (_csv(_with(_series(), _50="inf")), [], ["infinite values: line 52 ('inf')"]),
+    "overflowing value": (_csv(_with(_series(), _50="1e400")), [], ["infinite values: line 52"]),
+    "text cell": (_csv(_with(_series(), _10="abc")), [], ["not numbers: line 12 ('abc')", "dataset.column"]),
+    "text column": (_csv(["a", "b", "c"] * 40), [], ["not numbers: line 2 ('a')", "and 115 more"]),
+    "too short": (_csv(_series(15)), [], ["15 values", "dataset.window=12", "too short"]),
+    "empty file": ("", [], ["dataset.path=", "is empty"]),
+    "header only": ("value\n", [], ["has a header but no rows"]),
+    "binary file": (bytes(range(256)) * 40, [], ["not a readable CSV text file"]),
+    "a directory": (None, [], ["is a directory, not a CSV file"]),
+    "no such column": (_csv(_series()), ["dataset.column=close"], ["dataset.column='close' is not a column",
+                                                                   "numeric columns: value"]),
+    "no column given": (_csv(_series()), ["dataset.column=null"], ["dataset.column is not set", "value"]),
+    "values too large": (_csv([f"{1e305 * (1 + i % 3)}" for i in range(120)]), [], ["too large to scale"]),
+}
+
+
+@pytest.mark.parametrize("case", CSV_CASES)
+def test_a_bad_csv_series_is_a_clear_error_naming_the_lines(tmp_path, case):
+    content, extra, expected = CSV_CASES[case]
+    path = tmp_path / "series.csv"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    outcome = run_in_process(*SERIES, f"dataset.path={path}", "dataset.column=value", *extra,
+                             run_dir=tmp_path / "run")
+    assert_refused(outcome, *expected)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_values_drop_builds_no_window_across_a_gap_and_interpolate_fills_them(tmp_path):
+    from pipeline.datasets.series import SeriesData
+
+    values = [float(v) for v in _series()]
+    rows = [str(v) for v in values]
+    rows[40] = ""  # a blank line: a missing value, never skipped
+    rows[41] = "n/a"
+    path = tmp_path / "gaps.csv"
+    path.write_text(_csv(rows))
+    window = 12
+    dropped = SeriesData(path=str(path), column="value", window=window, missing="drop", val_fraction=0.15).splits
+    windows = sum(len(part[0]) for part in (dropped.train, dropped.val, dropped.test))
+    # 40 values before the gap give 40 - 12 windows, the 78 after it 78 - 12; none spans lines 40-41.
+    assert windows == (40 - window) + (len(values) - 42 - window)
+    assert all(torch.isfinite(part[0]).all() for part in (dropped.train, dropped.val, dropped.test))
+    filled = SeriesData(path=str(path), column="value", window=window, missing="interpolate", val_fraction=0.15)
+    x, y = filled.splits.train
+    series = filled.splits.inverse(torch.cat([x[0, :, 0], x[1:, -1, 0], y[-1:, 0]]).numpy())
+    expected = np.interp([40, 41], [39, 42], [values[39], values[42]])
+    np.testing.assert_allclose(series[40:42], expected, rtol=1e-5)
+
+
+# --- run dirs: never modified by another run ---
+
+def test_a_finished_run_dir_is_refused_and_left_byte_identical(source_run):
+    before = tree(source_run)
+    outcome = run_in_process("stages=[export]", run_dir=source_run)
+    assert_refused(outcome, f"hydra.run.dir={source_run}", "not empty", "status 'ok'", f"from_run={source_run}")
+    assert tree(source_run) == before  # .hydra/*.yaml and pipeline.log included
+
+
+def test_re_running_a_saved_config_into_its_own_dir_is_refused_and_leaves_it_identical(source_run, tmp_path):
+    before = tree(source_run)
+    saved = ("--config-path", str(source_run / ".hydra"), "--config-name", "config")
+    assert_refused(run_in_process(run_dir=source_run, flags=saved), "hydra.run.dir", "not empty")
+    assert tree(source_run) == before
+    # The saved config is plain YAML: its values are still checked against the schema's ranges.
+    assert_refused(run_in_process("parity.samples=-5", run_dir=tmp_path / "rerun", flags=saved), "parity.samples=-5")
+    assert not (tmp_path / "rerun").exists()
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("a file", ["is a file, not a directory"]),
+    ("under a file", ["cannot be created", "is a file, not a directory"]),
+    ("the working directory", ["hydra.run.dir=", "is not empty"]),
+    ("an unwritable place", ["cannot be created"]),
+])
+def test_an_odd_run_dir_is_refused_without_creating_anything(tmp_path, where, expected):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    run_dir = {"a file": a_file, "under a file": a_file / "run", "the working directory": Path("."),
+               "an unwritable place": Path("/proc/pipeline-test/run")}[where]
+    cwd_before = sorted(p.name for p in Path.cwd().iterdir())
+    assert_refused(run_in_process(*TABULAR, run_dir=run_dir), *expected)
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in Path.cwd().iterdir()) == cwd_before  # no .hydra/, pipeline.log, lock here
+
+
+def test_a_run_dir_inside_another_run_is_refused_and_a_dotted_path_is_one_dir(source_run, tmp_path):
+    before = tree(source_run)
+    assert_refused(run_in_process(*TABULAR, run_dir=source_run / "nested"), "is inside the run dir", str(source_run))
+    assert tree(source_run) == before
+    # Hydra normalises x/../y/ to y: the guard's lock must name the same dir (it refused its own run before).
+    outcome = run_in_process(*TABULAR, "stages=[train]", run_dir=f"{tmp_path}/x/../y/")
+    assert outcome.code == 0, outcome.output[-3000:]
+    assert strict_json(tmp_path / "y" / "report.json")["status"] == "ok"
+
+
+def test_a_read_only_empty_run_dir_is_refused_cleanly(tmp_path):
+    run_dir = tmp_path / "read_only"
+    run_dir.mkdir()
+    run_dir.chmod(0o555)
+    immutable = False
+    if os.access(run_dir, os.W_OK):  # root ignores the mode: make it immutable instead, if the filesystem can
+        immutable = subprocess.run(["chattr", "+i", str(run_dir)], capture_output=True).returncode == 0
+        if not immutable:
+            pytest.skip("cannot make a directory read-only for this user here")
+    try:
+        assert_refused(run_in_process(*TABULAR, run_dir=run_dir), f"hydra.run.dir={run_dir}", "cannot be",
+                       "writable location")
+        assert list(run_dir.iterdir()) == []
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(run_dir)], check=True)
+        run_dir.chmod(0o755)
+
+
+def test_a_sweep_into_a_used_sweep_dir_or_with_one_subdir_for_all_jobs_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "summary.csv").write_text("job,status\n0,ok\n")
+    before = tree(sweep)
+    outcome = run_in_process(*TABULAR, "seed=1,2", f"hydra.sweep.dir={sweep}", multirun=True)
+    assert_refused(outcome, f"hydra.sweep.dir={sweep}", "not empty")
+    assert tree(sweep) == before
+    outcome = run_in_process(*TABULAR, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'new'}", "hydra.sweep.subdir=same",
+                             multirun=True)
+    assert_refused(outcome, "hydra.sweep.subdir=same", "${hydra.job.num}")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_sweep_job_with_a_bad_value_fails_the_sweep_and_has_a_failed_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    outcome = run_in_process(*TABULAR, "stages=[train]", "seed=1,-2", f"hydra.sweep.dir={sweep}", multirun=True)
+    assert_refused(outcome, "seed=-2", "job(s) 1 failed")
+    assert [strict_json(sweep / job / "report.json")["status"] for job in ("0", "1")] == ["ok", "failed"]
+
+
+def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "pipeline", "print_config=false", *overrides, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_two_runs_started_together_into_one_dir_one_is_refused_naming_the_owner(tmp_path):
+    run_dir = tmp_path / "run"
+    procs = [_start(run_dir, *TABULAR, "stages=[train]") for _ in range(2)]
+    results = [(p.communicate(timeout=300)[1], p.returncode)[::-1] for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    refused = next(err for code, err in results if code == 1)
+    assert ("in use by another run (pid" in refused or "already holds a run" in refused) and "Traceback" not in refused
+    assert read_report(run_dir)["status"] == "ok"
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4  # header, validation, training epoch, test: one run's rows, nothing interleaved
+    assert len(list((run_dir / ".hydra").iterdir())) == 3
+
+
+def test_a_live_run_is_refused_a_killed_one_is_recognised_and_resumed(tmp_path, mnist_root):
+    run_dir, resumed = tmp_path / "run", tmp_path / "resumed"
+    # A 3-epoch schedule killed after its first epoch; the resume runs 4 epochs, which made torch's
+    # OneCycleLR raise "Tried to step ... times" once past the source's total steps.
+    proc = _start(run_dir, "model=mnist_mlp", mnist_root_override(), "trainer.max_epochs=3",
+                  "trainer.limit_train_batches=0.25", "parity.samples=256", "parity.latency_repeats=2")
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists())
+        proc.send_signal(signal.SIGSTOP)  # alive (it holds the lock) but frozen: it cannot finish meanwhile
+        assert_refused(run_in_process(run_dir=run_dir), "in use by another run", f"pid {proc.pid}")
+        assert_refused(run_in_process(f"from_run={run_dir}", run_dir=tmp_path / "early"), "is still running",
+                       f"pid {proc.pid}")
+    finally:
+        proc.kill()  # SIGKILL: no clean-up at all
+        proc.communicate(timeout=60)
+    assert read_report(run_dir)["status"] == "running"  # what kill -9 leaves
+    before = tree(run_dir)
+    assert_refused(run_in_process(run_dir=run_dir), "killed while it was running", f"from_run={run_dir}")
+    # Its checkpoint fits only its own network.
+    assert_refused(run_in_process(f"from_run={run_dir}", "+model.net.hidden=64", run_dir=tmp_path / "other"),
+                   "model.net differs", "checkpoint does not fit")
+    outcome = run_in_process(f"from_run={run_dir}", "trainer.max_epochs=4", run_dir=resumed)
+    assert outcome.code == 0, outcome.output[-3000:]
+    report = strict_json(resumed / "report.json")
+    assert report["status"] == "ok" and report["from_run"]["source_status"] == "killed"
+    assert report["from_run"]["resumed_from"].endswith("last.ckpt") and report["trainer"]["epochs"] == 4
+    assert report["parity"][0]["samples"] == 256  # the source's parity settings, adopted by the resume
+    assert tree(run_dir) == before
+
+
+# --- from_run ---
+
+def test_from_run_command_line_keys_win_over_the_source(source_run, tmp_path):
+    before = tree(source_run)
+    # The issue: model= was dropped and the source's model exported with status ok.
+    outcome = run_in_process(f"from_run={source_run}", "model=mnist_mlp", "stages=[export]", run_dir=tmp_path / "a")
+    assert_refused(outcome, "model=mnist_mlp")
+    # A single key of the adopted model: the source's tabular_mlp with a smaller hidden layer.
+    outcome = run_in_process(f"from_run={source_run}", "+model.net.hidden=[8]", "stages=[train,export,check]",
+                             run_dir=tmp_path / "b")
+    assert outcome.code == 0, outcome.output[-3000:]
+    report = strict_json(tmp_path / "b" / "report.json")
+    assert report["model"] == {"name": "tabular_mlp", "parameters": 20 * 8 + 8 + 8 + 1}
+    # An experiment sets groups and keys: those win too (seed002 has no scheduler; the source had one-cycle).
+    outcome = run_in_process(f"from_run={source_run}", "experiment=seed002_tabular_mlp", "trainer.max_epochs=1",
+                             "stages=[train]", run_dir=tmp_path / "c")
+    assert outcome.code == 0, outcome.output[-3000:]
+    ran = OmegaConf.load(tmp_path / "c" / ".hydra" / "config.yaml")
+    assert ran.scheduler is None and ran.trainer.max_epochs == 1 and ran.trainer.limit_train_batches == 5
+    assert tree(source_run) == before
+
+
+@pytest.mark.parametrize("make, extra, expected", [
+    ("finished", [], ["finished every stage it ran", "nothing to resume", "stages=["]),
+    ("finished", ["stages=[parity]", "export=keras"], ["has no keras conversion", "stages=[convert,parity]"]),
+    ("not a run", [], ["is not a pipeline run dir"]),
+    ("a list as report", [], ["is not a pipeline run's"]),
+    ("truncated report", [], ["report.json or .hydra/config.yaml is unreadable"]),
+])
+def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, make, extra, expected):
+    source = source_run
+    if make != "finished":
+        source = tmp_path / "source"
+        (source / ".hydra").mkdir(parents=True)
+        if make != "not a run":
+            (source / ".hydra" / "config.yaml").write_text((source_run / ".hydra" / "config.yaml").read_text())
+            (source / "report.json").write_text("[]" if make == "a list as report" else '{"status": "ok", "sta')
+    before = tree(source)
+    outcome = run_in_process(f"from_run={source}", *extra, run_dir=tmp_path / "run")
+    assert_refused(outcome, f"from_run={source}", *expected)
+    assert tree(source) == before
+
+
+def test_a_run_interrupted_during_convert_resumes_with_its_targets_without_retraining(tmp_path):
+    run_dir, resumed = tmp_path / "run", tmp_path / "resumed"
+    proc = _start(run_dir, *TABULAR, "export=keras")
+    _wait_for(lambda: (run_dir / "report.json").exists()
+              and read_report(run_dir)["stages"]["convert"]["status"] == "running")
+    for _ in range(3):  # an impatient user: the repeats must not break the clean stop
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert read_report(run_dir)["stages"]["convert"]["status"] == "interrupted"
+    before = tree(run_dir)
+    outcome = run_in_process(f"from_run={run_dir}", run_dir=resumed)
+    assert outcome.code == 0, outcome.output[-3000:]
+    report = strict_json(resumed / "report.json")
+    assert [report["stages"][s]["status"] for s in ("train", "export", "check", "convert", "parity")] == \
+        ["skipped", "skipped", "skipped", "ok", "ok"]
+    assert report["from_run"]["stages"] == ["convert", "parity"]
+    assert report["targets"]["keras"]["status"] == "ok"  # the source's export=keras, adopted
+    assert {e["runtime"] for e in report["parity"]} == {"onnxruntime", "keras"}
+    assert not (resumed / "checkpoints").exists()  # nothing retrained
+    assert tree(run_dir) == before
+
+
+# --- signals ---
+
+def test_a_signal_during_start_up_exits_130_without_a_traceback(tmp_path):
+    proc = _start(tmp_path / "run", *TABULAR)
+    time.sleep(0.5)  # Python is still starting: importing Hydra, composing the config
+    for _ in range(3):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "interrupted" in stderr
+
+
+# --- what used to crash or go silently wrong on valid but small input ---
+
+def test_one_cycle_works_for_any_number_of_steps_and_for_a_longer_or_shorter_resume():
+    from pipeline.schedulers import OneCycleLR
+
+    def stepped(total, steps, state=None):
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler = OneCycleLR(optimizer, total_steps=total, max_lr=5e-3)
+        if state:
+            scheduler.load_state_dict(state)
+        lrs = []
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+            lrs.append(scheduler.get_last_lr()[0])
+        return scheduler, lrs
+
+    for total in range(1, 12):  # torch divides by zero for 4 steps and pct_start=0.25
+        _, lrs = stepped(total, total + 2)
+        assert all(math.isfinite(lr) and 0 < lr <= 5e-3 for lr in lrs)
+    short, _ = stepped(10, 5)
+    longer, lrs = stepped(40, 35, short.state_dict())  # torch: "Tried to step 11 times" once past 10
+    assert longer.total_steps == 40 and max(lrs) == pytest.approx(5e-3, rel=0.05)  # the peak of the new schedule
+    shorter, lrs = stepped(6, 1, short.state_dict())
+    assert shorter.total_steps == 6 and lrs[-1] < 5e-3 / 25  # annealed to the end of the shorter schedule
+
+
+def test_a_user_model_on_a_tiny_dataset_trains_with_the_default_one_cycle(tmp_path):
+    # 53 ItalyPower training days, batch 16: 4 steps in the epoch (torch's OneCycleLR divided by zero).
+    outcome = run_in_process("model=ts_cnn", "dataset=italy_power", "trainer.max_epochs=1", "stages=[train]",
+                             run_dir=tmp_path / "run")
+    assert outcome.code == 0, outcome.output[-3000:]
+    assert strict_json(tmp_path / "run" / "report.json")["trainer"]["global_step"] == 4
+
+
+def test_report_json_is_strict_json_even_for_nan_and_numpy_values(tmp_path):
+    from pipeline.atomic import write_json
+
+    path = tmp_path / "report.json"
+    write_json(path, {"metrics": {"test_mse": float("nan"), "inf": float("-inf"), "f32": np.float32(0.5)}})
+    assert strict_json(path) == {"metrics": {"test_mse": None, "inf": None, "f32": 0.5}}
+
+
+def test_the_console_shows_no_library_noise_and_pipeline_log_keeps_it(default_run):
+    console = (default_run.parent / "console.txt").read_text()
+    for noise in ("cuInit", "Could not find cuda drivers", "will be deleted", "absl::InitializeLog", "Traceback",
+                  "Torch IR graph"):
+        assert noise not in console, noise
+    log = (default_run / "pipeline.log").read_text()
+    assert "[py.warnings][WARNING]" in log  # Lightning's warnings: kept, in the log
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow: a trace keeps one branch, and torch says so with a TracerWarning."""
+
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def test_a_tracer_warning_in_a_stage_is_listed_in_that_stage_of_the_report():
+    from pipeline import quiet
+
+    stage = {}
+    with quiet.recorded_warnings(stage):
+        torch.jit.trace(Branchy(), torch.ones(2, 3), check_trace=False)
+    assert any(w.startswith("TracerWarning:") for w in stage["warnings"]), stage
+
+
+class Overflowing(torch.nn.Module):
+    """A forecaster whose first loss is finite (~1e36) and whose weights overflow after a few SGD steps."""
+
+    def __init__(self, n_features: int = 1, hidden_size: int = 32, num_layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        self.fc = torch.nn.Linear(n_features, 1)
+        self.gain = torch.nn.Parameter(torch.tensor(1e18))
+
+    def forward(self, x):
+        return self.fc(x[:, -1]) * self.gain
+
+
+def test_a_diverging_training_fails_the_train_stage_and_the_report_stays_strict_json(tmp_path):
+    run_dir = tmp_path / "run"
+    outcome = run_in_process("model=lstm_forecaster", "dataset=series",
+                             "model.net._target_=tests.test_bad_inputs.Overflowing", "optimizer=sgd", "optimizer.lr=1",
+                             "scheduler=null", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                             "stages=[train,export]", run_dir=run_dir)
+    assert_refused(outcome, "Training diverged", "optimizer.lr")
+    report = strict_json(run_dir / "report.json")  # NaN metrics are null, not a bare NaN
+    assert report["stages"]["train"]["status"] == "failed" and report["stages"]["export"]["status"] == "skipped"
+    assert None in report["metrics"].values() and not (run_dir / "model.pt").exists()
