@@ -22,19 +22,22 @@ NEEDS = {"export": ("train",), "check": ("export",), "convert": ("export",), "pa
 NATIVE_CHATTER = {"export", "check", "convert", "parity"}
 
 
-def check_inputs(selected: list[str], has_source: bool) -> None:
-    """Each stage's input is made by an earlier selected stage, or comes from from_run."""
+def check_inputs(selected: list[str], has_source: bool, has_weights: bool = False) -> None:
+    """Each stage's input is made by an earlier selected stage, comes from from_run, or (the trained
+    weights) from model.weights."""
     if has_source:
         return  # from_run.adopt_artifacts checks that the source run has them
     for stage in selected:
         for producer in NEEDS.get(stage, ()):
-            if producer not in selected:
+            if producer not in selected and not (producer == "train" and has_weights):
                 shown = f"[{','.join(selected)}]"
                 raise PipelineError(
                     f"stages={shown} runs {stage}, which needs {MADE_BY[producer]} from the {producer} stage; "
                     "this run does not make it and there is no from_run to take it from.",
                     f"Add {producer} to stages (stages=[{','.join(s for s in STAGES if s in {*selected, producer})}]), "
-                    f"or take it from an earlier run: from_run=<run dir> stages={shown}.")
+                    f"or take it from an earlier run: from_run=<run dir> stages={shown}"
+                    + (", or give model.weights=<state_dict or checkpoint> (init: the constructor's own)."
+                       if producer == "train" else "."))
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
@@ -53,7 +56,7 @@ def validate(cfg: DictConfig) -> list[str]:
     tasks.check_output_kind(cfg.model.output)
     selected_targets(cfg)
     selected = schema.check_stages(cfg.stages)
-    check_inputs(selected, bool(cfg.get("from_run")))
+    check_inputs(selected, bool(cfg.get("from_run")), bool(cfg.model.get("weights")))
     check_optimized_metric(cfg)
     return selected
 

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 

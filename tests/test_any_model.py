@@ -219,9 +219,10 @@ def test_existing_weights_convert_without_training(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (("model=mnist_cnn", "dataset=italy_power"), "cannot take this dataset's inputs"),
-    (("model=ts_cnn", "dataset=italy_power", "model.net.num_classes=1"), "model.net.num_classes=2"),
-    (("model=ts_cnn", "dataset=italy_power", "model.output=value"), "model.output=logits"),
+    (("model=mnist_cnn", "dataset=italy_power"), "cannot take dataset=italy_power's input"),
+    (("model=mnist_mlp", mnist_root_override(), "model.net.num_classes=5"), "model.net.num_classes=10"),
+    (("model=ts_cnn", "dataset=italy_power", "model.net.num_classes=1"), "model.output=probability"),
+    (("model=ts_cnn", "dataset=italy_power", "model.output=value"), "Set model.output to what model.net returns"),
     (("model=ts_cnn", "dataset=italy_power", "model.output=log_probs"), "model.output=logits"),
     (("model=tabular_mlp", "dataset=synthetic_tabular", "model.output=logits"), "model.output="),
     (("model=ts_cnn", "dataset=italy_power", "model.weights=/no/such/file.pt"), "model.weights"),
