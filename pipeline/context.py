@@ -143,6 +143,31 @@ class RunContext:
             return {name: x[name][:count].numpy() for name in names}
         return {names[0]: x[:count].numpy()}
 
+    def calibration_inputs(self, count: int) -> dict[str, np.ndarray]:
+        """``count`` training-split inputs by ONNX input name, drawn at random (seeded by ``seed``) so that a
+        split stored in class or time order is represented as a whole: what quantization calibrates on,
+        never the test split that parity measures on."""
+        inputs = self._drawn(self.data.splits.train[0], count)
+        if inputs is None:
+            raise PipelineError("The training split is empty: there is nothing to calibrate the quantized targets on.",
+                                "Use a dataset with training data, or drop the int8 targets from export=.")
+        return inputs
+
+    def validation_inputs(self, count: int) -> dict[str, np.ndarray] | None:
+        """``count`` validation-split inputs (drawn as ``calibration_inputs``), None when it is empty: data the
+        calibration never saw, on which the per-layer quantization error is measured."""
+        return self._drawn(self.data.splits.val[0], count)
+
+    def _drawn(self, x, count: int) -> dict[str, np.ndarray] | None:
+        total = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        if total == 0:
+            return None
+        rows = np.sort(np.random.default_rng(int(self.cfg.seed)).choice(total, min(int(count), total), replace=False))
+        index = torch.from_numpy(rows)
+        if isinstance(x, dict):
+            return {name: x[name][index].numpy() for name in self.input_names}
+        return {self.input_names[0]: x[index].numpy()}
+
     def onnx_reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline import runtimes
 

@@ -28,6 +28,11 @@ class ConversionError(PipelineError):
         self.unsupported_op = unsupported_op
 
 
+class NotApplicable(ConversionError):
+    """A target that does not apply to this model (full-integer TFLite for a recurrent one): refused by
+    name, recorded as ``refused`` in report.json; the run does not fail for it."""
+
+
 class StageFailed(PipelineError):
     """A stage failed in part (one convert target of several): later stages still run on the rest."""
 

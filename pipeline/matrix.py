@@ -5,7 +5,10 @@
 """
 from pathlib import Path
 
+from pipeline.converters import TARGETS
+
 RUNTIMES = ("onnxruntime", "keras", "tensorflow", "tflite")
+QUANTIZED = tuple(name for name, target in TARGETS.items() if target.quantized)
 INTROS = {
     "seeds": ("Support matrix", "the five seed systems, trained with their tutorials' recipes"),
     "zoo": ("Model zoo", "models of common shapes with random weights (BatchNorm statistics warmed up), "
@@ -35,7 +38,62 @@ def render(sweep_dir: Path, jobs: list[tuple[str, str, dict]], kind: str = "seed
              f"**{green} of {cells_total} conversion cells (keras, tensorflow, tflite) are green.**", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if any(t in QUANTIZED for _, _, report in jobs for t in report.get("targets", {})):
+        lines += quantized_table(jobs)
     return "\n".join(lines) + "\n"
+
+
+def quantized_table(jobs: list[tuple[str, str, dict]]) -> list[str]:
+    """The quantized and half-precision targets: the task metric's change, size against float32, latency."""
+    header = ["model", "float32 (size, batch-1 latency)", *QUANTIZED]
+    lines = ["", "## Quantized and half-precision targets (`export=deploy`)", "",
+             "Each cell: the task metric's change against PyTorch on the same held-out split (accuracy points, or",
+             "MSE in % for the forecaster), the size against the float32 model of the same format (TFLite, or",
+             "model.onnx for onnx_int8) and the batch-1 latency (median, ms); ✅ when `parity.quantized` holds",
+             "(accuracy drop <= 1 point and top-1 agreement >= 98 %; MSE at most 5 % higher), ❌ and why when not,",
+             "— when the target does not apply to the model (refused by name).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, _, report in jobs:
+        lines.append("| " + " | ".join([report["model"]["name"], _float_baseline(report),
+                                         *(quantized_cell(report, t) for t in QUANTIZED)]) + " |")
+    return lines
+
+
+def _float_baseline(report: dict) -> str:
+    parts = []
+    for runtime, artifact, label in (("tflite", "tflite", "TFLite"), ("onnxruntime", "onnx", "ONNX")):
+        entry = next((e for e in report["parity"] if e["runtime"] == runtime), None)
+        size = report["artifacts"].get(artifact, {}).get("bytes")
+        if entry is None or size is None or entry.get("latency_ms_batch1") is None:
+            continue
+        parts.append(f"{label} {_kib(size)}, {entry['latency_ms_batch1']:.3f} ms")
+    return "; ".join(parts) or "-"
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.0f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
+
+
+def quantized_cell(report: dict, runtime: str) -> str:
+    target = report["targets"].get(runtime, {})
+    if target.get("status") == "refused":
+        return _clean(f"— refused: {target.get('reason', '').split(':', 1)[0]}", 110)  # its first clause
+    entry = next((e for e in report["parity"] if e["runtime"] == runtime), None)
+    if entry is None or entry.get("error"):
+        return cell(report, runtime)
+    parts = []
+    if entry.get("metric_delta") is not None:
+        relative = entry.get("top1_agreement") is None and entry.get("metric_change") is not None  # a regressor
+        parts.append(f"MSE {100 * entry['metric_change']:+.2f} %" if relative
+                     else f"{100 * entry['metric_delta']:+.2f} pt")
+    if entry.get("top1_agreement") is not None:
+        parts.append(f"top-1 {entry['top1_agreement']:.4f}")
+    if entry.get("size_ratio") is not None:
+        parts.append(f"{100 * entry['size_ratio']:.0f} % size")
+    if entry.get("latency_ms_batch1") is not None:
+        parts.append(f"{entry['latency_ms_batch1']:.3f} ms")
+    text = ", ".join(parts)
+    return f"✅ {text}" if entry["in_tolerance"] else _clean(f"❌ {text}: {entry.get('judgement', '')}")
 
 
 def cell(report: dict, runtime: str) -> str:

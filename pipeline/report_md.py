@@ -10,6 +10,11 @@ LOAD_HINTS = {
     "keras": "`keras.saving.load_model(path, safe_mode=True)`",
     "tensorflow": "`tf.saved_model.load(path).signatures['serving_default'](input=x)['output']`",
     "tflite": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`",
+    "tflite_fp16": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (float16 weights, float32 I/O)",
+    "tflite_int8_dynamic": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (float32 I/O)",
+    "tflite_int8": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`; with int8 I/O, quantize inputs and "
+                   "dequantize outputs with each tensor's `quantization` (scale, zero point)",
+    "onnx_int8": "`onnxruntime.InferenceSession(path)`; float32 I/O, as model.onnx",
     "weights": "`model.load_state_dict(torch.load(path, weights_only=True))`",
     "checkpoint": "Lightning checkpoint: `from_run=<this dir>` resumes from it",
 }
@@ -68,6 +73,7 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
                       f"throughput {round(ref['throughput_per_s'])}/s.", ""]
+    lines += quantized_section(report, cfg)
     diagnosed = [e for e in report["parity"] if e.get("divergence")]
     if diagnosed:
         lines += ["## Where parity drifts", "", *_table(
@@ -89,6 +95,43 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def quantized_section(report: dict, cfg: DictConfig) -> list[str]:
+    """Quantized and half-precision targets: judged by the task metric (parity.quantized), with size and speed."""
+    entries = [e for e in report["parity"] if e.get("quantized")]
+    if not entries:
+        return []
+    q = cfg.parity.quantized
+    rows = []
+    for e in entries:
+        target = report["targets"].get(e["runtime"], {})
+        regressor = e.get("top1_agreement") is None and e.get("metric_change") is not None
+        change = (f"{100 * e['metric_change']:+.2f} % MSE" if regressor else
+                  f"{100 * e['metric_delta']:+.2f} points" if e.get("metric_delta") is not None else "-")
+        rows.append([e["runtime"], target.get("quantization"), e.get("metric"), change, e.get("top1_agreement"),
+                     "yes" if e["in_tolerance"] else "**no**", _size(e["bytes"]) if e.get("bytes") else "-",
+                     f"{100 * e['size_ratio']:.1f} %" if e.get("size_ratio") is not None else "-",
+                     e.get("latency_ms_batch1"), _rounded(e.get("throughput_per_s")), e.get("max_abs_err")])
+    lines = [f"## Quantized targets (judged by the task: accuracy drop <= {100 * q.max_accuracy_drop:g} points and "
+             f"top-1 agreement >= {q.min_top1_agreement}, or MSE at most {100 * q.max_mse_increase:g} % higher)", "",
+             *_table(["target", "quantization", "metric", "change vs PyTorch", "top-1 agreement", "in tolerance",
+                      "size", "of float32", "latency b1 (ms)", "throughput (/s)", "max abs err (not gating)"], rows),
+             ""]
+    for e in entries:
+        target = report["targets"].get(e["runtime"], {})
+        if not e["in_tolerance"]:
+            lines.append(f"- **{e['runtime']}**: {e.get('error') or e.get('judgement')}")
+        if target.get("layers"):
+            worst = ", ".join(f"`{layer['layer']}` ({layer['op']}, {layer['relative_rmse']:.3g})"
+                              for layer in target["layers"])
+            lines.append(f"- {e['runtime']}: layers that lose most (relative RMSE on calibration inputs): {worst}")
+        if target.get("float_fallback"):
+            kept = ", ".join(f"`{name}`" for name in target["float_fallback"])
+            lines.append(f"- {e['runtime']}: kept in float32 (float fallback): {kept}")
+    refused = [f"- {t}: refused: {e.get('reason', '')}" for t, e in report["targets"].items()
+               if e.get("status") == "refused"]
+    return lines + refused + [""]
 
 
 def _attempt(attempt: dict) -> str:

@@ -157,6 +157,36 @@ class TargetOptions:
     backend: str = "auto"  # auto: the target's backends in order (pipeline/converters/backends), or one by name
 
 
+class OnnxInt8Mode(StrEnum):
+    """How onnxruntime quantizes onnx_int8."""
+
+    auto = "auto"  # dynamic for recurrent models (LSTM/GRU/RNN), static otherwise
+    static = "static"  # int8 weights and activations (QDQ), calibrated on export.calibration_samples
+    dynamic = "dynamic"  # int8 weights, activation ranges computed per call
+
+
+@dataclass
+class FloatFallbackOptions(TargetOptions):
+    """Layers of a quantized model kept in float32 (pipeline/converters/tflite_quantize.py)."""
+
+    float_fallback: list[str] = field(default_factory=list)  # layer names, or parts of them (report: layers)
+    float_fallback_top_k: int = ranged(0, between(0, 10_000, integer=True))  # the k layers that lose most
+
+
+@dataclass
+class TFLiteInt8Options(FloatFallbackOptions):
+    int8_io: bool = False  # int8 input and output tensors (the runtime quantizes and dequantizes around them)
+
+
+@dataclass
+class OnnxInt8Options(FloatFallbackOptions):
+    mode: OnnxInt8Mode = OnnxInt8Mode.auto
+
+
+# Targets with options beyond the backend; the others take TargetOptions.
+TARGET_OPTIONS = {"tflite_int8": TFLiteInt8Options, "onnx_int8": OnnxInt8Options}
+
+
 @dataclass
 class VerifyConfig:
     """Each converted artifact against onnxruntime on a few held-out inputs, before parity: within
@@ -168,8 +198,9 @@ class VerifyConfig:
 
 
 # export.<target> for every registered target: adding a target adds its options.
-_ExportBase = make_dataclass("_ExportBase", [(name, TargetOptions, field(default_factory=TargetOptions))
-                                             for name in TARGETS])
+_ExportBase = make_dataclass("_ExportBase", [
+    (name, TARGET_OPTIONS.get(name, TargetOptions), field(default_factory=TARGET_OPTIONS.get(name, TargetOptions)))
+    for name in TARGETS])
 
 
 @dataclass
@@ -177,6 +208,17 @@ class ExportConfig(_ExportBase):
     opset: int = ranged(13, between(MIN_OPSET, MAX_OPSET, integer=True))  # the lowest tried (raised as needed)
     targets: dict[str, bool] = field(default_factory=dict)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    # Training-split inputs that calibrate tflite_int8 and onnx_int8 (static): their activation ranges.
+    calibration_samples: int = ranged(200, between(1, 100_000, integer=True))
+
+
+@dataclass
+class QuantizedParityConfig:
+    """How a quantized or half-precision target is judged (pipeline/quantized.py): by the task, not allclose."""
+
+    max_accuracy_drop: float = ranged(0.01, between(0, 1))  # classifiers: PyTorch's accuracy minus its own
+    min_top1_agreement: float = ranged(0.98, between(0, 1))  # classifiers: predictions equal to PyTorch's
+    max_mse_increase: float = ranged(0.05, at_least(0))  # regressors: relative (0.05 = MSE at most 5 % higher)
 
 
 @dataclass
@@ -189,6 +231,7 @@ class ParityConfig:
     latency_repeats: int = ranged(50, between(1, 100_000, integer=True))
     diagnose: bool | None = None  # locate the first diverging node: null = for drifting runtimes only
     diagnose_samples: int = ranged(4, between(1, 10_000, integer=True))
+    quantized: QuantizedParityConfig = field(default_factory=QuantizedParityConfig)
 
 
 # seed_everything takes an unsigned 32-bit seed (and silently picks a random one otherwise).

@@ -4,6 +4,10 @@ A target is an artifact kind (``keras``: model.keras, ...) declared once in ``TA
 one module in ``pipeline/converters/backends/`` whose ``convert(job)`` function is registered for a
 target with ``@backend(...)``; the modules there are found on their own, so a new backend is one
 new module. ``export.<target>.backend`` picks one by name, or ``auto`` tries them in ``order``.
+
+Quantized and half-precision targets (``quantized=True``) are judged in parity by the task metric
+and top-1 agreement (``parity.quantized``), not by a float tolerance, and their size is compared with
+their ``float_twin``'s, the float32 artifact of the same format.
 """
 import importlib
 import pkgutil
@@ -20,13 +24,28 @@ class Target:
     artifact: str  # file or directory name in the run dir
     runtime: str  # the runtime adapter (pipeline.runtimes) that runs it in parity
     description: str
+    quantized: bool = False  # int8 or float16: judged by the task metric (parity.quantized), not by allclose
+    float_twin: str | None = None  # the report artifact holding the float32 model of the same format
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("keras", "model.keras", "keras", "Keras 3 model; loads with keras.saving.load_model(path, safe_mode=True)"),
     Target("tensorflow", "saved_model", "tensorflow", "TensorFlow SavedModel with a serving_default signature"),
     Target("tflite", "model.tflite", "tflite", "TFLite flatbuffer for the LiteRT interpreter"),
+    Target("tflite_fp16", "model_fp16.tflite", "tflite", "TFLite with float16 weights (computes in float32)",
+           quantized=True, float_twin="tflite"),
+    Target("tflite_int8_dynamic", "model_int8_dynamic.tflite", "tflite",
+           "TFLite with int8 weights; activations quantized on the fly (dynamic range)", quantized=True,
+           float_twin="tflite"),
+    Target("tflite_int8", "model_int8.tflite", "tflite",
+           "TFLite full integer (int8 weights and activations), calibrated on training inputs", quantized=True,
+           float_twin="tflite"),
+    Target("onnx_int8", "model_int8.onnx", "onnxruntime",
+           "ONNX quantized by onnxruntime: static int8 (QDQ) calibrated on training inputs, dynamic for recurrent "
+           "models", quantized=True, float_twin="onnx"),
 )}
+# ONNX ops that carry a recurrence: what some quantized targets do not apply to.
+RECURRENT_OPS = ("LSTM", "GRU", "RNN", "Loop", "Scan")
 
 
 @dataclass
@@ -43,6 +62,25 @@ class ConvertJob:
     # Intermediate ONNX tensors to expose as extra outputs, for locating a drift (pipeline.diagnose);
     # a backend that cannot raises ConversionError.
     debug_outputs: list[str] = field(default_factory=list)
+    # Training-split inputs (by ONNX input name, ONNX layout) that calibrate the quantized targets; the
+    # convert stage gives a loader that reads them on first use (export.calibration_samples).
+    calibration: Callable[[], dict[str, np.ndarray]] | None = None
+    # Inputs the calibration never saw (the validation split) on which the per-layer quantization error is
+    # measured; None: the validation split is empty (the calibration inputs stand in).
+    validation: Callable[[], dict[str, np.ndarray] | None] | None = None
+
+    def calibration_inputs(self) -> dict[str, np.ndarray]:
+        from pipeline.errors import ConversionError
+
+        if self.calibration is None:
+            raise ConversionError(f"The {self.target} target needs calibration inputs and none were given.",
+                                  "Run it through the convert stage, which draws them from the training split.")
+        return self.calibration()
+
+    def layer_error_inputs(self) -> tuple[dict[str, np.ndarray], str]:
+        """Where the per-layer quantization error is measured: validation inputs, else the calibration's."""
+        validation = self.validation() if self.validation is not None else None
+        return (validation, "validation") if validation is not None else (self.calibration_inputs(), "calibration")
 
 
 @dataclass(frozen=True)
@@ -92,6 +130,11 @@ def with_outputs(onnx_model, names: list[str]):
             info.CopyFrom(typed.get(name, onnx.ValueInfoProto(name=name)))
             marked.graph.output.append(info)
     return marked
+
+
+def recurrent_ops(onnx_model) -> list[str]:
+    """The recurrent op types the ONNX graph holds (LSTM, GRU...), in graph order."""
+    return list(dict.fromkeys(n.op_type for n in onnx_model.graph.node if n.op_type in RECURRENT_OPS))
 
 
 def prepare_tensorflow() -> None:

@@ -6,6 +6,11 @@ a backend that fails is recorded with its reason and the op it names, and the ne
 Every artifact is verified against onnxruntime on a few real held-out inputs (shapes first, then
 values within ``export.verify``); ``auto`` passes over one that drifts. If every backend's artifact
 drifts, the first is kept so that parity reports (and localises) the drift.
+
+A quantized target (``tflite_int8``, ...) is verified by a loose sanity rule instead (``pipeline.quantized``):
+parity judges it by the task metric. Its calibration inputs (``export.calibration_samples`` from the
+training split) are read only when a backend asks for them. A backend that finds its target does not
+apply to the model (``NotApplicable``) leaves it ``refused``, with the reason; that fails nothing.
 """
 import logging
 import shutil
@@ -14,12 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import quantized
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, onnx_layout, prepare_tensorflow
-from pipeline.errors import ConversionError, PipelineError, StageFailed
+from pipeline.errors import ConversionError, NotApplicable, PipelineError, StageFailed
+from pipeline.report import size_of
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
+# Validation inputs on which a quantized target's per-layer error is measured (one at a time: a few suffice).
+LAYER_ERROR_SAMPLES = 64
 
 
 def chain(cfg, target: str) -> list[Backend]:
@@ -42,7 +51,7 @@ def selected_targets(cfg) -> list[str]:
     unknown = sorted(set(wanted) - set(TARGETS))
     if unknown:
         raise PipelineError(f"Unknown export target(s) {unknown} in export.targets.",
-                            f"Valid targets: {', '.join(TARGETS)} (or export=onnx|{'|'.join(TARGETS)}|all).")
+                            f"Valid targets: {', '.join(TARGETS)} (or export=onnx|{'|'.join(TARGETS)}|all|deploy).")
     needed = set(wanted)
     for target in wanted:
         needed |= {b.needs for b in chain(cfg, target) if b.needs}
@@ -74,7 +83,9 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
              "attempts": attempts}
     ctx.report.data["targets"][target] = entry
     job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted),
-                     dict(ctx.cfg.export.get(target) or {}), cache)
+                     dict(ctx.cfg.export.get(target) or {}), cache,
+                     calibration=lambda: ctx.calibration_inputs(int(ctx.cfg.export.calibration_samples)),
+                     validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES))
     kept = None  # (attempt, info, parked path) of the first artifact that drifted
     for candidate in chain(ctx.cfg, target):
         attempt = {"backend": candidate.name}
@@ -100,6 +111,10 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
         parked.replace(out_path)
         entry["verified"] = False
         return _accept(ctx, target, entry, attempt["backend"], info, out_path)
+    if attempts and all(a["status"] == "refused" for a in attempts):  # the target does not apply: no failure
+        entry.update(status="refused", reason=attempts[0]["reason"])
+        log.warning("convert %s refused: %s", target, entry["reason"])
+        return True
     entry["reason"] = "; ".join(f"{a['backend']}: {a.get('reason', a['status'])}" for a in attempts) or \
         "no backend"
     entry["unsupported_op"] = next((a["unsupported_op"] for a in attempts if a.get("unsupported_op")), None)
@@ -115,6 +130,8 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
     start = time.perf_counter()
     try:
         return candidate.convert(job) or {}
+    except NotApplicable as exc:
+        attempt.update(status="refused", reason=str(exc))
     except ConversionError as exc:
         attempt.update(status="failed", reason=str(exc), unsupported_op=exc.unsupported_op)
     except ImportError as exc:
@@ -132,6 +149,10 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
 def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict, out_path: Path) -> bool:
     entry.update(info, status="ok", backend=backend)
     entry.pop("reason", None)
+    if TARGETS[target].quantized:  # its size against the float32 model of the same format
+        entry["bytes"] = size_of(out_path)
+        if entry.get("float32_bytes"):
+            entry["size_ratio"] = entry["bytes"] / entry["float32_bytes"]
     ctx.converted[target] = out_path
     ctx.report.add_artifact(target, out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
@@ -150,6 +171,8 @@ def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, r
         outputs = adapter.predict(sample)
     except Exception as exc:  # noqa: BLE001 - an artifact that does not run is a failed conversion
         return {"ok": False, "reason": f"the artifact does not run: {type(exc).__name__}: {str(exc)[:300]}"}
+    if TARGETS[target].quantized:  # judged by the task metric in parity; here only a loose sanity check
+        return quantized.sanity(outputs, reference, ctx.output_kind)
     worst = 0.0
     for name, ref in reference.items():
         out = outputs[name]

@@ -23,13 +23,13 @@ def convert_file(saved_model: Path, out_path: Path) -> dict:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
         flatbuffer = converter.convert()
     except Exception as exc:
-        raise _explain(exc) from exc
+        raise explain(exc) from exc
     write_with(out_path, lambda tmp: tmp.write_bytes(flatbuffer))
     return {"converted_from": "tensorflow",
             "load": "ai_edge_litert.interpreter.Interpreter(model_path=path)"}
 
 
-def _explain(exc: Exception) -> ConversionError:
+def explain(exc: Exception) -> ConversionError:
     match = _SELECT_OPS.search(str(exc))
     if match:
         ops = [op.strip() for op in match.group(1).split(",") if op.strip()]

@@ -1,0 +1,207 @@
+"""onnx_int8 -> model_int8.onnx with onnxruntime.quantization: static int8 (QDQ) or dynamic.
+
+``export.onnx_int8.mode``: ``static`` quantizes weights (per channel) and activations (ranges calibrated
+on ``export.calibration_samples`` training inputs, MinMax) as QuantizeLinear/DequantizeLinear pairs that
+onnxruntime fuses into integer kernels; ``dynamic`` quantizes the weights and computes activation
+ranges per call (it is the one that covers LSTM/GRU: ``DynamicQuantizeLSTM``). ``auto`` (the default):
+dynamic for recurrent models, static otherwise.
+
+For a static model the per-layer error is measured with onnxruntime's ``qdq_loss_debug`` (every
+activation of a quantized copy against the float model's, on validation inputs the calibration never saw)
+and the layers that add most go to the report; ``float_fallback`` (node names or parts of them) and
+``float_fallback_top_k`` exclude nodes from quantization (``nodes_to_exclude``).
+"""
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.atomic import write_with
+from pipeline.converters import ConvertJob, backend, recurrent_ops
+from pipeline.converters.tflite_quantize import LAYERS_REPORTED
+from pipeline.errors import ConversionError
+
+log = logging.getLogger(__name__)
+MODES = ("auto", "static", "dynamic")
+CALIBRATION_BATCH = 32
+LOAD = "onnxruntime.InferenceSession(path); input and output float32, as model.onnx"
+
+
+@backend("onnx_int8", "ort-quantize", order=10)
+def convert(job: ConvertJob) -> dict:
+    """onnxruntime.quantization: quantize_static (QDQ, int8, per-channel weights) calibrated on training
+    inputs, or quantize_dynamic for recurrent models."""
+    import onnx
+
+    model = onnx.load(str(job.onnx_path), load_external_data=False)
+    recurrent = recurrent_ops(model)
+    requested = str(job.options.get("mode", "auto") or "auto")
+    if requested not in MODES:
+        raise ConversionError(f"export.onnx_int8.mode={requested!r} is not a mode.",
+                              f"Pick one of: {', '.join(MODES)}.")
+    mode = requested if requested != "auto" else ("dynamic" if recurrent else "static")
+    info: dict = {"quantization": mode, "float32_bytes": Path(job.onnx_path).stat().st_size, "load": LOAD}
+    if recurrent:
+        info["recurrent_ops"] = recurrent
+    work = Path(tempfile.mkdtemp(prefix=".onnx_int8.", dir=job.out_path.parent))
+    try:
+        source = _preprocess(job.onnx_path, work / "preprocessed.onnx", info)
+        if mode == "static":
+            calibration = job.calibration_inputs()
+            info["calibration_samples"] = len(next(iter(calibration.values())))
+            layers = _static_layers(job, source, calibration, work, info)
+            excluded = _excluded(job.options, layers, source)
+            _quantize_static(source, work / "quantized.onnx", calibration, excluded)
+        else:
+            excluded = _excluded(job.options, [], source)
+            _quantize_dynamic(source, work / "quantized.onnx", excluded)
+        if excluded:
+            info["float_fallback"] = excluded
+        write_with(job.out_path, lambda tmp: shutil.copyfile(work / "quantized.onnx", tmp))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def _preprocess(onnx_path: Path, out: Path, info: dict) -> Path:
+    """onnxruntime's recommended pre-processing (shape inference, graph optimisation); the model as it is
+    when that fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(onnx_path), str(out))
+        info["preprocessed"] = True
+        return out
+    except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation
+        log.info("onnx_int8: pre-processing skipped: %s", exc)
+        info["preprocessed"] = False
+        return Path(onnx_path)
+
+
+class _Reader:
+    """A CalibrationDataReader over calibration inputs, in batches."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], batch: int = CALIBRATION_BATCH, limit: int | None = None):
+        count = len(next(iter(inputs.values())))
+        count = count if limit is None else min(limit, count)
+        self.batches = iter([{name: value[i:min(i + batch, count)] for name, value in inputs.items()}
+                             for i in range(0, count, batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+    def __iter__(self):
+        return iter(self.get_next, None)
+
+
+def _quantize_static(source: Path, out: Path, calibration: dict, excluded: list[str]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    try:  # _Reader is a CalibrationDataReader by its get_next (the ABC's subclass hook)
+        quantize_static(str(source), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_exclude=excluded)
+    except Exception as exc:
+        raise ConversionError(f"onnxruntime quantize_static failed: {type(exc).__name__}: {_first(exc)}",
+                              "Try export.onnx_int8.mode=dynamic, or exclude the failing nodes with "
+                              "export.onnx_int8.float_fallback.") from exc
+
+
+def _quantize_dynamic(source: Path, out: Path, excluded: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+    except Exception as exc:
+        raise ConversionError(f"onnxruntime quantize_dynamic failed: {type(exc).__name__}: {_first(exc)}",
+                              "Exclude the failing nodes with export.onnx_int8.float_fallback.") from exc
+
+
+def _static_layers(job: ConvertJob, source: Path, calibration: dict, work: Path, info: dict) -> list[dict]:
+    """The layers of a plainly quantized copy by the error each adds, worst first (a diagnostic: a failure
+    is reported, never fatal)."""
+    try:
+        inputs, info["layers_measured_on"] = job.layer_error_inputs()
+        layers = activation_errors(source, calibration, inputs, work)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("onnx_int8: per-layer statistics failed: %s", exc)
+        info["layers_error"] = f"{type(exc).__name__}: {_first(exc)}"
+        return []
+    info["layers"] = layers[:LAYERS_REPORTED]
+    return layers
+
+
+def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path) -> list[dict]:
+    """Per node of the statically quantized model: the relative RMSE of its (dequantized) output against the
+    float model's same tensor on ``inputs`` (``accumulated_relative_rmse``, onnxruntime's
+    ``qdq_loss_debug``), and what the node adds to its inputs' (``relative_rmse``, the ranking)."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    plain = work / "plain.onnx"
+    _quantize_static(source, plain, calibration, [])
+    collected = []
+    for model in (plain, source):
+        augmented = work / f"augmented_{model.stem}.onnx"
+        modify_model_output_intermediate_tensors(str(model), str(augmented))
+        collected.append(collect_activations(str(augmented), _Reader(inputs)))
+    errors = {name: error["xmodel_err"] for name, error in
+              compute_activation_error(create_activation_matching(*collected), err_func=_relative_rmse).items()
+              if np.isfinite(error.get("xmodel_err", np.nan))}
+    layers = []
+    for node in onnx.load(str(plain)).graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        outputs = [name for name in node.output if name in errors]
+        if not outputs:
+            continue
+        before = max((errors.get(_unquantized(name), 0.0) for name in node.input), default=0.0)
+        after = max(errors[name] for name in outputs)
+        layers.append({"layer": node.name or outputs[0], "op": node.op_type, "tensor": outputs[0],
+                       "relative_rmse": max(0.0, after - before), "accumulated_relative_rmse": after})
+    return sorted(layers, key=lambda layer: -layer["relative_rmse"])
+
+
+def _unquantized(name: str) -> str:
+    from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX
+
+    return name[:-len(DEQUANT_OUTPUT_SUFFIX)] if name.endswith(DEQUANT_OUTPUT_SUFFIX) else name
+
+
+def _relative_rmse(reference, quantized) -> float:
+    left = np.concatenate([np.ravel(a) for a in reference]).astype(np.float64)
+    right = np.concatenate([np.ravel(a) for a in quantized]).astype(np.float64)
+    error = float(np.linalg.norm(left - right))
+    return error / max(float(np.linalg.norm(left)), 1e-12) if error > 0 else 0.0
+
+
+def _excluded(options: dict, layers: list[dict], source: Path) -> list[str]:
+    """Node names to keep in float: those ``float_fallback`` names (whole or in part), and the
+    ``float_fallback_top_k`` worst layers."""
+    import onnx
+
+    named = [str(n) for n in (options.get("float_fallback") or [])]
+    top_k = int(options.get("float_fallback_top_k") or 0)
+    nodes = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node if node.name]
+    chosen: list[str] = []
+    for name in named:
+        matches = [node for node in nodes if node == name or name in node]
+        if not matches:
+            raise ConversionError(f"export.onnx_int8.float_fallback: {name!r} matches no node of the model.",
+                                  f"Name one of (or part of) these nodes: {', '.join(nodes[:40])}"
+                                  f"{' ...' if len(nodes) > 40 else ''}.")
+        chosen += matches
+    chosen += [layer["layer"] for layer in layers if layer["relative_rmse"] > 0][:top_k]
+    return list(dict.fromkeys(chosen))
+
+
+def _first(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""

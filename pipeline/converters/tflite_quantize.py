@@ -1,0 +1,215 @@
+"""TFLite's post-training quantization from this run's SavedModel: float16, int8 dynamic range, full integer.
+
+- ``fp16``: float16 weights, dequantized to float32 at load (half the size, float32 arithmetic);
+- ``int8_dynamic``: int8 weights, activations quantized on the fly per batch (no calibration);
+- ``int8``: full integer, weights and activations, activation ranges calibrated on training inputs
+  (``export.calibration_samples``); ``int8_io`` makes the input and output tensors int8 as well.
+
+For ``int8`` the per-layer quantization error is measured with TFLite's QuantizationDebugger (NumericVerify
+ops compare each quantized op with its float twin fed the same quantized input) on validation inputs,
+which the calibration never saw (a range calibrated too narrowly clips there, not on its own data), or on
+the calibration inputs when there is no validation split: ``layers`` in the report lists the layers that
+lose most, by relative RMSE (the error's RMS over the float output's RMS). ``float_fallback`` (names or
+parts of names) and ``float_fallback_top_k`` keep layers in float32 through the debugger's denylist
+(``denylisted_nodes``).
+"""
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.atomic import write_with
+from pipeline.converters import ConvertJob, recurrent_ops
+from pipeline.errors import ConversionError, NotApplicable
+
+log = logging.getLogger(__name__)
+
+MODES = ("fp16", "int8_dynamic", "int8")
+# Layers listed in the report (those with the largest relative error first).
+LAYERS_REPORTED = 10
+LOAD = "ai_edge_litert.interpreter.Interpreter(model_path=path)"
+
+
+def convert(job: ConvertJob, mode: str) -> dict:
+    """``job.out_path`` <- the quantized flatbuffer; returns the report entry (sizes, settings, layers)."""
+    import onnx
+
+    saved_model = job.artifacts["tensorflow"]
+    info: dict = {"converted_from": "tensorflow", "quantization": mode, "load": LOAD}
+    if mode == "int8":
+        recurrent = recurrent_ops(onnx.load(str(job.onnx_path), load_external_data=False))
+        if recurrent:
+            raise NotApplicable(
+                f"tflite_int8 does not apply to recurrent models (this one has {', '.join(recurrent)}): full-integer "
+                "TFLite quantizes the recurrent state to int8 step after step, and calibration on training inputs "
+                "clips whatever leaves their range (measured on seed 004: MSE +25 %).",
+                "Use tflite_int8_dynamic (int8 weights, float activations) or onnx_int8 (dynamic for recurrent "
+                "models), both in export=deploy.")
+        flatbuffer = _full_integer(job, saved_model, info)
+    else:
+        flatbuffer = _convert(saved_model, lambda c: _configure(c, mode))
+    write_with(job.out_path, lambda tmp: tmp.write_bytes(flatbuffer))
+    info["float32_bytes"] = float32_bytes(job, saved_model)
+    return info
+
+
+def float32_bytes(job: ConvertJob, saved_model: Path) -> int:
+    """The float32 TFLite model's size: this run's tflite artifact, or a conversion made only to measure it."""
+    if "tflite" in job.artifacts and Path(job.artifacts["tflite"]).is_file():
+        return Path(job.artifacts["tflite"]).stat().st_size
+    if "tflite_float32_bytes" not in job.cache:
+        job.cache["tflite_float32_bytes"] = len(_convert(saved_model, lambda c: None))
+    return job.cache["tflite_float32_bytes"]
+
+
+def _configure(converter, mode: str) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+
+
+def _convert(saved_model: Path, configure) -> bytes:
+    import tensorflow as tf
+
+    from pipeline.converters.backends.tflite_tf_converter import explain
+
+    try:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        configure(converter)
+        return converter.convert()
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise explain(exc) from exc
+
+
+# --- full integer ---------------------------------------------------------------------------------------
+
+def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
+    import tensorflow as tf
+
+    calibration = job.calibration_inputs()
+    samples = len(next(iter(calibration.values())))
+    int8_io = bool(job.options.get("int8_io", False))
+    info.update(calibration_samples=samples, int8_io=int8_io)
+
+    def full_integer(converter, calibrate_only: bool = False):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: _representative(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        converter._experimental_calibrate_only = calibrate_only  # noqa: SLF001 - the debugger's own route
+
+    flatbuffer = _convert(saved_model, full_integer)  # the converter's standard route, its checks included
+    try:  # diagnostic: a failure here never fails the conversion
+        calibrated = _convert(saved_model, lambda c: full_integer(c, calibrate_only=True))
+        inputs, info["layers_measured_on"] = job.layer_error_inputs()
+        layers = layer_statistics(calibrated, inputs)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("tflite_int8: per-layer statistics failed: %s", exc)
+        info["layers_error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        calibrated, layers = None, []
+    info["layers"] = layers[:LAYERS_REPORTED]
+    fallback = fallback_layers(job.options, layers)
+    if fallback:
+        if calibrated is None:
+            raise ConversionError(f"export.tflite_int8.float_fallback needs the per-layer statistics, which failed: "
+                                  f"{info['layers_error']}", "Drop export.tflite_int8.float_fallback(_top_k).")
+        flatbuffer = quantize(calibrated, int8_io, denylisted=[layer["tensor"] for layer in fallback])
+        info["float_fallback"] = [layer["layer"] for layer in fallback]
+    return flatbuffer
+
+
+def _representative(calibration: dict[str, np.ndarray]):
+    """One sample at a time, as TFLite's calibrator expects; a list for one input, by signature key for several."""
+    from pipeline.runtimes import signature_key
+
+    names = list(calibration)
+    count = len(calibration[names[0]])
+    for i in range(count):
+        if len(names) == 1:
+            yield [calibration[names[0]][i:i + 1]]
+        else:
+            yield {signature_key(name): calibration[name][i:i + 1] for name in names}
+
+
+def quantize(calibrated: bytes, int8_io: bool, denylisted: list[str] | None = None, debug: bool = False) -> bytes:
+    """The calibrated model quantized by TFLite's MLIR quantizer (the QuantizationDebugger's route), with the
+    ``denylisted`` tensors' ops kept in float32; ``debug`` adds the NumericVerify ops."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    io_type = tf.int8 if int8_io and not debug else tf.float32
+    return mlir_quantize(calibrated, input_data_type=io_type, output_data_type=io_type,
+                         enable_numeric_verify=debug, denylisted_nodes=list(denylisted or []))
+
+
+def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[dict]:
+    """Every quantized layer's error against its float twin on ``inputs`` (one at a time), worst first."""
+    import tensorflow as tf
+
+    names = list(inputs)
+
+    def dataset():
+        for i in range(len(inputs[names[0]])):
+            yield [inputs[name][i:i + 1] for name in names]
+
+    def squared_error(float_tensor, quant_tensor, scale, zero_point):
+        dequantized = (quant_tensor.astype(np.float64) - zero_point) * scale
+        return float(np.mean((float_tensor.astype(np.float64) - dequantized) ** 2))
+
+    def squared_reference(float_tensor, quant_tensor, scale, zero_point):
+        return float(np.mean(float_tensor.astype(np.float64) ** 2))
+
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"squared_error": squared_error, "squared_reference": squared_reference})
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        quant_debug_model_content=quantize(calibrated, False, debug=True), debug_dataset=dataset,
+        debug_options=options)
+    debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    layers = []
+    for row in csv.DictReader(io.StringIO(dump.getvalue())):
+        scale = float(row["scale"] or 0.0)
+        error, reference = float(row["squared_error"]), float(row["squared_reference"])
+        # The error over the float output's RMS; one quantization step at least, so that a near-zero
+        # tensor's rounding does not look like a large relative error.
+        relative = float(np.sqrt(error) / max(np.sqrt(reference), scale, 1e-12)) if error > 0 else 0.0
+        layers.append({"layer": short_name(row["tensor_name"]), "op": row["op_name"], "tensor": row["tensor_name"],
+                       "relative_rmse": relative, "rmse_over_scale": float(np.sqrt(error) / scale) if scale else None,
+                       "max_abs_error": float(row["max_abs_error"])})
+    layers = [layer for layer in layers if np.isfinite(layer["relative_rmse"])]
+    return sorted(layers, key=lambda layer: -layer["relative_rmse"])
+
+
+def short_name(tensor: str) -> str:
+    """A fused op's tensor by the layer it comes from: its deepest name, without the model's scope
+    (``converted_1/Relu;converted_1/conv1_Conv_1/convolution;...`` -> ``conv1_Conv_1/convolution``)."""
+    first = max(tensor.split(";"), key=lambda part: part.count("/"))
+    parts = first.split("/")
+    return "/".join(parts[1:]) if len(parts) > 1 and parts[0].startswith("converted") else first
+
+
+def fallback_layers(options: dict, layers: list[dict]) -> list[dict]:
+    """The layers ``float_fallback`` names (whole tensor names or parts of them) and the ``float_fallback_top_k``
+    worst; an unknown name is an error listing the layers."""
+    named = [str(n) for n in (options.get("float_fallback") or [])]
+    top_k = int(options.get("float_fallback_top_k") or 0)
+    chosen: dict[str, dict] = {}
+    for name in named:
+        matches = [layer for layer in layers if name == layer["tensor"] or name in layer["tensor"]]
+        if not matches:
+            known = ", ".join(dict.fromkeys(layer["layer"] for layer in layers)) or "(none measured)"
+            raise ConversionError(f"export.tflite_int8.float_fallback: {name!r} matches no quantized layer.",
+                                  f"Name one of (or part of) these layers: {known}.")
+        chosen.update({layer["tensor"]: layer for layer in matches})
+    for layer in [layer for layer in layers if layer["relative_rmse"] > 0][:top_k]:
+        chosen.setdefault(layer["tensor"], layer)
+    return list(chosen.values())

@@ -1,0 +1,116 @@
+"""What a quantized or half-precision target is judged by: the task, not a float tolerance.
+
+An int8 model cannot be ``allclose`` to PyTorch at rtol 1e-3; what matters is whether it still does
+the task. In parity (``judge``), a quantized target passes when, against PyTorch on the same held-out
+split (``parity.quantized``):
+
+- classifiers: accuracy drops by at most ``max_accuracy_drop`` (default 0.01 = 1 point) and at least
+  ``min_top1_agreement`` of the predictions (default 0.98) are PyTorch's;
+- regressors: the MSE grows by at most ``max_mse_increase`` (relative, default 0.05 = 5 %; an MSE 5 %
+  higher is an RMSE about 2.5 % higher). An improvement never fails.
+
+Max abs error and ``allclose`` are reported, not gating. Without labels (synthetic data) classifiers
+are judged by top-1 agreement alone, and regressors are not judged (``judged: false``).
+
+Before that, the convert stage checks each quantized artifact loosely (``sanity``): the reference's
+shapes, finite values, and, on the few verify samples, top-1 agreement >= 50 % (classifiers, first
+output) or a relative RMSE <= 0.5 against onnxruntime (other outputs): enough to catch a wrong
+layout or scale, never a tolerance a sound int8 model could miss.
+"""
+import numpy as np
+
+from pipeline import tasks
+
+SANITY_MIN_AGREEMENT = 0.5
+SANITY_MAX_RELATIVE_RMSE = 0.5
+# The worst layers a failure message names.
+LAYERS_NAMED = 3
+
+
+def relative_rmse(out: np.ndarray, ref: np.ndarray) -> float:
+    """RMS of the error over the reference's RMS (0 when both are zero)."""
+    diff = np.sqrt(np.mean((out.astype(np.float64) - ref.astype(np.float64)) ** 2)) if ref.size else 0.0
+    scale = np.sqrt(np.mean(ref.astype(np.float64) ** 2)) if ref.size else 0.0
+    return float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def sanity(outputs: dict, reference: dict, kind: str) -> dict:
+    """The convert stage's check of a quantized artifact against onnxruntime on a few held-out samples."""
+    samples = len(next(iter(reference.values())))
+    worst = 0.0
+    for index, (name, ref) in enumerate(reference.items()):
+        out = outputs[name]
+        if out.shape != ref.shape:
+            return {"ok": False, "reason": f"output {name} has shape {list(out.shape)}, ONNX gives {list(ref.shape)}"}
+        if not np.all(np.isfinite(out)):
+            return {"ok": False, "reason": f"output {name} has non-finite values"}
+        worst = max(worst, float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0)
+        labels = tasks.predictions(kind, ref) if index == 0 else None
+        if labels is not None:
+            agreement = float((tasks.predictions(kind, out) == labels).mean())
+            if agreement < SANITY_MIN_AGREEMENT:
+                return {"ok": False, "reason": f"output {name}: top-1 agreement with onnxruntime {agreement:.2f} on "
+                        f"{samples} held-out samples (a quantized artifact needs >= {SANITY_MIN_AGREEMENT})"}
+            continue
+        error = relative_rmse(out, ref)
+        if error > SANITY_MAX_RELATIVE_RMSE:
+            return {"ok": False, "reason": f"output {name}: relative RMSE {error:.3g} against onnxruntime on {samples} "
+                    f"held-out samples (a quantized artifact needs <= {SANITY_MAX_RELATIVE_RMSE})"}
+    return {"ok": True, "max_abs_err": worst, "samples": samples, "rule": "quantized (shapes, finite, loose)"}
+
+
+def judge(entry: dict, reference_metric: float | None, kind: str, settings, target: dict) -> None:
+    """Sets ``in_tolerance`` of a quantized target's parity entry by ``parity.quantized``; adds
+    ``metric_delta`` (absolute), ``metric_change`` (relative), the size and the verdict's reasons."""
+    entry["quantized"] = True
+    for key in ("bytes", "float32_bytes", "size_ratio"):
+        if target.get(key) is not None:
+            entry[key] = target[key]
+    if entry.get("error"):
+        entry["in_tolerance"] = False
+        return
+    metric = entry.get("metric")
+    delta = None if metric is None or reference_metric is None else metric - reference_metric
+    entry["metric_delta"] = delta
+    entry["metric_change"] = None if delta is None or not reference_metric else delta / abs(reference_metric)
+    failures, checks = [], []
+    if tasks.is_classifier(kind):
+        limit = float(settings.max_accuracy_drop)
+        if delta is not None:
+            checks.append(f"accuracy {100 * delta:+.2f} points (allowed -{100 * limit:.2f})")
+            if -delta > limit + 1e-12:
+                failures.append(f"accuracy dropped {-100 * delta:.2f} points ({metric:.4f} vs PyTorch's "
+                                f"{reference_metric:.4f}; parity.quantized.max_accuracy_drop={limit})")
+        agreement, minimum = entry.get("top1_agreement"), float(settings.min_top1_agreement)
+        if agreement is not None:
+            checks.append(f"top-1 agreement {agreement:.4f} (>= {minimum})")
+            if agreement < minimum:
+                failures.append(f"top-1 agreement {agreement:.4f} < parity.quantized.min_top1_agreement={minimum}")
+    elif entry["metric_change"] is not None:
+        limit = float(settings.max_mse_increase)
+        change = entry["metric_change"]
+        checks.append(f"MSE {100 * change:+.2f} % (allowed +{100 * limit:.1f} %)")
+        if change > limit + 1e-12:
+            failures.append(f"MSE {100 * change:+.1f} % ({metric:.4g} vs PyTorch's {reference_metric:.4g}; "
+                            f"parity.quantized.max_mse_increase={limit})")
+    entry["judged"] = bool(checks)
+    entry["in_tolerance"] = not failures
+    entry["judgement"] = "; ".join(failures) if failures else (", ".join(checks) or "no labels: not judged")
+    if failures and target.get("layers"):  # the worst layers still quantized
+        kept = set(target.get("float_fallback") or [])
+        entry["worst_layers"] = [layer["layer"] for layer in target["layers"] if layer["layer"] not in kept
+                                 and layer["relative_rmse"] > 0][:LAYERS_NAMED]
+        entry["float_fallback"] = list(target.get("float_fallback") or [])
+
+
+def describe(entry: dict, target: str) -> str:
+    """A failed quantized target in one sentence, with the layers that lose most and how to keep them in float."""
+    if entry.get("error"):
+        return f"{entry['runtime']}: {entry['error']}"
+    text = f"{entry['runtime']}: {entry['judgement']}"
+    layers, kept = entry.get("worst_layers"), entry.get("float_fallback") or []
+    if layers:
+        already = f" besides {', '.join(kept)} (kept in float)" if kept else ""
+        text += (f"; the layers that lose most{already}: {', '.join(layers)} (report.json targets.{target}.layers); "
+                 f"keep them in float with export.{target}.float_fallback=[{','.join([*kept, *layers])}]")
+    return text
