@@ -232,7 +232,10 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
     if "convert" not in selected and "parity" in selected:
         converted = {target: entry for target, entry in (source.report.get("targets") or {}).items()
                      if isinstance(entry, dict) and entry.get("status") == "ok" and target in TARGETS}
-        _check_converted(ctx.cfg, source, converted)
+        refused = {target: entry for target, entry in (source.report.get("targets") or {}).items()
+                   if isinstance(entry, dict) and entry.get("status") == "refused" and target in TARGETS}
+        _check_converted(ctx.cfg, source, {**converted, **refused})  # a refused target has nothing to measure
+        ctx.report.data["targets"].update(refused)
         for target, target_entry in converted.items():
             out = ctx.run_dir / TARGETS[target].artifact
             _copy(source.artifact(TARGETS[target].artifact, "parity"), out, ctx, target)

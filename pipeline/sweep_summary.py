@@ -42,10 +42,14 @@ def _job_order(name: str):
 def _row(job: str, overrides: str, report: dict) -> dict:
     row = {"job": job, "overrides": overrides, "status": report["status"], "model": report["model"]["name"]}
     row.update({k: _round(v) for k, v in report["metrics"].items()})
-    worst = max(report["parity"], key=_error_of, default=None)
+    floats = [e for e in report["parity"] if not e.get("quantized")]  # quantized: judged by the metric
+    worst = max(floats, key=_error_of, default=None)
     row["worst_parity_runtime"] = worst["runtime"] if worst else ""
     row["worst_max_abs_err"] = _round(worst["max_abs_err"]) if worst and worst["max_abs_err"] is not None else ""
-    row["all_allclose"] = all(e["allclose"] for e in report["parity"]) if report["parity"] else ""
+    row["all_allclose"] = all(e["allclose"] for e in floats) if floats else ""
+    quantized = [e for e in report["parity"] if e.get("quantized")]
+    if quantized:
+        row["quantized_in_tolerance"] = all(e["in_tolerance"] for e in quantized)
     for stage in STAGES:
         row[f"{stage}_s"] = report["stages"][stage]["seconds"] or ""
     return row

@@ -43,10 +43,10 @@ def convert(job: ConvertJob, mode: str) -> dict:
         if recurrent:
             raise NotApplicable(
                 f"tflite_int8 does not apply to recurrent models (this one has {', '.join(recurrent)}): full-integer "
-                "TFLite quantizes the recurrent state to int8 step after step, and calibration on training inputs "
-                "clips whatever leaves their range (measured on seed 004: MSE +25 %).",
-                "Use tflite_int8_dynamic (int8 weights, float activations) or onnx_int8 (dynamic for recurrent "
-                "models), both in export=deploy.")
+                "TFLite carries the recurrent state in int8 from step to step (the unrolled cell has no 16-bit "
+                "state), with activation ranges fixed by the calibration inputs (seed 004's forecaster: MSE +25 %).",
+                "Use tflite_int8_dynamic (int8 weights, float activations) or onnx_int8 (dynamic quantization for "
+                "recurrent models), both in export=deploy.")
         flatbuffer = _full_integer(job, saved_model, info)
     else:
         flatbuffer = _convert(saved_model, lambda c: _configure(c, mode))
