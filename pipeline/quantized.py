@@ -96,10 +96,11 @@ def judge(entry: dict, reference_metric: float | None, kind: str, settings, targ
     entry["judged"] = bool(checks)
     entry["in_tolerance"] = not failures
     entry["judgement"] = "; ".join(failures) if failures else (", ".join(checks) or "no labels: not judged")
-    if failures and target.get("layers"):  # the worst layers still quantized
+    if failures and target.get("layers"):  # the worst layers still quantized, by what keeping them in float gains
         kept = set(target.get("float_fallback") or [])
-        entry["worst_layers"] = [layer["layer"] for layer in target["layers"] if layer["layer"] not in kept
-                                 and layer["relative_rmse"] > 0][:LAYERS_NAMED]
+        quantized = [layer for layer in target["layers"] if layer["layer"] not in kept and layer["relative_rmse"] > 0]
+        gaining = [layer for layer in quantized if (layer.get("output_gain") or 0) > 0]
+        entry["worst_layers"] = [layer["layer"] for layer in (gaining or quantized)][:LAYERS_NAMED]
         entry["float_fallback"] = list(target.get("float_fallback") or [])
 
 

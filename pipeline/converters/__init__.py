@@ -68,6 +68,7 @@ class ConvertJob:
     # Inputs the calibration never saw (the validation split) on which the per-layer quantization error is
     # measured; None: the validation split is empty (the calibration inputs stand in).
     validation: Callable[[], dict[str, np.ndarray] | None] | None = None
+    output_kind: str | None = None  # model.output (log_probs, logits, probability, value): what the outputs mean
 
     def calibration_inputs(self) -> dict[str, np.ndarray]:
         from pipeline.errors import ConversionError

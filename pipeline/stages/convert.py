@@ -85,7 +85,7 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
     job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted),
                      dict(ctx.cfg.export.get(target) or {}), cache,
                      calibration=lambda: ctx.calibration_inputs(int(ctx.cfg.export.calibration_samples)),
-                     validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES))
+                     validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
     kept = None  # (attempt, info, parked path) of the first artifact that drifted
     for candidate in chain(ctx.cfg, target):
         attempt = {"backend": candidate.name}

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_with
-from pipeline.converters import ConvertJob, backend, recurrent_ops
-from pipeline.converters.tflite_quantize import LAYERS_REPORTED
+from pipeline.converters import ConvertJob, backend, layer_errors, recurrent_ops
+from pipeline.converters.layer_errors import LAYERS_REPORTED
 from pipeline.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def _static_layers(job: ConvertJob, source: Path, calibration: dict, work: Path,
     try:
         inputs, info["layers_measured_on"] = job.layer_error_inputs()
         layers = activation_errors(source, calibration, inputs, work)
+        layers = _ranked(job, source, calibration, inputs, layers, work)
     except Exception as exc:  # noqa: BLE001
         log.warning("onnx_int8: per-layer statistics failed: %s", exc)
         info["layers_error"] = f"{type(exc).__name__}: {_first(exc)}"
@@ -159,7 +160,7 @@ def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path)
     for node in onnx.load(str(plain)).graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        outputs = [name for name in node.output if name in errors]
+        outputs = [_unquantized(name) for name in node.output if _unquantized(name) in errors]
         if not outputs:
             continue
         before = max((errors.get(_unquantized(name), 0.0) for name in node.input), default=0.0)
@@ -169,10 +170,34 @@ def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path)
     return sorted(layers, key=lambda layer: -layer["relative_rmse"])
 
 
-def _unquantized(name: str) -> str:
-    from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX
+def _ranked(job: ConvertJob, source: Path, calibration: dict, inputs: dict, layers: list[dict],
+            work: Path) -> list[dict]:
+    """``layers`` ranked by what excluding each from quantization gains at the model's output."""
+    import onnxruntime as ort
 
-    return name[:-len(DEQUANT_OUTPUT_SUFFIX)] if name.endswith(DEQUANT_OUTPUT_SUFFIX) else name
+    session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    reference = dict(zip(names, session.run(None, inputs), strict=True))
+
+    def error(excluded: list[str]) -> float:
+        out = work / "candidate.onnx"
+        _quantize_static(source, out, calibration, excluded)
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        return layer_errors.output_error(dict(zip(names, session.run(None, inputs), strict=True)), reference,
+                                         job.output_kind)
+
+    return layer_errors.rank(layers, lambda layer: error([layer["layer"]]), error([]))
+
+
+def _unquantized(name: str) -> str:
+    """The float tensor a quantize/dequantize pair stands around (a graph output's pair renames the producer's
+    output to ``<name>_QuantizeLinear_Input``)."""
+    from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
+
+    for suffix in (DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
 
 
 def _relative_rmse(reference, quantized) -> float:
@@ -183,23 +208,14 @@ def _relative_rmse(reference, quantized) -> float:
 
 
 def _excluded(options: dict, layers: list[dict], source: Path) -> list[str]:
-    """Node names to keep in float: those ``float_fallback`` names (whole or in part), and the
-    ``float_fallback_top_k`` worst layers."""
+    """Node names to keep in float: those ``float_fallback`` names (whole or in part), and the first
+    ``float_fallback_top_k`` ranked layers (static mode; dynamic mode measures none)."""
     import onnx
 
-    named = [str(n) for n in (options.get("float_fallback") or [])]
-    top_k = int(options.get("float_fallback_top_k") or 0)
     nodes = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node if node.name]
-    chosen: list[str] = []
-    for name in named:
-        matches = [node for node in nodes if node == name or name in node]
-        if not matches:
-            raise ConversionError(f"export.onnx_int8.float_fallback: {name!r} matches no node of the model.",
-                                  f"Name one of (or part of) these nodes: {', '.join(nodes[:40])}"
-                                  f"{' ...' if len(nodes) > 40 else ''}.")
-        chosen += matches
-    chosen += [layer["layer"] for layer in layers if layer["relative_rmse"] > 0][:top_k]
-    return list(dict.fromkeys(chosen))
+    candidates = layers + [{"layer": n, "tensor": n, "relative_rmse": 0.0} for n in nodes
+                           if n not in {layer["layer"] for layer in layers}]
+    return list(dict.fromkeys(layer["layer"] for layer in layer_errors.choose(options, candidates, "onnx_int8", nodes)))
 
 
 def _first(exc: Exception) -> str:
