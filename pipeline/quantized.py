@@ -101,6 +101,7 @@ def judge(entry: dict, reference_metric: float | None, kind: str, settings, targ
         quantized = [layer for layer in target["layers"] if layer["layer"] not in kept and layer["relative_rmse"] > 0]
         gaining = [layer for layer in quantized if (layer.get("output_gain") or 0) > 0]
         entry["worst_layers"] = [layer["layer"] for layer in (gaining or quantized)][:LAYERS_NAMED]
+        entry["worst_layer_ops"] = [layer["op"] for layer in (gaining or quantized)][:LAYERS_NAMED]
         entry["float_fallback"] = list(target.get("float_fallback") or [])
 
 
@@ -112,6 +113,8 @@ def describe(entry: dict, target: str) -> str:
     layers, kept = entry.get("worst_layers"), entry.get("float_fallback") or []
     if layers:
         already = f" besides {', '.join(kept)} (kept in float)" if kept else ""
-        text += (f"; the layers that lose most{already}: {', '.join(layers)} (report.json targets.{target}.layers); "
+        ops = entry.get("worst_layer_ops") or [""] * len(layers)
+        shown = ", ".join(f"{name} ({op})" if op else name for name, op in zip(layers, ops, strict=False))
+        text += (f"; the layers that lose most{already}: {shown} (report.json targets.{target}.layers); "
                  f"keep them in float with export.{target}.float_fallback=[{','.join([*kept, *layers])}]")
     return text
