@@ -36,6 +36,7 @@ class RunContext:
     _data: object = None
     _net: torch.nn.Module | None = None
     _onnx_io: tuple | None = None
+    _calibration: dict = field(default_factory=dict)
 
     @property
     def output_kind(self) -> str:
@@ -142,6 +143,15 @@ class RunContext:
                                     "Name the dataset's inputs after the model's (dataset.inputs).")
             return {name: x[name][:count].numpy() for name in names}
         return {names[0]: x[:count].numpy()}
+
+    def calibration_inputs(self, count: int) -> dict[str, np.ndarray]:
+        """The first ``count`` training inputs by ONNX input name (quantization calibration; read once)."""
+        if count not in self._calibration:
+            x = self.data.splits.train[0]
+            names = self.input_names
+            self._calibration[count] = ({name: x[name][:count].numpy() for name in names} if isinstance(x, dict)
+                                        else {names[0]: x[:count].numpy()})
+        return self._calibration[count]
 
     def onnx_reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline import runtimes

@@ -5,7 +5,10 @@
 """
 from pathlib import Path
 
+from pipeline.converters import TARGETS
+
 RUNTIMES = ("onnxruntime", "keras", "tensorflow", "tflite")
+QUANTIZED = tuple(name for name, target in TARGETS.items() if target.quantized)
 INTROS = {
     "seeds": ("Support matrix", "the five seed systems, trained with their tutorials' recipes"),
     "zoo": ("Model zoo", "models of common shapes with random weights (BatchNorm statistics warmed up), "
@@ -23,7 +26,7 @@ def render(sweep_dir: Path, jobs: list[tuple[str, str, dict]], kind: str = "seed
         onnx = report["artifacts"].get("onnx", {})
         cells = [cell(report, runtime) for runtime in RUNTIMES]
         green += sum(c.startswith("✅") for c in cells[1:])
-        cells_total += len(RUNTIMES) - 1
+        cells_total += sum(c != "not run" for c in cells[1:])
         parameters = report["model"].get("parameters")
         rows.append([report["model"]["name"], experiment, f"{parameters:,}" if parameters else "-",
                      str(onnx.get("opset", "-")), metric, *cells])
@@ -35,7 +38,48 @@ def render(sweep_dir: Path, jobs: list[tuple[str, str, dict]], kind: str = "seed
              f"**{green} of {cells_total} conversion cells (keras, tensorflow, tflite) are green.**", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if any(e.get("quantized") or t in QUANTIZED for _, _, r in jobs for e in r["parity"] for t in [e["runtime"]]):
+        lines += quantized_table(jobs)
     return "\n".join(lines) + "\n"
+
+
+def quantized_table(jobs: list[tuple[str, str, dict]]) -> list[str]:
+    """Per quantized target: the task metric's change, the size against float32, batch-1 latency."""
+    header = ["model", "float tflite latency", *QUANTIZED]
+    lines = ["", "### Quantized and half-precision targets", "",
+             "Each cell: the task metric's change against PyTorch (accuracy points; relative MSE for regressors),",
+             "size against the float32 artifact (TFLite model, or ONNX for onnx_int8), batch-1 latency; ✅ when",
+             "`parity.quantized` holds (accuracy drop <= 1 point, top-1 agreement >= 98 %, MSE <= +10 %), or why not.",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, _, report in jobs:
+        float_tflite = next((e for e in report["parity"] if e["runtime"] == "tflite"), None)
+        latency = f"{float_tflite['latency_ms_batch1']:.3f} ms" if float_tflite and \
+            float_tflite.get("latency_ms_batch1") is not None else "-"
+        lines.append("| " + " | ".join([report["model"]["name"], latency,
+                                         *(quantized_cell(report, t) for t in QUANTIZED)]) + " |")
+    return lines
+
+
+def quantized_cell(report: dict, runtime: str) -> str:
+    entry = next((e for e in report["parity"] if e["runtime"] == runtime), None)
+    if entry is None:
+        return cell(report, runtime)
+    if entry.get("error"):
+        return _clean(f"❌ {entry['error']}")
+    parts = []
+    if entry.get("metric_change") is not None:
+        parts.append(f"MSE {100 * entry['metric_change']:+.1f} %")
+    elif entry.get("metric_delta") is not None:
+        parts.append(f"{100 * entry['metric_delta']:+.2f} pt")
+    elif entry.get("top1_agreement") is not None:
+        parts.append(f"top-1 {entry['top1_agreement']:.4f}")
+    if entry.get("size_ratio") is not None:
+        parts.append(f"{100 * entry['size_ratio']:.0f} % size")
+    if entry.get("latency_ms_batch1") is not None:
+        parts.append(f"{entry['latency_ms_batch1']:.3f} ms")
+    mark = "✅" if entry["in_tolerance"] else "❌"
+    text = f"{mark} {', '.join(parts)}"
+    return text if entry["in_tolerance"] else _clean(f"{text}: {entry.get('judgement', '')}")
 
 
 def cell(report: dict, runtime: str) -> str:

@@ -68,6 +68,22 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
                       f"throughput {round(ref['throughput_per_s'])}/s.", ""]
+    quantized = [e for e in report["parity"] if e.get("quantized")]
+    if quantized:
+        lines += ["## Quantized and half-precision targets (judged by parity.quantized)", "", *_table(
+            ["target", "metric", "change vs PyTorch", "top-1 agreement", "size", "vs float32", "latency b1 (ms)",
+             "verdict"],
+            [[e["runtime"], e.get("metric"), _change(e), e.get("top1_agreement"),
+              _size(e["bytes"]) if e.get("bytes") else "-",
+              f"{100 * e['size_ratio']:.0f} % of {e['size_ratio_to']}" if e.get("size_ratio") else "-",
+              e.get("latency_ms_batch1"), e.get("judgement") or e.get("error")] for e in quantized]), ""]
+        worst = report["targets"].get("tflite_int8", {}).get("worst_layers")
+        if worst:
+            lines += ["Layers of tflite_int8 that lose most to int8 (RMSE over the quantization step); keep some in "
+                      "float with `export.tflite_int8.float_fallback=[...]`:", "",
+                      *_table(["layer (node)", "op", "rmse / scale", "max abs err"],
+                              [[f"`{w['node']}`", w["op"], w["rmse_over_scale"], w["max_abs_error"]] for w in worst]),
+                      ""]
     diagnosed = [e for e in report["parity"] if e.get("divergence")]
     if diagnosed:
         lines += ["## Where parity drifts", "", *_table(
@@ -91,6 +107,14 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def _change(entry: dict) -> str:
+    if entry.get("metric_change") is not None:
+        return f"MSE {100 * entry['metric_change']:+.1f} %"
+    if entry.get("metric_delta") is not None:
+        return f"{100 * entry['metric_delta']:+.2f} points"
+    return "-"
+
+
 def _attempt(attempt: dict) -> str:
     reason = f" ({attempt['reason']})" if attempt.get("reason") else ""
     return f"{attempt['backend']} {attempt['status']}{reason}"
@@ -101,7 +125,10 @@ def _rounded(value):
 
 
 def _load_hint(key: str, report: dict) -> str:
-    hint = LOAD_HINTS.get(key, "")
+    from pipeline.converters import TARGETS
+
+    runtime = TARGETS[key].runtime if key in TARGETS else key
+    hint = LOAD_HINTS.get(key) or LOAD_HINTS.get({"onnxruntime": "onnx"}.get(runtime, runtime), "")
     layout = report["targets"].get(key, {}).get("input_layout")
     return f"{hint}; input layout **{layout}**" if layout else hint
 

@@ -158,6 +158,12 @@ class TargetOptions:
 
 
 @dataclass
+class FullIntegerOptions(TargetOptions):
+    int8_io: bool = False  # int8 input and output tensors (the runtime adapter quantizes and dequantizes)
+    float_fallback: list[str] = field(default_factory=list)  # layers (report: worst_layers[].node) kept in float
+
+
+@dataclass
 class VerifyConfig:
     """Each converted artifact against onnxruntime on a few held-out inputs, before parity: within
     rtol * max|onnx output| + atol, or ``auto`` tries the next backend."""
@@ -168,7 +174,9 @@ class VerifyConfig:
 
 
 # export.<target> for every registered target: adding a target adds its options.
-_ExportBase = make_dataclass("_ExportBase", [(name, TargetOptions, field(default_factory=TargetOptions))
+TARGET_OPTIONS = {"tflite_int8": FullIntegerOptions}
+_ExportBase = make_dataclass("_ExportBase", [(name, TARGET_OPTIONS.get(name, TargetOptions),
+                                              field(default_factory=TARGET_OPTIONS.get(name, TargetOptions)))
                                              for name in TARGETS])
 
 
@@ -177,6 +185,17 @@ class ExportConfig(_ExportBase):
     opset: int = ranged(13, between(MIN_OPSET, MAX_OPSET, integer=True))  # the lowest tried (raised as needed)
     targets: dict[str, bool] = field(default_factory=dict)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    # Training-split inputs that calibrate the quantized targets (tflite_int8, onnx_int8).
+    calibration_samples: int = ranged(200, between(1, 100_000, integer=True))
+
+
+@dataclass
+class QuantizedParityConfig:
+    """A quantized target is judged by what matters for it, not by allclose (its errors are reported)."""
+
+    max_accuracy_drop: float = ranged(0.01, between(0, 1))  # classifiers: PyTorch's accuracy minus its own
+    min_top1_agreement: float = ranged(0.98, between(0, 1))
+    max_mse_increase: float = ranged(0.10, at_least(0))  # regressors: relative (0.10 = MSE up to 10 % higher)
 
 
 @dataclass
@@ -189,6 +208,7 @@ class ParityConfig:
     latency_repeats: int = ranged(50, between(1, 100_000, integer=True))
     diagnose: bool | None = None  # locate the first diverging node: null = for drifting runtimes only
     diagnose_samples: int = ranged(4, between(1, 10_000, integer=True))
+    quantized: QuantizedParityConfig = field(default_factory=QuantizedParityConfig)
 
 
 # seed_everything takes an unsigned 32-bit seed (and silently picks a random one otherwise).

@@ -20,12 +20,23 @@ class Target:
     artifact: str  # file or directory name in the run dir
     runtime: str  # the runtime adapter (pipeline.runtimes) that runs it in parity
     description: str
+    # A quantized (or half-precision) artifact: judged by the task metric and top-1 agreement (parity.quantized),
+    # its size compared with ``float_twin``'s (the float32 artifact of the same kind).
+    quantized: bool = False
+    float_twin: str | None = None
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("keras", "model.keras", "keras", "Keras 3 model; loads with keras.saving.load_model(path, safe_mode=True)"),
     Target("tensorflow", "saved_model", "tensorflow", "TensorFlow SavedModel with a serving_default signature"),
     Target("tflite", "model.tflite", "tflite", "TFLite flatbuffer for the LiteRT interpreter"),
+    Target("tflite_fp16", "model_fp16.tflite", "tflite", "TFLite with float16 weights", True, "tflite"),
+    Target("tflite_int8_dynamic", "model_int8_dynamic.tflite", "tflite",
+           "TFLite with int8 weights, activations quantized on the fly", True, "tflite"),
+    Target("tflite_int8", "model_int8.tflite", "tflite", "TFLite full integer (int8), calibrated on training data",
+           True, "tflite"),
+    Target("onnx_int8", "model_int8.onnx", "onnxruntime", "ONNX quantized by onnxruntime (static QDQ; dynamic for "
+           "recurrent models)", True, "onnx"),
 )}
 
 
@@ -43,6 +54,8 @@ class ConvertJob:
     # Intermediate ONNX tensors to expose as extra outputs, for locating a drift (pipeline.diagnose);
     # a backend that cannot raises ConversionError.
     debug_outputs: list[str] = field(default_factory=list)
+    # Training-split inputs (by ONNX input name) for quantization calibration: read on first call.
+    calibration: Callable[[], dict[str, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from pipeline import diagnose, runtimes, tasks
+from pipeline import diagnose, quantized, runtimes, tasks
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS
 from pipeline.errors import ParityError
@@ -40,6 +40,8 @@ def run(ctx: RunContext) -> None:
             entry.update(compare(out, ref_out, ctx.output_kind, settings))
             entry["metric"] = _metric(ctx, out, labels) if entry.get("error") is None else None
             entry.update(timing)
+        if name in TARGETS and TARGETS[name].quantized:
+            quantized.judge(ctx, entry, TARGETS[name])
         entries.append(entry)
         log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
@@ -50,12 +52,15 @@ def run(ctx: RunContext) -> None:
         raise ParityError(f"Parity failed for {', '.join(e['runtime'] for e in drifted)} "
                           f"({'; '.join(_describe(e) for e in drifted)}) at rtol={settings.rtol}, "
                           f"atol={settings.atol}.",
-                          "Inspect report.json parity; loosen parity.rtol/atol only if the drift is acceptable.")
+                          "Inspect report.json parity; loosen parity.rtol/atol only if the drift is acceptable "
+                          "(parity.quantized.* for the quantized targets).")
 
 
 def _describe(entry: dict) -> str:
     if entry.get("error"):
         return f"{entry['runtime']}: {entry['error']}"
+    if entry.get("quantized"):
+        return f"{entry['runtime']}: {entry.get('judgement', 'out of tolerance')}"
     where = entry.get("divergence", {})
     first = f", first diverges at node {where['node']} ({where['op_type']})" if where.get("node") else ""
     return (f"{entry['runtime']}: max_abs_err={entry['max_abs_err']:.3g}, "
