@@ -3,8 +3,9 @@
     python -m benchmarks.run [--mnist-root ../shared/data/mnist-10k]
 
 1. seed 000's recipe vs the pipeline's default train stage: seconds, accuracy and the ratio;
-2. per-stage seconds of `model=mnist_cnn export=all`;
-3. per runtime: batch-1 latency (median) and batch-256 throughput (from that run's parity stage);
+2. per-stage seconds of `model=mnist_cnn export=[all,deploy]` (every float and quantized target);
+3. per runtime: batch-1 latency (median), batch-256 throughput, accuracy, artifact size (from that
+   run's parity stage), the quantized targets' accuracy change and size against float32;
 4. a 2-job sweep with the joblib launcher vs the same jobs one after another.
 """
 import argparse
@@ -43,9 +44,9 @@ def main() -> None:
 
     print("1/4 seed 000 recipe (10 epochs) ...", flush=True)
     seed = seed000_recipe.run(args.mnist_root)
-    print("2/4 pipeline model=mnist_cnn export=all ...", flush=True)
+    print("2/4 pipeline model=mnist_cnn export=[all,deploy] ...", flush=True)
     run_dir = work / "full"
-    pipeline("model=mnist_cnn", "export=all", root, f"hydra.run.dir={run_dir}")
+    pipeline("model=mnist_cnn", "export=[all,deploy]", root, f"hydra.run.dir={run_dir}")
     report = json.loads((run_dir / "report.json").read_text())
     print("4/4 2-job sweep: sequential vs joblib ...", flush=True)
     sequential = pipeline(*SWEEP_JOB, root, f"hydra.sweep.dir={work / 'seq'}", multirun=True)
@@ -62,8 +63,12 @@ def collect(seed: dict, report: dict, sequential: float, parallel: float) -> dic
     stages = {name: s["seconds"] for name, s in report["stages"].items()}
     train = {"seconds": stages["train"], "test_accuracy": report["metrics"]["test_accuracy"],
              "epochs": report["trainer"]["epochs"]}
-    runtimes = [{"runtime": "torch", **_timing(report["reference"])}]
-    runtimes += [{"runtime": e["runtime"], **_timing(e)} for e in report["parity"]]
+    runtimes = [{"runtime": "torch", **_timing(report["reference"]), "metric": report["reference"]["metric"],
+                 "bytes": report["artifacts"]["weights"]["bytes"]}]
+    for e in report["parity"]:
+        artifact = report["artifacts"].get("onnx" if e["runtime"] == "onnxruntime" else e["runtime"], {})
+        runtimes.append({"runtime": e["runtime"], **_timing(e), "metric": e["metric"], "bytes": artifact.get("bytes"),
+                         **{k: e[k] for k in ("metric_delta", "size_ratio", "size_ratio_to") if k in e}})
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
@@ -82,6 +87,18 @@ def _timing(entry: dict) -> dict:
             "batch_size": entry["throughput_batch_size"]}
 
 
+def _points(delta) -> str:
+    return "" if delta is None else f"{100 * delta:+.2f} pt"
+
+
+def _kib(size) -> str:
+    return "" if not size else f"{size / 1024:.0f} KiB"
+
+
+def _ratio(x: dict) -> str:
+    return f"{100 * x['size_ratio']:.0f} % of {x['size_ratio_to']}" if x.get("size_ratio") else ""
+
+
 def markdown(r: dict) -> str:
     t = r["training"]
     seed, ours = t["seed000_recipe"], t["pipeline_default"]
@@ -96,13 +113,15 @@ def markdown(r: dict) -> str:
              f"Time ratio {t['time_ratio']:.2f} (1/{1 / t['time_ratio']:.1f}), accuracy "
              f"{t['accuracy_delta']:+.4f}. The pipeline's seconds are its whole train stage (Lightning set-up, "
              "fit, test, saving).", "",
-             "**2. Stage seconds, `model=mnist_cnn export=all`**", "",
+             "**2. Stage seconds, `model=mnist_cnn export=[all,deploy]`** (convert: 7 targets)", "",
              "| " + " | ".join(r["stages_seconds"]) + " | after train |", "|" + "---|" * (len(r["stages_seconds"]) + 1),
              "| " + " | ".join(f"{v:.1f}" for v in r["stages_seconds"].values()) +
              f" | {r['after_train_seconds']:.1f} |", "",
-             "**3. Runtimes (MNIST CNN)**", "",
-             "| runtime | batch-1 latency (ms, median) | batch-256 throughput (/s) |", "|---|---|---|"]
-    lines += [f"| {x['runtime']} | {x['latency_ms_batch1']:.3f} | {x['throughput_per_s']:.0f} |" for x in r["runtimes"]]
+             "**3. Runtimes and targets (MNIST CNN, 2000 held-out digits)**", "",
+             "| runtime | batch-1 latency (ms, median) | batch-256 throughput (/s) | accuracy | vs PyTorch | size | "
+             "vs float32 |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {x['runtime']} | {x['latency_ms_batch1']:.3f} | {x['throughput_per_s']:.0f} | {x['metric']:.4f} | "
+              f"{_points(x.get('metric_delta'))} | {_kib(x.get('bytes'))} | {_ratio(x)} |" for x in r["runtimes"]]
     s = r["sweep_2_jobs"]
     lines += ["", "**4. Two-job sweep (`model=mnist_mlp trainer.max_epochs=2 seed=1,2`)**", "",
               "| launcher | wall seconds |", "|---|---|", f"| basic (sequential) | {s['sequential_s']:.1f} |",

@@ -28,6 +28,11 @@ class ConversionError(PipelineError):
         self.unsupported_op = unsupported_op
 
 
+class NotApplicable(ConversionError):
+    """The target does not apply to this kind of model by design (full-integer int8 of a recurrent layer):
+    the target is reported as ``refused``, naming the op, and the run does not fail for it."""
+
+
 class StageFailed(PipelineError):
     """A stage failed in part (one convert target of several): later stages still run on the rest."""
 

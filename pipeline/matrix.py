@@ -93,6 +93,8 @@ def cell(report: dict, runtime: str) -> str:
         agree = "" if entry["top1_agreement"] is None else f", top-1 {entry['top1_agreement']:.4f}"
         error = "NaN" if entry["max_abs_err"] is None else f"{entry['max_abs_err']:.1e}"  # null: NaN outputs
         return f"{mark} {error}{agree}{backend}"
+    if target and target.get("status") == "refused":
+        return _clean(f"➖ refused: {_failure(target)}")
     if target and target.get("status") != "ok":
         return _clean(f"❌ {_failure(target)}")
     stage = report["stages"].get("parity", {}).get("status")

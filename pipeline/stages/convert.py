@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, onnx_layout, prepare_tensorflow
-from pipeline.errors import ConversionError, PipelineError, StageFailed
+from pipeline.errors import ConversionError, NotApplicable, PipelineError, StageFailed
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
@@ -104,6 +104,10 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
     entry["reason"] = "; ".join(f"{a['backend']}: {a.get('reason', a['status'])}" for a in attempts) or \
         "no backend"
     entry["unsupported_op"] = next((a["unsupported_op"] for a in attempts if a.get("unsupported_op")), None)
+    if attempts and all(a["status"] == "refused" for a in attempts):
+        entry["status"] = "refused"  # not applicable to this model: reported, not a failure of the run
+        log.warning("convert %s refused: %s", target, entry["reason"])
+        return True
     log.error("convert %s failed: %s", target, entry["reason"])
     return False
 
@@ -117,7 +121,8 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
     try:
         return candidate.convert(job) or {}
     except ConversionError as exc:
-        attempt.update(status="failed", reason=str(exc), unsupported_op=exc.unsupported_op)
+        attempt.update(status="refused" if isinstance(exc, NotApplicable) else "failed", reason=str(exc),
+                       unsupported_op=exc.unsupported_op)
     except ImportError as exc:
         attempt.update(status="skipped", reason=f"not installed ({exc})")
     except Exception as exc:  # noqa: BLE001 - a converter library's own error: the next backend may do better

@@ -7,7 +7,7 @@ keeps the named ones in float (then float kernels are allowed beside the int8 on
 """
 from pipeline.converters import ConvertJob, backend, tflite_quantization
 from pipeline.converters.backends.tflite_tf_converter import convert_file
-from pipeline.errors import ConversionError
+from pipeline.errors import NotApplicable
 
 # Full-integer recurrent layers lose too much: seed 004's LSTM forecaster measured a test MSE 41 %
 # higher than float (and a model larger than float, its unrolled steps each quantized).
@@ -23,7 +23,7 @@ def convert(job: ConvertJob) -> dict:
     recurrent = sorted({n.op_type for n in onnx.load(str(job.onnx_path), load_external_data=False).graph.node}
                        & set(RECURRENT_OPS))
     if recurrent:
-        raise ConversionError(f"full-integer quantization of recurrent layers ({', '.join(recurrent)}) is refused: "
+        raise NotApplicable(f"full-integer quantization of recurrent layers ({', '.join(recurrent)}) is refused: "
                               "int8 activations through every time step lose too much (seed 004's LSTM: MSE +41 %).",
                               "Use tflite_int8_dynamic (int8 weights) or tflite_fp16 for this model.",
                               unsupported_op=recurrent[0])
