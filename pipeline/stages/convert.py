@@ -101,6 +101,12 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
         parked.replace(out_path)
         entry["verified"] = False
         return _accept(ctx, target, entry, attempt["backend"], info, out_path)
+    return _give_up(target, entry, attempts)
+
+
+def _give_up(target: str, entry: dict, attempts: list[dict]) -> bool:
+    """No artifact: the reasons of every backend tried, and the first op one of them named. Returns
+    whether the run may still succeed (the target was refused by design, not failed)."""
     entry["reason"] = "; ".join(f"{a['backend']}: {a.get('reason', a['status'])}" for a in attempts) or \
         "no backend"
     entry["unsupported_op"] = next((a["unsupported_op"] for a in attempts if a.get("unsupported_op")), None)
