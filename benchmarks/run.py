@@ -3,12 +3,11 @@
     python -m benchmarks.run [--mnist-root ../shared/data/mnist-10k]
 
 1. seed 000's recipe vs the pipeline's default train stage: seconds, accuracy and the ratio;
-2. per-stage seconds of `model=mnist_cnn export=all`;
-3. per runtime: batch-1 latency (median) and batch-256 throughput (from that run's parity stage);
+2. per-stage seconds of `model=mnist_cnn export=[all,deploy]` (every float and quantized target);
+3. per runtime: batch-1 latency (median), batch-256 throughput, accuracy, artifact size (from that
+   run's parity stage), the quantized targets' accuracy change and size against float32;
 4. a 2-job sweep with the joblib launcher vs the same jobs one after another;
-5. the quantized and half-precision targets of that MNIST CNN (``export=deploy`` on its run): the task
-   metric's change, top-1 agreement, size against float32, batch-1 latency and throughput;
-6. the float fallback: seed 003's MNIST MLP to tflite_int8, then again with the layer that loses most kept
+5. the float fallback: seed 003's MNIST MLP to tflite_int8, then again with the layer that loses most kept
    in float (``export.tflite_int8.float_fallback_top_k=1``).
 """
 import argparse
@@ -26,7 +25,6 @@ from benchmarks import seed000_recipe
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP_JOB = ("model=mnist_mlp", "trainer.max_epochs=2", "export=onnx", "seed=1,2")
-QUANTIZED = ("tflite_fp16", "tflite_int8_dynamic", "tflite_int8", "onnx_int8")
 
 
 def pipeline(*overrides: str, multirun: bool = False) -> float:
@@ -46,26 +44,22 @@ def main() -> None:
     root = f"dataset.root={args.mnist_root}"
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
 
-    print("1/6 seed 000 recipe (10 epochs) ...", flush=True)
+    print("1/5 seed 000 recipe (10 epochs) ...", flush=True)
     seed = seed000_recipe.run(args.mnist_root)
-    print("2/6 pipeline model=mnist_cnn export=all ...", flush=True)
+    print("2/5 pipeline model=mnist_cnn export=[all,deploy] ...", flush=True)
     run_dir = work / "full"
-    pipeline("model=mnist_cnn", "export=all", root, f"hydra.run.dir={run_dir}")
+    pipeline("model=mnist_cnn", "export=[all,deploy]", root, f"hydra.run.dir={run_dir}")
     report = json.loads((run_dir / "report.json").read_text())
-    print("4/6 2-job sweep: sequential vs joblib ...", flush=True)
+    print("4/5 2-job sweep: sequential vs joblib ...", flush=True)
     sequential = pipeline(*SWEEP_JOB, root, f"hydra.sweep.dir={work / 'seq'}", multirun=True)
     parallel = pipeline(*SWEEP_JOB, root, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                         f"hydra.sweep.dir={work / 'par'}", multirun=True)
-    print("5/6 export=deploy on the MNIST CNN ...", flush=True)
-    pipeline(f"from_run={run_dir}", "stages=[convert,parity]", "export=deploy", f"hydra.run.dir={work / 'deploy'}")
-    deploy = json.loads((work / "deploy" / "report.json").read_text())
-    print("6/6 seed 003 MLP to tflite_int8, without and with float fallback ...", flush=True)
+    print("5/5 seed 003 MLP to tflite_int8, without and with float fallback ...", flush=True)
     pipeline("experiment=seed003_mnist_mlp", "export=tflite_int8", root, f"hydra.run.dir={work / 'mlp'}")
     pipeline(f"from_run={work / 'mlp'}", "stages=[convert,parity]", "export=tflite_int8",
              "export.tflite_int8.float_fallback_top_k=1", f"hydra.run.dir={work / 'mlp_fallback'}")
     fallback = [json.loads((work / name / "report.json").read_text()) for name in ("mlp", "mlp_fallback")]
     results = collect(seed, report, sequential, parallel)
-    results["quantized"] = quantized_rows(deploy)
     results["float_fallback"] = fallback_rows(fallback)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -77,8 +71,12 @@ def collect(seed: dict, report: dict, sequential: float, parallel: float) -> dic
     stages = {name: s["seconds"] for name, s in report["stages"].items()}
     train = {"seconds": stages["train"], "test_accuracy": report["metrics"]["test_accuracy"],
              "epochs": report["trainer"]["epochs"]}
-    runtimes = [{"runtime": "torch", **_timing(report["reference"])}]
-    runtimes += [{"runtime": e["runtime"], **_timing(e)} for e in report["parity"]]
+    runtimes = [{"runtime": "torch", **_timing(report["reference"]), "metric": report["reference"]["metric"],
+                 "bytes": report["artifacts"]["weights"]["bytes"]}]
+    for e in report["parity"]:
+        artifact = report["artifacts"].get("onnx" if e["runtime"] == "onnxruntime" else e["runtime"], {})
+        runtimes.append({"runtime": e["runtime"], **_timing(e), "metric": e["metric"], "bytes": artifact.get("bytes"),
+                         **{k: e[k] for k in ("metric_delta", "size_ratio", "size_ratio_to") if k in e}})
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
@@ -92,22 +90,8 @@ def collect(seed: dict, report: dict, sequential: float, parallel: float) -> dic
     }
 
 
-def quantized_rows(report: dict) -> dict:
-    """The MNIST CNN's float32 references and each quantized target, from the deploy run's report."""
-    parity = {e["runtime"]: e for e in report["parity"]}
-    rows = [{"target": name, "quantization": "float32", "metric_delta": parity[name]["metric"] -
-             report["reference"]["metric"], "top1_agreement": parity[name]["top1_agreement"],
-             "bytes": report["artifacts"][artifact]["bytes"], "size_ratio": 1.0, **_timing(parity[name])}
-            for name, artifact in (("tflite", "tflite"), ("onnxruntime", "onnx"))]
-    for name in QUANTIZED:
-        e = parity[name]
-        rows.append({"target": name, "quantization": report["targets"][name].get("quantization"),
-                     "metric_delta": e["metric_delta"], "top1_agreement": e["top1_agreement"], "bytes": e["bytes"],
-                     "size_ratio": e["size_ratio"], "in_tolerance": e["in_tolerance"], **_timing(e)})
-    return {"reference_metric": report["reference"]["metric"], "rows": rows}
-
-
 def fallback_rows(reports: list[dict]) -> list[dict]:
+    """tflite_int8 of the same model without and with float fallback: what keeping the worst layer in float buys."""
     rows = []
     for report in reports:
         target = report["targets"]["tflite_int8"]
@@ -115,13 +99,37 @@ def fallback_rows(reports: list[dict]) -> list[dict]:
         rows.append({"float_fallback": target.get("float_fallback", []), "metric": e["metric"],
                      "metric_delta": e["metric_delta"], "top1_agreement": e["top1_agreement"],
                      "max_abs_err": e["max_abs_err"], "size_ratio": e["size_ratio"],
-                     "worst_layer": target["layers"][0] if target.get("layers") else None})
+                     "worst_layer": (target.get("worst_layers") or [None])[0]})
     return rows
+
+
+def _fallback_markdown(rows: list[dict]) -> list[str]:
+    worst = rows[0]["worst_layer"] or {}
+    lines = ["**5. Float fallback (seed 003 MNIST MLP, its 10 epochs, to `tflite_int8`)**", "",
+             f"The layer that loses most: `{worst.get('layer')}` ({worst.get('op')}; keeping it alone in float "
+             f"removes {100 * (worst.get('output_gain') or 0):.0f} % of the int8 output error on validation inputs).",
+             "", "| kept in float | accuracy vs PyTorch | top-1 agreement | max abs error | vs float32 size |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {', '.join(f'`{n}`' for n in x['float_fallback']) or 'nothing'} | {_points(x['metric_delta'])} | "
+              f"{x['top1_agreement']:.4f} | {x['max_abs_err']:.3g} | {100 * x['size_ratio']:.1f} % |" for x in rows]
+    return lines + [""]
 
 
 def _timing(entry: dict) -> dict:
     return {"latency_ms_batch1": entry["latency_ms_batch1"], "throughput_per_s": entry["throughput_per_s"],
             "batch_size": entry["throughput_batch_size"]}
+
+
+def _points(delta) -> str:
+    return "" if delta is None else f"{100 * delta:+.2f} pt"
+
+
+def _kib(size) -> str:
+    return "" if not size else f"{size / 1024:.0f} KiB"
+
+
+def _ratio(x: dict) -> str:
+    return f"{100 * x['size_ratio']:.0f} % of {x['size_ratio_to']}" if x.get("size_ratio") else ""
 
 
 def markdown(r: dict) -> str:
@@ -138,41 +146,22 @@ def markdown(r: dict) -> str:
              f"Time ratio {t['time_ratio']:.2f} (1/{1 / t['time_ratio']:.1f}), accuracy "
              f"{t['accuracy_delta']:+.4f}. The pipeline's seconds are its whole train stage (Lightning set-up, "
              "fit, test, saving).", "",
-             "**2. Stage seconds, `model=mnist_cnn export=all`**", "",
+             "**2. Stage seconds, `model=mnist_cnn export=[all,deploy]`** (convert: 7 targets)", "",
              "| " + " | ".join(r["stages_seconds"]) + " | after train |", "|" + "---|" * (len(r["stages_seconds"]) + 1),
              "| " + " | ".join(f"{v:.1f}" for v in r["stages_seconds"].values()) +
              f" | {r['after_train_seconds']:.1f} |", "",
-             "**3. Runtimes (MNIST CNN)**", "",
-             "| runtime | batch-1 latency (ms, median) | batch-256 throughput (/s) |", "|---|---|---|"]
-    lines += [f"| {x['runtime']} | {x['latency_ms_batch1']:.3f} | {x['throughput_per_s']:.0f} |" for x in r["runtimes"]]
+             "**3. Runtimes and targets (MNIST CNN, 2000 held-out digits)**", "",
+             "| runtime | batch-1 latency (ms, median) | batch-256 throughput (/s) | accuracy | vs PyTorch | size | "
+             "vs float32 |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {x['runtime']} | {x['latency_ms_batch1']:.3f} | {x['throughput_per_s']:.0f} | {x['metric']:.4f} | "
+              f"{_points(x.get('metric_delta'))} | {_kib(x.get('bytes'))} | {_ratio(x)} |" for x in r["runtimes"]]
     s = r["sweep_2_jobs"]
     lines += ["", "**4. Two-job sweep (`model=mnist_mlp trainer.max_epochs=2 seed=1,2`)**", "",
               "| launcher | wall seconds |", "|---|---|", f"| basic (sequential) | {s['sequential_s']:.1f} |",
               f"| joblib, n_jobs=2 | {s['joblib_s']:.1f} |", "", f"Speed-up {s['speedup']:.2f}x.", ""]
-    if "quantized" in r:
-        lines += _quantized_markdown(r["quantized"], r["float_fallback"])
+    if r.get("float_fallback"):
+        lines += _fallback_markdown(r["float_fallback"])
     return "\n".join(lines)
-
-
-def _quantized_markdown(q: dict, fallback: list[dict]) -> list[str]:
-    lines = ["**5. Quantized targets (MNIST CNN, `export=deploy` on the run of 2; PyTorch accuracy "
-             f"{q['reference_metric']:.4f})**", "",
-             "| target | quantization | accuracy vs PyTorch (points) | top-1 agreement | size | of float32 | "
-             "batch-1 latency (ms) | batch-256 throughput (/s) |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {x['target']} | {x['quantization']} | {100 * x['metric_delta']:+.2f} | {x['top1_agreement']:.4f} | "
-              f"{x['bytes'] / 1024:.0f} KiB | {100 * x['size_ratio']:.1f} % | {x['latency_ms_batch1']:.3f} | "
-              f"{x['throughput_per_s']:.0f} |" for x in q["rows"]]
-    worst = fallback[0]["worst_layer"] or {}
-    lines += ["", "**6. Float fallback (seed 003 MNIST MLP, 10 epochs, to `tflite_int8`)**", "",
-              f"The layer that loses most: `{worst.get('layer')}` ({worst.get('op')}; keeping it alone in float "
-              f"removes {100 * (worst.get('output_gain') or 0):.0f} % of the int8 output error on validation "
-              "inputs).", "",
-              "| kept in float | accuracy vs PyTorch (points) | top-1 agreement | max abs error | of float32 size |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {', '.join(f'`{n}`' for n in x['float_fallback']) or 'nothing'} | {100 * x['metric_delta']:+.2f} | "
-              f"{x['top1_agreement']:.4f} | {x['max_abs_err']:.3g} | {100 * x['size_ratio']:.1f} % |"
-              for x in fallback]
-    return lines + [""]
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ def print_summary(report: dict, run_dir) -> None:
     console.print(stages)
     if report["parity"]:
         console.print(parity_table(report))
+    for name, target in report.get("targets", {}).items():
+        if target.get("status") in ("refused", "failed"):
+            style = "yellow" if target["status"] == "refused" else "red"
+            console.print(f"[{style}]{name} {target['status']}[/]: {target.get('reason', '')}", highlight=False)
 
 
 def parity_table(report: dict) -> Table:

@@ -36,6 +36,7 @@ class RunContext:
     _data: object = None
     _net: torch.nn.Module | None = None
     _onnx_io: tuple | None = None
+    _calibration: dict = field(default_factory=dict)  # calibration inputs by count
 
     @property
     def output_kind(self) -> str:
@@ -147,11 +148,13 @@ class RunContext:
         """``count`` training-split inputs by ONNX input name, drawn at random (seeded by ``seed``) so that a
         split stored in class or time order is represented as a whole: what quantization calibrates on,
         never the test split that parity measures on."""
-        inputs = self._drawn(self.data.splits.train[0], count)
-        if inputs is None:
-            raise PipelineError("The training split is empty: there is nothing to calibrate the quantized targets on.",
-                                "Use a dataset with training data, or drop the int8 targets from export=.")
-        return inputs
+        if count not in self._calibration:  # read once for every target that calibrates
+            inputs = self._drawn(self.data.splits.train[0], count)
+            if inputs is None:
+                raise PipelineError("The training split is empty: there is nothing to calibrate the quantized "
+                                    "targets on.", "Use a dataset with training data, or drop the int8 targets.")
+            self._calibration[count] = inputs
+        return self._calibration[count]
 
     def validation_inputs(self, count: int) -> dict[str, np.ndarray] | None:
         """``count`` validation-split inputs (drawn as ``calibration_inputs``), None when it is empty: data the

@@ -4,6 +4,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.atomic import write_with
+from pipeline.quantized import refusal
 
 LOAD_HINTS = {
     "onnx": "`onnxruntime.InferenceSession(path)`; input `input`, output `output`, dynamic batch",
@@ -100,8 +101,9 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
 def quantized_section(report: dict, cfg: DictConfig) -> list[str]:
     """Quantized and half-precision targets: judged by the task metric (parity.quantized), with size and speed."""
     entries = [e for e in report["parity"] if e.get("quantized")]
+    refused = [f"- {t}: refused: {refusal(e)}" for t, e in report["targets"].items() if e.get("status") == "refused"]
     if not entries:
-        return []
+        return [*refused, ""] if refused else []
     q = cfg.parity.quantized
     rows = []
     for e in entries:
@@ -111,27 +113,32 @@ def quantized_section(report: dict, cfg: DictConfig) -> list[str]:
                   f"{100 * e['metric_delta']:+.2f} points" if e.get("metric_delta") is not None else "-")
         rows.append([e["runtime"], target.get("quantization"), e.get("metric"), change, e.get("top1_agreement"),
                      "yes" if e["in_tolerance"] else "**no**", _size(e["bytes"]) if e.get("bytes") else "-",
-                     f"{100 * e['size_ratio']:.1f} %" if e.get("size_ratio") is not None else "-",
+                     f"{100 * e['size_ratio']:.1f} % of {e.get('size_ratio_to') or 'float32'}"
+                     if e.get("size_ratio") is not None else "-",
                      e.get("latency_ms_batch1"), _rounded(e.get("throughput_per_s")), e.get("max_abs_err")])
     lines = [f"## Quantized targets (judged by the task: accuracy drop <= {100 * q.max_accuracy_drop:g} points and "
              f"top-1 agreement >= {q.min_top1_agreement}, or MSE at most {100 * q.max_mse_increase:g} % higher)", "",
              *_table(["target", "quantization", "metric", "change vs PyTorch", "top-1 agreement", "in tolerance",
-                      "size", "of float32", "latency b1 (ms)", "throughput (/s)", "max abs err (not gating)"], rows),
+                      "size", "vs float32", "latency b1 (ms)", "throughput (/s)", "max abs err (not gating)"], rows),
              ""]
     for e in entries:
         target = report["targets"].get(e["runtime"], {})
         if not e["in_tolerance"]:
             lines.append(f"- **{e['runtime']}**: {e.get('error') or e.get('judgement')}")
-        if target.get("layers"):
-            worst = ", ".join(f"`{layer['layer']}` ({layer['op']}, {layer['relative_rmse']:.3g})"
-                              for layer in target["layers"])
-            lines.append(f"- {e['runtime']}: layers that lose most (relative RMSE on calibration inputs): {worst}")
+        if target.get("worst_layers"):
+            worst = ", ".join(f"`{layer['layer']}` ({layer['op']}, {_gain(layer)})"
+                              for layer in target["worst_layers"][:5])
+            lines.append(f"- {e['runtime']}: the layers that lose most (on {target.get('layers_measured_on')} inputs; "
+                         f"share of the int8 output error gone when kept alone in float): {worst}")
         if target.get("float_fallback"):
             kept = ", ".join(f"`{name}`" for name in target["float_fallback"])
             lines.append(f"- {e['runtime']}: kept in float32 (float fallback): {kept}")
-    refused = [f"- {t}: refused: {e.get('reason', '')}" for t, e in report["targets"].items()
-               if e.get("status") == "refused"]
     return lines + refused + [""]
+
+
+def _gain(layer: dict) -> str:
+    gain = layer.get("output_gain")
+    return f"relative RMSE {layer['relative_rmse']:.3g}" if gain is None else f"{100 * gain:.0f} %"
 
 
 def _attempt(attempt: dict) -> str:
@@ -144,7 +151,10 @@ def _rounded(value):
 
 
 def _load_hint(key: str, report: dict) -> str:
-    hint = LOAD_HINTS.get(key, "")
+    from pipeline.converters import TARGETS
+
+    runtime = TARGETS[key].runtime if key in TARGETS else key
+    hint = LOAD_HINTS.get(key) or LOAD_HINTS.get({"onnxruntime": "onnx"}.get(runtime, runtime), "")
     layout = report["targets"].get(key, {}).get("input_layout")
     return f"{hint}; input layout **{layout}**" if layout else hint
 

@@ -169,7 +169,7 @@ class OnnxInt8Mode(StrEnum):
 class FloatFallbackOptions(TargetOptions):
     """Layers of a quantized model kept in float32 (pipeline/converters/tflite_quantize.py)."""
 
-    float_fallback: list[str] = field(default_factory=list)  # layer names, or parts of them (report: layers)
+    float_fallback: list[str] = field(default_factory=list)  # names (report: worst_layers[].node/.layer) or parts
     float_fallback_top_k: int = ranged(0, between(0, 10_000, integer=True))  # the k layers that lose most
 
 
@@ -182,6 +182,8 @@ class TFLiteInt8Options(FloatFallbackOptions):
 class OnnxInt8Options(FloatFallbackOptions):
     mode: OnnxInt8Mode = OnnxInt8Mode.auto
 
+
+FullIntegerOptions = TFLiteInt8Options  # its first name
 
 # Targets with options beyond the backend; the others take TargetOptions.
 TARGET_OPTIONS = {"tflite_int8": TFLiteInt8Options, "onnx_int8": OnnxInt8Options}
@@ -218,7 +220,7 @@ class QuantizedParityConfig:
 
     max_accuracy_drop: float = ranged(0.01, between(0, 1))  # classifiers: PyTorch's accuracy minus its own
     min_top1_agreement: float = ranged(0.98, between(0, 1))  # classifiers: predictions equal to PyTorch's
-    max_mse_increase: float = ranged(0.05, at_least(0))  # regressors: relative (0.05 = MSE at most 5 % higher)
+    max_mse_increase: float = ranged(0.10, at_least(0))  # regressors: relative (0.10 = MSE at most 10 % higher)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline import tf_env
 
@@ -158,6 +159,10 @@ def run_composed(*overrides: str, run_dir: Path, expect_failure: bool = False) -
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides=overrides)
     cli.prepare(cfg, overrides)
+    saved = Path(run_dir) / ".hydra"  # as Hydra saves it: the run can be a from_run source
+    saved.mkdir(parents=True, exist_ok=True)
+    (saved / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (saved / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
     try:
         runner.run(cfg, Path(run_dir))
     except PipelineError:

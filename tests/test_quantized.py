@@ -65,6 +65,7 @@ def test_mnist_cnn_int8_tflite_loses_at_most_0_3_points_at_under_30_percent_of_t
     int8_bytes = (cnn_deploy / "model_int8.tflite").stat().st_size
     assert entry["bytes"] == int8_bytes and entry["float32_bytes"] == float_bytes
     assert entry["size_ratio"] == pytest.approx(int8_bytes / float_bytes) and entry["size_ratio"] <= 0.30
+    assert entry["size_ratio_to"] == "model.tflite"
 
 
 def test_every_deploy_target_reports_metric_delta_size_latency_and_throughput(cnn_deploy):
@@ -93,12 +94,14 @@ def test_int8_targets_are_calibrated_and_rank_the_layers_that_lose_most(cnn_depl
     for target in ("tflite_int8", "onnx_int8"):
         entry = targets[target]
         assert entry["calibration_samples"] == 200 and entry["layers_measured_on"] == "validation"
-        layers = entry["layers"]
-        assert layers and all({"layer", "op", "relative_rmse"} <= set(layer) for layer in layers)
+        layers = entry["worst_layers"]
+        assert layers and all({"node", "layer", "op", "relative_rmse"} <= set(layer) for layer in layers)
         gains = [layer["output_gain"] for layer in layers if layer.get("output_gain") is not None]
         assert gains == sorted(gains, reverse=True) and gains[0] > 0  # ranked by what float would gain
-    assert targets["onnx_int8"]["quantization"] == "static"
-    assert any(layer["layer"].startswith("/conv") for layer in targets["onnx_int8"]["layers"])  # ONNX node names
+    assert targets["onnx_int8"]["quantization"] == "int8, static" and targets["onnx_int8"]["mode"] == "static"
+    assert any(layer["node"].startswith("/conv") for layer in targets["onnx_int8"]["worst_layers"])  # ONNX nodes
+    assert targets["tflite_int8"]["quantization"] == "full integer (int8)"
+    assert targets["tflite_int8"]["float_fallback"] == [] and targets["onnx_int8"]["float_fallback"] == []
     ops = {node.op_type for node in onnx.load(str(cnn_deploy / "model_int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
@@ -181,7 +184,7 @@ def test_a_quantized_target_that_misses_its_threshold_fails_naming_the_layers_th
         entry = parity_of(report)[target]
         assert not entry["in_tolerance"] and entry["metric_delta"] < -0.1, entry  # measured: -41 points
         named = entry["worst_layers"]
-        assert named and set(named) <= {layer["layer"] for layer in report["targets"][target]["layers"]}
+        assert named and set(named) <= {layer["layer"] for layer in report["targets"][target]["worst_layers"]}
         message = outcome.stderr
         assert f"Quantized target {target}: accuracy dropped" in message
         assert f"the layers that lose most: {named[0]}" in message
@@ -204,7 +207,7 @@ def test_float_fallback_of_the_layer_that_loses_most_is_measured_to_help(tmp_pat
     assert_ok(run_in_process("experiment=seed003_mnist_mlp", "trainer.max_epochs=3", "export=tflite_int8",
                              "parity.latency_repeats=5", run_dir=plain))
     report = read_report(plain)
-    worst = report["targets"]["tflite_int8"]["layers"][0]
+    worst = report["targets"]["tflite_int8"]["worst_layers"][0]
     assert worst["op"] == "FULLY_CONNECTED" and worst["output_gain"] > 0.3, worst
     assert_ok(run_in_process(f"from_run={plain}", "stages=[convert,parity]", "export=tflite_int8",
                              "export.tflite_int8.float_fallback_top_k=1", "parity.latency_repeats=5", run_dir=kept))
@@ -232,7 +235,7 @@ def test_onnx_int8_dynamic_and_a_static_float_fallback(default_run, tmp_path):
     assert_ok(run_in_process(f"from_run={default_run}", "stages=[convert,parity]", "export=onnx_int8",
                              "export.onnx_int8.mode=dynamic", "parity.samples=500", run_dir=dynamic))
     report = read_report(dynamic)
-    assert report["targets"]["onnx_int8"]["quantization"] == "dynamic"
+    assert report["targets"]["onnx_int8"]["mode"] == "dynamic"
     ops = {node.op_type for node in onnx.load(str(dynamic / "model_int8.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
     entry = parity_of(report)["onnx_int8"]
@@ -276,7 +279,7 @@ def test_deploy_on_the_recurrent_seed_refuses_the_target_that_does_not_apply_by_
     report = read_report(lstm_deploy)
     assert report["status"] == "ok"
     refused = report["targets"]["tflite_int8"]
-    assert refused["status"] == "refused"
+    assert refused["status"] == "refused" and refused["unsupported_op"] == "LSTM"
     assert "tflite_int8 does not apply to recurrent models" in refused["reason"] and "LSTM" in refused["reason"]
     assert "tflite_int8" not in report["artifacts"] and not (lstm_deploy / "model_int8.tflite").exists()
     parity = parity_of(report)
@@ -284,8 +287,8 @@ def test_deploy_on_the_recurrent_seed_refuses_the_target_that_does_not_apply_by_
     for target in ("tflite_fp16", "tflite_int8_dynamic", "onnx_int8"):
         entry = parity[target]
         assert entry["in_tolerance"] and entry["top1_agreement"] is None, entry
-        assert entry["metric_change"] <= 0.05 and entry["size_ratio"] < 1, entry  # MSE at most 5 % higher
-    assert report["targets"]["onnx_int8"]["quantization"] == "dynamic"
+        assert entry["metric_change"] <= 0.10 and entry["size_ratio"] < 1, entry  # MSE at most 10 % higher
+    assert report["targets"]["onnx_int8"]["quantization"] == "int8, dynamic (recurrent: LSTM)"
     ops = {node.op_type for node in onnx.load(str(lstm_deploy / "model_int8.onnx")).graph.node}
     assert "DynamicQuantizeLSTM" in ops
     assert "tflite_int8: refused: tflite_int8 does not apply" in (lstm_deploy / "report.md").read_text()
@@ -306,22 +309,23 @@ def test_the_support_matrix_has_a_quantized_table_with_metric_delta_size_and_lat
 # --- the rule itself ---------------------------------------------------------------------------------------
 
 class Settings:
-    max_accuracy_drop, min_top1_agreement, max_mse_increase = 0.01, 0.98, 0.05
+    max_accuracy_drop, min_top1_agreement, max_mse_increase = 0.01, 0.98, 0.10
 
 
 @pytest.mark.parametrize("kind, metric, reference, agreement, passes", [
     ("logits", 0.975, 0.98, 0.99, True),  # -0.5 points
     ("logits", 0.965, 0.98, 0.99, False),  # -1.5 points
     ("logits", 0.99, 0.98, 0.97, False),  # better accuracy, but too many predictions differ
-    ("value", 104.0, 100.0, None, True),  # MSE +4 %
-    ("value", 106.0, 100.0, None, False),  # MSE +6 %
+    ("value", 109.0, 100.0, None, True),  # MSE +9 %
+    ("value", 111.0, 100.0, None, False),  # MSE +11 %
     ("value", 80.0, 100.0, None, True),  # an improvement never fails
     ("logits", None, None, 0.99, True),  # no labels: top-1 agreement alone
 ])
 def test_the_quantized_rule(kind, metric, reference, agreement, passes):
     entry = {"runtime": "tflite_int8", "metric": metric, "top1_agreement": agreement, "in_tolerance": False,
              "max_abs_err": 3.0}
-    target = {"layers": [{"layer": "fc", "op": "FULLY_CONNECTED", "relative_rmse": 0.2, "output_gain": 0.9}]}
+    target = {"worst_layers": [{"node": "model/fc;x", "layer": "fc", "op": "FULLY_CONNECTED", "relative_rmse": 0.2,
+                                "output_gain": 0.9}]}
     quantized.judge(entry, reference, kind, Settings, target)
     assert entry["in_tolerance"] is passes, entry
     if not passes:

@@ -91,16 +91,15 @@ class Backend:
     order: int  # auto tries lower first
     needs: str | None  # another target whose artifact it converts from (tflite <- tensorflow), or None
     convert: Callable[[ConvertJob], dict]
-    summary: str
 
 
 _BACKENDS: list[Backend] = []
 
 
-def backend(target: str, name: str, order: int, needs: str | None = None, summary: str = ""):
+def backend(target: str, name: str, order: int, needs: str | None = None):
     """Register ``convert(job) -> dict`` as the backend ``name`` for ``target``."""
     def register(function):
-        _BACKENDS.append(Backend(target, name, order, needs, function, summary or (function.__doc__ or "").strip()))
+        _BACKENDS.append(Backend(target, name, order, needs, function))
         return function
     return register
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.errors import ConversionError
 
-# Layers listed in report.json (targets.<t>.layers), ranked.
+# Layers listed in report.json (targets.<t>.worst_layers), ranked.
 LAYERS_REPORTED = 10
 # Layers whose effect on the output is measured (each one costs a quantization and a run).
 CANDIDATES = 12
@@ -60,21 +60,20 @@ def rank(layers: list[dict], without: Callable[[dict], float], base_error: float
 
 
 def choose(options: dict, layers: list[dict], target: str, known: list[str]) -> list[dict]:
-    """The layers ``float_fallback`` names (a whole ``tensor``/``layer`` name or part of one) and the first
+    """The layers ``float_fallback`` names (a whole ``node``/``layer`` name or part of one) and the first
     ``float_fallback_top_k`` ranked layers that gain anything; an unknown name is an error listing ``known``."""
     named = [str(n) for n in (options.get("float_fallback") or [])]
     top_k = int(options.get("float_fallback_top_k") or 0)
     chosen: dict[str, dict] = {}
     for name in named:
-        matches = [layer for layer in layers if name in (layer["tensor"], layer["layer"]) or name in layer["tensor"]
-                   or name in layer["layer"]]
+        matches = [layer for layer in layers if name in layer["node"] or name in layer["layer"]]
         if not matches:
             shown = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
             raise ConversionError(f"export.{target}.float_fallback: {name!r} matches no quantized layer.",
                                   f"Name one of (or part of) these layers: {shown or '(none measured)'}.")
-        chosen.update({layer["tensor"]: layer for layer in matches})
+        chosen.update({layer["node"]: layer for layer in matches})
     gaining = [layer for layer in layers if (layer.get("output_gain") or 0) > 0 or
                (layer.get("output_gain") is None and layer["relative_rmse"] > 0)]
     for layer in gaining[:top_k]:
-        chosen.setdefault(layer["tensor"], layer)
+        chosen.setdefault(layer["node"], layer)
     return list(chosen.values())

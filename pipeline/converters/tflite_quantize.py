@@ -28,6 +28,8 @@ from pipeline.errors import ConversionError, NotApplicable
 log = logging.getLogger(__name__)
 
 MODES = ("fp16", "int8_dynamic", "int8")
+DESCRIBED = {"fp16": "float16 weights", "int8_dynamic": "int8 weights, dynamic-range activations",
+             "int8": "full integer (int8)"}  # report.json targets.<t>.quantization
 LOAD = "ai_edge_litert.interpreter.Interpreter(model_path=path)"
 
 
@@ -36,7 +38,7 @@ def convert(job: ConvertJob, mode: str) -> dict:
     import onnx
 
     saved_model = job.artifacts["tensorflow"]
-    info: dict = {"converted_from": "tensorflow", "quantization": mode, "load": LOAD}
+    info: dict = {"converted_from": "tensorflow", "quantization": DESCRIBED[mode], "load": LOAD}
     if mode == "int8":
         recurrent = recurrent_ops(onnx.load(str(job.onnx_path), load_external_data=False))
         if recurrent:
@@ -45,22 +47,23 @@ def convert(job: ConvertJob, mode: str) -> dict:
                 "TFLite carries the recurrent state in int8 from step to step (the unrolled cell has no 16-bit "
                 "state); seed 004's forecaster loses 25 % in MSE, still 12 % with its output layer kept in float.",
                 "Use tflite_int8_dynamic (int8 weights, float activations) or onnx_int8 (dynamic quantization for "
-                "recurrent models), both in export=deploy.")
+                "recurrent models), both in export=deploy.", unsupported_op=recurrent[0])
         flatbuffer = _full_integer(job, saved_model, info)
     else:
         flatbuffer = _convert(saved_model, lambda c: _configure(c, mode))
     write_with(job.out_path, lambda tmp: tmp.write_bytes(flatbuffer))
-    info["float32_bytes"] = float32_bytes(job, saved_model)
+    info["float32_bytes"], info["float32_artifact"] = float32_size(job, saved_model)
     return info
 
 
-def float32_bytes(job: ConvertJob, saved_model: Path) -> int:
-    """The float32 TFLite model's size: this run's tflite artifact, or a conversion made only to measure it."""
+def float32_size(job: ConvertJob, saved_model: Path) -> tuple[int, str]:
+    """The float32 TFLite model's size and name: this run's tflite artifact, or a conversion made only to
+    measure it."""
     if "tflite" in job.artifacts and Path(job.artifacts["tflite"]).is_file():
-        return Path(job.artifacts["tflite"]).stat().st_size
+        return Path(job.artifacts["tflite"]).stat().st_size, Path(job.artifacts["tflite"]).name
     if "tflite_float32_bytes" not in job.cache:
         job.cache["tflite_float32_bytes"] = len(_convert(saved_model, lambda c: None))
-    return job.cache["tflite_float32_bytes"]
+    return job.cache["tflite_float32_bytes"], "model.tflite (converted to measure it)"
 
 
 def _configure(converter, mode: str) -> None:
@@ -94,7 +97,7 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
     calibration = job.calibration_inputs()
     samples = len(next(iter(calibration.values())))
     int8_io = bool(job.options.get("int8_io", False))
-    info.update(calibration_samples=samples, int8_io=int8_io)
+    info.update(calibration_samples=samples, int8_io=int8_io, float_fallback=[])
 
     def full_integer(converter, calibrate_only: bool = False):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -114,13 +117,13 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
         log.warning("tflite_int8: per-layer statistics failed: %s", exc)
         info["layers_error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
         calibrated, layers = None, []
-    info["layers"] = layers[:LAYERS_REPORTED]
+    info["worst_layers"] = layers[:LAYERS_REPORTED]
     fallback = layer_errors.choose(job.options, layers, "tflite_int8", list(dict.fromkeys(x["layer"] for x in layers)))
     if fallback:
         if calibrated is None:
             raise ConversionError(f"export.tflite_int8.float_fallback needs the per-layer statistics, which failed: "
                                   f"{info['layers_error']}", "Drop export.tflite_int8.float_fallback(_top_k).")
-        flatbuffer = quantize(calibrated, int8_io, denylisted=[layer["tensor"] for layer in fallback])
+        flatbuffer = quantize(calibrated, int8_io, denylisted=[layer["node"] for layer in fallback])
         info["float_fallback"] = [layer["layer"] for layer in fallback]
     return flatbuffer
 
@@ -137,7 +140,7 @@ def ranked_layers(job: ConvertJob, calibrated: bytes, inputs: dict[str, np.ndarr
     def error(flatbuffer: bytes) -> float:
         return layer_errors.output_error(run(flatbuffer, inputs, list(reference)), reference, job.output_kind)
 
-    return layer_errors.rank(layers, lambda layer: error(quantize(calibrated, False, denylisted=[layer["tensor"]])),
+    return layer_errors.rank(layers, lambda layer: error(quantize(calibrated, False, denylisted=[layer["node"]])),
                              error(quantize(calibrated, False)))
 
 
@@ -219,8 +222,9 @@ def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[d
         # The error over the float output's RMS; one quantization step at least, so that a near-zero
         # tensor's rounding does not look like a large relative error.
         relative = float(np.sqrt(error) / max(np.sqrt(reference), scale, 1e-12)) if error > 0 else 0.0
-        layers.append({"layer": short_name(row["tensor_name"]), "op": row["op_name"], "tensor": row["tensor_name"],
-                       "relative_rmse": relative, "rmse_over_scale": float(np.sqrt(error) / scale) if scale else None,
+        layers.append({"node": row["tensor_name"], "layer": short_name(row["tensor_name"]), "op": row["op_name"],
+                       "rmse": float(np.sqrt(error)), "relative_rmse": relative,
+                       "rmse_over_scale": float(np.sqrt(error) / scale) if scale else None,
                        "max_abs_error": float(row["max_abs_error"])})
     layers = [layer for layer in layers if np.isfinite(layer["relative_rmse"])]
     return layers

@@ -111,13 +111,19 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
         parked.replace(out_path)
         entry["verified"] = False
         return _accept(ctx, target, entry, attempt["backend"], info, out_path)
-    if attempts and all(a["status"] == "refused" for a in attempts):  # the target does not apply: no failure
-        entry.update(status="refused", reason=attempts[0]["reason"])
-        log.warning("convert %s refused: %s", target, entry["reason"])
-        return True
+    return _give_up(target, entry, attempts)
+
+
+def _give_up(target: str, entry: dict, attempts: list[dict]) -> bool:
+    """No artifact: the reasons of every backend tried, and the first op one of them named. Returns
+    whether the run may still succeed (the target was refused by design, not failed)."""
     entry["reason"] = "; ".join(f"{a['backend']}: {a.get('reason', a['status'])}" for a in attempts) or \
         "no backend"
     entry["unsupported_op"] = next((a["unsupported_op"] for a in attempts if a.get("unsupported_op")), None)
+    if attempts and all(a["status"] == "refused" for a in attempts):
+        entry["status"] = "refused"  # not applicable to this model: reported, not a failure of the run
+        log.warning("convert %s refused: %s", target, entry["reason"])
+        return True
     log.error("convert %s failed: %s", target, entry["reason"])
     return False
 
@@ -130,10 +136,9 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
     start = time.perf_counter()
     try:
         return candidate.convert(job) or {}
-    except NotApplicable as exc:
-        attempt.update(status="refused", reason=str(exc))
-    except ConversionError as exc:
-        attempt.update(status="failed", reason=str(exc), unsupported_op=exc.unsupported_op)
+    except ConversionError as exc:  # NotApplicable: the target does not apply to this model, by design
+        attempt.update(status="refused" if isinstance(exc, NotApplicable) else "failed", reason=str(exc),
+                       unsupported_op=exc.unsupported_op)
     except ImportError as exc:
         attempt.update(status="skipped", reason=f"not installed ({exc})")
     except Exception as exc:  # noqa: BLE001 - a converter library's own error: the next backend may do better
@@ -153,6 +158,7 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
         entry["bytes"] = size_of(out_path)
         if entry.get("float32_bytes"):
             entry["size_ratio"] = entry["bytes"] / entry["float32_bytes"]
+            entry["size_ratio_to"] = entry.get("float32_artifact")
     ctx.converted[target] = out_path
     ctx.report.add_artifact(target, out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)

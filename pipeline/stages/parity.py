@@ -49,8 +49,7 @@ def run(ctx: RunContext) -> None:
         log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
     ctx.report.save()  # the measurements stand even if the diagnosis below is interrupted
-    # A quantized target's error is by design, layer after layer: its report names the layers that lose most.
-    ctx.divergence_curves = diagnose.run(ctx, [e for e in entries if not e.get("quantized")])
+    ctx.divergence_curves = diagnose.run(ctx, entries)  # not the quantized targets: their report names layers
     drifted = [e for e in entries if not e["in_tolerance"] and not e.get("quantized")]
     missed = [e for e in entries if not e["in_tolerance"] and e.get("quantized")]
     if drifted or missed:
@@ -67,6 +66,8 @@ def run(ctx: RunContext) -> None:
 def _describe(entry: dict) -> str:
     if entry.get("error"):
         return f"{entry['runtime']}: {entry['error']}"
+    if entry.get("quantized"):
+        return f"{entry['runtime']}: {entry.get('judgement', 'out of tolerance')}"
     where = entry.get("divergence", {})
     first = f", first diverges at node {where['node']} ({where['op_type']})" if where.get("node") else ""
     return (f"{entry['runtime']}: max_abs_err={entry['max_abs_err']:.3g}, "

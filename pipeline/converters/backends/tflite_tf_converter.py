@@ -16,12 +16,17 @@ def convert(job: ConvertJob) -> dict:
     return convert_file(job.artifacts["tensorflow"], job.out_path)
 
 
-def convert_file(saved_model: Path, out_path: Path) -> dict:
+def convert_file(saved_model: Path, out_path: Path, configure=None) -> dict:
+    """Convert ``saved_model``; ``configure(converter)`` sets quantization options (and may build the
+    flatbuffer itself, returning it)."""
     import tensorflow as tf
 
     try:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-        flatbuffer = converter.convert()
+        built = configure(converter) if configure else None
+        flatbuffer = built if isinstance(built, bytes) else converter.convert()
+    except ConversionError:
+        raise
     except Exception as exc:
         raise explain(exc) from exc
     write_with(out_path, lambda tmp: tmp.write_bytes(flatbuffer))

@@ -29,7 +29,7 @@ CALIBRATION_BATCH = 32
 LOAD = "onnxruntime.InferenceSession(path); input and output float32, as model.onnx"
 
 
-@backend("onnx_int8", "ort-quantize", order=10)
+@backend("onnx_int8", "onnxruntime", order=10)
 def convert(job: ConvertJob) -> dict:
     """onnxruntime.quantization: quantize_static (QDQ, int8, per-channel weights) calibrated on training
     inputs, or quantize_dynamic for recurrent models."""
@@ -42,9 +42,10 @@ def convert(job: ConvertJob) -> dict:
         raise ConversionError(f"export.onnx_int8.mode={requested!r} is not a mode.",
                               f"Pick one of: {', '.join(MODES)}.")
     mode = requested if requested != "auto" else ("dynamic" if recurrent else "static")
-    info: dict = {"quantization": mode, "float32_bytes": Path(job.onnx_path).stat().st_size, "load": LOAD}
-    if recurrent:
-        info["recurrent_ops"] = recurrent
+    info: dict = {"quantization": f"int8, {mode}" + (f" (recurrent: {', '.join(recurrent)})" if recurrent else ""),
+                  "mode": mode, "calibration_samples": 0, "float_fallback": [],
+                  "float32_bytes": Path(job.onnx_path).stat().st_size, "float32_artifact": Path(job.onnx_path).name,
+                  "load": LOAD}
     work = Path(tempfile.mkdtemp(prefix=".onnx_int8.", dir=job.out_path.parent))
     try:
         source = _preprocess(job.onnx_path, work / "preprocessed.onnx", info)
@@ -130,7 +131,7 @@ def _static_layers(job: ConvertJob, source: Path, calibration: dict, work: Path,
         log.warning("onnx_int8: per-layer statistics failed: %s", exc)
         info["layers_error"] = f"{type(exc).__name__}: {_first(exc)}"
         return []
-    info["layers"] = layers[:LAYERS_REPORTED]
+    info["worst_layers"] = layers[:LAYERS_REPORTED]
     return layers
 
 
@@ -165,8 +166,9 @@ def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path)
             continue
         before = max((errors.get(_unquantized(name), 0.0) for name in node.input), default=0.0)
         after = max(errors[name] for name in outputs)
-        layers.append({"layer": node.name or outputs[0], "op": node.op_type, "tensor": outputs[0],
-                       "relative_rmse": max(0.0, after - before), "accumulated_relative_rmse": after})
+        layers.append({"node": node.name or outputs[0], "layer": node.name or outputs[0], "op": node.op_type,
+                       "tensor": outputs[0], "relative_rmse": max(0.0, after - before),
+                       "accumulated_relative_rmse": after})
     return sorted(layers, key=lambda layer: -layer["relative_rmse"])
 
 
@@ -186,7 +188,7 @@ def _ranked(job: ConvertJob, source: Path, calibration: dict, inputs: dict, laye
         return layer_errors.output_error(dict(zip(names, session.run(None, inputs), strict=True)), reference,
                                          job.output_kind)
 
-    return layer_errors.rank(layers, lambda layer: error([layer["layer"]]), error([]))
+    return layer_errors.rank(layers, lambda layer: error([layer["node"]]), error([]))
 
 
 def _unquantized(name: str) -> str:
@@ -213,9 +215,9 @@ def _excluded(options: dict, layers: list[dict], source: Path) -> list[str]:
     import onnx
 
     nodes = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node if node.name]
-    candidates = layers + [{"layer": n, "tensor": n, "relative_rmse": 0.0} for n in nodes
-                           if n not in {layer["layer"] for layer in layers}]
-    return list(dict.fromkeys(layer["layer"] for layer in layer_errors.choose(options, candidates, "onnx_int8", nodes)))
+    candidates = layers + [{"node": n, "layer": n, "relative_rmse": 0.0} for n in nodes
+                           if n not in {layer["node"] for layer in layers}]
+    return list(dict.fromkeys(layer["node"] for layer in layer_errors.choose(options, candidates, "onnx_int8", nodes)))
 
 
 def _first(exc: Exception) -> str:
