@@ -60,6 +60,9 @@ class RunContext:
         return self._data
 
     def new_net(self) -> torch.nn.Module:
+        # Seeded on every build, so that random weights (model.weights=init, a run without train)
+        # are the same in every run of this config; the train stage seeds the same value first.
+        torch.manual_seed(int(self.cfg.seed))
         return _build(self.cfg.model.net, "model.net")
 
     def initial_net(self) -> torch.nn.Module:

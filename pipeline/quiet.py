@@ -3,6 +3,8 @@
 - TensorFlow, absl, CUDA and LiteRT write from C++ straight to file descriptor 2 ("failed call to
   cuInit", "Could not find cuda drivers", oneDNN notes): ``native_stderr_to_log`` points fd 2 at
   pipeline.log while a stage runs, so that output is kept but off the console.
+- Libraries that log (also through the root logger) reach pipeline.log only: ``ConsoleFilter`` on
+  the console handler.
 - Python warnings are routed to pipeline.log by ``logging.captureWarnings`` (pipeline/cli.py) and
   conf/config.yaml. ``recorded_warnings`` also lists, in report.json ``stages.<stage>.warnings``, the
   ones that can explain a parity drift: TracerWarning (a trace that may not generalise) and warnings
@@ -20,6 +22,19 @@ PARITY_SOURCES = ("torch/onnx", "torch/jit", "onnx2keras", "onnx_tf", "onnxrunti
 PARITY_LOGGERS = ("onnx2keras", "onnx_tf")
 IGNORED_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 MAX_WARNINGS = 20
+# Loggers whose records reach the console; every other library's go to pipeline.log only.
+CONSOLE_LOGGERS = ("pipeline", "models", "hydra", "__main__")
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps the console to the pipeline's own progress and Hydra's sweep lines (conf/config.yaml).
+
+    Some libraries log through the root logger (onnxruntime.quantization's "Please consider
+    pre-processing ..."), so a per-logger setting cannot mute them; this filter lets through only
+    records of ``CONSOLE_LOGGERS`` and their children. pipeline.log still gets everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return any(record.name == name or record.name.startswith(name + ".") for name in CONSOLE_LOGGERS)
 
 
 def log_file() -> Path | None:

@@ -510,3 +510,35 @@ def test_a_diverging_training_fails_the_train_stage_and_the_report_stays_strict_
     report = strict_json(run_dir / "report.json")  # NaN metrics are null, not a bare NaN
     assert report["stages"]["train"]["status"] == "failed" and report["stages"]["export"]["status"] == "skipped"
     assert None in report["metrics"].values() and not (run_dir / "model.pt").exists()
+
+
+def test_libraries_logging_through_the_root_logger_stay_off_the_console(tmp_path, capsys):
+    """onnxruntime.quantization calls logging.warning() ("Please consider pre-processing ..."); the job
+    logging of conf/config.yaml keeps such records in pipeline.log and the pipeline's own on the console."""
+    import logging.config
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from pipeline import cli  # noqa: F401 - registers the structured configs
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", return_hydra_config=True)
+    job_logging = cfg.hydra.job_logging
+    with open_dict(job_logging):
+        job_logging.handlers.file.filename = str(tmp_path / "pipeline.log")
+    saved = logging.getLogger().handlers[:]
+    try:
+        logging.config.dictConfig(OmegaConf.to_container(job_logging, resolve=True))
+        logging.warning("Please consider pre-processing before quantization.")
+        logging.getLogger("lightning.pytorch").warning("GPU available: False")
+        logging.getLogger("pipeline.stages.parity").info("parity tflite max_abs_err=0")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    finally:
+        logging.getLogger().handlers[:] = saved
+    console = capsys.readouterr().out
+    assert "parity tflite" in console
+    assert "pre-processing" not in console and "GPU available" not in console
+    log = (tmp_path / "pipeline.log").read_text()
+    assert "pre-processing" in log and "GPU available" in log and "parity tflite" in log

@@ -83,3 +83,15 @@ def test_optuna_search_optimises_a_report_metric_and_writes_the_best_trial(tmp_p
     best = OmegaConf.load(sweep / "optimization_results.yaml")
     assert best.best_value == max(accuracies)
     assert "scheduler.max_lr" in best.best_params
+
+
+def test_random_weights_without_training_are_the_same_in_every_run(tmp_path):
+    """model.weights=init and no train stage: the network's random weights come from ``seed`` too, so the
+    same config exports the same model.onnx twice in one process (the global RNG has moved in between)."""
+    from tests.conftest import run_composed
+
+    overrides = ("experiment=zoo/gru_classifier", "stages=[export]", "seed=3")
+    first, second = (run_composed(*overrides, run_dir=tmp_path / name) for name in ("a", "b"))
+    other_seed = run_composed(*overrides[:-1], "seed=4", run_dir=tmp_path / "c")
+    assert first["artifacts"]["onnx"]["sha256"] == second["artifacts"]["onnx"]["sha256"]
+    assert other_seed["artifacts"]["onnx"]["sha256"] != first["artifacts"]["onnx"]["sha256"]

@@ -76,7 +76,7 @@ def _preprocess(onnx_path: Path, out: Path, info: dict) -> Path:
         info["preprocessed"] = True
         return out
     except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation
-        log.info("onnx_int8: pre-processing skipped: %s", exc)
+        log.info("onnx_int8: pre-processing skipped (%s: %s)", type(exc).__name__, exc)
         info["preprocessed"] = False
         return Path(onnx_path)
 
