@@ -49,6 +49,10 @@ CASES = {
     "avgpool_ceil_pad_include": (conv_then(lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True)), IMAGE, 13),
     "maxpool_ceil_pad": (conv_then(lambda x: F.max_pool2d(x - 5, 3, 2, 1, ceil_mode=True)), IMAGE, 13),
     "maxpool1d_ceil": (Lambda(lambda x, c: F.max_pool1d(c(x), 2, ceil_mode=True), nn.Conv1d(7, 4, 2)), SEQ, 13),
+    "pool3d_ceil_exclude_pad": (Lambda(lambda x, c: F.max_pool3d(c(x), 2, ceil_mode=True) + F.avg_pool3d(
+        c(x), 3, 2, 1, ceil_mode=True, count_include_pad=False), nn.Conv3d(3, 4, 3, padding=1)), (3, 5, 7, 9), 13),
+    # an If on a shape (squeeze a dimension if it is 1) whose branches read the data: inlined
+    "local_response_norm": (conv_then(lambda x: nn.LocalResponseNorm(3, alpha=0.1, k=2.0)(x)), IMAGE, 13),
     "maxpool_dilated_ceil_pad": (conv_then(lambda x: F.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True)), IMAGE, 13),
     # convolutions
     "depthwise_dilated_strided": (Lambda(lambda x, c: c(x), nn.Conv2d(3, 6, 3, stride=2, dilation=2, groups=3,

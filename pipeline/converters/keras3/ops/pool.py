@@ -25,11 +25,16 @@ def _window(ctx, x):
 
 
 def _taps(x, kernel, strides, dilations, out_sizes):
-    """A dilated window as one strided slice per kernel tap (of a padded channels-last tensor): the
-    window's elements for every output position at once. Keras' pooling layers take no dilation."""
+    """A window as one strided slice per kernel tap (of a padded channels-last tensor): the window's
+    elements for every output position at once. For what Keras' pooling layers cannot do (dilation) and
+    what TFLite has no kernel for (3-D pooling)."""
     for offsets in np.ndindex(*kernel):
         yield x[(slice(None), *(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in
                                 zip(offsets, dilations, out_sizes, strides, strict=True)), slice(None))]
+
+
+def _by_taps(dilations) -> bool:
+    return any(d != 1 for d in dilations) or len(dilations) == 3
 
 
 def _pool_layer(n: int, kind: str):
@@ -48,7 +53,7 @@ def max_pool(ctx):
     kernel, strides, dilations, in_sizes, out_sizes, _, full = _window(ctx, x)
     n = x.rank - 2
     source = ctx.to_perm(x, layout.channels_last(x.rank))
-    if any(d != 1 for d in dilations):
+    if _by_taps(dilations):
         padded = zero_pad(ctx, source, full, float(np.finfo(np.float32).min))
         ctx.set(functools.reduce(ops.maximum, _taps(padded, kernel, strides, dilations, out_sizes)),
                 layout.channels_last(x.rank))
@@ -69,7 +74,7 @@ def average_pool(ctx):
     kernel, strides, dilations, in_sizes, out_sizes, pads, full = _window(ctx, x)
     n = x.rank - 2
     source = zero_pad(ctx, ctx.to_perm(x, layout.channels_last(x.rank)), full)
-    if any(d != 1 for d in dilations):
+    if _by_taps(dilations):
         result = functools.reduce(ops.add, _taps(source, kernel, strides, dilations, out_sizes)) * \
             np.float32(1 / np.prod(kernel))
     else:
