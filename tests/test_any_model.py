@@ -153,6 +153,40 @@ def test_several_inputs_and_outputs_are_matched_by_name(tmp_path):
         assert set(entry["outputs"]) == {"output_0", "output_1"} and entry["in_tolerance"], entry
 
 
+class NormUpNet(nn.Module):
+    """Image-to-image, built from what a first conversion of users' CNNs got wrong or refused: GroupNorm
+    (trained affine), a per-channel parameter added after PixelShuffle (channels = width), padding="same"
+    with dilation, dilated max pooling, a grouped and dilated ConvTranspose2d, cropping F.pad, LRN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding="same", dilation=2)
+        self.norm = nn.GroupNorm(4, 32)
+        self.norm.weight.data.uniform_(0.5, 1.5)
+        self.norm.bias.data.normal_(0, 0.5)
+        self.shuffle = nn.PixelShuffle(2)
+        self.shift = nn.Parameter(torch.linspace(-1, 1, 8).view(1, 8, 1, 1))
+        self.pool = nn.MaxPool2d(3, 2, padding=1, dilation=2)
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1, groups=4, dilation=2)
+        self.lrn = nn.LocalResponseNorm(3)
+
+    def forward(self, x):
+        y = self.shuffle(F.silu(self.norm(self.stem(x)))) + self.shift  # [N, 8, 8, 8]
+        y = self.up(self.pool(y))
+        return self.lrn(F.pad(y, (-1, -1, -1, -1)))
+
+
+def test_an_image_to_image_cnn_converts_every_target_in_parity(tmp_path):
+    report = run_composed("model.net._target_=tests.test_any_model.NormUpNet", "model.output=value",
+                          "model.weights=init", "dataset=synthetic", "dataset.shape=[3,4,4]", "dataset.samples=16",
+                          "export=all", "stages=[export,check,convert,parity]", "parity.latency_repeats=3",
+                          run_dir=tmp_path / "run")
+    assert report["status"] == "ok", report["stages"]
+    assert all(report["targets"][t]["status"] == "ok" for t in TARGETS), report["targets"]
+    assert report["targets"]["keras"]["fused"] == {"GroupNormalization": 1}
+    assert all(e["in_tolerance"] for e in report["parity"]), report["parity"]
+
+
 class Determinant(nn.Module):
     """torch.linalg.det: an ONNX op (Det) that keras3 and onnx2keras refuse, onnx-tf converts, and TFLite
     has no builtin kernel for."""

@@ -49,6 +49,11 @@ CASES = {
     "avgpool_ceil_pad_include": (conv_then(lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True)), IMAGE, 13),
     "maxpool_ceil_pad": (conv_then(lambda x: F.max_pool2d(x - 5, 3, 2, 1, ceil_mode=True)), IMAGE, 13),
     "maxpool1d_ceil": (Lambda(lambda x, c: F.max_pool1d(c(x), 2, ceil_mode=True), nn.Conv1d(7, 4, 2)), SEQ, 13),
+    "pool3d_ceil_exclude_pad": (Lambda(lambda x, c: F.max_pool3d(c(x), 2, ceil_mode=True) + F.avg_pool3d(
+        c(x), 3, 2, 1, ceil_mode=True, count_include_pad=False), nn.Conv3d(3, 4, 3, padding=1)), (3, 5, 7, 9), 13),
+    # an If on a shape (squeeze a dimension if it is 1) whose branches read the data: inlined
+    "local_response_norm": (conv_then(lambda x: nn.LocalResponseNorm(3, alpha=0.1, k=2.0)(x)), IMAGE, 13),
+    "maxpool_dilated_ceil_pad": (conv_then(lambda x: F.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True)), IMAGE, 13),
     # convolutions
     "depthwise_dilated_strided": (Lambda(lambda x, c: c(x), nn.Conv2d(3, 6, 3, stride=2, dilation=2, groups=3,
                                                                       padding=2)), IMAGE, 13),
@@ -56,12 +61,24 @@ CASES = {
     "conv_transpose_output_padding": (Lambda(lambda x, c: c(x), nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1,
                                                                                    output_padding=1)), IMAGE, 13),
     "conv1d_same_padding": (Lambda(lambda x, c: c(x), nn.Conv1d(7, 3, 4, padding="same")), SEQ, 13),
+    "conv_same_padding_dilated": (Lambda(lambda x, c: c(x), nn.Conv2d(3, 4, (3, 2), padding="same",
+                                                                      dilation=(2, 3))), IMAGE, 13),
+    "conv_transpose_grouped_dilated": (Lambda(lambda x, c: c(x), nn.ConvTranspose2d(
+        3, 6, 3, stride=2, padding=1, output_padding=1, groups=3, dilation=2)), IMAGE, 13),
+    # normalisation, and a per-channel constant added to a tensor held in ONNX order (NCHW), width = channels:
+    # Keras' add on TensorFlow takes it for a bias of the last axis
+    "group_norm_affine": (Lambda(lambda x, c, n: n(c(x)), nn.Conv2d(3, 6, 3, padding=1), nn.GroupNorm(3, 6)),
+                          (3, 4, 6), 13),
+    "channel_bias_on_nchw_tensor": (conv_then(lambda x: (x.reshape(-1, 2, 90) * 2).reshape(-1, 6, 5, 6)
+                                              + torch.arange(6.0).view(6, 1, 1)), (3, 5, 6), 13),
     # resize modes
     "upsample_nearest": (conv_then(lambda x: F.interpolate(x, scale_factor=2, mode="nearest")), IMAGE, 13),
     "upsample_bilinear": (conv_then(lambda x: F.interpolate(x, size=(11, 7), mode="bilinear")), IMAGE, 13),
     "upsample_bilinear_corners": (conv_then(lambda x: F.interpolate(x, scale_factor=1.5, mode="bilinear",
                                                                     align_corners=True)), IMAGE, 13),
     "upsample_bicubic": (conv_then(lambda x: F.interpolate(x, scale_factor=2, mode="bicubic")), IMAGE, 13),
+    "pad_negative_crops": (conv_then(lambda x: F.pad(F.pad(x, (-1, 2, -2, -1)), (1, 1, 0, 0), mode="reflect")),
+                           IMAGE, 13),
     "pad_reflect_replicate": (conv_then(lambda x: F.pad(F.pad(x, (1, 2, 0, 1), mode="reflect"), (2, 0, 1, 1),
                                                         mode="replicate")), IMAGE, 13),
     # activations
@@ -167,3 +184,29 @@ def test_an_op_without_a_converter_is_refused_by_name(tmp_path):
     with pytest.raises(ConversionError) as info:
         build(model, {"input": np.ones((2, *FLAT), np.float32)})
     assert info.value.unsupported_op == "Det" and "Det" in str(info.value)
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_dilated_average_pool_matches_onnxruntime(count_include_pad):
+    """ONNX AveragePool takes dilations from opset 19 (PyTorch never writes them): built by hand."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("AveragePool", ["input"], ["output"], kernel_shape=[3, 2], strides=[2, 1],
+                            dilations=[2, 3], pads=[1, 1, 2, 0], ceil_mode=1, count_include_pad=count_include_pad)
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                              ["N", 3, 9, 10])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    x = np.random.default_rng(4).normal(size=(3, 3, 9, 10)).astype(np.float32)
+    conversion, _ = build(model, {"input": x[:2]})
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_allclose(_keras_outputs(conversion, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_group_norm_exported_below_opset_18_runs_channels_last_without_transposes(tmp_path):
+    module = Lambda(lambda x, c, n: n(c(x)), nn.Conv2d(3, 6, 3, padding=1), nn.GroupNorm(3, 6))
+    conversion, _ = build(_export(module, IMAGE, 13, tmp_path / "m.onnx"), {"input": np.ones((2, *IMAGE), np.float32)})
+    assert conversion.fused == {"GroupNormalization": 1}
+    operations = [layer["class_name"] for layer in conversion.model.get_config()["layers"]]
+    assert "Transpose" not in operations

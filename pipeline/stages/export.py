@@ -3,7 +3,9 @@
 The export starts at ``export.opset``; when an op needs a newer opset (``scaled_dot_product_attention``
 needs 14), it is raised to the one the exporter names, up to the newest it supports. Inputs are named
 after the dataset's (``input`` for a single tensor), outputs ``output`` (``output_0``, ``output_1``...
-when the network returns several, or the keys of a returned dict).
+when the network returns several, or the keys of a returned dict). ``padding="same"`` convolutions,
+which the exporter writes as ``auto_pad=SAME_UPPER``, get their explicit pads (onnxruntime refuses
+``auto_pad`` with dilation).
 """
 import re
 import warnings
@@ -97,3 +99,35 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
             net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,
             opset_version=int(opset), do_constant_folding=True, dynamo=False,
         )
+    explicit_same_pads(path)
+
+
+def explicit_same_pads(path) -> None:
+    """Rewrite stride-1 ``Conv`` nodes with ``auto_pad=SAME_UPPER|SAME_LOWER`` (how the exporter writes
+    ``padding="same"``) to explicit ``pads``: at stride 1 the padding does not depend on the input size
+    ((k - 1) * d in all, the odd one at the end for SAME_UPPER), and onnxruntime cannot run auto_pad
+    with dilation."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    changed = False
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        auto = attrs.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if node.op_type != "Conv" or auto not in ("SAME_UPPER", "SAME_LOWER") or "kernel_shape" not in attrs:
+            continue
+        kernel = list(attrs["kernel_shape"])
+        if any(s != 1 for s in attrs.get("strides", [1] * len(kernel))):
+            continue
+        totals = [(k - 1) * d for k, d in zip(kernel, attrs.get("dilations", [1] * len(kernel)), strict=True)]
+        small = [t // 2 for t in totals]
+        large = [t - t // 2 for t in totals]
+        pads = small + large if auto == "SAME_UPPER" else large + small
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("pads", pads)])
+        changed = True
+    if changed:
+        onnx.save(model, str(path))

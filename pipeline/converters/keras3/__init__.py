@@ -8,14 +8,14 @@ loads with ``safe_mode=True``; an op it cannot convert exactly is refused by nam
 import numpy as np
 
 from pipeline.converters.keras3.graph import Conversion, Converter
-from pipeline.converters.keras3.probe import Probe, run
+from pipeline.converters.keras3.probe import Probe, resolve_branches
 
 
 def build(onnx_model, sample: dict[str, np.ndarray], extra_outputs: list[str] | None = None
           ) -> tuple[Conversion, Probe]:
     """The Keras model for ``onnx_model``; ``sample`` holds a few real inputs, by ONNX input name.
     ``extra_outputs`` names intermediate ONNX tensors to expose as outputs too (where they exist)."""
-    probe = run(onnx_model, sample)
+    onnx_model, probe = resolve_branches(onnx_model, sample)
     return Converter(onnx_model, probe, extra_outputs).convert(), probe
 
 

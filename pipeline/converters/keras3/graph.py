@@ -78,7 +78,8 @@ class Converter:
             if index in self.skip:
                 continue
             op_type, inputs, attrs = self.replacements.get(index, (node.op_type, list(node.input), None))
-            dependent = node.op_type not in SHAPE_ONLY_OPS and any(self.data_dependent.get(i, False) for i in inputs)
+            dependent = node.op_type not in SHAPE_ONLY_OPS and any(self.data_dependent.get(i, False) for i in
+                                                                   [*inputs, *_outer_names(node)])
             for name in node.output:
                 self.data_dependent[name] = dependent
             if not dependent:
@@ -248,6 +249,18 @@ def _consumers(graph) -> dict[str, list]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     return consumers
+
+
+def _outer_names(node) -> list[str]:
+    """The enclosing graph's tensors that a node's subgraphs (If/Loop/Scan bodies) read."""
+    names = []
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+            inner = {i.name for i in graph.initializer} | {i.name for i in graph.input}
+            for sub in graph.node:
+                names += [name for name in [*sub.input, *_outer_names(sub)] if name and name not in inner]
+                inner.update(sub.output)
+    return names
 
 
 def _channels_last_input(shape, spatial_ops: set) -> bool:

@@ -1,6 +1,10 @@
-"""Subgraphs converted as one op: PyTorch's exact GELU, exported as ``x * 0.5 * (1 + erf(x / sqrt(2)))``.
+"""Subgraphs converted as one op.
 
-As one ``gelu`` it converts to TFLite's builtin GELU kernel; op by op, TFLite has no kernel for Erf.
+- PyTorch's exact GELU, exported as ``x * 0.5 * (1 + erf(x / sqrt(2)))``: as one ``gelu`` it converts
+  to TFLite's builtin GELU kernel; op by op, TFLite has no kernel for Erf.
+- PyTorch's GroupNorm below opset 18, exported as ``Reshape [N, G, -1] -> InstanceNormalization ->
+  Reshape back``: as one ``GroupNormalization`` it works on channels-last data in place; op by op, the
+  first Reshape needs the data in ONNX order (a transpose there and back).
 """
 import math
 
@@ -57,6 +61,36 @@ def fuse(converter) -> None:
         converter.skip.update({d, e, a, *covered})
         converter.replacements[final] = ("Gelu", [x], {"approximate": "none"})
         converter.fused["Gelu"] = converter.fused.get("Gelu", 0) + 1
+    _group_norm(converter, nodes, producers, const, only_consumer)
+
+
+def _group_norm(converter, nodes, producers, const, only_consumer) -> None:
+    probe = converter.probe
+    for i, norm in enumerate(nodes):
+        if norm.op_type != "InstanceNormalization" or norm.input[0] not in producers:
+            continue
+        first = producers[norm.input[0]]
+        last = only_consumer(norm.output[0])
+        if nodes[first].op_type != "Reshape" or last is None or nodes[last].op_type != "Reshape" or \
+                only_consumer(norm.input[0]) != i:
+            continue
+        x = nodes[first].input[0]
+        if x not in probe.values or norm.input[0] not in probe.values:
+            continue
+        shape, grouped = probe.shape(x), probe.shape(norm.input[0])
+        scale, bias = const(norm.input[1]), const(norm.input[2])
+        if len(shape) < 3 or len(grouped) != 3 or None in shape[1:] or None in grouped[1:] or \
+                probe.batch_axes(x) != [0] or probe.batch_axes(norm.input[0]) != [0] or \
+                probe.shape(nodes[last].output[0]) != shape or scale is None or bias is None:
+            continue
+        groups = grouped[1]
+        if shape[1] % groups or groups * grouped[2] != math.prod(shape[1:]):
+            continue
+        epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        converter.skip.update({first, i})
+        converter.replacements[last] = ("GroupNormalization", [x, norm.input[1], norm.input[2]],
+                                        {"num_groups": groups, "epsilon": epsilon})
+        converter.fused["GroupNormalization"] = converter.fused.get("GroupNormalization", 0) + 1
 
 
 def _tail(nodes, a, x, only_consumer, other_input, is_scalar, producers):

@@ -53,6 +53,48 @@ def run(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> Probe:
     return Probe(values)
 
 
+def resolve_branches(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, Probe]:
+    """The model with every ``If`` whose condition the probe measures to be a constant replaced by the
+    branch it takes, and the probe of that model.
+
+    The exporter writes shape-dependent Python branches as ``If`` on a shape (``squeeze`` of a dimension
+    that may be 1, in ``F.local_response_norm``); its branches read the data from the enclosing graph,
+    which no converter could see through the ``If``. Inlined, their nodes convert like any other.
+    """
+    probe = run(model, sample)
+    for _ in range(16):  # nested branches surface one level per round
+        chosen = {}
+        for index, node in enumerate(model.graph.node):
+            if node.op_type == "If" and node.input[0] in probe.values:
+                condition = probe.constant(node.input[0])
+                if condition is not None and condition.size == 1:
+                    taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+                    chosen[index] = next(a.g for a in node.attribute if a.name == taken)
+        if not chosen:
+            return model, probe
+        model = _inline(model, chosen)
+        probe = run(model, sample)
+    return model, probe
+
+
+def _inline(model: onnx.ModelProto, chosen: dict) -> onnx.ModelProto:
+    inlined = onnx.ModelProto()
+    inlined.CopyFrom(model)
+    nodes = []
+    for index, node in enumerate(model.graph.node):
+        branch = chosen.get(index)
+        if branch is None:
+            nodes.append(node)
+            continue
+        inlined.graph.initializer.extend(branch.initializer)
+        nodes.extend(branch.node)
+        nodes.extend(onnx.helper.make_node("Identity", [inner.name], [outer], name=f"{node.name or 'If'}_{outer}")
+                     for inner, outer in zip(branch.output, node.output, strict=True) if outer)
+    del inlined.graph.node[:]
+    inlined.graph.node.extend(nodes)
+    return inlined
+
+
 def intermediates(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every tensor a node of ``model`` computes on ``feeds``, by name, as onnxruntime computes it."""
     import onnxruntime as ort

@@ -5,6 +5,7 @@ import numpy as np
 
 from pipeline.converters.keras3 import layout
 from pipeline.converters.keras3.ops import op
+from pipeline.converters.keras3.ops.common import add, const_in_perm
 
 
 def spatial_pads(ctx, in_sizes, kernel, strides, dilations) -> list[tuple[int, int]]:
@@ -101,16 +102,30 @@ def conv_transpose(ctx):
     from keras import ops
 
     x, weight, bias, n, kernel, strides = _conv_inputs(ctx)
-    if int(ctx.attr("group", 1)) != 1 or any(d != 1 for d in ctx.attr("dilations", [1] * n)):
-        raise ctx.fail("only ungrouped, undilated transposed convolutions are supported.")
+    group = int(ctx.attr("group", 1))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    if any(d != 1 for d in dilations):  # a dilated kernel is the kernel with zeros between its taps
+        dilated = np.zeros((*weight.shape[:2], *((k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True))),
+                           weight.dtype)
+        dilated[(slice(None), slice(None), *(slice(None, None, d) for d in dilations))] = weight
+        weight, kernel = dilated, list(dilated.shape[2:])
     in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
     out_sizes = ctx.out_shape()[2:]
     layer_class = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose,
                    3: keras.layers.Conv3DTranspose}[n]
-    layer = layer_class(weight.shape[1], kernel, strides=strides, padding="valid", use_bias=False, name=ctx.name())
-    result = layer(ctx.to_perm(x, layout.channels_last(x.rank)))
-    # ONNX [in, out, k...] -> Keras [k..., out, in]
-    layer.set_weights([weight.transpose(*range(2, 2 + n), 1, 0).astype(np.float32)])
+    source = ctx.to_perm(x, layout.channels_last(x.rank))
+    # Keras' transposed convolutions take no groups: one layer per group on its slice of the channels.
+    parts = ops.split(source, group, axis=-1) if group > 1 else [source]
+    per_group = weight.shape[0] // group
+    results = []
+    for g, part in enumerate(parts):
+        layer = layer_class(weight.shape[1], kernel, strides=strides, padding="valid", use_bias=False,
+                            name=ctx.name(f"group{g}" if group > 1 else ""))
+        results.append(layer(part))
+        # ONNX [in, out / group, k...] -> Keras [k..., out / group, in / group]
+        kernel_value = weight[g * per_group:(g + 1) * per_group]
+        layer.set_weights([kernel_value.transpose(*range(2, 2 + n), 1, 0).astype(np.float32)])
+    result = ops.concatenate(results, axis=-1) if group > 1 else results[0]
     pads = spatial_pads(ctx, in_sizes, kernel, strides, [1] * n) if "output_shape" not in ctx.attrs else None
     index, extra = [slice(None)], []
     for axis, (size, k, s, out) in enumerate(zip(in_sizes, kernel, strides, out_sizes, strict=True)):
@@ -124,5 +139,5 @@ def conv_transpose(ctx):
     if any(e for _, e in extra):
         result = ops.pad(result, [(0, 0), *extra, (0, 0)])
     if bias is not None:
-        result = result + bias.astype(np.float32)
+        result = add(result, const_in_perm(bias.reshape(1, -1, *[1] * n), n + 2, layout.channels_last(n + 2)))
     ctx.set(result, layout.channels_last(x.rank))

@@ -4,14 +4,14 @@ import functools
 import numpy as np
 
 from pipeline.converters.keras3.ops import op
-from pipeline.converters.keras3.ops.common import onnx_dtype, operands
+from pipeline.converters.keras3.ops.common import add, onnx_dtype, operands
 
 BINARY = {
-    "Add": "add", "Sub": "subtract", "Mul": "multiply", "Pow": "power",
+    "Sub": "subtract", "Mul": "multiply", "Pow": "power",
     "Equal": "equal", "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
     "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor",
 }
-VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
+VARIADIC = {"Max": "maximum", "Min": "minimum"}
 UNARY = {
     "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
     "Abs": "abs", "Neg": "negative", "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign",
@@ -19,6 +19,12 @@ UNARY = {
     "Not": "logical_not", "IsNaN": "isnan", "Atan": "arctan", "Tan": "tan", "Asin": "arcsin", "Acos": "arccos",
     "Sinh": "sinh", "Cosh": "cosh", "Asinh": "arcsinh", "Acosh": "arccosh", "Atanh": "arctanh",
 }
+
+
+@op("Add")
+def add_op(ctx):
+    (a, b), perm = operands(ctx)
+    ctx.set(add(a, b), perm)
 
 
 @op(*BINARY)
@@ -43,12 +49,12 @@ def div(ctx):
     ctx.set(ops.divide(a, b), perm)
 
 
-@op(*VARIADIC, "Mean")
+@op(*VARIADIC, "Sum", "Mean")
 def variadic(ctx):
     from keras import ops
 
     values, perm = operands(ctx)
-    function = getattr(ops, VARIADIC.get(ctx.op_type, "add"))
+    function = add if ctx.op_type in ("Sum", "Mean") else getattr(ops, VARIADIC[ctx.op_type])
     result = functools.reduce(function, values)
     if ctx.op_type == "Mean":
         result = result / np.float32(len(values))

@@ -7,6 +7,7 @@ import numpy as np
 from pipeline.converters.keras3 import layout
 from pipeline.converters.keras3.layout import Tensor
 from pipeline.converters.keras3.ops import op
+from pipeline.converters.keras3.ops.common import add
 
 
 def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: str = "") -> tuple:
@@ -105,7 +106,7 @@ def gemm(ctx):
     if c is not None:
         addend = ctx.to_perm(c, perm) if isinstance(c, Tensor) else \
             np.transpose(np.reshape(c, (1,) * (2 - np.ndim(c)) + np.shape(c)), perm)
-        result = result + ops.multiply(addend, np.float32(beta)) if beta != 1.0 else result + addend
+        result = add(result, ops.multiply(addend, np.float32(beta)) if beta != 1.0 else addend)
     ctx.set(result, perm)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 
 from pipeline.converters.keras3 import layout
 from pipeline.converters.keras3.ops import op
-from pipeline.converters.keras3.ops.common import const_in_perm
+from pipeline.converters.keras3.ops.common import add, const_in_perm
 
 
 @op("BatchNormalization")
@@ -57,23 +57,33 @@ def instance_norm(ctx):
     x = ctx.tensor(0)
     axes = [x.keras_axis(a) for a in range(2, x.rank)]
     result = _normalise(x.keras, axes, float(ctx.attr("epsilon", 1e-5)))
-    scale, bias = (np.reshape(ctx.const(i), (1, -1) + (1,) * (x.rank - 2)) for i in (1, 2))
-    ctx.set(result * const_in_perm(scale, x.rank, x.perm) + const_in_perm(bias, x.rank, x.perm), x.perm)
+    scale, bias = (np.reshape(ctx.const(i), (1, -1) + (1,) * (x.rank - 2)).astype(np.float32) for i in (1, 2))
+    ctx.set(add(result * const_in_perm(scale, x.rank, x.perm), const_in_perm(bias, x.rank, x.perm)), x.perm)
 
 
 @op("GroupNormalization")
 def group_norm(ctx):
+    """Channels-last input: the channel axis splits into [groups, channels per group] in place (a group's
+    channels are consecutive), no transpose; any other layout goes to ONNX order, [N, groups, rest]."""
     from keras import ops
 
     x = ctx.tensor(0)
     groups = int(ctx.attr("num_groups"))
     shape = ctx.c.probe.shape(ctx.input_names[0])
     channels = shape[1]
-    flat = ops.reshape(ctx.to_perm(x, layout.identity(x.rank)), [-1, groups, int(np.prod(shape[1:])) // groups])
-    result = ops.reshape(_normalise(flat, [2], float(ctx.attr("epsilon", 1e-5))), [-1, *shape[1:]])
+    if channels is None or any(d is None for d in shape[2:]) or channels % groups:
+        raise ctx.fail(f"group normalisation of shape {shape} in {groups} groups is not supported.")
+    epsilon = float(ctx.attr("epsilon", 1e-5))
+    stored = [shape[p] for p in x.perm]
+    if x.perm[-1] == 1:
+        split = ops.reshape(x.keras, [-1, *stored[1:-1], groups, channels // groups])
+        normalised = _normalise(split, [*range(1, x.rank - 1), x.rank], epsilon)
+        result, perm = ops.reshape(normalised, [-1, *stored[1:]]), x.perm
+    else:
+        flat = ops.reshape(ctx.to_perm(x, layout.identity(x.rank)), [-1, groups, int(np.prod(shape[1:])) // groups])
+        result, perm = ops.reshape(_normalise(flat, [2], epsilon), [-1, *shape[1:]]), layout.identity(x.rank)
     scale, bias = ctx.const(1), ctx.const(2)
-    if scale.size == groups:  # opset 18: one scale per group
+    if scale.size == groups and groups != channels:  # opset 18: one scale per group
         scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
-    shape_c = (1, channels) + (1,) * (x.rank - 2)
-    ctx.set(result * scale.reshape(shape_c).astype(np.float32) + bias.reshape(shape_c).astype(np.float32),
-            layout.identity(x.rank))
+    scale, bias = (np.reshape(v, (1, channels) + (1,) * (x.rank - 2)).astype(np.float32) for v in (scale, bias))
+    ctx.set(add(result * const_in_perm(scale, x.rank, perm), const_in_perm(bias, x.rank, perm)), perm)

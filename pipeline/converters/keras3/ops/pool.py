@@ -1,4 +1,6 @@
 """Pooling: Keras pooling layers on explicitly padded channels-last tensors, ONNX's edge rules kept exactly."""
+import functools
+
 import numpy as np
 
 from pipeline.converters.keras3 import layout
@@ -10,17 +12,29 @@ def _window(ctx, x):
     n = x.rank - 2
     kernel = list(ctx.attr("kernel_shape"))
     strides = list(ctx.attr("strides", [1] * n))
-    if any(d != 1 for d in ctx.attr("dilations", [1] * n)):
-        raise ctx.fail("dilated pooling is not supported.")
+    dilations = list(ctx.attr("dilations", [1] * n))
     in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
     out_sizes = ctx.out_shape()[2:]
     if None in in_sizes or None in out_sizes:
         raise ctx.fail("pooling over a dynamic spatial axis is not supported.")
-    pads = spatial_pads(ctx, in_sizes, kernel, strides, [1] * n)
+    pads = spatial_pads(ctx, in_sizes, kernel, strides, dilations)
     # ceil_mode: windows may run past the end padding; pad far enough for the measured output size.
-    full = [(b, max(e, (o - 1) * s + k - i - b)) for (b, e), i, o, s, k in
-            zip(pads, in_sizes, out_sizes, strides, kernel, strict=True)]
-    return kernel, strides, in_sizes, out_sizes, pads, full
+    full = [(b, max(e, (o - 1) * s + (k - 1) * d + 1 - i - b)) for (b, e), i, o, s, k, d in
+            zip(pads, in_sizes, out_sizes, strides, kernel, dilations, strict=True)]
+    return kernel, strides, dilations, in_sizes, out_sizes, pads, full
+
+
+def _taps(x, kernel, strides, dilations, out_sizes):
+    """A window as one strided slice per kernel tap (of a padded channels-last tensor): the window's
+    elements for every output position at once. For what Keras' pooling layers cannot do (dilation) and
+    what TFLite has no kernel for (3-D pooling)."""
+    for offsets in np.ndindex(*kernel):
+        yield x[(slice(None), *(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in
+                                zip(offsets, dilations, out_sizes, strides, strict=True)), slice(None))]
+
+
+def _by_taps(dilations) -> bool:
+    return any(d != 1 for d in dilations) or len(dilations) == 3
 
 
 def _pool_layer(n: int, kind: str):
@@ -31,12 +45,19 @@ def _pool_layer(n: int, kind: str):
 
 @op("MaxPool")
 def max_pool(ctx):
+    from keras import ops
+
     x = ctx.tensor(0)
     if ctx.output_used(1):
         raise ctx.fail("MaxPool's Indices output is not supported.")
-    kernel, strides, in_sizes, out_sizes, _, full = _window(ctx, x)
+    kernel, strides, dilations, in_sizes, out_sizes, _, full = _window(ctx, x)
     n = x.rank - 2
     source = ctx.to_perm(x, layout.channels_last(x.rank))
+    if _by_taps(dilations):
+        padded = zero_pad(ctx, source, full, float(np.finfo(np.float32).min))
+        ctx.set(functools.reduce(ops.maximum, _taps(padded, kernel, strides, dilations, out_sizes)),
+                layout.channels_last(x.rank))
+        return
     # Keras' "same" max pooling skips the padding, as ONNX's -inf padding does.
     same = any(b or e for b, e in full) and is_same_padding(full, in_sizes, kernel, strides, [1] * n)
     source = source if same else zero_pad(ctx, source, full, float(np.finfo(np.float32).min))
@@ -47,19 +68,26 @@ def max_pool(ctx):
 
 @op("AveragePool")
 def average_pool(ctx):
+    from keras import ops
+
     x = ctx.tensor(0)
-    kernel, strides, in_sizes, out_sizes, pads, full = _window(ctx, x)
+    kernel, strides, dilations, in_sizes, out_sizes, pads, full = _window(ctx, x)
     n = x.rank - 2
     source = zero_pad(ctx, ctx.to_perm(x, layout.channels_last(x.rank)), full)
-    result = _crop(_pool_layer(n, "Average")(kernel, strides=strides, padding="valid", name=ctx.name())(source),
-                   out_sizes)
+    if _by_taps(dilations):
+        result = functools.reduce(ops.add, _taps(source, kernel, strides, dilations, out_sizes)) * \
+            np.float32(1 / np.prod(kernel))
+    else:
+        result = _crop(_pool_layer(n, "Average")(kernel, strides=strides, padding="valid", name=ctx.name())(source),
+                       out_sizes)
     # Keras divides by the whole window; ONNX by the elements inside the input (or input + pads).
     counted = np.zeros([i + b + e for i, (b, e) in zip(in_sizes, full, strict=True)], np.float32)
     inner = pads if ctx.attr("count_include_pad", 0) else [(0, 0)] * n
     region = tuple(slice(b - ib, b + i + ie) for (b, _), i, (ib, ie) in zip(full, in_sizes, inner, strict=True))
     counted[region] = 1
-    windows = np.lib.stride_tricks.sliding_window_view(counted, kernel)
-    windows = windows[tuple(slice(None, None, s) for s in strides)]
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    windows = np.lib.stride_tricks.sliding_window_view(counted, span)
+    windows = windows[tuple(slice(None, None, s) for s in strides) + tuple(slice(None, None, d) for d in dilations)]
     counts = windows.sum(axis=tuple(range(n, 2 * n)))[tuple(slice(0, o) for o in out_sizes)]
     factor = np.float32(np.prod(kernel)) / counts
     if not np.allclose(factor, 1.0):

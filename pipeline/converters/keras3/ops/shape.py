@@ -272,17 +272,27 @@ def pad(ctx):
     begin, end = [0] * x.rank, [0] * x.rank
     for i, axis in enumerate(axes):
         begin[axis], end[axis] = int(pads[i]), int(pads[i + len(axes)])
-    if min(begin + end) < 0:
-        raise ctx.fail("negative pads (cropping) are not supported.")
+    shape = ctx.c.probe.shape(ctx.input_names[0])
+    source = x.keras
+    if min(begin + end) < 0:  # negative pads crop: slice first, then pad what is positive
+        if mode != "constant" and any(min(b, e) < 0 < max(b, e) for b, e in zip(begin, end, strict=True)):
+            raise ctx.fail(f"{mode} padding that also crops the same axis is not supported.")
+        if any(shape[axis] is None and min(begin[axis], end[axis]) < 0 for axis in range(x.rank)):
+            raise ctx.fail("cropping the batch axis is not supported.")
+        source = source[tuple(slice(-min(begin[p], 0), shape[p] + min(end[p], 0)) if shape[p] is not None
+                              else slice(None) for p in x.perm)]
+        shape = tuple(d if d is None else d + min(b, 0) + min(e, 0) for d, b, e in zip(shape, begin, end, strict=True))
+        begin, end = [max(b, 0) for b in begin], [max(e, 0) for e in end]
     widths = [(begin[p], end[p]) for p in x.perm]
-    if mode == "constant":
-        result = ops.pad(x.keras, widths, mode="constant", constant_values=float(np.asarray(value).reshape(-1)[0]
+    if not any(b or e for b, e in widths):
+        result = source
+    elif mode == "constant":
+        result = ops.pad(source, widths, mode="constant", constant_values=float(np.asarray(value).reshape(-1)[0]
                                                                                   if np.size(value) else 0.0))
     elif mode == "reflect":
-        result = ops.pad(x.keras, widths, mode="reflect")
+        result = ops.pad(source, widths, mode="reflect")
     elif mode in ("edge", "wrap"):
-        result = x.keras
-        shape = ctx.c.probe.shape(ctx.input_names[0])
+        result = source
         for k, (b, e) in enumerate(widths):
             if b or e:
                 size = shape[x.perm[k]]
