@@ -337,3 +337,18 @@ def test_a_regressor_without_labels_is_reported_not_judged():
              "max_abs_err": 1.0}
     quantized.judge(entry, None, "value", Settings, {})
     assert entry["in_tolerance"] and entry["judged"] is False and entry["judgement"] == "no labels: not judged"
+
+
+def test_onnx_int8_writes_nothing_outside_the_run_dir(tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference saves sym_shape_infer_temp.onnx and a <uuid>.data file into
+    the working directory when it cannot infer every shape (the UNet's Resize); quantizing must not."""
+    from tests.conftest import run_composed
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    report = run_composed("experiment=zoo/unet_small", "dataset.samples=16", "dataset.shape=[3,32,32]",
+                          "export=[onnx_int8]", "export.calibration_samples=8", "parity.latency_repeats=2",
+                          run_dir=tmp_path / "run")
+    assert report["targets"]["onnx_int8"]["status"] == "ok"
+    assert list(cwd.iterdir()) == []

@@ -11,6 +11,7 @@ activation of a quantized copy against the float model's, on validation inputs t
 and the layers that add most go to the report; ``float_fallback`` (node names or parts of them) and
 ``float_fallback_top_k`` exclude nodes from quantization (``nodes_to_exclude``).
 """
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -46,7 +47,7 @@ def convert(job: ConvertJob) -> dict:
                   "mode": mode, "calibration_samples": 0, "float_fallback": [],
                   "float32_bytes": Path(job.onnx_path).stat().st_size, "float32_artifact": Path(job.onnx_path).name,
                   "load": LOAD}
-    work = Path(tempfile.mkdtemp(prefix=".onnx_int8.", dir=job.out_path.parent))
+    work = Path(tempfile.mkdtemp(prefix=".onnx_int8.", dir=job.out_path.parent)).resolve()
     try:
         source = _preprocess(job.onnx_path, work / "preprocessed.onnx", info)
         if mode == "static":
@@ -71,8 +72,9 @@ def _preprocess(onnx_path: Path, out: Path, info: dict) -> Path:
     when that fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(onnx_path), str(out))
+    try:  # in the work dir: when shapes stay unknown, onnxruntime saves debug files into the cwd
+        with contextlib.chdir(out.parent):
+            quant_pre_process(str(Path(onnx_path).resolve()), str(out))
         info["preprocessed"] = True
         return out
     except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation
