@@ -11,6 +11,7 @@ from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
 from pipeline.report import STAGES, Report
+from pipeline.runtimes.torch_runtime import standard_paths
 
 log = logging.getLogger(__name__)
 logfile = logging.getLogger("pipeline.logfile")  # pipeline.log only (conf/config.yaml)
@@ -81,6 +82,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
                             "Start a new run dir (the default is a new dated one), e.g. hydra.run.dir=...")
     ctx = RunContext(cfg=cfg, run_dir=Path(run_dir), report=report, threads=threads.resolve(cfg))
     threads.apply(ctx.threads)
+    standard_paths()  # the torch reference computes what training and the export compute
     report.data["environment"]["threads"] = ctx.threads
     try:
         failure = _prepare(ctx, selected)

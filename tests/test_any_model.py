@@ -88,11 +88,37 @@ class TinyTransformer(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+class AttentionGRUNet(nn.Module):
+    """As sequence users write them: a GRU from a learned initial state, nn.RMSNorm, a default
+    nn.TransformerEncoder with a padding mask padded at the end (torch's nested-tensor fast path in eval,
+    which zeroes padded positions where the traced graph computes them), attention pooling, and the
+    pooling weights returned beside the logits (training and the metric use the first output)."""
+
+    def __init__(self, num_classes: int = 2, d: int = 16):
+        super().__init__()
+        self.embed = nn.Linear(1, d)
+        self.gru = nn.GRU(d, d, batch_first=True)
+        self.h0 = nn.Parameter(torch.randn(1, 1, d) * 0.3)
+        self.norm = nn.RMSNorm(d)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 32, batch_first=True), 1)
+        self.pool = nn.Linear(d, 1)
+        self.head = nn.Linear(d, num_classes)
+
+    def forward(self, x):
+        h, _ = self.gru(self.embed(x.transpose(1, 2)), self.h0.expand(-1, x.shape[0], -1).contiguous())
+        lengths = (x[:, 0] > -0.5).sum(1).clamp(min=4)  # a length per sample, padding at the end
+        pad = torch.arange(x.shape[2]) >= lengths[:, None]
+        h = self.encoder(self.norm(h), src_key_padding_mask=pad)
+        weights = torch.softmax(self.pool(h).squeeze(-1), dim=1)
+        return self.head((weights.unsqueeze(-1) * h).sum(1)), weights
+
+
 USER_MODELS = {
     "ResidualNet": ("mnist", (mnist_root_override(), *SHORT)),
     "MobileNet": ("mnist", (mnist_root_override(), *SHORT)),
     "GRUNet": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
     "TinyTransformer": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
+    "AttentionGRUNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
 }
 
 
@@ -110,6 +136,28 @@ def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_p
         assert parity[runtime]["allclose"] and parity[runtime]["top1_agreement"] == 1.0, parity[runtime]
     if name == "TinyTransformer":  # attention needs opset 14: the export raised it, and says so
         assert report["artifacts"]["onnx"]["opset"] == 14 and report["artifacts"]["onnx"]["requested_opset"] == 13
+
+
+class PackedGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(1, 4, batch_first=True)
+
+    def forward(self, x):
+        lengths = torch.full((x.shape[0],), x.shape[2], dtype=torch.int64)
+        packed = nn.utils.rnn.pack_padded_sequence(x.transpose(1, 2), lengths, batch_first=True)
+        return self.gru(packed)[1][-1]
+
+
+def test_a_packed_sequence_is_refused_by_name_at_export(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.stages.export import write_with_opset
+
+    ctx = SimpleNamespace(onnx_path=tmp_path / "model.onnx")
+    with pytest.raises(PipelineError, match="cannot export packed sequences: gru is given a PackedSequence") as info:
+        write_with_opset(PackedGRU().eval(), (torch.randn(1, 1, 24),), ["input"], ["output"], ctx, 13)
+    assert "padded [N, T, F] tensor" in info.value.hint
 
 
 def test_zoo_rows_torchvision_and_a_4d_output_convert_without_a_dataset(tmp_path):

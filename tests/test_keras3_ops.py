@@ -110,6 +110,30 @@ CASES = {
                                                           torch.ones(1, x.shape[0], 3)))[0],
                                           nn.LSTM(5, 3)), SEQ, 13),
     "rnn_tanh": (Lambda(lambda x, r: r(x)[1][0], nn.RNN(5, 3, batch_first=True)), SEQ, 13),
+    # recurrent variants users write: a learned initial hidden state with a zero cell state, relu RNNs
+    "lstm_learned_h0_zero_c0": (Lambda(lambda x, m, p: m(x, (p.weight.view(1, 1, 3).expand(-1, x.shape[0], -1)
+                                                             .contiguous(), torch.zeros(1, x.shape[0], 3)))[0],
+                                       nn.LSTM(5, 3, batch_first=True), nn.Linear(1, 3)), SEQ, 13),
+    "lstm_data_h0_no_c0_given": (Lambda(lambda x, m, p: m(x, (torch.tanh(p(x[:, 0])).unsqueeze(0),
+                                                              torch.zeros(1, x.shape[0], 3)))[1][1],
+                                        nn.LSTM(5, 3, batch_first=True), nn.Linear(5, 3)), SEQ, 13),
+    "rnn_relu_bidirectional": (Lambda(lambda x, r: r(x)[0], nn.RNN(5, 3, nonlinearity="relu", bidirectional=True,
+                                                                   batch_first=True)), SEQ, 13),
+    # attention as users write it
+    "einsum_ellipsis_attention": (Lambda(lambda x, q: torch.einsum(
+        "...ij,...jd->...id", torch.einsum("...id,...jd->...ij", *(q(x).view(-1, 7, 2, 2).transpose(1, 2),) * 2)
+        .softmax(-1), q(x).view(-1, 7, 2, 2).transpose(1, 2)).flatten(1), nn.Linear(5, 4)), SEQ, 14),
+    "decoder_learned_queries": (Lambda(lambda x, p, d: d(p.weight.view(1, 3, 5).expand(x.shape[0], -1, -1), x),
+                                       nn.Linear(1, 15), nn.TransformerDecoderLayer(5, 1, 8, batch_first=True)),
+                                SEQ, 14),
+    "mha_bias_kv_zero_attn": (Lambda(lambda x, p, m: m(p(x), p(x), p(x), need_weights=False)[0], nn.Linear(5, 6),
+                                     nn.MultiheadAttention(6, 2, batch_first=True, add_bias_kv=True,
+                                                           add_zero_attn=True)), SEQ, 14),
+    "nan_to_num_and_per_head_weights": (Lambda(lambda x, p: torch.nan_to_num(x @ x.transpose(1, 2)).sum(2, True)
+                                               + (x.unsqueeze(1).expand(-1, 2, -1, -1) @ p.weight.view(2, 5, 2))
+                                               .transpose(1, 2).flatten(2), nn.Linear(1, 20)), SEQ, 14),
+    "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
+                                              nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
 }
 
 
@@ -210,3 +234,17 @@ def test_group_norm_exported_below_opset_18_runs_channels_last_without_transpose
     assert conversion.fused == {"GroupNormalization": 1}
     operations = [layer["class_name"] for layer in conversion.model.get_config()["layers"]]
     assert "Transpose" not in operations
+
+
+def test_a_recurrent_loop_tflite_cannot_run_is_named():
+    """Sequences longer than UNROLL_MAX_STEPS stay a Keras loop; TFLite's converter then fails on
+    TensorList ops: the failure names the recurrent layer and what to change, not MLIR internals."""
+    from pipeline.converters.backends.tflite_tf_converter import explain
+
+    message = ('<unknown>:0: error: loc(callsite(fused["TensorListReserve:", "converted_1/gru_GRU_1_d0_1/'
+               'TensorArrayV2_1@__inference_serve_3469"] ...)): \'tf.TensorListReserve\' op requires element_shape'
+               ' to be static during TF Lite transformation pass')
+    error = explain(RuntimeError(message))
+    assert error.unsupported_op == "GRU" and "gru_GRU_1" in str(error) and "128 steps" in str(error)
+    error = explain(RuntimeError("'tf.IsInf' op is neither a custom op nor a flex op"))
+    assert error.unsupported_op == "IsInf"

@@ -5,6 +5,17 @@ import torch
 from pipeline.runtimes import Adapter
 
 
+def standard_paths() -> None:
+    """Turn off torch's inference-only fast paths for attention (fused multi-head attention, nested
+    tensors in ``nn.TransformerEncoder``). They are not what training computes nor what the export
+    traces: with a ``src_key_padding_mask`` the nested-tensor path returns zeros at padded positions
+    where the traced graph (and every converted model) computes values, so the reference would differ
+    from every runtime for any model that reads those positions."""
+    fastpath = getattr(getattr(torch.backends, "mha", None), "set_fastpath_enabled", None)
+    if fastpath is not None:
+        fastpath(False)
+
+
 class TorchRuntime(Adapter):
     name = "torch"
 

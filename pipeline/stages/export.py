@@ -64,10 +64,36 @@ def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx
         except Exception as exc:  # noqa: BLE001 - torch raises many types; the message says what it needs
             needed = required_opset(exc)
             if needed is None or needed <= opset or needed > highest:
+                packed = packed_sequence_user(net, args)
+                if packed:
+                    raise PipelineError(f"torch.onnx.export cannot export packed sequences: {packed} is given a "
+                                        f"PackedSequence (pack_padded_sequence) ({first_line(exc)}).",
+                                        "Pass the padded [N, T, F] tensor to the recurrent layer instead (windows "
+                                        "of one length need no packing), and mask padded steps if there are "
+                                        "any.") from exc
                 raise PipelineError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}",
                                     "Check that the model runs on the dataset's inputs; an op without an ONNX "
                                     "export must be replaced in the model.") from exc
             opset = needed
+
+
+def packed_sequence_user(net: torch.nn.Module, args: tuple) -> str | None:
+    """The name of the first recurrent module that ``net`` feeds a PackedSequence, if any."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    found: list[str] = []
+    hooks = [module.register_forward_pre_hook(
+        lambda _m, inputs, n=name: found.append(n or "model.net") if inputs and isinstance(inputs[0], PackedSequence)
+        else None) for name, module in net.named_modules() if isinstance(module, torch.nn.RNNBase)]
+    try:
+        with torch.inference_mode():
+            net(*args)
+    except Exception:  # noqa: BLE001 - only looking; the export's own error is reported
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else None
 
 
 def required_opset(exc: Exception) -> int | None:
@@ -82,9 +108,40 @@ def first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0][:400] if text else ''}"
 
 
+def _rms_norm(g, x, normalized_shape, weight, eps):
+    """``aten::rms_norm`` (``nn.RMSNorm``, ``F.rms_norm``), which the TorchScript exporter has no symbolic
+    for below ONNX's RMSNormalization (opset 23): ``x / sqrt(mean(x^2) + eps) * weight``, PyTorch's own
+    decomposition (eps None: the float32 machine epsilon, as PyTorch uses for float32 inputs)."""
+    from torch.onnx import symbolic_helper
+
+    axes = list(range(-len(symbolic_helper._get_const(normalized_shape, "is", "normalized_shape")), 0))
+    eps = 1.1920928955078125e-07 if symbolic_helper._is_none(eps) else symbolic_helper._get_const(eps, "f", "eps")
+    square = g.op("Mul", x, x)
+    if g.opset >= 18:
+        mean = g.op("ReduceMean", square, g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64)),
+                    keepdims_i=1)
+    else:
+        mean = g.op("ReduceMean", square, axes_i=axes, keepdims_i=1)
+    root = g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
+    out = g.op("Div", x, root)
+    return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
+
+
+_SYMBOLICS_REGISTERED = False
+
+
+def _register_symbolics() -> None:
+    global _SYMBOLICS_REGISTERED
+    if not _SYMBOLICS_REGISTERED:
+        for opset in range(9, 23):  # one registration per opset; 23 has RMSNormalization of its own
+            torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
+        _SYMBOLICS_REGISTERED = True
+
+
 def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None) -> None:
     """torch.onnx.export (TorchScript). Its TracerWarnings (a branch or a Python number frozen into the
     graph) go on to the stage's recorder (report.json stages.export.warnings)."""
+    _register_symbolics()
     args = args if isinstance(args, tuple) else (args,)
     input_names = input_names or [INPUT_NAME]
     output_names_ = output_names_ or [OUTPUT_NAME]

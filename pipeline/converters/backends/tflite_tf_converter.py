@@ -8,6 +8,10 @@ from pipeline.errors import ConversionError
 
 # The converter lists the TensorFlow ops that have no TFLite builtin kernel, e.g. "TF Select ops: Erf".
 _SELECT_OPS = re.compile(r"TF Select ops: ([\w, ]+)")
+# ... or, when it cannot even place them, "'tf.IsInf' op is neither a custom op nor a flex op".
+_NO_KERNEL = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
+# keras3 names a recurrent layer after its ONNX node and direction: "converted_1/gru_GRU_1_d0_1/TensorArrayV2_1".
+_RECURRENT_LAYER = re.compile(r"/((?:\w*_)?(LSTM|GRU|RNN)(?:_\d+)?)_d\d")
 
 
 @backend("tflite", "tf-converter", order=10, needs="tensorflow")
@@ -35,9 +39,21 @@ def convert_file(saved_model: Path, out_path: Path, configure=None) -> dict:
 
 
 def explain(exc: Exception) -> ConversionError:
+    if "TensorListReserve" in str(exc) or "tensor list ops" in str(exc):
+        layer = _RECURRENT_LAYER.search(str(exc))
+        from pipeline.converters.keras3.ops.recurrent import UNROLL_MAX_STEPS
+
+        return ConversionError(
+            f"TFLite's builtin ops cannot run a recurrent layer kept as a loop with a dynamic batch "
+            f"({layer.group(1) if layer else 'an LSTM/GRU/RNN'}): keras3 unrolls sequences of up to "
+            f"{UNROLL_MAX_STEPS} steps only, longer ones stay a loop (TensorList ops, TF Select only).",
+            f"Shorten the sequence the recurrent layer sees to {UNROLL_MAX_STEPS} steps or fewer (e.g. a strided "
+            "Conv1d or pooling before it), or drop the tflite targets.",
+            unsupported_op=layer.group(2) if layer else "TensorListReserve")
     match = _SELECT_OPS.search(str(exc))
-    if match:
-        ops = [op.strip() for op in match.group(1).split(",") if op.strip()]
+    no_kernel = list(dict.fromkeys(_NO_KERNEL.findall(str(exc))))
+    if match or no_kernel:
+        ops = [op.strip() for op in match.group(1).split(",") if op.strip()] if match else no_kernel
         return ConversionError(
             f"TFLite has no builtin kernel for TensorFlow op(s) {', '.join(ops)} (they would need TF Select "
             "flex ops, which the LiteRT interpreter does not run).",

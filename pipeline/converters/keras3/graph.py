@@ -46,6 +46,7 @@ class Converter:
         self.values: dict = {init.name: numpy_helper.to_array(init) for init in self.graph.initializer}
         self.data_dependent: dict[str, bool] = {name: False for name in self.values}
         self.consumers = _consumers(self.graph)
+        self.producers = {name: node for node in self.graph.node for name in node.output}
         self._names: set[str] = set()
         self.inputs: list = []  # Keras Input tensors, in ONNX input order
         self.fused: dict[str, int] = {}
@@ -196,8 +197,19 @@ class NodeContext:
     def value(self, index: int):
         return self.c.values[self.input_names[index]] if self.has(index) else None
 
-    def tensor(self, index: int) -> Tensor:
+    def data(self, index: int):
+        """An input as an op computes with it: a Keras ``Tensor`` or a NumPy constant (None when omitted).
+        A batch-dependent value that is not data (a constant expanded to the batch and what is computed
+        from it alone, e.g. a decoder's learned queries) becomes a Keras tensor sized by the batch."""
         value = self.value(index)
+        if isinstance(value, Dynamic):
+            from pipeline.converters.keras3.ops.common import materialize
+
+            return materialize(self, index)
+        return value
+
+    def tensor(self, index: int) -> Tensor:
+        value = self.data(index)
         if not isinstance(value, Tensor):
             raise self.fail(f"input {index} was expected to depend on the model input.")
         return value
@@ -210,6 +222,13 @@ class NodeContext:
         if not isinstance(value, np.ndarray):
             raise self.fail(f"input {index} ({self.input_names[index]}) must be a constant here.")
         return value
+
+    def in_shape(self, index: int) -> tuple:
+        """The ONNX shape of input ``index``: a constant's own, or the probe's (None for the batch axis)."""
+        value = self.value(index)
+        if isinstance(value, np.ndarray):
+            return tuple(value.shape)
+        return self.c.probe.shape(self.input_names[index])
 
     def attr(self, name: str, default=None):
         return self.attrs.get(name, default)

@@ -46,6 +46,10 @@ def run(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> Probe:
     try:
         runs = [intermediates(model, feed) for feed in feeds]
     except Exception as exc:
+        if not _runs(model, sample):  # not about the batch size: onnxruntime cannot run this model at all
+            raise ConversionError(f"onnxruntime cannot run the ONNX model: {exc}",
+                                  "The exported model itself is invalid for onnxruntime (see the onnxruntime "
+                                  "parity entry); change the model around the node named.") from exc
         raise ConversionError(f"onnxruntime could not run the model at batch sizes {PROBE_BATCHES}: {exc}",
                               "Export with a dynamic batch axis (the batch size must not be hard-coded).") from exc
     values = {name: (feeds[0][name], feeds[1][name]) for name in sample}
@@ -93,6 +97,17 @@ def _inline(model: onnx.ModelProto, chosen: dict) -> onnx.ModelProto:
     del inlined.graph.node[:]
     inlined.graph.node.extend(nodes)
     return inlined
+
+
+def _runs(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> bool:
+    """Whether onnxruntime runs ``model`` on ``sample`` as it is (its own batch size)."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, sample)
+    except Exception:  # noqa: BLE001 - any failure means no
+        return False
+    return True
 
 
 def intermediates(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

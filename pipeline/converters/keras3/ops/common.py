@@ -58,19 +58,36 @@ def operands(ctx, indices=None) -> tuple[list, tuple[int, ...]]:
 
 def materialize(ctx, index: int) -> Tensor:
     """A batch-dependent value that is constant along its batch axis (zeros sized by the batch, say) as a
-    Keras tensor in ONNX order; anything else would need a fixed batch size and is refused."""
+    Keras tensor in ONNX order; anything else would need a fixed batch size and is refused. The axis may
+    be a multiple of the batch (batch x heads, as attention merges them) when every row is the same."""
+    from keras import ops
+
     name = ctx.input_names[index]
     probe = ctx.c.probe
     shape = probe.shape(name)
-    batch_axes = probe.batch_axes(name)
     a, b = ctx.value(index).probe
-    if [axis for axis, d in enumerate(shape) if d is None] != batch_axes or len(batch_axes) != 1:
+    dynamic = [axis for axis, d in enumerate(shape) if d is None]
+    if len(dynamic) != 1:
         raise ctx.fail(f"input {name} depends on the batch size in a way only a fixed batch could express.")
-    axis = batch_axes[0]
+    axis = dynamic[0]
+    (n_a, n_b), (size_a, size_b) = probe.batches, (a.shape[axis], b.shape[axis])
+    multiple = size_a // n_a
+    if size_a != multiple * n_a or size_b != multiple * n_b:
+        raise ctx.fail(f"input {name} depends on the batch size in a way only a fixed batch could express.")
     row = np.take(a, [0], axis=axis)
-    if not (np.all(a == row) and np.all(b == np.take(b, [0], axis=axis))):
+    if not (_same_rows(a, row) and _same_rows(b, np.take(b, [0], axis=axis))):
         raise ctx.fail(f"input {name} varies along the batch axis without depending on the data.")
-    return Tensor(ctx.c.batch_ones(shape, dtype=row.dtype.name) * row, tuple(range(len(shape))))
+    value = ctx.c.batch_ones(shape, dtype=row.dtype.name) * row
+    return Tensor(ops.repeat(value, multiple, axis=axis) if multiple > 1 else value, tuple(range(len(shape))))
+
+
+def _same_rows(value: np.ndarray, row: np.ndarray) -> bool:
+    """Every row equals the first; floats within rounding (onnxruntime's kernels may round the rows of
+    one batch differently, e.g. a decoder's learned queries after attention)."""
+    if value.dtype.kind != "f":
+        return bool(np.all(value == row))
+    scale = float(np.max(np.abs(row))) if row.size else 0.0
+    return bool(np.allclose(value, row, rtol=1e-5, atol=1e-6 * max(scale, 1.0), equal_nan=True))
 
 
 def axis_list(value, rank: int) -> list[int]:

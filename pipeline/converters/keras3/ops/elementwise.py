@@ -3,6 +3,7 @@ import functools
 
 import numpy as np
 
+from pipeline.converters.keras3.layout import Tensor
 from pipeline.converters.keras3.ops import op
 from pipeline.converters.keras3.ops.common import add, onnx_dtype, operands
 
@@ -16,7 +17,7 @@ UNARY = {
     "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
     "Abs": "abs", "Neg": "negative", "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign",
     "Sin": "sin", "Cos": "cos", "Reciprocal": "reciprocal", "Erf": "erf", "Softplus": "softplus",
-    "Not": "logical_not", "IsNaN": "isnan", "Atan": "arctan", "Tan": "tan", "Asin": "arcsin", "Acos": "arccos",
+    "Not": "logical_not", "Atan": "arctan", "Tan": "tan", "Asin": "arcsin", "Acos": "arccos",
     "Sinh": "sinh", "Cosh": "cosh", "Asinh": "arcsinh", "Acosh": "arccosh", "Atanh": "arctanh",
 }
 
@@ -88,18 +89,46 @@ def unary(ctx):
     ctx.set(getattr(ops, UNARY[ctx.op_type])(x.keras), x.perm)
 
 
+def _unwidened(ctx, index: int):
+    """Input ``index``, or what it was before a float -> double Cast: ``torch.nan_to_num`` casts to
+    float64 before IsInf, which TFLite cannot run; widening keeps every inf and NaN as it was."""
+    from onnx import TensorProto
+
+    producer = ctx.c.producers.get(ctx.input_names[index])
+    if producer is not None and producer.op_type == "Cast" and \
+            any(a.name == "to" and a.i == TensorProto.DOUBLE for a in producer.attribute):
+        source = ctx.c.values.get(producer.input[0])
+        if isinstance(source, Tensor) and str(source.keras.dtype) in ("float16", "bfloat16", "float32"):
+            return source
+    return ctx.tensor(index)
+
+
 @op("IsInf")
 def is_inf(ctx):
+    """As comparisons with infinity (TFLite has no IsInf kernel; ``torch.nan_to_num`` exports it)."""
     from keras import ops
 
-    x = ctx.tensor(0)
+    x = _unwidened(ctx, 0)
     positive, negative = bool(ctx.attr("detect_positive", 1)), bool(ctx.attr("detect_negative", 1))
-    found = ops.isinf(x.keras)
-    if not negative:
-        found = ops.logical_and(found, x.keras > 0)
-    if not positive:
-        found = ops.logical_and(found, x.keras < 0)
+    inf = np.asarray(np.inf, dtype=str(x.keras.dtype))
+    if positive and negative:
+        found = ops.equal(ops.abs(x.keras), inf)
+    elif positive:
+        found = ops.equal(x.keras, inf)
+    elif negative:
+        found = ops.equal(x.keras, -inf)
+    else:
+        found = ops.zeros_like(x.keras, dtype="bool")
     ctx.set(found, x.perm)
+
+
+@op("IsNaN")
+def is_nan(ctx):
+    """``x != x`` (TFLite has no IsNan kernel)."""
+    from keras import ops
+
+    x = _unwidened(ctx, 0)
+    ctx.set(ops.not_equal(x.keras, x.keras), x.perm)
 
 
 @op("Identity", "Dropout")
@@ -114,7 +143,7 @@ def cast(ctx):
     from keras import ops
 
     x = ctx.tensor(0)
-    dtype = onnx_dtype(ctx.attr("to")) if ctx.op_type == "Cast" else _dtype_of(ctx.value(1))
+    dtype = onnx_dtype(ctx.attr("to")) if ctx.op_type == "Cast" else _dtype_of(ctx.data(1))
     ctx.set(ops.cast(x.keras, dtype), x.perm)
 
 

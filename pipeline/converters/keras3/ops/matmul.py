@@ -24,7 +24,7 @@ def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: s
 
 @op("MatMul")
 def matmul(ctx):
-    a, b = ctx.value(0), ctx.value(1)
+    a, b = ctx.data(0), ctx.data(1)
     if isinstance(a, Tensor) and isinstance(b, np.ndarray) and b.ndim >= 2 and a.rank >= 2 and \
             all(d == 1 for d in b.shape[:-2]) and b.ndim <= a.rank:
         ctx.set(*dense(ctx, a, b.reshape(b.shape[-2:]), None))
@@ -40,7 +40,7 @@ def batched_matmul(ctx, a, b) -> tuple:
     if min(ranks) < 2:
         return _matmul_in_onnx_order(ctx, a, b)
     rank = max(ranks)
-    shapes = [ctx.c.probe.shape(name) for name in ctx.input_names[:2]]
+    shapes = [ctx.in_shape(index) for index in range(2)]
     shapes = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
     batch = string.ascii_lowercase[:rank - 2]
     out_letters = list(batch) + ["y", "z"]  # output axes: batch..., m, n
@@ -85,7 +85,7 @@ def _matmul_in_onnx_order(ctx, a, b) -> tuple:
 def gemm(ctx):
     from keras import ops
 
-    a, b, c = ctx.value(0), ctx.value(1), ctx.value(2)
+    a, b, c = ctx.data(0), ctx.data(1), ctx.data(2)
     alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
     if isinstance(a, Tensor) and ctx.attr("transA", 0):
         a = Tensor(a.keras, tuple(1 - p for p in a.perm))
@@ -115,14 +115,12 @@ def einsum(ctx):
     """The equation rewritten for each operand's storage order; the output stays in ONNX order."""
     from keras import ops
 
-    equation = ctx.attr("equation").replace(" ", "")
+    equation = _without_ellipsis(ctx, ctx.attr("equation").replace(" ", ""))
     inputs, output = equation.split("->") if "->" in equation else (equation, None)
-    if "." in equation:
-        raise ctx.fail("einsum with an ellipsis is not supported.")
     terms = inputs.split(",")
     operands, rewritten = [], []
     for index, term in enumerate(terms):
-        value = ctx.value(index)
+        value = ctx.data(index)
         if isinstance(value, Tensor):
             rewritten.append("".join(term[p] for p in value.perm))
             operands.append(value.keras)
@@ -132,6 +130,37 @@ def einsum(ctx):
     if output is None:
         output = "".join(sorted(ch for ch in set(inputs.replace(",", "")) if inputs.count(ch) == 1))
     ctx.set(ops.einsum(_lowercase(",".join(rewritten) + "->" + output), *operands), layout.identity(len(output)))
+
+
+def _without_ellipsis(ctx, equation: str) -> str:
+    """The equation with each ``...`` spelled out in letters of its own, aligned from the right as
+    NumPy broadcasts; broadcasting a size-1 axis against a larger one inside the ellipsis is refused."""
+    if "..." not in equation:
+        return equation
+    inputs, output = equation.split("->") if "->" in equation else (equation, None)
+    terms = inputs.split(",")
+    free = [ch for ch in string.ascii_letters if ch not in equation]
+    shapes = [ctx.in_shape(index) for index in range(len(terms))]
+    spans = [len(shape) - (len(term) - 3) if "..." in term else 0 for term, shape in zip(terms, shapes, strict=True)]
+    width = max(spans)
+    if width > len(free):
+        raise ctx.fail("einsum with more axes than letters is not supported.")
+    letters = free[:width]
+    sizes: dict[str, set] = {}
+    spelled = []
+    for term, shape, span in zip(terms, shapes, spans, strict=True):
+        own = letters[width - span:] if span else []
+        for letter, size in zip(own, shape[term.index("...") if "..." in term else 0:], strict=False):
+            sizes.setdefault(letter, set()).add(size)
+        spelled.append(term.replace("...", "".join(own)))
+    if any(len(s) > 1 for s in sizes.values()):
+        raise ctx.fail("einsum broadcasting a size-1 axis inside an ellipsis is not supported.")
+    if output is None:  # implicit output: the ellipsis axes, then the letters used once, sorted
+        single = sorted(ch for ch in set(inputs.replace(",", "").replace(".", "")) if inputs.count(ch) == 1)
+        output = "".join(letters) + "".join(single)
+    else:
+        output = output.replace("...", "".join(letters))
+    return ",".join(spelled) + "->" + output
 
 
 def _lowercase(equation: str) -> str:

@@ -10,6 +10,10 @@ from pipeline.converters.keras3.ops import op
 from pipeline.converters.keras3.ops.common import materialize
 
 DEFAULT_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
+# ONNX recurrent activations (f, g, h) that are exactly a Keras activation; the parametrised ones
+# (Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu) are refused by name.
+KERAS_ACTIVATIONS = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "softsign": "softsign",
+                     "softplus": "softplus"}
 # Longer sequences keep a loop; shorter ones are unrolled, which every TFLite runtime runs natively.
 UNROLL_MAX_STEPS = 128
 
@@ -28,12 +32,14 @@ def recurrent(ctx):
         ctx.attr("direction", "forward")]
     state_inputs = (5, 6) if kind == "LSTM" else (5,)
     initial = [_initial_state(ctx, index, len(directions), time_major) for index in state_inputs]
+    if any(s is not None for s in initial):  # Keras takes all states or none: a missing one is zeros
+        given = next(s for s in initial if s is not None)
+        initial = [s if s is not None else [ops.zeros_like(g) for g in given] for s in initial]
+    activations = _activations(ctx, kind, len(directions))
     outputs, finals = [], []
     for d, backwards in enumerate(directions):
-        layer = _layer(ctx, kind, backwards, d, steps)
-        states = [state[d] for state in initial] if all(s is not None for s in initial) else None
-        if states is None and any(s is not None for s in initial):
-            raise ctx.fail("an initial hidden state without an initial cell state is not supported.")
+        layer = _layer(ctx, kind, backwards, d, steps, activations[d])
+        states = [state[d] for state in initial] if initial[0] is not None else None
         result = layer(sequence, initial_state=states) if states else layer(sequence)
         layer.set_weights(_weights(ctx, kind, d))
         seq, *final = result
@@ -46,11 +52,29 @@ def recurrent(ctx):
             ctx.set(ops.stack([f[index - 1] for f in finals], axis=1), (1, 0, 2) if time_major else (0, 1, 2), index)
 
 
+def _activations(ctx, kind: str, directions: int) -> list[dict]:
+    """Per direction, the Keras layer's activation arguments for the node's ``activations``."""
+    names = [a.lower() for a in ctx.attr("activations", [])] or DEFAULT_ACTIVATIONS[kind] * directions
+    per = len(DEFAULT_ACTIVATIONS[kind])
+    if len(names) != per * directions:
+        raise ctx.fail(f"activations {names}: expected {per} per direction.")
+    if ctx.attr("activation_alpha") is not None or ctx.attr("activation_beta") is not None or \
+            any(name not in KERAS_ACTIVATIONS for name in names):
+        raise ctx.fail(f"activations {names}: only {sorted(KERAS_ACTIVATIONS)} without parameters are supported.")
+    result = []
+    for d in range(directions):
+        f, *rest = (KERAS_ACTIVATIONS[name] for name in names[d * per:(d + 1) * per])
+        if kind == "RNN":
+            result.append({"activation": f})
+            continue
+        if kind == "LSTM" and rest[0] != rest[1]:  # Keras uses one activation for the cell input and output
+            raise ctx.fail(f"LSTM activations {names[d * per:(d + 1) * per]}: the cell-input and output "
+                           "activations (g, h) must be the same.")
+        result.append({"recurrent_activation": f, "activation": rest[0]})
+    return result
+
+
 def _refuse_variants(ctx, kind: str) -> None:
-    directions = 2 if ctx.attr("direction", "forward") == "bidirectional" else 1
-    activations = [a.lower() for a in ctx.attr("activations", [])]
-    if activations and activations != DEFAULT_ACTIVATIONS[kind] * directions:
-        raise ctx.fail(f"activations {activations} (only the defaults are supported).")
     if ctx.attr("clip") is not None or ctx.attr("input_forget", 0):
         raise ctx.fail("clip and input_forget are not supported.")
     if kind == "LSTM" and ctx.has(7):
@@ -77,11 +101,11 @@ def _initial_state(ctx, index: int, directions: int, time_major: bool):
     return [stored[:, d, :] for d in range(directions)]
 
 
-def _layer(ctx, kind: str, backwards: bool, direction: int, steps):
+def _layer(ctx, kind: str, backwards: bool, direction: int, steps, activations: dict):
     import keras
 
     hidden = int(ctx.attr("hidden_size"))
-    options = {"return_sequences": True, "return_state": True, "go_backwards": backwards,
+    options = {**activations, "return_sequences": True, "return_state": True, "go_backwards": backwards,
                "unroll": steps is not None and steps <= UNROLL_MAX_STEPS, "name": ctx.name(f"d{direction}")}
     if kind == "LSTM":
         return keras.layers.LSTM(hidden, **options)

@@ -152,7 +152,7 @@ def _python_slice(ctx, start: int, end: int, step: int, size) -> slice:
 def gather(ctx):
     from keras import ops
 
-    data, indices = ctx.value(0), ctx.value(1)
+    data, indices = ctx.data(0), ctx.data(1)
     axis = int(ctx.attr("axis", 0))
     if isinstance(data, Tensor) and isinstance(indices, np.ndarray):
         axis %= data.rank
@@ -183,7 +183,7 @@ def gather_elements(ctx):
     """``torch.gather``: both tensors in one layout, the axis mapped through it."""
     from keras import ops
 
-    data, indices = ctx.value(0), ctx.value(1)
+    data, indices = ctx.data(0), ctx.data(1)
     if not isinstance(data, Tensor):
         raise ctx.fail("gathering from constant data is not supported.")
     axis = int(ctx.attr("axis", 0)) % data.rank
