@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pipeline import tasks
+from pipeline.runtimes.torch_runtime import flatten_outputs
 
 
 class TaskModule(pl.LightningModule):
@@ -22,7 +23,7 @@ class TaskModule(pl.LightningModule):
 
     def _step(self, batch, split: str) -> torch.Tensor:
         x, y = batch
-        out = self.net(x)
+        out = flatten_outputs(self.net(x))[0]  # several outputs (a tuple, list or dict): the task is on the first
         loss = tasks.loss(self.output, out, y)
         metric = tasks.training_metric(self.output, out, y)
         name = "acc" if tasks.is_classifier(self.output) else "mse"

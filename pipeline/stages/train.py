@@ -16,6 +16,7 @@ from pipeline.atomic import write_with
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.lit_module import TaskModule
+from pipeline.runtimes.torch_runtime import flatten_outputs
 
 
 def run(ctx: RunContext) -> None:
@@ -119,7 +120,7 @@ def predict(net: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512) -
     """Run the PyTorch network in eval mode over ``inputs`` in batches."""
     net.eval()
     with torch.inference_mode():
-        outs = [net(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        outs = [flatten_outputs(net(inputs[i:i + batch_size]))[0] for i in range(0, len(inputs), batch_size)]
     return torch.cat(outs).numpy()
 
 
