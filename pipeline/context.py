@@ -83,7 +83,9 @@ class RunContext:
         """The network to export: from the train stage, this run dir's weights, or ``model.weights``."""
         if self._net is None:
             trained = self.weights_path.is_file() or not self.cfg.model.get("weights")
-            self._net = self.load_weights(self.weights_path) if trained else self.initial_net().eval()
+            copied = (self.report.data.get("artifacts", {}).get("weights") or {}).get("copied_from")
+            key = f"from_run={self.cfg.get('from_run')} (its {Path(copied).name})" if copied else None
+            self._net = self.load_weights(self.weights_path, key) if trained else self.initial_net().eval()
         return self._net
 
     @net.setter
@@ -99,9 +101,13 @@ class RunContext:
                 "model.weights=<state_dict or Lightning checkpoint> (model.weights=init: the constructor's own).",
             )
         what = key or f"The weights file {path}"
-        fix = ("Give a state_dict (torch.save(net.state_dict(), path)) or a Lightning checkpoint (.ckpt); "
-               + ("re-run the train stage if it is this pipeline's own." if key is None else
-                  f"model.weights={INIT_WEIGHTS} takes the network as its constructor builds it."))
+        if key is None:
+            fix = "re-run the train stage if it is this pipeline's own."
+        elif key.startswith("from_run"):
+            fix = "that run's weights are damaged: pick another from_run, or add train to stages."
+        else:
+            fix = f"model.weights={INIT_WEIGHTS} takes the network as its constructor builds it."
+        fix = "Give a state_dict (torch.save(net.state_dict(), path)) or a Lightning checkpoint (.ckpt); " + fix
         problem = _not_torch_file(path)
         if problem:
             raise PipelineError(f"{what} is not PyTorch weights: {problem}.", fix)
@@ -130,9 +136,7 @@ class RunContext:
 
     def _io(self) -> tuple[list[str], list[str]]:
         if self._onnx_io is None:
-            import onnx
-
-            graph = onnx.load(str(self.onnx_path), load_external_data=False).graph
+            graph = read_onnx(self.onnx_path).graph
             initializers = {init.name for init in graph.initializer}
             self._onnx_io = ([i.name for i in graph.input if i.name not in initializers],
                              [o.name for o in graph.output])
@@ -191,6 +195,23 @@ class RunContext:
         session = runtimes.load("onnxruntime", self.onnx_path, self.input_names, self.output_names,
                                 threads=self.threads)
         return session.predict(feeds)
+
+
+def read_onnx(path: Path):
+    """The ONNX model at ``path`` (external data not loaded); a missing, truncated or foreign file is a
+    PipelineError naming it."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"No ONNX model at {path} (or it is not a file).",
+                            "Run the export stage first (or pick a from_run whose export finished).")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError on a truncated or foreign file
+        raise PipelineError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {_first_line(exc)[:200]}).",
+                            "The file is corrupt or truncated: re-run the export stage (or pick another "
+                            "from_run).") from exc
 
 
 def state_dict_of(loaded, net: torch.nn.Module) -> dict:

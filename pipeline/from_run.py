@@ -55,6 +55,15 @@ class SourceRun:
                 f"from_run={self.path} has no {name}, which the {needed_for} stage needs "
                 f"(its train stage: {self.stage_status('train')}, status: {self.status}).",
                 "Add the stage that makes it to stages=[...], or pick a run that finished it.")
+        # A file artifact (model.pt, model.onnx, model.tflite) must be one; a SavedModel is a dir.
+        expected_file = bool(Path(name).suffix)
+        if (expected_file and not path.is_file()) or (not expected_file and not path.is_dir()):
+            found = ("a directory" if path.is_dir() else "something else") + (" via a symlink" if path.is_symlink()
+                                                                               else "")
+            raise PipelineError(
+                f"from_run={self.path}: its {name} is not a {'file' if expected_file else 'directory'} ({found}), "
+                "so it is not what the run wrote.",
+                "Pick another run dir, or re-run the stage that makes it (add it to stages=[...]).")
         return path
 
     @property

@@ -829,3 +829,33 @@ def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path):
     (run_dir / ".pipeline.lock").symlink_to(victim)  # "empty" but for the lock: claiming it truncated the target
     assert_refused(run_in_process(*TABULAR, "stages=[train]", run_dir=run_dir), f"hydra.run.dir={run_dir}")
     assert victim.read_text() == "keep me" and sorted(p.name for p in run_dir.iterdir()) == [".pipeline.lock"]
+
+
+@pytest.mark.parametrize("damage, extra, expected", [
+    ("empty weights", ["stages=[export]"], ["(its model.pt) is not PyTorch weights", "empty (0 bytes)"]),
+    ("corrupt onnx", ["stages=[convert,parity]", "export=keras"], ["model.onnx is not a readable ONNX file"]),
+    ("onnx is a dir", ["stages=[check]"], ["its model.onnx is not a file (a directory)"]),
+    ("weights link to a dir", ["stages=[export]"], ["its model.pt is not a file (a directory via a symlink)"]),
+])
+def test_from_run_with_damaged_artifacts_is_named_and_nothing_outside_is_copied(source_run, tmp_path, damage, extra,
+                                                                                expected):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(source_run, source)
+    outside = tmp_path / "outside"
+    (outside / "big").mkdir(parents=True)
+    if damage == "empty weights":
+        (source / "model.pt").write_bytes(b"")
+    elif damage == "corrupt onnx":
+        (source / "model.onnx").write_bytes(b"garbage" * 10)
+    elif damage == "onnx is a dir":
+        (source / "model.onnx").unlink()
+        (source / "model.onnx").mkdir()
+    else:
+        (source / "model.pt").unlink()
+        (source / "model.pt").symlink_to(outside)
+    before = tree(source)
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(f"from_run={source}", *extra, run_dir=run_dir), *expected)
+    assert tree(source) == before and not (run_dir / "model.pt" / "big").exists()
