@@ -38,6 +38,8 @@ def check(ctx: RunContext, selected: list[str]) -> None:
     x, y = (splits.train if "train" in selected else splits.test)
     x = {n: t[:BATCH] for n, t in x.items()} if isinstance(x, dict) else x[:BATCH]
     net = ctx.initial_net().eval()
+    if "export" in selected:
+        _check_exportable_size(ctx.cfg, net)
     out = _forward(ctx, net, x, dataset)
     if "parity" in selected:
         _check_deterministic(ctx, net, x, out)
@@ -105,6 +107,22 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Te
     first = check_returned(ctx.cfg, out)
     _check_finite(ctx.cfg, first)
     return first
+
+
+# An ONNX file is one protobuf message, limited to 2 GiB (and so is a TFLite flatbuffer); the graph needs some room.
+MAX_EXPORT_BYTES = 2**31 - 2**24
+
+
+def _check_exportable_size(cfg, net: torch.nn.Module) -> None:
+    tensors = [*net.parameters(), *net.buffers()]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if size > MAX_EXPORT_BYTES:
+        count = sum(t.numel() for t in net.parameters())
+        raise PipelineError(f"model={cfg.model.name} holds {size / 2**30:.2f} GiB of weights ({count:,} parameters): "
+                            "more than one ONNX file (a 2 GiB protobuf) or a TFLite flatbuffer holds; the pipeline "
+                            "does not export weights as external data.",
+                            "Use a smaller network (its model.net.* arguments), or drop export and the later stages "
+                            "from stages=[...].")
 
 
 def _check_deterministic(ctx: RunContext, net: torch.nn.Module, x, first: torch.Tensor) -> None:

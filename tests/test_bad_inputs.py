@@ -595,6 +595,17 @@ class ReturnsFloat64(Tabular):
         return torch.sigmoid(self.fc(x)).double()
 
 
+class TooBigToExport(Tabular):
+    """2.2 GiB of weights (torch.empty: the pages are never touched), indexed by the input: none is folded away."""
+
+    def __init__(self):
+        super().__init__()
+        self.big = torch.nn.Parameter(torch.empty(600_000_000))
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x) + self.big[(x[:, :1] * 0).long()])
+
+
 def _target(cls) -> str:
     return f"model.net._target_=tests.test_bad_inputs.{cls}"
 
@@ -611,6 +622,8 @@ def _target(cls) -> str:
     ([_target("ReturnsNaN")], ["model=ReturnsNaN", "NaN or infinite", "model.net"]),
     ([_target("Noisy")], ["model=Noisy is not deterministic", "parity", "torch.rand"]),
     (["model.net=null"], ["model.net._target_=None", "not a torch.nn.Module"]),
+    ([_target("TooBigToExport"), "model.weights=init", "stages=[export]"], ["model=TooBigToExport holds 2.24 GiB",
+                                                                            "2 GiB protobuf", "stages="]),
     (["optimizer=null"], ["optimizer is not set", "optimizer=adam"]),
 ])
 def test_a_model_that_cannot_work_is_named_before_training(tmp_path, overrides, expected):
