@@ -84,7 +84,7 @@ class RunContext:
         if self._net is None:
             trained = self.weights_path.is_file() or not self.cfg.model.get("weights")
             copied = (self.report.data.get("artifacts", {}).get("weights") or {}).get("copied_from")
-            key = f"from_run={self.cfg.get('from_run')} (its {Path(copied).name})" if copied else None
+            key = f"from_run={self.cfg.get('from_run')}'s {Path(copied).name}" if copied else None
             self._net = self.load_weights(self.weights_path, key) if trained else self.initial_net().eval()
         return self._net
 

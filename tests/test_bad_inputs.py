@@ -845,7 +845,7 @@ def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path):
 
 
 @pytest.mark.parametrize("damage, extra, expected", [
-    ("empty weights", ["stages=[export]"], ["(its model.pt) is not PyTorch weights", "empty (0 bytes)"]),
+    ("empty weights", ["stages=[export]"], ["'s model.pt is not PyTorch weights", "empty (0 bytes)"]),
     ("corrupt onnx", ["stages=[convert,parity]", "export=keras"], ["model.onnx is not a readable ONNX file"]),
     ("onnx is a dir", ["stages=[check]"], ["its model.onnx is not a file (a directory)"]),
     ("weights link to a dir", ["stages=[export]"], ["its model.pt is not a file (a directory via a symlink)"]),
