@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError, explain
 from pipeline.report import REPORT_NAME
 
 LOCK_NAME = ".pipeline.lock"
+OUTPUT_DIR = "${hydra.runtime.output_dir}"
 _held: dict[Path, int] = {}  # dirs this process owns -> the open, flock-ed lock file
 
 
@@ -265,6 +266,19 @@ def check_inside(config: DictConfig) -> None:
     output_subdir = hydra_cfg._get_node("output_subdir")._value()
     if output_subdir is not None:
         _check_relative("hydra.output_subdir", str(output_subdir), "the run dir")
+    for section in ("job_logging", "hydra_logging"):
+        handlers = OmegaConf.select(hydra_cfg, f"{section}.handlers", default=None)
+        for handler, spec in (handlers.items_ex(resolve=False) if isinstance(handlers, DictConfig) else []):
+            node = spec._get_node("filename") if isinstance(spec, DictConfig) and "filename" in spec else None
+            if node is None:
+                continue
+            raw = str(node._value())
+            inside = raw.startswith(OUTPUT_DIR + "/") and ".." not in Path(raw[len(OUTPUT_DIR) + 1:]).parts
+            if not inside:
+                key = f"hydra.{section}.handlers.{handler}.filename"
+                raise PipelineError(f"{key}={raw} writes the log outside the run dir, possibly into another run's "
+                                    "files.",
+                                    f"Keep it under the run dir: {key}={OUTPUT_DIR}/<name>.log (or drop the override).")
     name = str(hydra_cfg.job._get_node("name")._value())
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise PipelineError(f"hydra.job.name={name!r} is not a plain file name: the log "

@@ -768,6 +768,8 @@ def test_from_run_naming_the_run_s_own_dir_is_refused(tmp_path):
     (["=1"], ["ValueError", "key=value"]),
     (["hydra.output_subdir=../elsewhere"], ["hydra.output_subdir=../elsewhere", "leads out of the run dir"]),
     (["hydra.job.name=../pipeline"], ["hydra.job.name='../pipeline'", "not a plain file name"]),
+    (["hydra.job_logging.handlers.file.filename=/tmp/elsewhere.log"],
+     ["hydra.job_logging.handlers.file.filename=/tmp/elsewhere.log", "outside the run dir"]),
 ])
 def test_a_bad_override_is_refused_before_anything_is_written(tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
