@@ -874,3 +874,9 @@ def test_from_run_with_damaged_artifacts_is_named_and_nothing_outside_is_copied(
     run_dir = tmp_path / "run"
     assert_refused(run_in_process(f"from_run={source}", *extra, run_dir=run_dir), *expected)
     assert tree(source) == before and not (run_dir / "model.pt" / "big").exists()
+
+
+def test_an_empty_mnist_root_is_refused_instead_of_downloading_into_the_working_dir(tmp_path):
+    cwd_before = sorted(p.name for p in Path.cwd().iterdir())
+    assert_refused(run_in_process("dataset.root=''", "stages=[train]", run_dir=tmp_path / "run"), "dataset.root=''")
+    assert sorted(p.name for p in Path.cwd().iterdir()) == cwd_before  # no lock file, no MNIST/ here

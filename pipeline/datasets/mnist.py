@@ -18,7 +18,11 @@ class MnistData(InMemoryData):
     def __init__(self, root: str = "data", download: bool = True, mean: float = 0.1307,
                  std: float = 0.3081, **kwargs):
         super().__init__(**kwargs)
-        self.root = Path(root)
+        if not str(root).strip():  # Path("") is the working directory: never download into it by accident
+            raise PipelineError("dataset.root='' names no folder (an empty PIPELINE_MNIST_ROOT?).",
+                                "Point dataset.root at a folder holding MNIST/raw/*-ubyte files, or at a new folder "
+                                "to download into (the default is data).")
+        self.root = Path(root).expanduser()
         self.download = download
         self.mean = mean
         self.std = std
