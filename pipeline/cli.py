@@ -27,6 +27,56 @@ GUARD_OVERRIDE = "++hydra.callbacks.run_dir_guard._target_=pipeline.run_dir.RunD
 schema.register()
 
 
+def _report_hydra_errors() -> None:
+    """Hydra prints a traceback for any error of its own that is not one of its "compact" ones (``=1`` on the
+    command line, an OSError in a callback): those get our one paragraph and exit 1 too. ``--cfg`` checks the
+    composed config against the schema before printing it."""
+    from hydra._internal import hydra as hydra_internal
+    from hydra._internal import utils as hydra_utils
+    from hydra.errors import CompactHydraException
+
+    if getattr(hydra_utils.run_and_report, "pipeline", False):
+        return
+    original = hydra_utils.run_and_report
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except CompactHydraException:
+                raise  # Hydra prints these itself, in one paragraph
+            except Exception as exc:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                if isinstance(exc, PipelineError):
+                    print(explain(exc.message, exc.hint), file=sys.stderr)
+                else:
+                    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    print(explain(f"{type(exc).__name__}: {text}",
+                                  "Check the command line: overrides are key=value (a group: group=option), e.g. "
+                                  "model=mnist_cnn trainer.max_epochs=3; see python -m pipeline --help."),
+                          file=sys.stderr)
+                sys.exit(EXIT_FAILED)
+        return original(guarded)
+
+    run_and_report.pipeline = True
+    hydra_utils.run_and_report = run_and_report
+
+    show_cfg = hydra_internal.Hydra.show_cfg
+
+    def checked_show_cfg(self, config_name, overrides, cfg_type, package, resolve=False):
+        if cfg_type != "hydra":
+            cfg = self.compose_config(config_name=config_name, overrides=overrides, run_mode=RunMode.RUN,
+                                      with_log_configuration=False)
+            schema.validate(cfg)
+        return show_cfg(self, config_name, overrides, cfg_type, package, resolve)
+
+    hydra_internal.Hydra.show_cfg = checked_show_cfg
+
+
+_report_hydra_errors()
+
+
 def main() -> None:
     """The console script and ``python -m pipeline``: Hydra, with interrupts and run-dir locks handled."""
     interrupts.install()
@@ -67,6 +117,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         # The guard callback claimed it already; a config without the callback still gets the lock.
         run_dirs.claim(run_dir, fresh=False)
+        run_dirs.check_choices(hydra_cfg)  # a sweep's jobs: the guard checked a single run's before
+        source = cfg.get("from_run")
+        if source and run_dirs.absolute(Path(str(source)).expanduser()) == run_dirs.absolute(run_dir):
+            raise PipelineError(f"from_run={source} is this run's own dir: a run cannot take its artifacts from "
+                                "itself.", "Point from_run at an earlier run's dir, and let this run write into a "
+                                "new one (drop hydra.run.dir).")
         if prepare(cfg, list(hydra_cfg.overrides.task)):
             _save_effective_config(cfg, run_dir)
         schema.validate(cfg)

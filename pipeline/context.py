@@ -71,45 +71,65 @@ class RunContext:
         if not given or given == INIT_WEIGHTS:
             return self.new_net()
         path = Path(given).expanduser()
+        fix = ("Point model.weights at a state_dict (.pt) or a Lightning checkpoint (.ckpt), "
+               f"or use model.weights={INIT_WEIGHTS} for the network as its constructor builds it.")
+        if path.is_dir():
+            raise PipelineError(f"model.weights={given!r} is a directory, not a weights file.", fix)
+        if path.exists() and not path.is_file():
+            raise PipelineError(f"model.weights={given!r} is not a regular file (a device, a pipe or a socket).", fix)
         if not path.is_file():
-            raise PipelineError(f"model.weights={given!r}: no such file.",
-                                "Point model.weights at a state_dict (.pt) or a Lightning checkpoint (.ckpt), "
-                                f"or use model.weights={INIT_WEIGHTS} for the network as its constructor builds it.")
-        return self.load_weights(path)
+            raise PipelineError(f"model.weights={given!r}: no such file.", fix)
+        return self.load_weights(path, key=f"model.weights={given}")
 
     @property
     def net(self) -> torch.nn.Module:
         """The network to export: from the train stage, this run dir's weights, or ``model.weights``."""
         if self._net is None:
             trained = self.weights_path.is_file() or not self.cfg.model.get("weights")
-            self._net = self.load_weights(self.weights_path) if trained else self.initial_net().eval()
+            copied = (self.report.data.get("artifacts", {}).get("weights") or {}).get("copied_from")
+            key = f"from_run={self.cfg.get('from_run')}'s {Path(copied).name}" if copied else None
+            self._net = self.load_weights(self.weights_path, key) if trained else self.initial_net().eval()
         return self._net
 
     @net.setter
     def net(self, value: torch.nn.Module) -> None:
         self._net = value
 
-    def load_weights(self, path: Path) -> torch.nn.Module:
+    def load_weights(self, path: Path, key: str | None = None) -> torch.nn.Module:
+        """The network with the weights in ``path`` (``key``: the config key that named the file)."""
         if not path.is_file():
             raise PipelineError(
                 f"No trained weights at {path}.",
                 "Run the train stage (add 'train' to stages), start from a finished run (from_run=...), or give "
                 "model.weights=<state_dict or Lightning checkpoint> (model.weights=init: the constructor's own).",
             )
+        what = key or f"The weights file {path}"
+        if key is None:
+            fix = "re-run the train stage if it is this pipeline's own."
+        elif key.startswith("from_run"):
+            fix = "that run's weights are damaged: pick another from_run, or add train to stages."
+        else:
+            fix = f"model.weights={INIT_WEIGHTS} takes the network as its constructor builds it."
+        fix = "Give a state_dict (torch.save(net.state_dict(), path)) or a Lightning checkpoint (.ckpt); " + fix
+        problem = _not_torch_file(path)
+        if problem:
+            raise PipelineError(f"{what} is not PyTorch weights: {problem}.", fix)
         net = self.new_net()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise PipelineError(
-                f"The weights file {path} is unreadable ({type(exc).__name__}: {_first_line(exc)[:300]}).",
-                "Give a state_dict (torch.save(net.state_dict(), path)) or a Lightning checkpoint; "
-                "re-run the train stage if it is this pipeline's own.") from exc
+            if "weights_only" in str(exc) or type(exc).__name__ == "UnpicklingError":
+                reason = ("it holds Python objects other than tensors and plain containers, which are never "
+                          "loaded (unpickling them could run arbitrary code)")
+            else:
+                reason = f"{type(exc).__name__}: {_first_line(exc)[:300]}"
+            raise PipelineError(f"{what} is unreadable as PyTorch weights: {reason}.", fix) from exc
         try:
             net.load_state_dict(state_dict_of(state, net))
         except Exception as exc:
             raise PipelineError(
-                f"The weights in {path} do not fit model={self.cfg.model.name} "
-                f"({self.cfg.model.net.get('_target_')}): {_first_line(exc)[:400]}",
+                f"{what}: the weights in {path} do not fit model={self.cfg.model.name} "
+                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, net, exc)}",
                 "Check that model= (and its model.net.* arguments) match the network that produced them "
                 "(with from_run, drop model= to use that run's model).",
             ) from exc
@@ -119,9 +139,7 @@ class RunContext:
 
     def _io(self) -> tuple[list[str], list[str]]:
         if self._onnx_io is None:
-            import onnx
-
-            graph = onnx.load(str(self.onnx_path), load_external_data=False).graph
+            graph = read_onnx(self.onnx_path).graph
             initializers = {init.name for init in graph.initializer}
             self._onnx_io = ([i.name for i in graph.input if i.name not in initializers],
                              [o.name for o in graph.output])
@@ -182,12 +200,37 @@ class RunContext:
         return session.predict(feeds)
 
 
+def read_onnx(path: Path):
+    """The ONNX model at ``path`` (external data not loaded); a missing, truncated or foreign file is a
+    PipelineError naming it."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"No ONNX model at {path} (or it is not a file).",
+                            "Run the export stage first (or pick a from_run whose export finished).")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError on a truncated or foreign file
+        raise PipelineError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {_first_line(exc)[:200]}).",
+                            "The file is corrupt or truncated: re-run the export stage (or pick another "
+                            "from_run).") from exc
+
+
 def state_dict_of(loaded, net: torch.nn.Module) -> dict:
     """A plain state_dict from what torch.load returned: a state_dict, or a Lightning checkpoint whose
     keys carry the LightningModule's attribute prefix (``net.``, ``model.``)."""
     if not isinstance(loaded, dict):
-        raise TypeError(f"expected a state_dict, got {type(loaded).__name__}")
+        raise TypeError(f"expected a state_dict (a dict of tensors), got {type(loaded).__name__}")
     state = loaded.get("state_dict", loaded)
+    if not isinstance(state, dict):
+        raise TypeError(f"expected a state_dict (a dict of tensors), got {type(state).__name__} under 'state_dict'")
+    odd = [k for k, v in state.items() if not isinstance(k, str)
+           or not (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))]
+    if odd:
+        raise TypeError(f"expected a state_dict (names -> tensors), but {len(odd)} of its entries "
+                        f"{'is' if len(odd) == 1 else 'are'} not: {', '.join(map(repr, odd[:3]))}"
+                        f"{', ...' if len(odd) > 3 else ''}")
     expected = set(net.state_dict())
     if set(state) == expected:
         return state
@@ -198,22 +241,84 @@ def state_dict_of(loaded, net: torch.nn.Module) -> dict:
     return state
 
 
+def _not_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch.save file, from its first bytes (None: it may be one)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol byte (0x80).
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return None
+    onnx_magic = len(head) > 1 and head[0] == 0x08 and 1 <= head[1] <= 20  # a protobuf's ir_version field
+    if path.suffix.lower() == ".onnx" or onnx_magic:
+        return ("it looks like an ONNX model; the pipeline exports ONNX itself from PyTorch weights "
+                "(to convert an existing run's model.onnx use from_run=<run dir> stages=[convert,parity])")
+    if head.startswith(b"\x89HDF") or path.suffix.lower() in (".h5", ".keras", ".tflite", ".pb", ".safetensors"):
+        return f"a {path.suffix or 'non-PyTorch'} file is not a torch.save state_dict"
+    return "it is neither a torch.save zip archive nor a pickle (first bytes " + repr(head) + ")"
+
+
+def _mismatch(state, net: torch.nn.Module, exc: Exception) -> str:
+    """What does not fit, in one line: missing and unexpected names, shapes that differ."""
+    try:
+        state = state_dict_of(state, net)
+    except TypeError as type_error:
+        return str(type_error)
+    ours = net.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(ours[k].shape)}" for k in ours
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(ours[k].shape)]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape differs (file vs model)", shapes)):
+        if items:
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}")
+    return "; ".join(parts) if parts else _first_line(exc)[:400]
+
+
 def _build(node, key: str):
     """instantiate() with the config key named in the error, and our own errors passed through."""
+    target = node.get("_target_") if hasattr(node, "get") else None
     try:
-        return instantiate(node, _convert_="all")
+        built = instantiate(node, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, PipelineError):
             raise cause from None
-        target = node.get("_target_")
-        reason = f"{type(cause).__name__}: {_first_line(cause)}" if cause else _first_line(exc)
         if "Error locating target" in str(exc):
-            raise PipelineError(f"{key}._target_={target} cannot be imported ({reason}).",
+            root = _root_cause(cause) if cause else exc
+            raise PipelineError(f"{key}._target_={target} cannot be imported ({_describe(root)}).",
                                 "Check the module path and class name; the module must be importable from where "
                                 "the pipeline runs (e.g. models.mnist_cnn.MnistCNN).") from exc
+        reason = _describe(cause) if cause else _first_line(exc)
         raise PipelineError(f"{key} could not be built from {target} ({reason}).",
                             f"Check the {key}.* keys against that class's arguments.") from exc
+    except SystemExit as exc:  # user code calling sys.exit() / exit() while it is built
+        raise PipelineError(f"{key}._target_={target} called sys.exit({exc.code!r}) while it was built.",
+                            f"Remove the exit from that code, or point {key}._target_ at another class.") from None
+    if key == "model.net" and not isinstance(built, torch.nn.Module):
+        raise PipelineError(f"model.net._target_={target} built a {type(built).__module__}.{type(built).__qualname__}"
+                            ", not a torch.nn.Module.",
+                            "Point model.net._target_ at a torch.nn.Module subclass (or a function returning one), "
+                            "e.g. models.mnist_cnn.MnistCNN.")
+    return built
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain: Hydra wraps the module's own ImportError/SyntaxError."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -55,6 +55,15 @@ class SourceRun:
                 f"from_run={self.path} has no {name}, which the {needed_for} stage needs "
                 f"(its train stage: {self.stage_status('train')}, status: {self.status}).",
                 "Add the stage that makes it to stages=[...], or pick a run that finished it.")
+        # A file artifact (model.pt, model.onnx, model.tflite) must be one; a SavedModel is a dir.
+        expected_file = bool(Path(name).suffix)
+        if (expected_file and not path.is_file()) or (not expected_file and not path.is_dir()):
+            found = ("a directory" if path.is_dir() else "something else") + (" via a symlink" if path.is_symlink()
+                                                                               else "")
+            raise PipelineError(
+                f"from_run={self.path}: its {name} is not a {'file' if expected_file else 'directory'} ({found}), "
+                "so it is not what the run wrote.",
+                "Pick another run dir, or re-run the stage that makes it (add it to stages=[...]).")
         return path
 
     @property
@@ -74,21 +83,37 @@ class SourceRun:
         return [s for s in STAGES if s in selected and self.stage_status(s) != "ok"]
 
 
+# What a report.json written by this pipeline says in "status" and in each stage's "status".
+RUN_STATUSES = ("running", "ok", "failed", "interrupted")
+STAGE_STATUSES = ("pending", "running", "ok", "failed", "skipped", "interrupted")
+
+
 @functools.lru_cache(maxsize=4)  # read once: the CLI adopts its config, the runner its artifacts
 def load_source(path: str) -> SourceRun:
     run = Path(path).expanduser().resolve()
     report_path, config_path = run / REPORT_NAME, run / ".hydra" / "config.yaml"
+    if not run.is_dir():
+        what = "it does not exist" if not run.exists() else "it is a file"
+        raise PipelineError(f"from_run={path} is not a pipeline run dir: {what}.",
+                            "Point from_run at a run dir under outputs/ or multirun/ (one holding report.json "
+                            "and .hydra/config.yaml).")
     if not report_path.is_file() or not config_path.is_file():
+        jobs = sorted(p.parent.name for p in run.glob(f"*/{REPORT_NAME}"))
+        hint = (f"It looks like a sweep dir: point from_run at one of its jobs, e.g. from_run={run / jobs[0]}."
+                if jobs else "Point from_run at a dir under outputs/ or multirun/ written by a run.")
         raise PipelineError(f"from_run={path} is not a pipeline run dir (it needs report.json and .hydra/config.yaml).",
-                            "Point from_run at a dir under outputs/ or multirun/ written by a run.")
+                            hint)
     try:
-        report, config = json.loads(report_path.read_text()), OmegaConf.load(config_path)
+        report = json.loads(report_path.read_text(), parse_constant=_not_json)
+        config = OmegaConf.load(config_path)
     except Exception as exc:
-        raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is unreadable: {exc}",
+        text = " ".join(str(exc).split())[:300]
+        raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is unreadable: {text}",
                             "Pick another run dir.") from exc
-    if not isinstance(report, dict) or not isinstance(report.get("stages"), dict) or not isinstance(config, DictConfig):
-        raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is not a pipeline run's.",
-                            "Pick another run dir.")
+    problem = _not_a_run(report, config)
+    if problem:
+        raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is not a pipeline run's ({problem}).",
+                            "Pick another run dir (one written by python -m pipeline).")
     source = SourceRun(run, report, config)
     if report.get("status") == "running":
         holder = run_dirs.owner(run)
@@ -98,6 +123,36 @@ def load_source(path: str) -> SourceRun:
                                 "and resume from it.")
         source.killed = True
     return source
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON (report.json is strict JSON)")
+
+
+def _not_a_run(report, config) -> str | None:
+    """Why a report and config were not written by a pipeline run (None: they look like one's)."""
+    if not isinstance(report, dict):
+        return f"report.json holds a {type(report).__name__}, not an object"
+    if report.get("status") not in RUN_STATUSES:
+        return f"report.json status is {report.get('status')!r}, not one of {', '.join(RUN_STATUSES)}"
+    stages = report.get("stages")
+    if not isinstance(stages, dict) or not set(STAGES) <= set(stages):
+        return f"report.json stages must name every stage ({', '.join(STAGES)})"
+    for name in STAGES:
+        entry = stages[name]
+        if not isinstance(entry, dict) or entry.get("status") not in STAGE_STATUSES:
+            return f"report.json stages.{name} is {entry!r}, not a stage entry with a status"
+    for key in ("metrics", "targets"):
+        if not isinstance(report.get(key, {}), dict):
+            return f"report.json {key} is not an object"
+    if not isinstance(config, DictConfig):
+        return f".hydra/config.yaml holds a {type(config).__name__}, not a mapping"
+    missing = [key for key in ("model", "dataset", "stages") if key not in config]
+    if missing:
+        return f".hydra/config.yaml has no {', '.join(missing)}"
+    if not isinstance(config._get_node("model"), DictConfig) or "net" not in config.model:
+        return ".hydra/config.yaml model has no net"
+    return None
 
 
 # --- the config: the source's, then the command line's ---

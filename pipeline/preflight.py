@@ -37,7 +37,12 @@ def check(ctx: RunContext, selected: list[str]) -> None:
                                     "for missing values).")
     x, y = (splits.train if "train" in selected else splits.test)
     x = {n: t[:BATCH] for n, t in x.items()} if isinstance(x, dict) else x[:BATCH]
-    out = _forward(ctx, x, dataset)
+    net = ctx.initial_net().eval()
+    if "export" in selected:
+        _check_exportable_size(ctx.cfg, net)
+    out = _forward(ctx, net, x, dataset)
+    if "parity" in selected:
+        _check_deterministic(ctx, net, x, out)
     if y is None:  # generated inputs without labels: nothing to check the output against
         return
     y = y[:BATCH]
@@ -83,19 +88,101 @@ def _model_hint(dataset: str) -> str:
     return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
 
 
-def _forward(ctx: RunContext, x, dataset: str) -> torch.Tensor:
+def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Tensor:
     """The network (with model.weights loaded when given) on a batch; its first output."""
-    net = ctx.initial_net().eval()
     shape = {n: list(t.shape) for n, t in x.items()} if isinstance(x, dict) else list(x.shape)
     try:
         with torch.no_grad():
             out = net(**x) if isinstance(x, dict) else net(x)
-        return flatten_outputs(out)[0]
+    except SystemExit as exc:  # user code calling sys.exit() / exit()
+        raise PipelineError(f"model={ctx.cfg.model.name} ({ctx.cfg.model.net.get('_target_')}) called "
+                            f"sys.exit({exc.code!r}) in its forward pass.",
+                            "Remove the exit from model.net's forward, or point model.net._target_ at another "
+                            "class.") from None
     except Exception as exc:
         raise PipelineError(
             f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
             f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
             f"For dataset={dataset}, {_model_hint(dataset)}, or change model.net.* to fit that input.") from exc
+    first = check_returned(ctx.cfg, out)
+    _check_finite(ctx.cfg, first)
+    return first
+
+
+# An ONNX file is one protobuf message, limited to 2 GiB (and so is a TFLite flatbuffer); the graph needs some room.
+MAX_EXPORT_BYTES = 2**31 - 2**24
+
+
+def _check_exportable_size(cfg, net: torch.nn.Module) -> None:
+    tensors = [*net.parameters(), *net.buffers()]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if size > MAX_EXPORT_BYTES:
+        count = sum(t.numel() for t in net.parameters())
+        raise PipelineError(f"model={cfg.model.name} holds {size / 2**30:.2f} GiB of weights ({count:,} parameters): "
+                            "more than one ONNX file (a 2 GiB protobuf) or a TFLite flatbuffer holds; the pipeline "
+                            "does not export weights as external data.",
+                            "Use a smaller network (its model.net.* arguments), or drop export and the later stages "
+                            "from stages=[...].")
+
+
+def _check_deterministic(ctx: RunContext, net: torch.nn.Module, x, first: torch.Tensor) -> None:
+    """Parity compares runtimes on the same inputs: a network whose eval-mode output changes from one call
+    to the next (torch.rand in forward, dropout with training=True) would fail it for no runtime's fault."""
+    with torch.no_grad():
+        again = flatten_outputs(net(**x) if isinstance(x, dict) else net(x))[0]
+    if again.shape == first.shape and torch.allclose(again, first, rtol=1e-5, atol=1e-6):
+        return
+    diff = float((again.double() - first.double()).abs().max()) if again.shape == first.shape else float("nan")
+    raise PipelineError(f"model={ctx.cfg.model.name} is not deterministic in eval mode: two forward passes on the same "
+                        f"inputs differ (max abs difference {diff:.3g}), so parity cannot compare runtimes on it.",
+                        "Remove the randomness from model.net's forward in eval mode (torch.rand/randn, dropout "
+                        "with training=True, sampling); use nn.Dropout, which eval() turns off. Or drop parity "
+                        "from stages.")
+
+
+def check_returned(cfg, out) -> torch.Tensor:
+    """What forward returned must be a tensor, or a tuple/list/dict of them (the ONNX outputs); returns the
+    first one (the task's), which must hold floating-point numbers."""
+    try:
+        outputs = flatten_outputs(out)
+    except Exception:  # noqa: BLE001 - anything that is not nested tensors
+        outputs = None
+    if not outputs or not all(isinstance(t, torch.Tensor) for t in outputs):
+        raise PipelineError(f"model={cfg.model.name} ({cfg.model.net.get('_target_')}) returns {_describe(out)} "
+                            "from its forward pass; it must return a tensor, or a tuple, list or dict of tensors.",
+                            "Make model.net's forward return its output tensor(s), or point model.net._target_ at "
+                            "another class.")
+    first = outputs[0]
+    if not torch.is_floating_point(first):
+        raise PipelineError(f"model={cfg.model.name} returns {str(first.dtype).replace('torch.', '')} values "
+                            f"(shape {list(first.shape)}); model.output={cfg.model.output} needs floating-point "
+                            "scores or values, which training differentiates and parity compares.",
+                            "Return the raw float output (class scores, probabilities or values) from model.net; "
+                            "take argmax or thresholds outside the network.")
+    return first
+
+
+def _describe(out) -> str:
+    if isinstance(out, list | tuple | dict) and out:
+        items = out.values() if isinstance(out, dict) else out
+        return f"a {type(out).__name__} of {', '.join(sorted({type(v).__name__ for v in items}))}"
+    if isinstance(out, list | tuple | dict):
+        return f"an empty {type(out).__name__}"
+    return "None" if out is None else f"a {type(out).__name__}"
+
+
+def _check_finite(cfg, out: torch.Tensor) -> None:
+    if torch.isfinite(out).all():
+        return
+    bad = int((~torch.isfinite(out)).sum())
+    weights = cfg.model.get("weights")
+    source = (f" with model.weights={weights}" if weights and weights != "init" else " as its constructor builds it"
+              if weights == "init" else "")
+    raise PipelineError(f"model={cfg.model.name}{source} returns {bad} NaN or infinite value(s) out of "
+                        f"{out.numel()} on the first batch of finite inputs.",
+                        ("Check model.weights (NaN or inf in the file?) and model.net's forward (log of 0, division by "
+                         "0, ...)." if weights and weights != "init" else
+                         "Check model.net's forward (log of 0, division by 0, ...) and its initialisation."))
 
 
 def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str,

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError, explain
 from pipeline.report import REPORT_NAME
 
 LOCK_NAME = ".pipeline.lock"
+OUTPUT_DIR = "${hydra.runtime.output_dir}"
 _held: dict[Path, int] = {}  # dirs this process owns -> the open, flock-ed lock file
 
 
@@ -78,7 +79,14 @@ def _read_owner(path: Path) -> dict | None:
 
 def check_unused(run_dir: Path, key: str) -> None:
     """Refuse a dir that another run owns or that already holds anything; touches nothing."""
-    path = absolute(run_dir)
+    try:
+        _check_unused(absolute(run_dir), key)
+    except OSError as exc:  # a name too long, a path through a broken mount, ...
+        raise PipelineError(f"{key}={run_dir} cannot be used: {exc.strerror or exc}.",
+                            f"Set {key} to a shorter path in a writable location.") from exc
+
+
+def _check_unused(path: Path, key: str) -> None:
     _check_not_inside_a_run(path, key)
     if path.exists() and not path.is_dir():
         raise PipelineError(f"{key}={path} is a file, not a directory.", f"Set {key} to a new directory.")
@@ -153,7 +161,7 @@ def claim(run_dir: Path, key: str = "hydra.run.dir", fresh: bool = True) -> None
         check_unused(path, key)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise PipelineError(f"{key}={path} cannot be created or written: {exc.strerror or exc}.",
                             f"Set {key} to a writable location.") from exc
@@ -186,13 +194,24 @@ def release_all() -> None:
 
 
 def exit_on_error(action) -> None:
-    """Run ``action``; a PipelineError is one paragraph on stderr and exit 1 (Hydra would print a traceback)."""
+    """Run ``action``; a PipelineError is one paragraph on stderr and exit 1 (Hydra would print a traceback).
+
+    Any other error exits 1 too: Hydra only warns about an exception raised in a callback and goes on, so
+    a guard that failed would let the run write into a dir it never checked."""
     try:
         action()
     except PipelineError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(explain(exc.message, exc.hint), file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(explain(f"the run dir could not be checked ({type(exc).__name__}: {text}); nothing was written.",
+                      "Check hydra.run.dir / hydra.sweep.dir and the overrides named above; HYDRA_FULL_ERROR=1 "
+                      "shows where it failed."), file=sys.stderr)
         sys.exit(1)
 
 
@@ -204,6 +223,8 @@ class RunDirGuard(Callback):
 
         # The config first: a bad value then leaves no run dir at all.
         exit_on_error(lambda: schema.validate(config))
+        exit_on_error(lambda: check_choices(config.hydra))
+        exit_on_error(lambda: check_inside(config))
         exit_on_error(lambda: claim(Path(config.hydra.run.dir), "hydra.run.dir"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -212,6 +233,8 @@ class RunDirGuard(Callback):
             exit_on_error(lambda: _raise(PipelineError(
                 f"hydra.sweep.subdir={subdir} does not differ between jobs: every job would write into one dir.",
                 "Keep ${hydra.job.num} in hydra.sweep.subdir (the default is ${hydra.job.num}).")))
+        exit_on_error(lambda: _check_relative("hydra.sweep.subdir", subdir, "the sweep dir"))
+        exit_on_error(lambda: check_inside(config))
         exit_on_error(lambda: claim(Path(config.hydra.sweep.dir), "hydra.sweep.dir"))
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
@@ -227,3 +250,55 @@ class RunDirGuard(Callback):
 
 def _raise(exc: Exception):
     raise exc
+
+
+def _check_relative(key: str, value: str, inside: str) -> None:
+    """A path Hydra joins to the run (or sweep) dir must stay inside it: no absolute path, no ``..``."""
+    if os.path.isabs(value) or ".." in Path(value).parts:
+        raise PipelineError(f"{key}={value} leads out of {inside}: Hydra would write there, possibly into another "
+                            "run's files.",
+                            f"Set {key} to a relative path without '..' (or drop the override).")
+
+
+def check_inside(config: DictConfig) -> None:
+    """What Hydra writes besides the run dir itself (the saved config, the log) stays inside it."""
+    hydra_cfg = config.hydra
+    output_subdir = hydra_cfg._get_node("output_subdir")._value()
+    if output_subdir is not None:
+        _check_relative("hydra.output_subdir", str(output_subdir), "the run dir")
+    for section in ("job_logging", "hydra_logging"):
+        handlers = OmegaConf.select(hydra_cfg, f"{section}.handlers", default=None)
+        for handler, spec in (handlers.items_ex(resolve=False) if isinstance(handlers, DictConfig) else []):
+            node = spec._get_node("filename") if isinstance(spec, DictConfig) and "filename" in spec else None
+            if node is None:
+                continue
+            raw = str(node._value())
+            inside = raw.startswith(OUTPUT_DIR + "/") and ".." not in Path(raw[len(OUTPUT_DIR) + 1:]).parts
+            if not inside:
+                key = f"hydra.{section}.handlers.{handler}.filename"
+                raise PipelineError(f"{key}={raw} writes the log outside the run dir, possibly into another run's "
+                                    "files.",
+                                    f"Keep it under the run dir: {key}={OUTPUT_DIR}/<name>.log (or drop the override).")
+    name = str(hydra_cfg.job._get_node("name")._value())
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise PipelineError(f"hydra.job.name={name!r} is not a plain file name: the log "
+                            f"(<run dir>/<hydra.job.name>.log) would be written elsewhere.",
+                            "Drop the override (the default is pipeline) or use a name without '/'.")
+
+
+def check_choices(hydra_cfg: DictConfig) -> None:
+    """An optional config group (``experiment``, ``hparams_search``) with a choice that does not exist is
+    skipped by Hydra without a word: ``experiment=seed00_mnist_cnn`` would run the defaults instead."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    choices = hydra_cfg.runtime.get("choices") or {}
+    if not GlobalHydra.instance().is_initialized():
+        return
+    repository = GlobalHydra.instance().config_loader().repository
+    for group, choice in choices.items():
+        if choice is None or str(group).startswith("hydra/") or not isinstance(choice, str):
+            continue
+        if not repository.config_exists(f"{group}/{choice}"):
+            options = sorted(repository.get_group_options(str(group)))
+            raise PipelineError(f"{group}={choice} is not an option of the {group} config group (conf/{group}/).",
+                                f"Pick one of: {', '.join(options) or 'none available'}.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import from_run, preflight, quiet, schema, tasks, threads
+from pipeline import from_run, interrupts, preflight, quiet, schema, tasks, threads
 from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
@@ -57,6 +57,9 @@ def validate(cfg: DictConfig) -> list[str]:
     tasks.check_output_kind(cfg.model.output)
     selected_targets(cfg)
     selected = schema.check_stages(cfg.stages)
+    if "train" in selected and (OmegaConf.is_missing(cfg, "optimizer") or cfg.get("optimizer") is None):
+        raise PipelineError("optimizer is not set (optimizer=null), but the train stage needs one.",
+                            "Pick one: optimizer=adam (the default) or optimizer=sgd.")
     check_inputs(selected, bool(cfg.get("from_run")), bool(cfg.model.get("weights")))
     check_optimized_metric(cfg)
     return selected
@@ -145,6 +148,11 @@ def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
     except PipelineError as exc:
         report.data["stages"][selected[0]].update(status="failed", reason=f"before the stage started: {exc}")
         return exc
+    except Exception as exc:  # noqa: BLE001 - e.g. model.net's own code: one paragraph, the traceback in the log
+        logfile.error("Preparing the %s stage raised:", selected[0], exc_info=exc)
+        crashed = _crashed(selected[0], exc)
+        report.data["stages"][selected[0]].update(status="failed", reason=f"before the stage started: {crashed}")
+        return crashed
     finally:
         report.save()
     return None
@@ -223,7 +231,18 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         crashed = _crashed(name, exc)
         stage.update(status="failed", reason=str(crashed))
         return crashed
-    except BaseException as exc:  # SystemExit and the like: recorded, then propagated
+    except SystemExit as exc:  # sys.exit() in model code or a library: a failure of this stage, not an exit code
+        if interrupts.stopping():  # a library's own clean stop after our signal handler: an interrupt
+            stage.update(status="interrupted", reason="stopped by a signal")
+            ctx.report.data["status"] = "interrupted"
+            raise RunInterrupted("Interrupted.") from None
+        logfile.error("The %s stage called sys.exit(%r):", name, exc.code, exc_info=exc)
+        crashed = StageCrashed(f"The {name} stage ended with sys.exit({exc.code!r}) (called by model.net or a "
+                               "library it uses).",
+                               "The full traceback is in pipeline.log: remove the exit from that code.")
+        stage.update(status="failed", reason=str(crashed))
+        return crashed
+    except BaseException as exc:  # GeneratorExit and the like: recorded, then propagated
         stage.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         ctx.report.data["status"] = "failed"
         raise

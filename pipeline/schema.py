@@ -32,11 +32,17 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def at_least(low: float, *, integer: bool = False) -> Check:
+# Integers go to C code (torch, numpy, itertools): beyond int64 they overflow there instead of failing here.
+MAX_INT = 2**63 - 1
+
+
+def at_least(low: float, *, integer: bool = False, most: int = MAX_INT) -> Check:
+    """``low`` or more; an integer also at most ``most`` (int64, or a sane limit)."""
     def check(value):
-        if value is None or (_number(value) and value >= low and (not integer or isinstance(value, int))):
+        if value is None or (_number(value) and value >= low and (not integer or (isinstance(value, int)
+                                                                                   and value <= most))):
             return None
-        return f"{'an integer' if integer else 'a number'} >= {low}"
+        return f"{'an integer' if integer else 'a number'} >= {low}" + (f" (at most {most})" if integer else "")
     return check
 
 
@@ -79,8 +85,14 @@ def devices(value) -> str | None:
     return "a number of devices >= 1, -1 (all), 'auto', or a list of device indices such as [0, 1]"
 
 
+# A run of more epochs or steps than this is a typo (trainer.max_epochs=1000000000 never ends), not a plan.
+MAX_EPOCHS, MAX_STEPS = 1_000_000, 1_000_000_000
+
+
 def not_zero_steps(value) -> str | None:
-    return None if isinstance(value, int) and (value == -1 or value >= 1) else "-1 (no limit) or an integer >= 1"
+    if isinstance(value, int) and not isinstance(value, bool) and (value == -1 or 1 <= value <= MAX_STEPS):
+        return None
+    return f"-1 (no limit) or an integer in [1, {MAX_STEPS}]"
 
 
 def ranged(default, check: Check, **kwargs):
@@ -132,7 +144,8 @@ class TrainerConfig:
     strategy: Any = "auto"
     num_nodes: int = ranged(1, at_least(1, integer=True))
     precision: Any = ranged("32-true", one_of(*PRECISIONS))
-    max_epochs: int = ranged(2, at_least(1, integer=True))  # 0 would "train" nothing and export random weights
+    # 0 would "train" nothing and export random weights
+    max_epochs: int = ranged(2, at_least(1, integer=True, most=MAX_EPOCHS))
     max_steps: int = ranged(-1, not_zero_steps)
     deterministic: Any = ranged(True, one_of(True, False, "warn"))
     benchmark: bool | None = None
@@ -397,7 +410,7 @@ def check_ranges(cfg: DictConfig) -> None:
 
 
 def check_stages(stages) -> list[str]:
-    """The selected stages in run order; unknown names and an empty list are refused."""
+    """The selected stages in run order; unknown names, repeated names and an empty list are refused."""
     from pipeline.report import STAGES
 
     stages = list(stages)
@@ -408,11 +421,52 @@ def check_stages(stages) -> list[str]:
     if not stages:
         raise PipelineError("stages=[] selects no stage: the run would do nothing.",
                             f"Name at least one, e.g. stages=[train,export,check]; in run order: {', '.join(STAGES)}.")
+    repeated = sorted({s for s in stages if stages.count(s) > 1}, key=STAGES.index)
+    if repeated:
+        raise PipelineError(f"stages=[{','.join(stages)}] names {', '.join(repeated)} more than once; a run runs each "
+                            "stage once, in run order.",
+                            f"Name each stage once, e.g. stages=[{','.join(s for s in STAGES if s in stages)}].")
     return [s for s in STAGES if s in stages]
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every top-level key is one of the schema's (``+foo=1`` adds a key that nothing reads), and the keys
+    a run cannot do without are set (``model=null`` / ``~dataset`` remove them)."""
+    known = {spec.name for spec in fields(PipelineConfig)} | {"hydra"}
+    unknown = [str(key) for key in cfg.keys() if key not in known]
+    if unknown:
+        raise PipelineError(f"Unknown top-level key(s) {', '.join(unknown)}: nothing reads them, so the run would "
+                            "ignore them silently.",
+                            f"Check the spelling; the top-level keys are {', '.join(sorted(known - {'hydra'}))} "
+                            "(see pipeline/schema.py).")
+    # optimizer=null is fine without the train stage (pipeline/runner.py checks it for train).
+    missing = []
+    for key in cfg.keys():
+        if key in ("hydra", "optimizer"):
+            continue
+        node = cfg._get_node(key)
+        if node._is_missing():
+            missing.append(str(key))
+        elif isinstance(node, DictConfig) and not node._is_none():
+            try:
+                missing += [f"{key}.{k}" for k in OmegaConf.missing_keys(node)]
+            except Exception:  # noqa: BLE001 - an interpolation that does not resolve: check_ranges names it
+                pass
+    for key in ("model", "dataset"):
+        if key not in missing and (key not in cfg or cfg._get_node(key)._is_none()):
+            missing.append(key)
+    if missing:
+        groups = {"model": "model=mnist_cnn", "dataset": "dataset=mnist"}
+        examples = [groups[k] for k in missing if k in groups] or [f"{missing[0]}=<value>"]
+        raise PipelineError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the run needs "
+                            f"{'it' if len(missing) == 1 else 'them'} (a group set to null or removed with ~ leaves "
+                            "nothing).",
+                            f"Pick a config group option or set the key, e.g. {' '.join(examples)}.")
 
 
 def validate(cfg: DictConfig) -> None:
     """Every check that needs only the composed config (no data, no network): before any work."""
+    check_keys(cfg)
     check_ranges(typed(cfg))
     check_stages(cfg.stages)
 

@@ -44,9 +44,10 @@ def loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
         return F.nll_loss(outputs, targets)
     if kind == "logits":
         return F.cross_entropy(outputs, targets)
+    # Targets in the output's float type: a network that computes in float64 trains as one in float32.
     if kind == "probability":
-        return F.binary_cross_entropy(outputs.reshape(-1), targets.float().reshape(-1))
-    return F.mse_loss(outputs.reshape(-1), targets.float().reshape(-1))
+        return F.binary_cross_entropy(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
+    return F.mse_loss(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
 
 
 def predictions(kind: str, outputs: np.ndarray) -> np.ndarray | None:

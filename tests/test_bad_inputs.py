@@ -157,6 +157,14 @@ CSV_CASES = {
                                                                    "numeric columns: value"]),
     "no column given": (_csv(_series()), ["dataset.column=null"], ["dataset.column is not set", "value"]),
     "values too large": (_csv([f"{1e305 * (1 + i % 3)}" for i in range(120)]), [], ["too large to scale"]),
+    # Issue 13, further hostile files: another separator, a thousands separator, true/false, a device, no path.
+    "semicolons": (_csv([f"{i};{v}" for i, v in enumerate(_series())], header="t;value"), [],
+                   ["dataset.column='value'", "separated by ';'", "commas"]),
+    "thousands separator": (_csv([f"1,{i:03d}.5" for i in range(120)]), [],
+                            ["more fields than its header", "thousands separator"]),
+    "true/false column": (_csv(["true", "false"] * 60), [], ["dataset.column='value'", "true/false values"]),
+    "a device": (_csv(_series()), ["dataset.path=/dev/null"], ["dataset.path='/dev/null' is not a regular file"]),
+    "an empty path": (_csv(_series()), ["dataset.path=''"], ["dataset.path=''", "dataset.path=null"]),
 }
 
 
@@ -542,3 +550,365 @@ def test_libraries_logging_through_the_root_logger_stay_off_the_console(tmp_path
     assert "pre-processing" not in console and "GPU available" not in console
     log = (tmp_path / "pipeline.log").read_text()
     assert "pre-processing" in log and "GPU available" in log and "parity tflite" in log
+
+
+# --- further hostile input (issue 13): models, weights, from_run sources, overrides and data that ---
+# --- used to crash, print nothing, run the defaults instead, or write into files that existed   ---
+
+class NotAModule:
+    """A class that is not a torch.nn.Module."""
+
+
+def builds_a_tensor():
+    return torch.zeros(3)
+
+
+class CtorExits(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        raise SystemExit(4)
+
+
+class Tabular(torch.nn.Module):
+    """A valid network for dataset=synthetic_tabular (20 features, one probability)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(20, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x))
+
+
+class ForwardExits(Tabular):
+    def forward(self, x):
+        sys.exit(3)
+
+
+class ReturnsNone(Tabular):
+    def forward(self, x):
+        self.fc(x)
+
+
+class ReturnsText(Tabular):
+    def forward(self, x):
+        return "text"
+
+
+class ReturnsEmptyTuple(Tabular):
+    def forward(self, x):
+        return ()
+
+
+class ReturnsLabels(Tabular):
+    def forward(self, x):
+        return (self.fc(x) > 0).long()
+
+
+class ReturnsNaN(Tabular):
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x)) * float("nan")
+
+
+class Noisy(Tabular):
+    """Random in eval mode: no runtime can match it, parity must not blame them."""
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x) + torch.randn_like(x[:, :1]))
+
+
+class ReturnsList(Tabular):
+    def forward(self, x):
+        return [torch.sigmoid(self.fc(x)), self.fc(x)]
+
+
+class ReturnsFloat64(Tabular):
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x)).double()
+
+
+class TooBigToExport(Tabular):
+    """2.2 GiB of weights (torch.empty: the pages are never touched), indexed by the input: none is folded away."""
+
+    def __init__(self):
+        super().__init__()
+        self.big = torch.nn.Parameter(torch.empty(600_000_000))
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x) + self.big[(x[:, :1] * 0).long()])
+
+
+def _target(cls) -> str:
+    return f"model.net._target_=tests.test_bad_inputs.{cls}"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([_target("NotAModule")], ["model.net._target_=tests.test_bad_inputs.NotAModule", "not a torch.nn.Module"]),
+    ([_target("builds_a_tensor")], ["built a torch.Tensor, not a torch.nn.Module"]),
+    ([_target("CtorExits")], ["model.net._target_=tests.test_bad_inputs.CtorExits", "sys.exit(4)"]),
+    ([_target("ForwardExits")], ["model=ForwardExits", "sys.exit(3)", "model.net"]),
+    ([_target("ReturnsNone")], ["returns None", "tensor, or a tuple, list or dict of tensors", "model.net"]),
+    ([_target("ReturnsText")], ["returns a str", "model.net"]),
+    ([_target("ReturnsEmptyTuple")], ["returns an empty tuple", "model.net"]),
+    ([_target("ReturnsLabels")], ["returns int64 values", "model.output=probability", "floating-point"]),
+    ([_target("ReturnsNaN")], ["model=ReturnsNaN", "NaN or infinite", "model.net"]),
+    ([_target("Noisy")], ["model=Noisy is not deterministic", "parity", "torch.rand"]),
+    (["model.net=null"], ["model.net._target_=None", "not a torch.nn.Module"]),
+    ([_target("TooBigToExport"), "model.weights=init", "stages=[export]"], ["model=TooBigToExport holds 2.24 GiB",
+                                                                            "2 GiB protobuf", "stages="]),
+    (["optimizer=null"], ["optimizer is not set", "optimizer=adam"]),
+])
+def test_a_model_that_cannot_work_is_named_before_training(tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(*TABULAR, *overrides, run_dir=run_dir), *expected)
+    assert not (run_dir / "checkpoints").exists()  # nothing trained
+    assert strict_json(run_dir / "report.json")["status"] == "failed"
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("def broken(:\n", ["SyntaxError", "line 1"]),
+    ("import no_such_dependency_xyz\n", ["ModuleNotFoundError", "no_such_dependency_xyz"]),
+    ("raise RuntimeError('import exploded')\n", ["RuntimeError: import exploded"]),
+])
+def test_a_model_module_that_does_not_import_names_the_real_cause(tmp_path, monkeypatch, source, expected):
+    name = f"user_model_{abs(hash(source)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    outcome = run_in_process(*TABULAR, f"model.net._target_={name}.Net", run_dir=tmp_path / "run")
+    assert_refused(outcome, f"model.net._target_={name}.Net", "cannot be imported", *expected)
+
+
+def test_a_model_with_several_outputs_or_float64_trains_on_its_first(tmp_path):
+    for cls in ("ReturnsList", "ReturnsFloat64"):
+        outcome = run_in_process(*TABULAR, _target(cls), "stages=[train]", run_dir=tmp_path / cls)
+        assert outcome.code == 0, outcome.output[-3000:]
+        assert strict_json(tmp_path / cls / "report.json")["metrics"]["test_accuracy"] > 0.5
+
+
+def _weights_files(folder: Path) -> dict[str, Path]:
+    """Hostile model.weights files for the tabular_mlp (layers.0 20->50, layers.2 50->50, layers.4 50->1)."""
+    from hydra.utils import instantiate
+
+    folder.mkdir()
+    state = instantiate(OmegaConf.load(ROOT / "conf" / "model" / "tabular_mlp.yaml").net).state_dict()
+    files = {"a directory": folder / "dir.pt", "an empty file": folder / "empty.pt", "a text file": folder / "text.pt",
+             "a malicious pickle": folder / "evil.pt", "an ONNX model": folder / "model.onnx"}
+    files["a directory"].mkdir()
+    files["an empty file"].write_bytes(b"")
+    files["a text file"].write_text("hello world\n")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {folder / 'PWNED'}",))
+
+    torch.save({"layers.0.weight": Evil()}, files["a malicious pickle"])
+    files["an ONNX model"].write_bytes(b"\x08\x07\x12\x07pytorch")  # ir_version 7, producer "pytorch"
+    for name, content in {"wrong shapes": {k: torch.zeros(3) for k in state},
+                          "missing keys": dict(list(state.items())[:1]),
+                          "extra keys": {**state, "extra.weight": torch.zeros(1)},
+                          "a list": [1, 2, 3],
+                          "NaN weights": {k: torch.full_like(v, float("nan")) for k, v in state.items()}}.items():
+        files[name] = folder / f"{name.replace(' ', '_')}.pt"
+        torch.save(content, files[name])
+    files["a device"] = Path("/dev/null")
+    return files
+
+
+WEIGHTS_CASES = {
+    "a directory": ["is a directory, not a weights file"],
+    "a device": ["is not a regular file"],
+    "an empty file": ["is not PyTorch weights", "empty (0 bytes)"],
+    "a text file": ["is not PyTorch weights", "neither a torch.save zip archive nor a pickle"],
+    "a malicious pickle": ["unreadable as PyTorch weights", "never loaded", "arbitrary code"],
+    "an ONNX model": ["is not PyTorch weights", "ONNX model", "from_run="],
+    "wrong shapes": ["do not fit model=tabular_mlp", "shape differs", "layers.0.weight [3] vs [50, 20]"],
+    "missing keys": ["do not fit model=tabular_mlp", "5 missing: layers.0.bias"],
+    "extra keys": ["do not fit model=tabular_mlp", "1 unexpected: extra.weight"],
+    "a list": ["do not fit model=tabular_mlp", "expected a state_dict", "got list"],
+    "NaN weights": ["model=tabular_mlp with model.weights=", "NaN or infinite"],
+}
+
+
+@pytest.mark.parametrize("case", WEIGHTS_CASES)
+def test_bad_model_weights_are_named_and_never_executed_or_changed(tmp_path, case):
+    path = _weights_files(tmp_path / "weights")[case]
+    before = tree(tmp_path / "weights")
+    outcome = run_in_process(*TABULAR, f"model.weights='{path}'", "stages=[export,check]", run_dir=tmp_path / "run")
+    assert_refused(outcome, "model.weights", *WEIGHTS_CASES[case])
+    assert not (tmp_path / "weights" / "PWNED").exists()  # weights_only: the pickle's code never ran
+    assert tree(tmp_path / "weights") == before
+    assert not (tmp_path / "run" / "model.onnx").exists()
+
+
+def _broken_source(source_run: Path, tmp_path: Path, make: str) -> Path:
+    if make in ("nothing there", "a file"):
+        return tmp_path / "nope" if make == "nothing there" else source_run / "report.json"
+    if make == "a sweep dir":
+        sweep = tmp_path / "sweep"
+        for job in ("0", "1"):
+            (sweep / job / ".hydra").mkdir(parents=True)
+            (sweep / job / "report.json").write_text((source_run / "report.json").read_text())
+        return sweep
+    source = tmp_path / "source"
+    (source / ".hydra").mkdir(parents=True)
+    config, report = (source_run / ".hydra" / "config.yaml").read_text(), (source_run / "report.json").read_text()
+    if make == "a NaN in report.json":
+        report = report.replace('"status": "ok"', '"status": NaN', 1)
+    elif make == "stages that are not entries":
+        report = json.dumps({"status": "ok", "stages": {"train": "ok"}})
+    elif make == "an empty config":
+        config = ""
+    (source / ".hydra" / "config.yaml").write_text(config)
+    (source / "report.json").write_text(report)
+    return source
+
+
+@pytest.mark.parametrize("make, expected", [
+    ("nothing there", ["is not a pipeline run dir: it does not exist"]),
+    ("a file", ["is not a pipeline run dir: it is a file"]),
+    ("a sweep dir", ["is not a pipeline run dir", "sweep dir", "from_run="]),
+    ("a NaN in report.json", ["unreadable", "NaN is not JSON"]),
+    ("stages that are not entries", ["is not a pipeline run's", "stages"]),
+    ("an empty config", ["is not a pipeline run's", "config.yaml", "no model"]),
+])
+def test_from_run_of_a_broken_source_is_refused_and_not_resumed_from_scratch(source_run, tmp_path, make, expected):
+    source = _broken_source(source_run, tmp_path, make)
+    before = tree(source_run)
+    for extra in ([], ["stages=[convert,parity]", "export=keras"]):  # a resume, and later stages
+        run_dir = tmp_path / f"run{len(extra)}"
+        assert_refused(run_in_process(f"from_run={source}", *extra, run_dir=run_dir), f"from_run={source}", *expected)
+        assert not (run_dir / "checkpoints").exists()
+    assert tree(source_run) == before
+
+
+def test_from_run_naming_the_run_s_own_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(f"from_run={run_dir}", "stages=[convert]", run_dir=run_dir),
+                   f"from_run={run_dir} is this run's own dir")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["+foo=1"], ["Unknown top-level key(s) foo", "seed"]),
+    (["~model"], ["model is not set", "model=mnist_cnn"]),
+    (["dataset=null"], ["dataset is not set", "dataset=mnist"]),
+    (["stages=[train,train]"], ["names train more than once", "stages=[train]"]),
+    (["trainer.max_epochs=1000000000"], ["trainer.max_epochs=1000000000", "integer >= 1 (at most 1000000)"]),
+    (["trainer.max_steps=100000000000"], ["trainer.max_steps=100000000000", "-1 (no limit)"]),
+    (["dataset.batch_size=100000000000000000000000"], ["dataset.batch_size=", "at most 9223372036854775807"]),
+    (["experiment=seed000_mnist"], ["experiment=seed000_mnist is not an option", "seed000_mnist_cnn"]),
+    (["hparams_search=nope"], ["hparams_search=nope", "mnist_optuna"]),
+    (["=1"], ["ValueError", "key=value"]),
+    (["hydra.output_subdir=../elsewhere"], ["hydra.output_subdir=../elsewhere", "leads out of the run dir"]),
+    (["hydra.job.name=../pipeline"], ["hydra.job.name='../pipeline'", "not a plain file name"]),
+    (["hydra.job_logging.handlers.file.filename=/tmp/elsewhere.log"],
+     ["hydra.job_logging.handlers.file.filename=/tmp/elsewhere.log", "outside the run dir"]),
+])
+def test_a_bad_override_is_refused_before_anything_is_written(tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(*TABULAR, *overrides, run_dir=run_dir), *expected)
+    assert not run_dir.exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_cfg_job_checks_the_config_and_a_too_long_run_dir_is_refused(tmp_path):
+    outcome = run_in_process("seed=-1", flags=("--cfg", "job"))
+    assert_refused(outcome, "seed=-1", "[0, 4294967295]")
+    assert "model:" not in outcome.stdout  # the config is not printed as if it were fine
+    outcome = run_in_process("seed=7", flags=("--cfg", "job"))
+    assert outcome.code == 0 and "seed: 7" in outcome.stdout
+    long_dir = tmp_path / ("a" * 300)
+    assert_refused(run_in_process(*TABULAR, run_dir=long_dir), "hydra.run.dir=", "File name too long")
+
+
+@pytest.mark.parametrize("subdir", ["../${hydra.job.num}", "SOURCE/x${hydra.job.num}"])
+def test_a_sweep_subdir_leading_out_of_the_sweep_dir_is_refused(source_run, tmp_path, subdir):
+    before = tree(source_run)
+    subdir = subdir.replace("SOURCE", str(source_run))
+    outcome = run_in_process(*TABULAR, "stages=[train]", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                             f"hydra.sweep.subdir={subdir}", multirun=True)
+    assert_refused(outcome, "hydra.sweep.subdir=", "leads out of the sweep dir")
+    assert tree(source_run) == before and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["dataset.distribution=uniform", "dataset.low=5", "dataset.high=1"], ["dataset: low=5", "is above high=1"]),
+    (["dataset.distribution=integers", "dataset.low=3", "dataset.high=3"], ["leave no integer to draw",
+                                                                            "dataset.high"]),
+    (["dataset.inputs={a: 5}"], ["dataset.inputs.a=5 is not an input spec"]),
+    (["dataset.shape=[100000,100000,100000]"], ["GiB in memory", "dataset.samples"]),
+])
+def test_bad_generated_inputs_are_named(tmp_path, overrides, expected):
+    outcome = run_in_process("model=torchvision", "dataset=synthetic", "model.weights=init", "stages=[export]",
+                             *overrides, run_dir=tmp_path / "run")
+    assert_refused(outcome, *expected)
+
+
+def _mnist_copy(tmp_path: Path, mnist_root: Path, make: str) -> Path:
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (mnist_root / "MNIST" / "raw").glob("*-ubyte"):
+        data = source.read_bytes()
+        if make == "truncated files":
+            data = data[:1000]
+        elif "t10k-labels" in source.name:  # fewer labels than images
+            data = data[:4] + (500).to_bytes(4, "big") + data[8:8 + 500]
+        (raw / source.name).write_bytes(data)
+    return tmp_path / "mnist"
+
+
+@pytest.mark.parametrize("make, expected", [
+    ("truncated files", ["MNIST could not be read", "truncated or corrupt"]),
+    ("fewer labels than images", ["is inconsistent", "test split has 2000 images and 500 labels"]),
+])
+def test_corrupt_mnist_files_are_named_and_left_untouched(tmp_path, mnist_root, make, expected):
+    root = _mnist_copy(tmp_path, mnist_root, make)
+    before = tree(root)
+    outcome = run_in_process(f"dataset.root={root}", "stages=[train]", "trainer.max_epochs=1",
+                             run_dir=tmp_path / "run")
+    assert_refused(outcome, f"dataset.root='{root}'", *expected)
+    assert tree(root) == before  # no lock file, nothing downloaded or rewritten
+
+
+def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".pipeline.lock").symlink_to(victim)  # "empty" but for the lock: claiming it truncated the target
+    assert_refused(run_in_process(*TABULAR, "stages=[train]", run_dir=run_dir), f"hydra.run.dir={run_dir}")
+    assert victim.read_text() == "keep me" and sorted(p.name for p in run_dir.iterdir()) == [".pipeline.lock"]
+
+
+@pytest.mark.parametrize("damage, extra, expected", [
+    ("empty weights", ["stages=[export]"], ["'s model.pt is not PyTorch weights", "empty (0 bytes)"]),
+    ("corrupt onnx", ["stages=[convert,parity]", "export=keras"], ["model.onnx is not a readable ONNX file"]),
+    ("onnx is a dir", ["stages=[check]"], ["its model.onnx is not a file (a directory)"]),
+    ("weights link to a dir", ["stages=[export]"], ["its model.pt is not a file (a directory via a symlink)"]),
+])
+def test_from_run_with_damaged_artifacts_is_named_and_nothing_outside_is_copied(source_run, tmp_path, damage, extra,
+                                                                                expected):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(source_run, source)
+    outside = tmp_path / "outside"
+    (outside / "big").mkdir(parents=True)
+    if damage == "empty weights":
+        (source / "model.pt").write_bytes(b"")
+    elif damage == "corrupt onnx":
+        (source / "model.onnx").write_bytes(b"garbage" * 10)
+    elif damage == "onnx is a dir":
+        (source / "model.onnx").unlink()
+        (source / "model.onnx").mkdir()
+    else:
+        (source / "model.pt").unlink()
+        (source / "model.pt").symlink_to(outside)
+    before = tree(source)
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(f"from_run={source}", *extra, run_dir=run_dir), *expected)
+    assert tree(source) == before and not (run_dir / "model.pt" / "big").exists()
+
+
+def test_an_empty_mnist_root_is_refused_instead_of_downloading_into_the_working_dir(tmp_path):
+    cwd_before = sorted(p.name for p in Path.cwd().iterdir())
+    assert_refused(run_in_process("dataset.root=''", "stages=[train]", run_dir=tmp_path / "run"), "dataset.root=''")
+    assert sorted(p.name for p in Path.cwd().iterdir()) == cwd_before  # no lock file, no MNIST/ here

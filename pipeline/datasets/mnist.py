@@ -11,19 +11,30 @@ from pipeline.errors import PipelineError
 
 DOWNLOAD_TIMEOUT_S = 15
 DOWNLOAD_LOCK_TIMEOUT_S = 900
+LOCK_NAME = ".pipeline-download.lock"
 
 
 class MnistData(InMemoryData):
     def __init__(self, root: str = "data", download: bool = True, mean: float = 0.1307,
                  std: float = 0.3081, **kwargs):
         super().__init__(**kwargs)
-        self.root = Path(root)
+        if not str(root).strip():  # Path("") is the working directory: never download into it by accident
+            raise PipelineError("dataset.root='' names no folder (an empty PIPELINE_MNIST_ROOT?).",
+                                "Point dataset.root at a folder holding MNIST/raw/*-ubyte files, or at a new folder "
+                                "to download into (the default is data).")
+        self.root = Path(root).expanduser()
         self.download = download
         self.mean = mean
         self.std = std
 
     def load(self) -> Splits:
         train, test = self._read(train=True), self._read(train=False)
+        for split, mnist in (("train", train), ("test", test)):
+            if len(mnist.data) != len(mnist.targets) or len(mnist.data) == 0:
+                raise PipelineError(f"MNIST in dataset.root={str(self.root)!r} is inconsistent: its {split} split has "
+                                    f"{len(mnist.data)} images and {len(mnist.targets)} labels.",
+                                    "The *-ubyte files are truncated or mixed from different copies: replace "
+                                    "MNIST/raw/ with a complete copy (or delete it and download again).")
         train_pair, val_pair = split_off(self._tensors(train), self.val_fraction, self.seed)
         files = sorted(Path(train.raw_folder).glob("*-ubyte"))
         return Splits(train=train_pair, val=val_pair, test=self._tensors(test), files=files)
@@ -38,18 +49,32 @@ class MnistData(InMemoryData):
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # offline must fail fast, never hang
         try:
-            with cache_lock(self.root):  # parallel sweep jobs: one downloads, the others wait
-                return datasets.MNIST(str(self.root), train=train, download=self.download)
-        except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError
+            # Parallel jobs: one downloads, the others wait on its lock. Complete files that no job is
+            # downloading (no lock file) are only read: nothing is written into the data dir.
+            download = self.download and not _present(self.root)
+            locked = download or (self.root / LOCK_NAME).exists()
+            with cache_lock(self.root) if locked else nullcontext():
+                return datasets.MNIST(str(self.root), train=train, download=download)
+        except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError, and more on corrupt files
+            text = " ".join(str(exc).split())[:300]
+            corrupt = _present(self.root) and not isinstance(exc, OSError)
             raise PipelineError(
                 f"MNIST could not be read from dataset.root={str(self.root)!r} "
-                f"(download={self.download}): {exc}",
+                f"(download={self.download}): {type(exc).__name__}{': ' + text if text else ''}"
+                + (" (the *-ubyte files there look truncated or corrupt)" if corrupt else ""),
                 "Point dataset.root at a folder holding MNIST/raw/*-ubyte files "
                 "(e.g. dataset.root=../shared/data/mnist-10k), or allow the download with "
                 "network access and dataset.download=true.",
             ) from exc
         finally:
             socket.setdefaulttimeout(previous)
+
+
+def _present(root: Path) -> bool:
+    """Whether the four MNIST/raw/*-ubyte files are there (torchvision then reads them, downloads nothing)."""
+    raw = root / "MNIST" / "raw"
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    return all((raw / name).is_file() for name in names)
 
 
 def cache_lock(root: Path):
@@ -61,5 +86,5 @@ def cache_lock(root: Path):
     except OSError:  # read-only location: torchvision reports the missing files itself
         pass
     if root.is_dir() and os.access(root, os.W_OK):
-        return FileLock(str(root / ".pipeline-download.lock"), timeout=DOWNLOAD_LOCK_TIMEOUT_S)
+        return FileLock(str(root / LOCK_NAME), timeout=DOWNLOAD_LOCK_TIMEOUT_S)
     return nullcontext()

@@ -25,6 +25,10 @@ class SeriesData(InMemoryData):
     def __init__(self, path: str | None = None, column: str | None = None, window: int = 12,
                  test_fraction: float = 0.15, missing: str = "error", **kwargs):
         super().__init__(**kwargs)
+        if path is not None and not str(path).strip():
+            raise PipelineError("dataset.path='' names no file.",
+                                "Point dataset.path at a CSV file, or set dataset.path=null for the bundled airline "
+                                "series.")
         self.path = Path(path).expanduser() if path else None
         self.column = column
         self.window = int(window)
@@ -105,6 +109,12 @@ def read_csv_column(path: Path, column: str | None, missing: str = "error") -> n
 
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         what = "dataset.column is not set" if column is None else f"dataset.column={column!r} is not a column of {path}"
+        separator = next((sep for sep in (";", "\t", "|") if len(frame.columns) == 1 and sep in str(frame.columns[0])),
+                         None)
+        if separator:
+            raise PipelineError(f"{what} (dataset.path={str(path)!r}): its header {str(frame.columns[0])[:80]!r} looks "
+                                f"separated by {separator!r}, but dataset.path is read as comma-separated.",
+                                "Save the file with commas between columns (and '.' as the decimal mark).")
         raise PipelineError(f"{what} (dataset.path={str(path)!r}).",
                             f"Set dataset.column to one of its numeric columns: {_names(numeric) or '(none)'} "
                             f"(all columns: {_names(frame.columns)}).")
@@ -116,6 +126,9 @@ def _read_csv(path: Path):
 
     if path.is_dir():
         raise PipelineError(f"dataset.path={str(path)!r} is a directory, not a CSV file.",
+                            "Point dataset.path at a CSV file.")
+    if path.exists() and not path.is_file():
+        raise PipelineError(f"dataset.path={str(path)!r} is not a regular file (a device, a pipe or a socket).",
                             "Point dataset.path at a CSV file.")
     if not path.is_file():
         raise PipelineError(f"dataset.path={str(path)!r} does not exist.", "Point dataset.path at a CSV file.")
@@ -132,6 +145,11 @@ def _read_csv(path: Path):
     except OSError as exc:
         raise PipelineError(f"dataset.path={str(path)!r} cannot be read: {exc.strerror or exc}.",
                             "Check the file's permissions, or point dataset.path at another file.") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas takes the extra leading fields as an index
+        raise PipelineError(f"dataset.path={str(path)!r} has rows with more fields than its header has names "
+                            f"({len(frame.columns)}: {_names(frame.columns)}), so the values would shift columns.",
+                            "Check the separator (commas) and quoting: a number written with a thousands separator "
+                            "(1,000.5) must be quoted or written without it (1000.5).")
     filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
     frame = frame.iloc[:filled[-1] + 1] if len(filled) else frame.iloc[:0]  # blank lines at the end of the file
     if frame.empty:
@@ -143,6 +161,9 @@ def _checked_values(raw, path: Path, column: str, missing: str) -> np.ndarray:
     import pandas as pd
 
     where = f"dataset.column={column!r} of {path}"
+    if pd.api.types.is_bool_dtype(raw):
+        raise PipelineError(f"{where} holds true/false values, not numbers.",
+                            "Pick a numeric column with dataset.column=...")
     numbers = pd.to_numeric(raw, errors="coerce")
     text = raw.notna() & numbers.isna()  # present, but not a number (NaN/"n/a"/empty are missing, not text)
     if text.any():

@@ -13,6 +13,7 @@ from pipeline.datasets.base import InMemoryData, Splits
 from pipeline.errors import PipelineError
 
 DISTRIBUTIONS = ("normal", "uniform", "integers")
+MAX_BYTES = 64 * 2**30  # generated inputs beyond this are a typo in a shape, not a plan
 
 
 class SyntheticData(InMemoryData):
@@ -21,8 +22,19 @@ class SyntheticData(InMemoryData):
                  num_classes: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.defaults = {"distribution": distribution, "mean": mean, "std": std, "low": low, "high": high}
-        self.specs = {name: {"shape": spec} if not isinstance(spec, dict) else dict(spec)
-                      for name, spec in (inputs or {"input": shape}).items()}
+        if inputs is not None and (not isinstance(inputs, dict) or not inputs):
+            raise PipelineError(f"dataset.inputs={inputs!r} is not a mapping of input names to their specs.",
+                                "Give e.g. dataset.inputs={image: {shape: [3,64,64]}}, or null for one input "
+                                "of dataset.shape.")
+        self.specs = {}
+        for name, spec in (inputs or {"input": shape}).items():
+            if isinstance(spec, list | tuple):  # a shape alone
+                spec = {"shape": spec}
+            if not isinstance(spec, dict):  # dataset.shape=5, dataset.inputs={a: 5}
+                raise PipelineError(f"dataset.inputs.{name}={spec!r} is not an input spec.",
+                                    f"Give e.g. dataset.inputs.{name}={{shape: [3,64,64]}} (and optionally "
+                                    "distribution, mean, std, low, high).")
+            self.specs[str(name)] = dict(spec)
         self.multiple = inputs is not None
         if not isinstance(samples, int) or samples < 1:
             raise PipelineError(f"dataset.samples={samples!r} is not a positive integer.",
@@ -35,14 +47,36 @@ class SyntheticData(InMemoryData):
             self._check(name, spec)
 
     def _check(self, name: str, spec: dict) -> None:
+        key = "dataset" if not self.multiple else f"dataset.inputs.{name}"
         shape = spec.get("shape")
-        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        if not isinstance(shape, list | tuple) or not shape or \
+                not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise PipelineError(f"dataset input {name!r}: shape={shape!r} is not a list of positive integers.",
                                 "Give one sample's shape without the batch axis, e.g. dataset.shape=[3,64,64].")
         distribution = spec.get("distribution", self.defaults["distribution"])
         if distribution not in DISTRIBUTIONS:
             raise PipelineError(f"dataset input {name!r}: distribution={distribution!r} is not known.",
                                 f"Use one of: {', '.join(DISTRIBUTIONS)}.")
+        options = {**self.defaults, **spec}
+        for field in ("mean", "std", "low", "high"):
+            if not isinstance(options[field], int | float) or isinstance(options[field], bool) \
+                    or not np.isfinite(options[field]):
+                raise PipelineError(f"{key}.{field}={options[field]!r} is not a finite number.",
+                                    f"Set {key}.{field} to a number.")
+        low, high = options["low"], options["high"]
+        if distribution == "integers" and int(low) >= int(high):
+            raise PipelineError(f"{key}: low={low} and high={high} leave no integer to draw (ids are drawn from "
+                                "[low, high)).", f"Set {key}.high above {key}.low, e.g. low=0 high=1000.")
+        if distribution == "uniform" and low > high:
+            raise PipelineError(f"{key}: low={low} is above high={high}.", f"Set {key}.low <= {key}.high.")
+        if distribution == "normal" and options["std"] < 0:
+            raise PipelineError(f"{key}.std={options['std']} is negative.", f"Set {key}.std >= 0.")
+        # Three splits of `samples` each are held in memory (float64 while drawn).
+        needed = 3 * self.samples * int(np.prod(shape, dtype=object)) * 8
+        if needed > MAX_BYTES:
+            raise PipelineError(f"{key}: {self.samples} samples of shape {list(shape)} need about "
+                                f"{needed / 2**30:,.0f} GiB in memory (three splits).",
+                                f"Lower dataset.samples or the shape (at most {MAX_BYTES // 2**30} GiB).")
 
     def load(self) -> Splits:
         rng = np.random.default_rng(self.seed)

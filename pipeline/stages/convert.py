@@ -59,10 +59,10 @@ def selected_targets(cfg) -> list[str]:
 
 
 def run(ctx: RunContext) -> None:
-    import onnx
+    from pipeline.context import read_onnx
 
+    model = read_onnx(ctx.onnx_path)
     prepare_tensorflow()
-    model = onnx.load(str(ctx.onnx_path), load_external_data=False)
     default_layout = onnx_layout(model)
     sample = ctx.held_out_inputs(int(ctx.cfg.export.verify.samples))
     reference = ctx.onnx_reference(sample)
