@@ -14,6 +14,7 @@ runs that node alone:
     python -m pipeline.diagnose <run dir>/diagnose/<runtime>
 """
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 DIAGNOSE_DIR = "diagnose"
 MANIFEST = "manifest.json"
 
@@ -52,10 +54,41 @@ def localise(ctx, runtime: str) -> tuple[dict, list[tuple[int, float]]]:
     feeds = ctx.held_out_inputs(int(settings.get("diagnose_samples", 4)))
     tensors = traced_tensors(model)
     onnx_values = {**feeds, **intermediates(model, feeds)}
+    float64 = False
     if runtime == "onnxruntime":
         reference, actual = reference_values(model, feeds), onnx_values
     else:
         reference, actual = onnx_values, converted_values(ctx, runtime, [name for _, _, name in tensors], feeds)
+    curve, compared, bad, first = _first_divergence(tensors, actual, reference, settings)
+    if first is None and runtime == "onnxruntime":
+        # onnxruntime computes every tensor as the float32 reference implementation does: its drift from
+        # PyTorch is float32 rounding. The first node whose rounding exceeds the tolerance, against exact
+        # (float64) arithmetic, is where it starts.
+        try:
+            exact = reference_values(model, feeds, float64=True)
+        except Exception as exc:  # noqa: BLE001 - an op the float64 copy cannot run: keep the float32 result
+            log.info("diagnose: no float64 reference (%s: %s)", type(exc).__name__, exc)
+        else:
+            curve, compared, bad, first = _first_divergence(tensors, actual, exact, settings)
+            float64 = first is not None
+    result = {"compared_nodes": len(compared), "samples": len(next(iter(feeds.values())))}
+    if float64:
+        result["against"] = "the ONNX reference implementation in float64 (float32 agrees within tolerance)"
+    if first is None:
+        return {**result, "node": None, "note": "every compared intermediate tensor is within tolerance: the "
+                "drift comes from an uncompared tensor or from the outputs' handling"}, curve
+    node, name, error = first
+    data_inputs = [i for i in node.input if i in onnx_values and i not in {x.name for x in model.graph.initializer}]
+    unchecked = [i for i in data_inputs if i not in compared and i not in feeds]
+    directory = ctx.run_dir / DIAGNOSE_DIR / runtime
+    command = write_reproducer(ctx, model, runtime, node, data_inputs, onnx_values, directory, float64)
+    return {**result, "node": node.name, "op_type": node.op_type, "output": name, "max_abs_err": error,
+            "inputs_ok": not unchecked and not (set(data_inputs) & bad), "unchecked_inputs": unchecked,
+            "reproducer": str(directory.relative_to(ctx.run_dir)), "command": command}, curve
+
+
+def _first_divergence(tensors: list, actual: dict, reference: dict, settings) -> tuple[list, set, set, tuple | None]:
+    """The error curve along the graph, the tensors compared, those out of tolerance, and the first of them."""
     curve, compared, bad, first = [], set(), set(), None
     for index, node, name in tensors:
         if name not in actual or name not in reference:
@@ -66,18 +99,7 @@ def localise(ctx, runtime: str) -> tuple[dict, list[tuple[int, float]]]:
         if not close:
             bad.add(name)
             first = first or (node, name, error)
-    result = {"compared_nodes": len(compared), "samples": len(next(iter(feeds.values())))}
-    if first is None:
-        return {**result, "node": None, "note": "every compared intermediate tensor is within tolerance: the "
-                "drift comes from an uncompared tensor or from the outputs' handling"}, curve
-    node, name, error = first
-    data_inputs = [i for i in node.input if i in onnx_values and i not in {x.name for x in model.graph.initializer}]
-    unchecked = [i for i in data_inputs if i not in compared and i not in feeds]
-    directory = ctx.run_dir / DIAGNOSE_DIR / runtime
-    command = write_reproducer(ctx, model, runtime, node, data_inputs, onnx_values, directory)
-    return {**result, "node": node.name, "op_type": node.op_type, "output": name, "max_abs_err": error,
-            "inputs_ok": not unchecked and not (set(data_inputs) & bad), "unchecked_inputs": unchecked,
-            "reproducer": str(directory.relative_to(ctx.run_dir)), "command": command}, curve
+    return curve, compared, bad, first
 
 
 def _difference(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> tuple[float, bool]:
@@ -103,11 +125,48 @@ def traced_tensors(model) -> list[tuple[int, object, str]]:
     return tensors
 
 
-def reference_values(model, feeds: dict) -> dict[str, np.ndarray]:
-    """Every tensor as the ONNX reference implementation (NumPy) computes it."""
+def reference_values(model, feeds: dict, float64: bool = False) -> dict[str, np.ndarray]:
+    """Every tensor as the ONNX reference implementation (NumPy) computes it; ``float64``: on a copy of the
+    model whose float32 tensors are float64 (exact arithmetic, as far as float32 results go)."""
     from onnx.reference import ReferenceEvaluator
 
+    if float64:
+        model = as_float64(model)
+        feeds = {name: value.astype(np.float64) if value.dtype == np.float32 else value
+                 for name, value in feeds.items()}
     return {**feeds, **ReferenceEvaluator(model).run(None, feeds, intermediate=True)}
+
+
+def as_float64(model):
+    """A copy of ``model`` computing in float64 where it computes in float32: initializers, constants,
+    casts and declared types."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    def widened(tensor):
+        if tensor.data_type != TensorProto.FLOAT:
+            return tensor
+        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    for index, initializer in enumerate(graph.initializer):
+        graph.initializer[index].CopyFrom(widened(initializer))
+    for value in [*graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    del graph.value_info[:]
+    for node in graph.node:
+        if node.op_type in ("If", "Loop", "Scan"):
+            raise ValueError(f"{node.op_type} subgraphs are not widened")
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                attribute.t.CopyFrom(widened(attribute.t))
+            elif node.op_type in ("Cast", "CastLike", "RandomNormal", "RandomUniform", "EyeLike") and \
+                    attribute.name in ("to", "dtype") and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.DOUBLE
+    return copy
 
 
 def converted_values(ctx, target: str, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
@@ -166,7 +225,8 @@ def run_artifact(target: str, path: Path, info: dict, inputs: list[str], outputs
     return adapter.predict(feeds)
 
 
-def write_reproducer(ctx, model, runtime: str, node, data_inputs: list[str], values: dict, directory: Path) -> str:
+def write_reproducer(ctx, model, runtime: str, node, data_inputs: list[str], values: dict, directory: Path,
+                     float64: bool = False) -> str:
     """The node's subgraph (it and the constants it reads), its correct inputs, and how to re-run it."""
     import onnx
     from onnx.utils import Extractor
@@ -186,7 +246,8 @@ def write_reproducer(ctx, model, runtime: str, node, data_inputs: list[str], val
     backends = {t: e.get("backend") for t, e in ctx.report.data["targets"].items()}
     write_json(directory / MANIFEST, {
         "runtime": runtime, "node": node.name, "op_type": node.op_type, "inputs": files, "outputs": outputs,
-        "backends": backends, "rtol": float(ctx.cfg.parity.rtol), "atol": float(ctx.cfg.parity.atol),
+        "backends": backends, "float64_reference": float64,
+        "rtol": float(ctx.cfg.parity.rtol), "atol": float(ctx.cfg.parity.atol),
         "options": {t: dict(ctx.cfg.export.get(t) or {}) for t in backends}})
     return f"python -m pipeline.diagnose {directory}"
 
@@ -204,7 +265,8 @@ def reproduce(directory: Path) -> dict:
     expected = {name: intermediates(model, feeds)[name] for name in manifest["outputs"]}
     runtime = manifest["runtime"]
     if runtime == "onnxruntime":
-        actual, expected = expected, {n: reference_values(model, feeds)[n] for n in manifest["outputs"]}
+        exact = reference_values(model, feeds, float64=bool(manifest.get("float64_reference")))
+        actual, expected = expected, {n: exact[n] for n in manifest["outputs"]}
     else:
         work = Path(tempfile.mkdtemp(prefix=".reproduce."))
         try:
@@ -216,6 +278,7 @@ def reproduce(directory: Path) -> dict:
     errors = {name: _difference(actual[name], expected[name], manifest["rtol"], manifest["atol"])
               for name in manifest["outputs"]}
     return {"node": manifest["node"], "op_type": manifest["op_type"], "runtime": runtime,
+            "float64": bool(manifest.get("float64_reference")),
             "max_abs_err": max(e for e, _ in errors.values()), "drift": not all(ok for _, ok in errors.values())}
 
 
@@ -226,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = reproduce(Path(args[0]))
     verdict = "drift reproduced" if result["drift"] else "no drift on this node alone"
-    against = "the ONNX reference implementation" if result["runtime"] == "onnxruntime" else "onnxruntime"
+    against = "onnxruntime"
+    if result["runtime"] == "onnxruntime":
+        against = "the ONNX reference implementation" + (" in float64" if result["float64"] else "")
     print(f"{result['runtime']}: node {result['node']} ({result['op_type']}): max abs error "
           f"{result['max_abs_err']:.3g} vs {against}: {verdict}")
     return 1 if result["drift"] else 0

@@ -68,3 +68,50 @@ def test_diagnose_on_demand_and_off(tmp_path):
                          "parity.diagnose=false", "parity.atol=0", "parity.rtol=0", "parity.latency_repeats=3",
                          run_dir=tmp_path / "off", expect_failure=True)
     assert all("divergence" not in entry for entry in off["parity"])
+
+
+def _conv_model():
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).normal(size=(8, 3, 5, 5)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], name="/c/Conv", pads=[2, 2, 2, 2]),
+             helper.make_node("Constant", [], ["half"], value=numpy_helper.from_array(np.float32(0.5), "half")),
+             helper.make_node("Cast", ["conv"], ["cast"], name="/Cast", to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["cast", "half"], ["y"], name="/Mul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 8, 8])],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_onnxruntime_drift_that_float32_reference_shares_is_named_against_float64(tmp_path):
+    """onnxruntime can compute every tensor exactly as the float32 ONNX reference does while it drifts from
+    PyTorch (float32 rounding): the float64 reference names the node, and the reproducer shows it."""
+    import onnx
+
+    from pipeline.atomic import write_json
+    from pipeline.converters.keras3.probe import intermediates
+
+    model = _conv_model()
+    feeds = {"x": np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)}
+    wide = diagnose.reference_values(model, feeds, float64=True)
+    assert wide["conv"].dtype == np.float64 and wide["y"].dtype == np.float64
+    actual = intermediates(model, feeds)
+    assert 0 < np.abs(actual["conv"] - wide["conv"]).max() < 1e-4
+    tensors = diagnose.traced_tensors(model)
+
+    class Strict:
+        rtol, atol = 0.0, 1e-12
+
+    first = diagnose._first_divergence(tensors, actual, wide, Strict)[3]
+    assert first[0].name == "/c/Conv"
+    directory = tmp_path / "onnxruntime"
+    directory.mkdir()
+    onnx.save(model, str(directory / "subgraph.onnx"))
+    np.save(directory / "input_0.npy", feeds["x"])
+    manifest = {"runtime": "onnxruntime", "node": "/c/Conv", "op_type": "Conv", "inputs": {"x": "input_0.npy"},
+                "outputs": ["y"], "backends": {}, "rtol": 0.0, "atol": 1e-12, "options": {}}
+    for float64, drift in ((True, True), (False, None)):
+        write_json(directory / diagnose.MANIFEST, {**manifest, "float64_reference": float64})
+        result = diagnose.reproduce(directory)
+        assert result["float64"] is float64 and (drift is None or result["drift"] is drift), result

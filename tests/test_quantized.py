@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from pipeline import quantized
@@ -352,3 +353,33 @@ def test_onnx_int8_writes_nothing_outside_the_run_dir(tmp_path, monkeypatch):
                           run_dir=tmp_path / "run")
     assert report["targets"]["onnx_int8"]["status"] == "ok"
     assert list(cwd.iterdir()) == []
+
+
+class GroupedDeconv(torch.nn.Module):
+    """A grouped ConvTranspose2d (4 -> 6 channels, 2 groups) between convolutions."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.fc = torch.nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.up(torch.relu(self.conv(x)))).mean((2, 3)))
+
+
+def test_static_onnx_int8_keeps_a_grouped_conv_transpose_in_float_by_name(tmp_path):
+    """onnxruntime quantizes a ConvTranspose weight per channel along axis 1 (out_channels / group), so a
+    grouped one failed on its bias ("operands could not be broadcast together with shapes (6,) (3,)")."""
+    from tests.conftest import run_composed
+
+    report = run_composed("model.net._target_=tests.test_quantized.GroupedDeconv", "model.output=logits",
+                          "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
+                          "dataset.shape=[3,16,16]", "dataset.samples=64", "export=[onnx_int8]",
+                          "export.calibration_samples=16", "parity.latency_repeats=2", run_dir=tmp_path / "run")
+    target = report["targets"]["onnx_int8"]
+    assert target["status"] == "ok" and target["mode"] == "static", target
+    assert list(target["kept_in_float"]) == ["/up/ConvTranspose"] and "group=2" in target["kept_in_float"][
+        "/up/ConvTranspose"]
+    assert target["float_fallback"] == ["/up/ConvTranspose"]
+    assert parity_of(report)["onnx_int8"]["in_tolerance"]

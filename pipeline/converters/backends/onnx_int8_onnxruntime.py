@@ -51,6 +51,9 @@ def convert(job: ConvertJob) -> dict:
     try:
         source = _preprocess(job.onnx_path, work / "preprocessed.onnx", info)
         if mode == "static":
+            kept = _unquantizable(source)
+            if kept:
+                info["kept_in_float"] = kept
             calibration = job.calibration_inputs()
             info["calibration_samples"] = len(next(iter(calibration.values())))
             layers = _static_layers(job, source, calibration, work, info)
@@ -59,6 +62,7 @@ def convert(job: ConvertJob) -> dict:
         else:
             excluded = _excluded(job.options, [], source)
             _quantize_dynamic(source, work / "quantized.onnx", excluded)
+        excluded = list(dict.fromkeys([*excluded, *info.get("kept_in_float", {})]))
         if excluded:
             info["float_fallback"] = excluded
         write_with(job.out_path, lambda tmp: shutil.copyfile(work / "quantized.onnx", tmp))
@@ -99,9 +103,27 @@ class _Reader:
         return iter(self.get_next, None)
 
 
+def _unquantizable(source: Path) -> dict[str, str]:
+    """Nodes static quantization cannot take, by name, with why: they stay in float32 (reported as
+    ``kept_in_float``). A grouped ConvTranspose: onnxruntime quantizes its weight per channel along axis 1,
+    which holds out_channels / group, and then its bias (out_channels) cannot be scaled (``operands could
+    not be broadcast``)."""
+    import onnx
+
+    kept = {}
+    for node in onnx.load(str(source), load_external_data=False).graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "ConvTranspose" and group > 1 and node.name:  # torch.onnx names every node
+            kept[node.name] = (
+                f"grouped ConvTranspose (group={group}): onnxruntime's per-channel quantization of its "
+                "weight does not match its bias")
+    return kept
+
+
 def _quantize_static(source: Path, out: Path, calibration: dict, excluded: list[str]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    excluded = list(dict.fromkeys([*excluded, *_unquantizable(source)]))
     try:  # _Reader is a CalibrationDataReader by its get_next (the ABC's subclass hook)
         quantize_static(str(source), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
