@@ -238,14 +238,29 @@ def write_reproducer(ctx, model, runtime: str, node, data_inputs: list[str], val
     directory.mkdir(parents=True)
     outputs = [name for name in node.output if name]
     subgraph = Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(data_inputs, outputs)
+    # The converters take axis 0 of every input for the batch (keras3 probes two batch sizes): an input
+    # whose axis 0 is something else (a [T, T] attention mask, a [N * heads, T, T] score) goes in as a
+    # constant; the reproducer runs these samples only.
+    samples = len(next(iter(values[i.name] for i in model.graph.input if i.name in values)))
+    batched = [name for name in data_inputs if np.ndim(values[name]) and len(values[name]) == samples]
+    constants = [name for name in data_inputs if name not in batched]
+    if constants:
+        from onnx import numpy_helper
+
+        kept = [value for value in subgraph.graph.input if value.name not in constants]
+        del subgraph.graph.input[:]
+        subgraph.graph.input.extend(kept)
+        subgraph.graph.initializer.extend(numpy_helper.from_array(np.asarray(values[name]), name)
+                                          for name in constants)
     onnx.save(subgraph, str(directory / "subgraph.onnx"))
     files = {}
-    for index, name in enumerate(data_inputs):
+    for index, name in enumerate(batched):
         files[name] = f"input_{index}.npy"
         np.save(directory / files[name], values[name])
     backends = {t: e.get("backend") for t, e in ctx.report.data["targets"].items()}
     write_json(directory / MANIFEST, {
-        "runtime": runtime, "node": node.name, "op_type": node.op_type, "inputs": files, "outputs": outputs,
+        "runtime": runtime, "node": node.name, "op_type": node.op_type, "inputs": files, "constants": constants,
+        "outputs": outputs,
         "backends": backends, "float64_reference": float64,
         "rtol": float(ctx.cfg.parity.rtol), "atol": float(ctx.cfg.parity.atol),
         "options": {t: dict(ctx.cfg.export.get(t) or {}) for t in backends}})

@@ -115,3 +115,32 @@ def test_onnxruntime_drift_that_float32_reference_shares_is_named_against_float6
         write_json(directory / diagnose.MANIFEST, {**manifest, "float64_reference": float64})
         result = diagnose.reproduce(directory)
         assert result["float64"] is float64 and (drift is None or result["drift"] is drift), result
+
+
+def test_a_reproducer_input_without_a_batch_axis_goes_in_as_a_constant(tmp_path):
+    """A drifting node that reads a scalar (``masked_fill``'s -inf: Where(mask, Constant, x)) got the scalar
+    as an input, which the converter's batch probe resized to [2]: "Attempting to broadcast an axis by a
+    dimension other than 1. 2 by 12"."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Constant", [], ["fill"], value=numpy_helper.from_array(np.float32(-1e4), "fill")),
+             helper.make_node("Where", ["mask", "fill", "x"], ["y"], name="/Where")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 12]),
+                                           helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 12])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    rng = np.random.default_rng(0)
+    values = {"mask": rng.random((4, 12)) < 0.3, "x": rng.normal(size=(4, 12)).astype(np.float32),
+              "fill": np.float32(-1e4)}
+    ctx = SimpleNamespace(report=SimpleNamespace(data={"targets": {"tensorflow": {"backend": "keras3"}}}),
+                          cfg=OmegaConf.create({"parity": {"rtol": 0.0, "atol": 1e-9}, "export": {}}))
+    directory = tmp_path / "tensorflow"
+    diagnose.write_reproducer(ctx, model, "tensorflow", model.graph.node[1], ["mask", "fill", "x"], values,
+                              directory)
+    manifest = json.loads((directory / diagnose.MANIFEST).read_text())
+    assert list(manifest["inputs"]) == ["mask", "x"] and manifest["constants"] == ["fill"]
+    result = diagnose.reproduce(directory)  # converts and runs; raised before
+    assert result["node"] == "/Where" and result["drift"] is False, result
