@@ -383,3 +383,64 @@ def test_static_onnx_int8_keeps_a_grouped_conv_transpose_in_float_by_name(tmp_pa
         "/up/ConvTranspose"]
     assert target["float_fallback"] == ["/up/ConvTranspose"]
     assert parity_of(report)["onnx_int8"]["in_tolerance"]
+
+
+class PaddedMaxPoolStem(torch.nn.Module):
+    """A ResNet stem: conv, BatchNorm, ReLU, then MaxPool2d(3, 2, 1) (``dilation=2`` in the second test)."""
+
+    def __init__(self, num_classes=10, dilation=1):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1, dilation=dilation))
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.stem(x).mean((2, 3)))
+
+
+def _int8_of_padded_max_pool(tmp_path, *overrides, expect_failure=False):
+    from tests.conftest import run_composed
+
+    return run_composed("model.net._target_=tests.test_quantized.PaddedMaxPoolStem", "model.output=logits",
+                        "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
+                        "dataset.shape=[3,16,16]", "dataset.samples=64", "export=[tflite_int8]",
+                        "export.calibration_samples=16", "parity.latency_repeats=2", *overrides,
+                        run_dir=tmp_path / "run", expect_failure=expect_failure)
+
+
+def test_a_padded_max_pool_quantizes_to_full_integer_with_the_range_of_its_data(tmp_path):
+    """keras3 padded max pools with -FLT_MAX: calibration then gave the tensor a scale of 1.3e36 and XNNPACK
+    refused the model ("failed to prepare"). The edge copies it pads with now keep the data's range."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    report = _int8_of_padded_max_pool(tmp_path)
+    assert report["targets"]["tflite_int8"]["status"] == "ok", report["targets"]
+    entry = parity_of(report)["tflite_int8"]
+    assert "error" not in entry and np.isfinite(entry["max_abs_err"]), entry
+    interpreter = Interpreter(model_path=str(tmp_path / "run" / "model_int8.tflite"))
+    scales = [t["quantization"][0] for t in interpreter.get_tensor_details()]
+    assert max(scales) < 1.0, max(scales)
+
+
+class MaskedMax(torch.nn.Module):
+    """A max over positions, some masked out with -inf (as attention masks are)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("keep", torch.arange(256).reshape(16, 16) % 3 > 0)
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).masked_fill(~self.keep, float("-inf")).amax((2, 3)))
+
+
+def test_a_range_int8_cannot_hold_is_refused_naming_the_tensor(tmp_path):
+    """-inf reaches calibration: every value of those tensors would land on one int8 level."""
+    report = _int8_of_padded_max_pool(tmp_path, "model.net._target_=tests.test_quantized.MaskedMax",
+                                      "export=[tflite,tflite_int8]", expect_failure=True)
+    target = report["targets"]["tflite_int8"]
+    assert target["status"] == "failed", target
+    assert "+-3.4e38" in target["reason"] and "(SELECT_V2)" in target["reason"], target["reason"]
+    assert "tflite_int8_dynamic" in target["reason"]
+    assert parity_of(report)["tflite"]["allclose"]  # the float target is unaffected

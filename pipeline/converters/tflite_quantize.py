@@ -125,7 +125,30 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
                                   f"{info['layers_error']}", "Drop export.tflite_int8.float_fallback(_top_k).")
         flatbuffer = quantize(calibrated, int8_io, denylisted=[layer["node"] for layer in fallback])
         info["float_fallback"] = [layer["layer"] for layer in fallback]
+    _refuse_unrepresentable_ranges(flatbuffer)
     return flatbuffer
+
+
+# A calibrated range this wide came from a -inf or float32-max constant, not from data: 256 int8 levels
+# over it put every real value on one level (and XNNPACK refuses to prepare such a model).
+ABSURD_RANGE = 1e30
+
+
+def _refuse_unrepresentable_ranges(flatbuffer: bytes) -> None:
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    interpreter = _interpreter_class()(model_content=flatbuffer)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    producers = {out: op["op_name"] for op in interpreter._get_ops_details() for out in op["outputs"]}  # noqa: SLF001
+    absurd = [f"{short_name(t['name'])} ({producers[i]})" for i, t in tensors.items() if i in producers and
+              (not np.isfinite(t["quantization"][0]) or t["quantization"][0] * 255 > ABSURD_RANGE)]
+    if absurd:
+        raise ConversionError(
+            f"tflite_int8: calibration gave {len(absurd)} tensor(s) a range of about +-3.4e38, which int8 cannot "
+            f"represent (every value would quantize to one level): {', '.join(absurd[:5])}. Such a range comes from "
+            "a -inf or float32-max constant in the graph (an attention mask filled with -inf, a padding a max pool "
+            "must not see).", "Use a large finite mask value (e.g. -1e4) in the model, or the targets that keep "
+            "activations in float: tflite_int8_dynamic, onnx_int8 (both in export=deploy).")
 
 
 def ranked_layers(job: ConvertJob, calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[dict]:

@@ -54,16 +54,66 @@ def max_pool(ctx):
     n = x.rank - 2
     source = ctx.to_perm(x, layout.channels_last(x.rank))
     if _by_taps(dilations):
-        padded = zero_pad(ctx, source, full, float(np.finfo(np.float32).min))
+        padded = _max_pad(ctx, source, full, in_sizes, kernel, strides, dilations, out_sizes)
         ctx.set(functools.reduce(ops.maximum, _taps(padded, kernel, strides, dilations, out_sizes)),
                 layout.channels_last(x.rank))
         return
     # Keras' "same" max pooling skips the padding, as ONNX's -inf padding does.
     same = any(b or e for b, e in full) and is_same_padding(full, in_sizes, kernel, strides, [1] * n)
-    source = source if same else zero_pad(ctx, source, full, float(np.finfo(np.float32).min))
+    source = source if same else _max_pad(ctx, source, full, in_sizes, kernel, strides, dilations, out_sizes)
     result = _pool_layer(n, "Max")(kernel, strides=strides, padding="same" if same else "valid",
                                    name=ctx.name())(source)
     ctx.set(_crop(result, out_sizes), layout.channels_last(x.rank))
+
+
+def _max_pad(ctx, source, full, in_sizes, kernel, strides, dilations, out_sizes):
+    """Padding a max pool cannot see. A copy of the edge is exact where every window that reaches a
+    padded position also holds the position it copies, and keeps the tensor's range: a -FLT_MAX
+    constant would make full-integer quantization calibrate this tensor to a scale of ~1e36 (every
+    value then quantizes to one level). Symmetric padding is one op (torch's pads <= kernel / 2 always
+    fit it); repeating the edge also covers ceil_mode's windows that hang past the end."""
+    from keras import ops
+
+    if not any(b or e for b, e in full):
+        return source
+    axes = list(zip(in_sizes, full, kernel, strides, dilations, out_sizes, strict=True))
+    if all(_copies_stay_in_windows(_symmetric_source, *axis) for axis in axes):
+        return ops.pad(source, [(0, 0), *full, (0, 0)], mode="symmetric")
+    if all(_copies_stay_in_windows(_edge_source, *axis) for axis in axes):
+        return _edge_pad(source, full)
+    return zero_pad(ctx, source, full, float(np.finfo(np.float32).min))
+
+
+def _symmetric_source(position: int, size: int) -> int:
+    return -position - 1 if position < 0 else 2 * size - 1 - position
+
+
+def _edge_source(position: int, size: int) -> int:
+    return 0 if position < 0 else size - 1
+
+
+def _copies_stay_in_windows(source_of, size, pads, kernel, stride, dilation, out_size) -> bool:
+    """Along one axis: every window's padded taps copy taps of the same window inside the input."""
+    if max(pads) > size:
+        return False
+    for start in range(-pads[0], -pads[0] + out_size * stride, stride):
+        taps = {start + t * dilation for t in range(kernel)}
+        inside = {t for t in taps if 0 <= t < size}
+        if not inside or not {source_of(t, size) for t in taps - inside} <= inside:
+            return False
+    return True
+
+
+def _edge_pad(source, full):
+    """Each spatial axis of a channels-last tensor extended by repeats of its first and last slice."""
+    from keras import ops
+
+    for axis, (begin, end) in enumerate(full, start=1):
+        size = source.shape[axis]
+        first = ops.take(source, [0] * begin, axis=axis) if begin else None
+        last = ops.take(source, [size - 1] * end, axis=axis) if end else None
+        source = ops.concatenate([t for t in (first, source, last) if t is not None], axis=axis)
+    return source
 
 
 @op("AveragePool")
