@@ -134,6 +134,17 @@ CASES = {
                                                .transpose(1, 2).flatten(2), nn.Linear(1, 20)), SEQ, 14),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
+    # sequence idioms: the step picked per sample by advanced indexing (torch.arange(N) counts the batch,
+    # negative positions), argmax/argmin of floats with ties, patches by unfold on a negative dimension
+    # (square windows x positions: transposed by the exporter's own symbolic), EmbeddingBag over rows
+    "index_steps_by_batch_arange": (Lambda(lambda x, q: q(x)[torch.arange(x.shape[0]), x[:, :, 0].argmax(1) - 7],
+                                           nn.Linear(5, 4)), SEQ, 13),
+    "max_indices_and_argmin_ties": (Lambda(lambda x: torch.max(x, dim=2)[1].float() + torch.argmin(x.round(), 2)),
+                                    SEQ, 13),
+    "unfold_negative_dim_patches": (Lambda(lambda x, q: q(x.transpose(1, 2).unfold(-1, 3, 2)).flatten(2),
+                                           nn.Linear(3, 2)), SEQ, 13),
+    "embedding_bag_rows_padding_max": (Lambda(lambda x, b: b((x[..., 0].abs() * 4).long().clamp(max=9)),
+                                              nn.EmbeddingBag(10, 4, mode="max", padding_idx=0)), SEQ, 13),
 }
 
 

@@ -174,8 +174,31 @@ def gather(ctx):
         # A table lookup (an embedding): the indices keep their layout, the table's axes follow.
         result = ops.take(data, ops.cast(indices.keras, "int32"), axis=0)
         ctx.set(result, list(indices.perm) + list(range(indices.rank, indices.rank + data.ndim - 1)))
+    elif isinstance(data, Tensor) and isinstance(indices, Tensor):
+        # Indices computed from the data (``x[torch.arange(N), lengths - 1]``, a flattened batch x steps axis)
+        axis %= data.rank
+        k = data.keras_axis(axis)
+        index = ops.cast(indices.keras, "int32")
+        index = ops.where(index < 0, index + _axis_size(data.keras, k), index)
+
+        def moved(p):
+            return p if p < axis else p + indices.rank - 1
+        perm = [moved(p) for p in data.perm[:k]] + [axis + p for p in indices.perm] + \
+            [moved(p) for p in data.perm[k + 1:]]
+        ctx.set(ops.take(data.keras, index, axis=k), perm)
     else:
-        raise ctx.fail("gathering with data-dependent indices from data-dependent values is not supported.")
+        raise ctx.fail("gathering from a constant along data-dependent indices of another axis is not supported.")
+
+
+def _axis_size(x, k: int):
+    """The size of axis ``k`` of ``x`` at run time (a batch-sized axis has none in the graph) as an int32."""
+    from keras import ops
+
+    size = x.shape[k]
+    if size is not None:
+        return np.int32(size)
+    one_line = x[tuple(slice(None) if j == k else slice(0, 1) for j in range(len(x.shape)))]
+    return ops.cast(ops.sum(ops.ones_like(one_line, dtype="int32")), "int32")
 
 
 @op("GatherElements")
