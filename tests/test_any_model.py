@@ -7,6 +7,7 @@ on composed configs (one TensorFlow start-up for the whole module).
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,12 +114,52 @@ class AttentionGRUNet(nn.Module):
         return self.head((weights.unsqueeze(-1) * h).sum(1)), weights
 
 
+class TokenPoolNet(nn.Module):
+    """A token classifier as users write them from ids alone: nn.EmbeddingBag (padding_idx, max) beside a
+    causal transformer layer, and the hidden state of each sequence's last token before the first pad taken
+    GPT-style (argmax of ids == 0, then h[torch.arange(N), position])."""
+
+    def __init__(self, vocab: int = 12, d: int = 16, num_classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.bag = nn.EmbeddingBag(vocab, d, mode="max", padding_idx=0)
+        self.layer = nn.TransformerEncoderLayer(d, 2, 32, batch_first=True, norm_first=True)
+        self.head = nn.Linear(2 * d, num_classes)
+
+    def forward(self, ids):
+        steps = ids.shape[1]
+        h = self.layer(self.embed(ids), src_mask=nn.Transformer.generate_square_subsequent_mask(steps),
+                       is_causal=True)
+        last = (torch.eq(ids, 0).int().argmax(-1) - 1) % steps  # no pad: the last step
+        return self.head(torch.cat([h[torch.arange(ids.shape[0]), last], self.bag(ids)], 1))
+
+
+class PatchNet(nn.Module):
+    """PatchTST-style on italy_power: per-series normalisation, patches by x.unfold(-1, ...), a linear patch
+    embedding, and the position of each patch's peak (torch.max's indices) as a feature."""
+
+    def __init__(self, num_classes: int = 2, d: int = 8):
+        super().__init__()
+        self.embed = nn.Linear(6, d)
+        self.head = nn.Linear(7 * (d + 1), num_classes)
+
+    def forward(self, x):
+        x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
+        patches = x.unfold(-1, 6, 3).squeeze(1)  # [N, 7, 6]
+        peak = torch.max(patches, dim=-1)[1].unsqueeze(-1).float() / 6
+        return self.head(torch.cat([F.gelu(self.embed(patches)), peak], -1).flatten(1))
+
+
+IDS = "{ids: {shape: [10], distribution: integers, high: 12}}"
 USER_MODELS = {
     "ResidualNet": ("mnist", (mnist_root_override(), *SHORT)),
     "MobileNet": ("mnist", (mnist_root_override(), *SHORT)),
     "GRUNet": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
     "TinyTransformer": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
     "AttentionGRUNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
+    "TokenPoolNet": ("synthetic", (f"dataset.inputs={IDS}", "dataset.samples=64", "model.weights=init",
+                                   "stages=[export,check,convert,parity]")),
+    "PatchNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
 }
 
 
@@ -147,6 +188,29 @@ class PackedGRU(nn.Module):
         lengths = torch.full((x.shape[0],), x.shape[2], dtype=torch.int64)
         packed = nn.utils.rnn.pack_padded_sequence(x.transpose(1, 2), lengths, batch_first=True)
         return self.gru(packed)[1][-1]
+
+
+@pytest.mark.parametrize("function", [
+    lambda x: x.unfold(-1, 4, 4), lambda x: x.unfold(-2, 3, 2),
+    lambda x: F.embedding_bag((x[:, 0].abs() * 3).long().clamp(max=7), torch.eye(8), mode="mean", padding_idx=0),
+], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows"])
+def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
+    """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
+    unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
+    rows of ids (a Loop over the bags, refused with a padding_idx)."""
+    import onnxruntime as ort
+
+    from pipeline.stages.export import export_onnx
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return function(x)
+
+    x = torch.randn(3, 5, 16)
+    export_onnx(Net().eval(), (x[:1],), tmp_path / "m.onnx", 13)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert "Loop" not in {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], function(x).numpy(), atol=1e-6)
 
 
 def test_a_packed_sequence_is_refused_by_name_at_export(tmp_path):

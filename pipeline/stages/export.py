@@ -127,6 +127,21 @@ def _rms_norm(g, x, normalized_shape, weight, eps):
     return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
 
 
+def _unfold(g, x, dimension, size, step):
+    """``Tensor.unfold`` with its dimension counted from the front: the exporter's own symbolic places the
+    window axis at ``dimension`` as given, so ``x.unfold(-1, ...)`` (PatchTST's patching) came out with the
+    window and position axes swapped (an invalid graph, or transposed values when both are the same size)."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset9
+
+    dimension = symbolic_helper._get_const(dimension, "i", "dimension")
+    rank = symbolic_helper._get_tensor_rank(x)
+    if dimension < 0 and rank is not None:
+        dimension += rank
+    return symbolic_opset9.unfold(g, x, dimension, symbolic_helper._get_const(size, "i", "size"),
+                                  symbolic_helper._get_const(step, "i", "step"))
+
+
 _SYMBOLICS_REGISTERED = False
 
 
@@ -135,12 +150,40 @@ def _register_symbolics() -> None:
     if not _SYMBOLICS_REGISTERED:
         for opset in range(9, 23):  # one registration per opset; 23 has RMSNormalization of its own
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
+            torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
         _SYMBOLICS_REGISTERED = True
+
+
+_embedding_bag = torch.nn.functional.embedding_bag
+
+
+def _embedding_bag_fixed_bags(input, weight, offsets=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+                              mode="mean", sparse=False, per_sample_weights=None, include_last_offset=False,
+                              padding_idx=None):
+    """``F.embedding_bag`` on a 2-D input (one bag per row, all of one length) as the lookup and reduction
+    it stands for. The exporter writes every embedding_bag as a Loop over the bags, which no converter
+    turns into a Keras layer, and refuses it with a ``padding_idx``; 1-D inputs with offsets keep its way."""
+    if input.dim() != 2 or offsets is not None or max_norm is not None:
+        return _embedding_bag(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+                              per_sample_weights, include_last_offset, padding_idx)
+    vectors = torch.nn.functional.embedding(input, weight)  # [N, L, D]
+    if per_sample_weights is not None:  # mode="sum" only (PyTorch checks)
+        vectors = vectors * per_sample_weights.unsqueeze(-1)
+    if padding_idx is None:
+        return vectors.sum(1) if mode == "sum" else vectors.mean(1) if mode == "mean" else vectors.amax(1)
+    padding_idx = padding_idx + weight.size(0) if padding_idx < 0 else padding_idx
+    keep = (input != padding_idx).unsqueeze(-1)  # padding entries are left out; an empty bag gives zeros
+    if mode == "max":
+        largest = vectors.masked_fill(~keep, float("-inf")).amax(1)
+        return torch.where(keep.any(1), largest, torch.zeros_like(largest))
+    total = (vectors * keep.to(vectors.dtype)).sum(1)
+    return total if mode == "sum" else total / keep.sum(1).clamp(min=1).to(vectors.dtype)
 
 
 def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None) -> None:
     """torch.onnx.export (TorchScript). Its TracerWarnings (a branch or a Python number frozen into the
-    graph) go on to the stage's recorder (report.json stages.export.warnings)."""
+    graph) go on to the stage's recorder (report.json stages.export.warnings). ``F.embedding_bag`` is traced
+    as its decomposition while exporting (``_embedding_bag_fixed_bags``)."""
     _register_symbolics()
     args = args if isinstance(args, tuple) else (args,)
     input_names = input_names or [INPUT_NAME]
@@ -152,10 +195,14 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*dynamo=False.*|.*TorchScript-based ONNX export.*")
-        torch.onnx.export(
-            net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,
-            opset_version=int(opset), do_constant_folding=True, dynamo=False,
-        )
+        torch.nn.functional.embedding_bag = _embedding_bag_fixed_bags
+        try:
+            torch.onnx.export(
+                net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,
+                opset_version=int(opset), do_constant_folding=True, dynamo=False,
+            )
+        finally:
+            torch.nn.functional.embedding_bag = _embedding_bag
     explicit_same_pads(path)
 
 
