@@ -193,11 +193,13 @@ class PackedGRU(nn.Module):
 @pytest.mark.parametrize("function", [
     lambda x: x.unfold(-1, 4, 4), lambda x: x.unfold(-2, 3, 2),
     lambda x: F.embedding_bag((x[:, 0].abs() * 3).long().clamp(max=7), torch.eye(8), mode="mean", padding_idx=0),
-], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows"])
+    lambda x: x.masked_fill(torch.eye(x.shape[1], x.shape[2], dtype=torch.bool), 0.0),
+], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
-    rows of ids (a Loop over the bags, refused with a padding_idx)."""
+    rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
+    EyeLike onnxruntime has no kernel for)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx

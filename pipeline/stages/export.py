@@ -204,6 +204,35 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
         finally:
             torch.nn.functional.embedding_bag = _embedding_bag
     explicit_same_pads(path)
+    eye_like_in_float(path)
+
+
+def eye_like_in_float(path) -> None:
+    """``torch.eye(n, dtype=torch.bool)`` with ``n`` from a shape (a diagonal mask) is exported as a bool
+    ``EyeLike``, which onnxruntime has no kernel for: made in float and cast to bool (the same values)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(node.op_type == "EyeLike" for node in model.graph.node):
+        return
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]})
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "EyeLike" or TensorProto.BOOL not in (attrs.get("dtype"), types.get(node.input[0])):
+            nodes.append(node)
+            continue
+        source, made = f"{node.output[0]}_float_in", f"{node.output[0]}_float"
+        nodes.append(helper.make_node("Cast", [node.input[0]], [source], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("EyeLike", [source], [made], name=node.name, k=int(attrs.get("k", 0)),
+                                      dtype=TensorProto.FLOAT))
+        out_type = attrs.get("dtype", types.get(node.input[0]))
+        nodes.append(helper.make_node("Cast", [made], [node.output[0]], to=int(out_type)))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
 
 
 def explicit_same_pads(path) -> None:
