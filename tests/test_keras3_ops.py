@@ -143,6 +143,11 @@ CASES = {
                                     SEQ, 13),
     "unfold_negative_dim_patches": (Lambda(lambda x, q: q(x.transpose(1, 2).unfold(-1, 3, 2)).flatten(2),
                                            nn.Linear(3, 2)), SEQ, 13),
+    "adaptive_pools_uneven_bins": (Lambda(lambda x, c: torch.cat([F.adaptive_max_pool1d(c(x), 3),
+                                                                  F.adaptive_avg_pool1d(c(x), 3)], 1),
+                                          nn.Conv1d(7, 4, 2)), SEQ, 13),
+    "adaptive_pool2d_uneven_bins": (conv_then(lambda x: F.adaptive_max_pool2d(x, (3, 4)) + F.adaptive_avg_pool2d(
+        x, (3, 4))), IMAGE, 13),
     "embedding_bag_rows_padding_max": (Lambda(lambda x, b: b((x[..., 0].abs() * 4).long().clamp(max=9)),
                                               nn.EmbeddingBag(10, 4, mode="max", padding_idx=0)), SEQ, 13),
 }

@@ -7,6 +7,7 @@ when the network returns several, or the keys of a returned dict). ``padding="sa
 which the exporter writes as ``auto_pad=SAME_UPPER``, get their explicit pads (onnxruntime refuses
 ``auto_pad`` with dilation).
 """
+import itertools
 import re
 import warnings
 
@@ -142,6 +143,40 @@ def _unfold(g, x, dimension, size, step):
                                   symbolic_helper._get_const(step, "i", "step"))
 
 
+def _adaptive_pool(kind: str, rank: int):
+    """``aten::adaptive_{avg,max}_pool{rank}d``. The exporter's symbolic refuses an output size that does not
+    divide the input size (``nn.AdaptiveMaxPool1d(5)`` over 22 steps); PyTorch's bins are then
+    ``[floor(i * L / n), ceil((i + 1) * L / n))``, one axis at a time (a box's max or mean is that of its
+    rows' maxima or means: every row of a box has the same width): a slice and a reduction per bin."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset9
+
+    original = getattr(symbolic_opset9, f"adaptive_{kind}_pool{rank}d")
+    reduce = "ReduceMax" if kind == "max" else "ReduceMean"
+
+    def symbolic(g, x, output_size):
+        sizes = symbolic_helper._get_tensor_sizes(x)
+        bins = symbolic_helper._maybe_get_const(output_size, "is")
+        spatial = sizes[2:] if sizes else None
+        if symbolic_helper._is_value(bins) or not spatial or None in spatial or \
+                all(size % count == 0 for size, count in zip(spatial, bins, strict=True)):
+            return original(g, x, output_size)
+        y = x
+        for axis, (size, count) in enumerate(zip(spatial, bins, strict=True), start=2):
+            parts = [_reduce(g, reduce, symbolic_helper._slice_helper(
+                g, y, axes=[axis], starts=[i * size // count], ends=[-(-(i + 1) * size // count)]), axis)
+                for i in range(count)]
+            y = g.op("Concat", *parts, axis_i=axis) if count > 1 else parts[0]
+        return (y, None) if kind == "max" else y  # max pooling's indices: none (as for its global case)
+    return symbolic
+
+
+def _reduce(g, op: str, x, axis: int):
+    if g.opset >= 18:
+        return g.op(op, x, g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64)), keepdims_i=1)
+    return g.op(op, x, axes_i=[axis], keepdims_i=1)
+
+
 _SYMBOLICS_REGISTERED = False
 
 
@@ -151,6 +186,9 @@ def _register_symbolics() -> None:
         for opset in range(9, 23):  # one registration per opset; 23 has RMSNormalization of its own
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
             torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
+            for kind, rank in itertools.product(("avg", "max"), (1, 2, 3)):
+                torch.onnx.register_custom_op_symbolic(f"aten::adaptive_{kind}_pool{rank}d",
+                                                       _adaptive_pool(kind, rank), opset)
         _SYMBOLICS_REGISTERED = True
 
 
