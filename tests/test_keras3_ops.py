@@ -31,6 +31,20 @@ def conv_then(function, channels=6):
     return Lambda(lambda x, conv: function(conv(x)), nn.Conv2d(3, channels, 3, padding=1))
 
 
+def assign_in_place(x):
+    """In-place assignments as sequence code writes them: a step overwritten, a decoder loop filling a
+    preallocated output step by step, a mask's first position forced on (bool data)."""
+    y = x.clone()
+    y[:, 0] = 1.0
+    y[:, -2, 1:3] = x[:, 1, :2] * 3
+    out = torch.zeros(x.shape[0], 3, 5)
+    for t in range(3):
+        out[:, t] = torch.tanh(y[:, t] + out[:, t - 1])
+    mask = x[..., 0] > 0
+    mask[:, 0] = True
+    return out + y[:, :3] + mask[:, :3, None].float()
+
+
 IMAGE, SEQ, FLAT = (3, 8, 10), (7, 5), (12,)
 CASES = {
     # axis-taking ops on a channels-last tensor
@@ -148,6 +162,7 @@ CASES = {
                                           nn.Conv1d(7, 4, 2)), SEQ, 13),
     "adaptive_pool2d_uneven_bins": (conv_then(lambda x: F.adaptive_max_pool2d(x, (3, 4)) + F.adaptive_avg_pool2d(
         x, (3, 4))), IMAGE, 13),
+    "scatter_assignments_per_sample": (Lambda(assign_in_place), SEQ, 13),
     "embedding_bag_rows_padding_max": (Lambda(lambda x, b: b((x[..., 0].abs() * 4).long().clamp(max=9)),
                                               nn.EmbeddingBag(10, 4, mode="max", padding_idx=0)), SEQ, 13),
 }

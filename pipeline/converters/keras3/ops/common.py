@@ -76,7 +76,10 @@ def materialize(ctx, index: int) -> Tensor:
         raise ctx.fail(f"input {name} depends on the batch size in a way only a fixed batch could express.")
     row = np.take(a, [0], axis=axis)
     if _same_rows(a, row) and _same_rows(b, np.take(b, [0], axis=axis)):
-        value = ctx.c.batch_ones(shape, dtype=row.dtype.name) * row
+        if row.dtype == bool:  # no multiplication of bools: built in float
+            value = ops.cast(ctx.c.batch_ones(shape) * row.astype(np.float32), "bool")
+        else:
+            value = ctx.c.batch_ones(shape, dtype=row.dtype.name) * row
         return Tensor(ops.repeat(value, multiple, axis=axis) if multiple > 1 else value, tuple(range(len(shape))))
     step = np.take(a, [1], axis=axis) - row if a.shape[axis] > 1 else None
     if multiple == 1 and step is not None and all(_same_rows(v, _counted(row, step, axis, v.shape[axis]))

@@ -2,7 +2,7 @@
 import numpy as np
 
 from pipeline.converters.keras3 import layout
-from pipeline.converters.keras3.layout import Tensor
+from pipeline.converters.keras3.layout import Dynamic, Tensor
 from pipeline.converters.keras3.ops import op
 from pipeline.converters.keras3.ops.common import axis_list, expand_rank, materialize, operands, reference_perm
 
@@ -346,3 +346,52 @@ def depth_space(ctx):
         y = ops.transpose(ops.reshape(source, [-1, c, h // b, b, w // b, b]), [0, 3, 5, 1, 2, 4])
         result = ops.reshape(y, [-1, c * b * b, h // b, w // b])
     ctx.set(result, layout.identity(4))
+
+
+@op("ScatterND")
+def scatter_nd(ctx):
+    """In-place assignment to the same positions of every sample (``mask[:, 0] = True``, a decoder loop's
+    ``outputs[:, t] = y``): the exporter's indices are ``[n, *position]`` for each sample ``n``, as the probe
+    measures them. Done as a gather from the data and the updates side by side (no scatter kernel)."""
+    from keras import ops
+
+    data, indices = ctx.data(0), ctx.value(1)
+    shape = ctx.in_shape(0)
+    if ctx.attr("reduction", "none") != "none":
+        raise ctx.fail(f"reduction={ctx.attr('reduction')!r} is not supported.")
+    if not isinstance(data, Tensor) or not isinstance(indices, Dynamic) or shape[0] is not None or \
+            None in shape[1:]:
+        raise ctx.fail("only assignments to the same positions of every sample of a batch-first tensor are "
+                       "supported.")
+    positions = _per_sample_positions(ctx, indices.probe)
+    if positions.shape[1] == 0:
+        raise ctx.fail("assigning whole samples is not supported.")
+    inner, tail = shape[1:1 + positions.shape[1]], list(shape[1 + positions.shape[1]:])
+    size = int(np.prod(inner))
+    flat = np.ravel_multi_index(tuple((positions % np.array(inner)).T), inner) if len(positions) else []
+    source = np.arange(size)
+    source[flat] = size + np.arange(len(positions))  # the last update of a position wins
+    updates = ctx.data(2)
+    if not isinstance(updates, Tensor):
+        raise ctx.fail("constant updates without a batch axis are not supported.")
+    merged = ops.concatenate([ops.reshape(ctx.to_perm(data, layout.identity(data.rank)), [-1, size, *tail]),
+                              ops.reshape(ctx.to_perm(updates, layout.identity(updates.rank)),
+                                          [-1, len(positions), *tail])], axis=1)
+    ctx.set(ops.reshape(ops.take(merged, source, axis=1), [-1, *shape[1:]]), layout.identity(len(shape)))
+
+
+def _per_sample_positions(ctx, probes) -> np.ndarray:
+    """The positions (after the batch index) that ScatterND writes in every sample, the same for each sample
+    and at both probe batch sizes; anything else is refused."""
+    found = None
+    for n, index in zip(ctx.c.probe.batches, probes, strict=True):
+        if index.ndim < 2 or index.shape[0] != n or index.shape[-1] < 1:
+            raise ctx.fail("the scatter indices do not enumerate the samples of the batch.")
+        rows = index.reshape(n, -1, index.shape[-1])
+        if not np.array_equal(rows[..., 0], np.broadcast_to(np.arange(n)[:, None], rows.shape[:2])) or \
+                not np.array_equal(rows[..., 1:], np.broadcast_to(rows[:1, :, 1:], rows[..., 1:].shape)):
+            raise ctx.fail("the scatter writes different positions in different samples.")
+        if found is not None and not np.array_equal(found, rows[0, :, 1:]):
+            raise ctx.fail("the scatter positions change with the batch size.")
+        found = rows[0, :, 1:]
+    return found
