@@ -143,6 +143,24 @@ def _unfold(g, x, dimension, size, step):
                                   symbolic_helper._get_const(step, "i", "step"))
 
 
+def _diff(g, x, n, dim, prepend, append):
+    """``torch.diff`` (differences of neighbours, a common series feature), which the exporter has no symbolic
+    for: ``x[1:] - x[:-1]`` along ``dim``, ``n`` times, after ``prepend``/``append`` (``!=`` on bools)."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import _type_utils
+
+    n, dim = symbolic_helper._get_const(n, "i", "n"), symbolic_helper._get_const(dim, "i", "dim")
+    parts = [v for v in (prepend, x, append) if not symbolic_helper._is_none(v)]
+    x = g.op("Concat", *parts, axis_i=dim) if len(parts) > 1 else x
+    boolean = _type_utils.JitScalarType.from_value(x, _type_utils.JitScalarType.UNDEFINED) == \
+        _type_utils.JitScalarType.BOOL
+    for _ in range(n):
+        later = symbolic_helper._slice_helper(g, x, axes=[dim], starts=[1], ends=[2**62])
+        earlier = symbolic_helper._slice_helper(g, x, axes=[dim], starts=[0], ends=[-1])
+        x = g.op("Xor" if boolean else "Sub", later, earlier)
+    return x
+
+
 def _adaptive_pool(kind: str, rank: int):
     """``aten::adaptive_{avg,max}_pool{rank}d``. The exporter's symbolic refuses an output size that does not
     divide the input size (``nn.AdaptiveMaxPool1d(5)`` over 22 steps); PyTorch's bins are then
@@ -186,6 +204,7 @@ def _register_symbolics() -> None:
         for opset in range(9, 23):  # one registration per opset; 23 has RMSNormalization of its own
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
             torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
+            torch.onnx.register_custom_op_symbolic("aten::diff", _diff, opset)
             for kind, rank in itertools.product(("avg", "max"), (1, 2, 3)):
                 torch.onnx.register_custom_op_symbolic(f"aten::adaptive_{kind}_pool{rank}d",
                                                        _adaptive_pool(kind, rank), opset)
