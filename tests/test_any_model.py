@@ -194,7 +194,7 @@ class PackedGRU(nn.Module):
     lambda x: x.unfold(-1, 4, 4), lambda x: x.unfold(-2, 3, 2),
     lambda x: F.embedding_bag((x[:, 0].abs() * 3).long().clamp(max=7), torch.eye(8), mode="mean", padding_idx=0),
     lambda x: x.masked_fill(torch.eye(x.shape[1], x.shape[2], dtype=torch.bool), 0.0),
-    lambda x: torch.diff(x, n=2, dim=1, prepend=x[:, :1]) + torch.diff(x > 0, dim=1, append=x[:, :1] > 0),
+    lambda x: torch.diff(x, n=2, dim=1, prepend=x[:, :1]) + torch.diff(x[:, 1:] > 0, dim=1, append=x[:, :1] > 0),
 ], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
