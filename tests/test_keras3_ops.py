@@ -33,7 +33,7 @@ def conv_then(function, channels=6):
 
 def assign_in_place(x):
     """In-place assignments as sequence code writes them: a step overwritten, a decoder loop filling a
-    preallocated output step by step, a mask's first position forced on (bool data)."""
+    preallocated output step by step (batch-first and time-major), a mask's first position forced on."""
     y = x.clone()
     y[:, 0] = 1.0
     y[:, -2, 1:3] = x[:, 1, :2] * 3
@@ -42,7 +42,10 @@ def assign_in_place(x):
         out[:, t] = torch.tanh(y[:, t] + out[:, t - 1])
     mask = x[..., 0] > 0
     mask[:, 0] = True
-    return out + y[:, :3] + mask[:, :3, None].float()
+    time_major = torch.zeros(3, x.shape[0], 5)  # [T, N, F], as seq2seq tutorials fill it: outputs[t] = y
+    for t in range(3):
+        time_major[t] = x[:, t + 1] * 2 + time_major[t - 1]
+    return out + y[:, :3] + mask[:, :3, None].float() + time_major.transpose(0, 1)
 
 
 IMAGE, SEQ, FLAT = (3, 8, 10), (7, 5), (12,)

@@ -350,34 +350,35 @@ def depth_space(ctx):
 
 @op("ScatterND")
 def scatter_nd(ctx):
-    """In-place assignment to the same positions of every sample (``mask[:, 0] = True``, a decoder loop's
-    ``outputs[:, t] = y``): the exporter's indices are ``[n, *position]`` for each sample ``n``, as the probe
-    measures them. Done as a gather from the data and the updates side by side (no scatter kernel)."""
+    """In-place assignment to the same positions of every sample: ``mask[:, 0] = True`` or a decoder loop's
+    ``outputs[:, t] = y`` (indices ``[n, *position]`` for each sample ``n``, as the probe measures them), or
+    ``outputs[t] = y`` on a time-major tensor (constant indices before the batch axis). Done as a gather
+    from the data and the updates side by side (no scatter kernel)."""
     from keras import ops
 
-    data, indices = ctx.data(0), ctx.value(1)
+    data, indices, updates = ctx.data(0), ctx.value(1), ctx.data(2)
     shape = ctx.in_shape(0)
     if ctx.attr("reduction", "none") != "none":
         raise ctx.fail(f"reduction={ctx.attr('reduction')!r} is not supported.")
-    if not isinstance(data, Tensor) or not isinstance(indices, Dynamic) or shape[0] is not None or \
-            None in shape[1:]:
-        raise ctx.fail("only assignments to the same positions of every sample of a batch-first tensor are "
-                       "supported.")
-    positions = _per_sample_positions(ctx, indices.probe)
-    if positions.shape[1] == 0:
-        raise ctx.fail("assigning whole samples is not supported.")
-    inner, tail = shape[1:1 + positions.shape[1]], list(shape[1 + positions.shape[1]:])
+    if isinstance(indices, Dynamic) and shape[0] is None:
+        lead, positions = 1, _per_sample_positions(ctx, indices.probe)
+    elif isinstance(indices, np.ndarray):
+        lead, positions = 0, indices.reshape(-1, indices.shape[-1])
+    else:
+        raise ctx.fail("indices computed from the data are not supported.")
+    inner, tail = shape[lead:lead + positions.shape[1]], list(shape[lead + positions.shape[1]:])
+    if not isinstance(data, Tensor) or not isinstance(updates, Tensor) or not positions.shape[1] or \
+            None in inner or sum(d is None for d in tail) != 1 - lead:
+        raise ctx.fail("only assignments to the same positions of every sample are supported.")
     size = int(np.prod(inner))
-    flat = np.ravel_multi_index(tuple((positions % np.array(inner)).T), inner) if len(positions) else []
-    source = np.arange(size)
-    source[flat] = size + np.arange(len(positions))  # the last update of a position wins
-    updates = ctx.data(2)
-    if not isinstance(updates, Tensor):
-        raise ctx.fail("constant updates without a batch axis are not supported.")
-    merged = ops.concatenate([ops.reshape(ctx.to_perm(data, layout.identity(data.rank)), [-1, size, *tail]),
+    source = np.arange(size)  # where each position's value comes from; the last update of a position wins
+    source[np.ravel_multi_index(tuple((positions % np.array(inner)).T), inner)] = size + np.arange(len(positions))
+    rest = [-1 if d is None else d for d in tail]
+    merged = ops.concatenate([ops.reshape(ctx.to_perm(data, layout.identity(data.rank)), [-1] * lead + [size, *rest]),
                               ops.reshape(ctx.to_perm(updates, layout.identity(updates.rank)),
-                                          [-1, len(positions), *tail])], axis=1)
-    ctx.set(ops.reshape(ops.take(merged, source, axis=1), [-1, *shape[1:]]), layout.identity(len(shape)))
+                                          [-1] * lead + [len(positions), *rest])], axis=lead)
+    result = ops.reshape(ops.take(merged, source, axis=lead), [-1 if d is None else d for d in shape])
+    ctx.set(result, layout.identity(len(shape)))
 
 
 def _per_sample_positions(ctx, probes) -> np.ndarray:
