@@ -116,8 +116,9 @@ class AttentionGRUNet(nn.Module):
 
 class TokenPoolNet(nn.Module):
     """A token classifier as users write them from ids alone: nn.EmbeddingBag (padding_idx, max) beside a
-    causal transformer layer, and the hidden state of each sequence's last token before the first pad taken
-    GPT-style (argmax of ids == 0, then h[torch.arange(N), position])."""
+    causal transformer layer whose padding mask always keeps the first token (an in-place assignment), and
+    the hidden state of each sequence's last token before the first pad taken GPT-style (argmax of
+    ids == 0, then h[torch.arange(N), position])."""
 
     def __init__(self, vocab: int = 12, d: int = 16, num_classes: int = 3):
         super().__init__()
@@ -128,25 +129,29 @@ class TokenPoolNet(nn.Module):
 
     def forward(self, ids):
         steps = ids.shape[1]
+        keep = ids != 0
+        keep[:, 0] = True
         h = self.layer(self.embed(ids), src_mask=nn.Transformer.generate_square_subsequent_mask(steps),
-                       is_causal=True)
+                       src_key_padding_mask=~keep)
         last = (torch.eq(ids, 0).int().argmax(-1) - 1) % steps  # no pad: the last step
         return self.head(torch.cat([h[torch.arange(ids.shape[0]), last], self.bag(ids)], 1))
 
 
 class PatchNet(nn.Module):
-    """PatchTST-style on italy_power: per-series normalisation, patches by x.unfold(-1, ...), a linear patch
-    embedding, and the position of each patch's peak (torch.max's indices) as a feature."""
+    """PatchTST-style on italy_power: per-series normalisation, patches by x.unfold(-1, ...) of the series
+    and its torch.diff, a linear patch embedding, and the position of each raw patch's peak (torch.max's
+    indices, of the input itself: an index of nearly tied computed values may differ between runtimes)."""
 
     def __init__(self, num_classes: int = 2, d: int = 8):
         super().__init__()
-        self.embed = nn.Linear(6, d)
+        self.embed = nn.Linear(12, d)
         self.head = nn.Linear(7 * (d + 1), num_classes)
 
     def forward(self, x):
+        peak = torch.max(x.unfold(-1, 6, 3), dim=-1)[1].transpose(1, 2).float() / 6  # [N, 7, 1]
         x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
-        patches = x.unfold(-1, 6, 3).squeeze(1)  # [N, 7, 6]
-        peak = torch.max(patches, dim=-1)[1].unsqueeze(-1).float() / 6
+        x = torch.cat([x, torch.diff(x, dim=-1, prepend=x[..., :1])], 1)
+        patches = x.unfold(-1, 6, 3).transpose(1, 2).flatten(2)  # [N, 7, 12]
         return self.head(torch.cat([F.gelu(self.embed(patches)), peak], -1).flatten(1))
 
 
