@@ -200,12 +200,15 @@ class PackedGRU(nn.Module):
     lambda x: F.embedding_bag((x[:, 0].abs() * 3).long().clamp(max=7), torch.eye(8), mode="mean", padding_idx=0),
     lambda x: x.masked_fill(torch.eye(x.shape[1], x.shape[2], dtype=torch.bool), 0.0),
     lambda x: torch.diff(x, n=2, dim=1, prepend=x[:, :1]) + torch.diff(x[:, 1:] > 0, dim=1, append=x[:, :1] > 0),
-], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff"])
+    lambda x: F.scaled_dot_product_attention(x.view(-1, 5, 4, 4).transpose(1, 2),
+                                             *(x[..., :8].reshape(-1, 5, 2, 4).transpose(1, 2),) * 2, enable_gqa=True),
+], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
     rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
-    EyeLike onnxruntime has no kernel for), torch.diff (no symbolic)."""
+    EyeLike onnxruntime has no kernel for), torch.diff (no symbolic), scaled_dot_product_attention with
+    enable_gqa (refused)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx
@@ -215,7 +218,7 @@ def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
             return function(x)
 
     x = torch.randn(3, 5, 16)
-    export_onnx(Net().eval(), (x[:1],), tmp_path / "m.onnx", 13)
+    export_onnx(Net().eval(), (x[:1],), tmp_path / "m.onnx", 14)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert "Loop" not in {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], function(x).numpy(), atol=1e-6)

@@ -161,6 +161,34 @@ def _diff(g, x, n, dim, prepend, append):
     return x
 
 
+def _attention(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``F.scaled_dot_product_attention(..., enable_gqa=True)`` (grouped-query attention), which the exporter
+    refuses: the key and value heads repeated up to the query's (as PyTorch does, ``repeat_interleave`` on
+    dim -3), then its own symbolic."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset14
+
+    if symbolic_helper._maybe_get_const(enable_gqa, "b") is True:
+        key, value = (_repeat_heads(g, v, query) for v in (key, value))
+    return symbolic_opset14.scaled_dot_product_attention(g, query, key, value, attn_mask, dropout_p, is_causal,
+                                                         scale, False)
+
+
+def _repeat_heads(g, x, query):
+    """``x.repeat_interleave(heads // kv_heads, dim=-3)``, the sizes read from the graph's shapes."""
+    from torch.onnx import symbolic_helper
+
+    def part(shape, start, end):
+        return symbolic_helper._slice_helper(g, shape, axes=[0], starts=[start], ends=[end])
+    shape = g.op("Shape", x)
+    lead, kv_heads, tail = part(shape, 0, -3), part(shape, -3, -2), part(shape, -2, 2**62)
+    heads = part(g.op("Shape", query), -3, -2)
+    groups = g.op("Div", heads, kv_heads)
+    repeated = g.op("Expand", symbolic_helper._unsqueeze_helper(g, x, [-3]),
+                    g.op("Concat", lead, kv_heads, groups, tail, axis_i=0))  # [..., kv_heads, groups, T, d]
+    return g.op("Reshape", repeated, g.op("Concat", lead, heads, tail, axis_i=0))
+
+
 def _adaptive_pool(kind: str, rank: int):
     """``aten::adaptive_{avg,max}_pool{rank}d``. The exporter's symbolic refuses an output size that does not
     divide the input size (``nn.AdaptiveMaxPool1d(5)`` over 22 steps); PyTorch's bins are then
@@ -205,6 +233,8 @@ def _register_symbolics() -> None:
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
             torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
             torch.onnx.register_custom_op_symbolic("aten::diff", _diff, opset)
+            if opset >= 14:  # below, the exporter's refusal names the opset to raise to
+                torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", _attention, opset)
             for kind, rank in itertools.product(("avg", "max"), (1, 2, 3)):
                 torch.onnx.register_custom_op_symbolic(f"aten::adaptive_{kind}_pool{rank}d",
                                                        _adaptive_pool(kind, rank), opset)
