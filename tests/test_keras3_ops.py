@@ -166,6 +166,8 @@ CASES = {
     "adaptive_pool2d_uneven_bins": (conv_then(lambda x: F.adaptive_max_pool2d(x, (3, 4)) + F.adaptive_avg_pool2d(
         x, (3, 4))), IMAGE, 13),
     "scatter_assignments_per_sample": (Lambda(assign_in_place), SEQ, 13),
+    "ascending_sort_and_median": (Lambda(lambda x: torch.sort(x, dim=1)[0][:, :3] + torch.argsort(x.round(), 2)[
+        :, :3] + x.median(dim=1, keepdim=True).values), SEQ, 13),
     "sdpa_grouped_query_heads": (Lambda(lambda x, q: F.scaled_dot_product_attention(
         q(x).view(-1, 7, 4, 2).transpose(1, 2), *(x[..., :4].reshape(-1, 7, 2, 2).transpose(1, 2),) * 2,
         is_causal=True, enable_gqa=True).transpose(1, 2).flatten(2), nn.Linear(5, 8)), SEQ, 14),

@@ -136,10 +136,13 @@ def top_k(ctx):
     x = ctx.tensor(0)
     k = int(np.asarray(ctx.const(1)).reshape(-1)[0])
     axis = int(ctx.attr("axis", -1)) % x.rank
-    if not ctx.attr("largest", 1):
-        raise ctx.fail("TopK with largest=0 is not supported.")
     moved = [p for p in x.perm if p != axis] + [axis]  # keras' top_k works on the last axis
-    values, indices = ops.top_k(ctx.to_perm(x, moved), k, sorted=True)
-    ctx.set(values, moved, 0)
+    stored = ctx.to_perm(x, moved)
+    largest = bool(ctx.attr("largest", 1))
+    if not largest and "float" not in str(stored.dtype):
+        raise ctx.fail("TopK with largest=0 (an ascending sort) of integers is not supported.")
+    # The smallest k are the largest of -x (ties keep the lower index first, as ONNX asks, either way).
+    values, indices = ops.top_k(stored if largest else ops.negative(stored), k, sorted=True)
+    ctx.set(values if largest else ops.negative(values), moved, 0)
     if ctx.output_used(1):
         ctx.set(ops.cast(indices, "int64"), moved, 1)
