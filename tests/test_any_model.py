@@ -202,13 +202,15 @@ class PackedGRU(nn.Module):
     lambda x: torch.diff(x, n=2, dim=1, prepend=x[:, :1]) + torch.diff(x[:, 1:] > 0, dim=1, append=x[:, :1] > 0),
     lambda x: F.scaled_dot_product_attention(x.view(-1, 5, 4, 4).transpose(1, 2),
                                              *(x[..., :8].reshape(-1, 5, 2, 4).transpose(1, 2),) * 2, enable_gqa=True),
-], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention"])
+    lambda x: x.median(dim=1, keepdim=True).values + torch.median(x, -1)[0].unsqueeze(-1),
+], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
+        "median"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
     rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
-    EyeLike onnxruntime has no kernel for), torch.diff (no symbolic), scaled_dot_product_attention with
-    enable_gqa (refused)."""
+    EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
+    scaled_dot_product_attention with enable_gqa (refused)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx

@@ -189,6 +189,24 @@ def _repeat_heads(g, x, query):
     return g.op("Reshape", repeated, g.op("Concat", lead, heads, tail, axis_i=0))
 
 
+def _median(g, x, dim=None, keepdim=None):
+    """``torch.median`` (no symbolic): the ``(n - 1) // 2``-th smallest value (PyTorch's lower median) as the
+    last of an ascending TopK; ``median(dim)`` also returns its index (on ties PyTorch may name another)."""
+    from torch.onnx import symbolic_helper
+
+    if dim is None:  # of the whole tensor, batch included: not a per-sample value
+        return symbolic_helper._unimplemented("median", "a median over the batch (give dim=...)", x)
+    dim, keep = symbolic_helper._get_const(dim, "i", "dim"), symbolic_helper._get_const(keepdim, "b", "keepdim")
+    size = symbolic_helper._get_tensor_sizes(x)[dim]
+    if size is None:
+        return symbolic_helper._unimplemented("median", "a median along an axis of unknown size", x)
+    k = size // 2 + size % 2  # (size - 1) // 2 + 1
+    values, indices = g.op("TopK", x, g.op("Constant", value_t=torch.tensor([k])), axis_i=dim, largest_i=0,
+                           sorted_i=1, outputs=2)
+    picked = [symbolic_helper._slice_helper(g, v, axes=[dim], starts=[k - 1], ends=[k]) for v in (values, indices)]
+    return tuple(picked) if keep else tuple(symbolic_helper._squeeze_helper(g, v, [dim]) for v in picked)
+
+
 def _adaptive_pool(kind: str, rank: int):
     """``aten::adaptive_{avg,max}_pool{rank}d``. The exporter's symbolic refuses an output size that does not
     divide the input size (``nn.AdaptiveMaxPool1d(5)`` over 22 steps); PyTorch's bins are then
@@ -233,6 +251,7 @@ def _register_symbolics() -> None:
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
             torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
             torch.onnx.register_custom_op_symbolic("aten::diff", _diff, opset)
+            torch.onnx.register_custom_op_symbolic("aten::median", _median, opset)
             if opset >= 14:  # below, the exporter's refusal names the opset to raise to
                 torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", _attention, opset)
             for kind, rank in itertools.product(("avg", "max"), (1, 2, 3)):
