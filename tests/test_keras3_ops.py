@@ -166,6 +166,10 @@ CASES = {
     "adaptive_pool2d_uneven_bins": (conv_then(lambda x: F.adaptive_max_pool2d(x, (3, 4)) + F.adaptive_avg_pool2d(
         x, (3, 4))), IMAGE, 13),
     "scatter_assignments_per_sample": (Lambda(assign_in_place), SEQ, 13),
+    "scatter_top_k_mask_and_scatter_add": (Lambda(lambda x: x * torch.zeros_like(x).scatter_(
+        -1, x.topk(2, dim=-1).indices, 1.0) + torch.ones(x.shape[0], 7, 5).scatter_add(
+        1, (x[:, :2].abs() * 3).long().clamp(max=6), x[:, 2:4]) + torch.zeros(x.shape[0], 7, 5).scatter(
+        1, (x[:, 4:6].abs() * 2).long().clamp(max=6), x[:, :2])), SEQ, 16),
     "ascending_sort_and_median": (Lambda(lambda x: torch.sort(x, dim=1)[0][:, :3] + torch.argsort(x.round(), 2)[
         :, :3] + x.median(dim=1, keepdim=True).values), SEQ, 13),
     "sdpa_grouped_query_heads": (Lambda(lambda x, q: F.scaled_dot_product_attention(

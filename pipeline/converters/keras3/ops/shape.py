@@ -122,7 +122,7 @@ def slice_op(ctx):
         starts, ends = ctx.attr("starts"), ctx.attr("ends")
         axes, steps = ctx.attr("axes", list(range(len(starts)))), [1] * len(starts)
     else:
-        starts, ends = ctx.const(1), ctx.const(2)
+        starts, ends = _slice_bound(ctx, 1), _slice_bound(ctx, 2)
         axes = ctx.const(3, np.arange(len(starts)))
         steps = ctx.const(4, np.ones(len(starts), np.int64))
     index = [slice(None)] * x.rank
@@ -131,6 +131,24 @@ def slice_op(ctx):
         axis = int(axis) % x.rank
         index[x.keras_axis(axis)] = _python_slice(ctx, int(start), int(end), int(step), shape[axis])
     ctx.set(x.keras[tuple(index)], x.perm)
+
+
+def _slice_bound(ctx, index: int) -> np.ndarray:
+    """A Slice's starts or ends; one read off a shape (``x[:, :, :y.shape[2]]``, scatter_add's updates cut
+    to its indices) may follow the batch size only where it is an axis' full size: that is read as "to the
+    end"."""
+    value = ctx.value(index)
+    if not isinstance(value, Dynamic):
+        return ctx.const(index)
+    (a, b), axes = value.probe, ctx.const(3, np.arange(np.size(value.probe[0])))
+    shapes = [v.shape for v in ctx.c.probe.values[ctx.input_names[0]]]
+    bound = np.array(a, dtype=np.int64)
+    for i, axis in enumerate(np.atleast_1d(axes)):
+        if a[i] != b[i]:
+            if index != 2 or (a[i], b[i]) != (shapes[0][axis], shapes[1][axis]):
+                raise ctx.fail(f"input {index} ({ctx.input_names[index]}) must be a constant here.")
+            bound[i] = INT_MAX
+    return bound
 
 
 def _python_slice(ctx, start: int, end: int, step: int, size) -> slice:
@@ -396,3 +414,42 @@ def _per_sample_positions(ctx, probes) -> np.ndarray:
             raise ctx.fail("the scatter positions change with the batch size.")
         found = rows[0, :, 1:]
     return found
+
+
+@op("ScatterElements", "Scatter")
+def scatter_elements(ctx):
+    """``torch.scatter``/``scatter_add`` (a top-k mask ``zeros_like(s).scatter_(-1, s.topk(k).indices, 1)``)
+    with indices from the data, through a one-hot of the indices along the axis (no scatter kernel): the
+    sum of the updates a position gets (reduction add), or the last one (none, as onnxruntime does).
+    Indices that cover only part of the other axes are refused."""
+    from keras import ops
+
+    data, indices, updates = ctx.data(0), ctx.data(1), ctx.data(2)
+    shape, index_shape = ctx.in_shape(0), ctx.in_shape(1)
+    axis = int(ctx.attr("axis", 0)) % len(shape)
+    reduction = ctx.attr("reduction", "none")
+    if not isinstance(data, Tensor) or reduction not in ("none", "add") or shape[axis] is None or \
+            any(index_shape[d] != shape[d] for d in range(len(shape)) if d != axis):
+        raise ctx.fail("only scatters (none or add) along a static axis, with indices as wide as the data on "
+                       "the other axes, are supported.")
+    size, dtype = shape[axis], str(data.keras.dtype)
+    if isinstance(indices, Tensor):
+        index = ops.cast(ctx.to_perm(indices, layout.identity(indices.rank)), "int32")
+        one = ops.one_hot(ops.where(index < 0, index + size, index), size, dtype="float32")
+    else:
+        one = np.eye(size, dtype=np.float32)[np.where(indices < 0, indices + size, indices)]
+    values = ctx.to_perm(updates, layout.identity(updates.rank)) if isinstance(updates, Tensor) else updates
+    x = ctx.to_perm(data, layout.identity(data.rank))
+    if reduction == "add":
+        work = "float32" if dtype in ("bool", "float16", "bfloat16") else dtype
+        total = ops.sum(ops.cast(one, work) * ops.expand_dims(ops.cast(values, work), -1), axis=axis)
+        ctx.set(ops.cast(ops.cast(x, work) + ops.moveaxis(total, -1, axis), dtype), layout.identity(len(shape)))
+        return
+    # Per position, 1 + the last index along the axis that writes it (0: none does).
+    order = np.arange(1, index_shape[axis] + 1, dtype=np.float32).reshape(
+        [-1 if d == axis else 1 for d in range(len(shape))] + [1])
+    last = ops.moveaxis(ops.max(one * order, axis=axis), -1, axis)
+    source = ops.cast(ops.maximum(last - 1.0, 0.0), "int32")
+    taken = ops.take_along_axis(ops.cast(values, dtype) if isinstance(values, np.ndarray) else values, source,
+                                axis=axis)
+    ctx.set(ops.where(last > 0, taken, x), layout.identity(len(shape)))
