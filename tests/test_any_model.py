@@ -226,6 +226,26 @@ def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], function(x).numpy(), atol=1e-6)
 
 
+def test_scatter_add_raises_the_opset_to_sum_repeated_indices(tmp_path):
+    """Below opset 16 the exporter's scatter_add keeps one update of a repeated index (no ScatterElements
+    reduction): the export goes to 16, where the sums are PyTorch's."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    from pipeline.stages.export import write_with_opset
+
+    class Counts(nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 4).scatter_add(1, (x.abs() * 2).long().clamp(max=3), x)
+
+    x = torch.randn(5, 12)
+    ctx = SimpleNamespace(onnx_path=tmp_path / "model.onnx")
+    assert write_with_opset(Counts().eval(), (x[:1],), ["input"], ["output"], ctx, 13) == 16
+    session = ort.InferenceSession(str(ctx.onnx_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], Counts()(x).numpy(), atol=1e-5)
+
+
 def test_a_packed_sequence_is_refused_by_name_at_export(tmp_path):
     from types import SimpleNamespace
 

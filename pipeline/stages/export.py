@@ -207,6 +207,13 @@ def _median(g, x, dim=None, keepdim=None):
     return tuple(picked) if keep else tuple(symbolic_helper._squeeze_helper(g, v, [dim]) for v in picked)
 
 
+def _scatter_add_below_16(g, *args):
+    """Below opset 16 the exporter writes ``scatter_add`` as a plain scatter into zeros plus the input, which
+    keeps one of the updates of a repeated index instead of their sum: raise the opset (the message names it)."""
+    raise RuntimeError("scatter_add sums the updates of repeated indices: ScatterElements' reduction='add' was "
+                       "added in version 16")
+
+
 def _adaptive_pool(kind: str, rank: int):
     """``aten::adaptive_{avg,max}_pool{rank}d``. The exporter's symbolic refuses an output size that does not
     divide the input size (``nn.AdaptiveMaxPool1d(5)`` over 22 steps); PyTorch's bins are then
@@ -252,6 +259,8 @@ def _register_symbolics() -> None:
             torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
             torch.onnx.register_custom_op_symbolic("aten::diff", _diff, opset)
             torch.onnx.register_custom_op_symbolic("aten::median", _median, opset)
+            if opset < 16:
+                torch.onnx.register_custom_op_symbolic("aten::scatter_add", _scatter_add_below_16, opset)
             if opset >= 14:  # below, the exporter's refusal names the opset to raise to
                 torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", _attention, opset)
             for kind, rank in itertools.product(("avg", "max"), (1, 2, 3)):
