@@ -195,6 +195,9 @@ class PackedGRU(nn.Module):
         return self.gru(packed)[1][-1]
 
 
+PROJECTED_LSTM = nn.LSTM(16, 6, 2, proj_size=3, bidirectional=True, batch_first=True).requires_grad_(False)
+
+
 @pytest.mark.parametrize("function", [
     lambda x: x.unfold(-1, 4, 4), lambda x: x.unfold(-2, 3, 2),
     lambda x: F.embedding_bag((x[:, 0].abs() * 3).long().clamp(max=7), torch.eye(8), mode="mean", padding_idx=0),
@@ -203,14 +206,16 @@ class PackedGRU(nn.Module):
     lambda x: F.scaled_dot_product_attention(x.view(-1, 5, 4, 4).transpose(1, 2),
                                              *(x[..., :8].reshape(-1, 5, 2, 4).transpose(1, 2),) * 2, enable_gqa=True),
     lambda x: x.median(dim=1, keepdim=True).values + torch.median(x, -1)[0].unsqueeze(-1),
+    lambda x: torch.cat([PROJECTED_LSTM(x)[0].flatten(1),
+                         *(state.transpose(0, 1).flatten(1) for state in PROJECTED_LSTM(x)[1])], 1),
 ], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
-        "median"])
+        "median", "lstm_proj_size"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
     rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
     EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
-    scaled_dot_product_attention with enable_gqa (refused)."""
+    scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx

@@ -175,6 +175,8 @@ CASES = {
     "sdpa_grouped_query_heads": (Lambda(lambda x, q: F.scaled_dot_product_attention(
         q(x).view(-1, 7, 4, 2).transpose(1, 2), *(x[..., :4].reshape(-1, 7, 2, 2).transpose(1, 2),) * 2,
         is_causal=True, enable_gqa=True).transpose(1, 2).flatten(2), nn.Linear(5, 8)), SEQ, 14),
+    "lstm_projections_bidirectional": (Lambda(lambda x, m: m(x)[0], nn.LSTM(5, 4, 2, proj_size=2, batch_first=True,
+                                                                         bidirectional=True)), SEQ, 13),
     "embedding_bag_rows_padding_max": (Lambda(lambda x, b: b((x[..., 0].abs() * 4).long().clamp(max=9)),
                                               nn.EmbeddingBag(10, 4, mode="max", padding_idx=0)), SEQ, 13),
 }

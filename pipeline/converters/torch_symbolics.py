@@ -5,7 +5,7 @@ swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none
 ``scaled_dot_product_attention`` (refused), ``scatter_add`` below opset 16 (a graph that loses repeated
 indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
-no converter takes, refused with a ``padding_idx``).
+no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
 """
 import contextlib
 import itertools
@@ -31,12 +31,57 @@ def register(opset: int) -> None:
 
 @contextlib.contextmanager
 def decompositions():
-    """While exporting, ``F.embedding_bag`` traces as ``_embedding_bag_fixed_bags``."""
+    """While exporting, ``F.embedding_bag`` traces as ``_embedding_bag_fixed_bags`` and an ``nn.LSTM`` with
+    ``proj_size`` as ``_projected_lstm``."""
     torch.nn.functional.embedding_bag = _embedding_bag_fixed_bags
+    torch.nn.LSTM.forward = _lstm_forward
     try:
         yield
     finally:
         torch.nn.functional.embedding_bag = _embedding_bag
+        torch.nn.LSTM.forward = _LSTM_FORWARD
+
+
+_LSTM_FORWARD = torch.nn.LSTM.forward  # PyTorch's own
+
+
+def _lstm_forward(self, input, hx=None):
+    if self.proj_size > 0 and isinstance(input, torch.Tensor) and input.dim() == 3:
+        return _projected_lstm(self, input, hx)
+    return _LSTM_FORWARD(self, input, hx)
+
+
+def _projected_lstm(lstm, x, hx):
+    """``nn.LSTM(proj_size=P)`` (the exporter refuses "LSTMs with projections") as its equations, step by
+    step: ``h = (o * tanh(c)) @ W_hr^T``. The unrolled MatMuls convert to every target."""
+    from torch.nn import functional as F
+
+    directions, steps = 2 if lstm.bidirectional else 1, x.shape[1 if lstm.batch_first else 0]
+    sequence = x.transpose(0, 1) if lstm.batch_first else x  # [T, N, F]
+    if hx is None:
+        hx = (sequence.new_zeros(lstm.num_layers * directions, sequence.shape[1], lstm.proj_size),
+              sequence.new_zeros(lstm.num_layers * directions, sequence.shape[1], lstm.hidden_size))
+    finals_h, finals_c = [], []
+    for layer in range(lstm.num_layers):
+        outputs = []
+        for direction in range(directions):
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            weights = [getattr(lstm, f"{name}{suffix}", None) for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                                            "bias_hh", "weight_hr")]
+            h, c = hx[0][layer * directions + direction], hx[1][layer * directions + direction]
+            out = [None] * steps
+            for t in reversed(range(steps)) if direction else range(steps):
+                gates = F.linear(sequence[t], weights[0], weights[2]) + F.linear(h, weights[1], weights[3])
+                i, f, g, o = gates.chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = F.linear(torch.sigmoid(o) * torch.tanh(c), weights[4])
+                out[t] = h
+            outputs.append(torch.stack(out))
+            finals_h.append(h)
+            finals_c.append(c)
+        sequence = torch.cat(outputs, -1)  # dropout between layers: none in eval
+    output = sequence.transpose(0, 1) if lstm.batch_first else sequence
+    return output, (torch.stack(finals_h), torch.stack(finals_c))
 
 
 def _unfold(g, x, dimension, size, step):
