@@ -7,6 +7,7 @@ on composed configs (one TensorFlow start-up for the whole module).
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,12 +114,57 @@ class AttentionGRUNet(nn.Module):
         return self.head((weights.unsqueeze(-1) * h).sum(1)), weights
 
 
+class TokenPoolNet(nn.Module):
+    """A token classifier as users write them from ids alone: nn.EmbeddingBag (padding_idx, max) beside a
+    causal transformer layer whose padding mask always keeps the first token (an in-place assignment), and
+    the hidden state of each sequence's last token before the first pad taken GPT-style (argmax of
+    ids == 0, then h[torch.arange(N), position])."""
+
+    def __init__(self, vocab: int = 12, d: int = 16, num_classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.bag = nn.EmbeddingBag(vocab, d, mode="max", padding_idx=0)
+        self.layer = nn.TransformerEncoderLayer(d, 2, 32, batch_first=True, norm_first=True)
+        self.head = nn.Linear(2 * d, num_classes)
+
+    def forward(self, ids):
+        steps = ids.shape[1]
+        keep = ids != 0
+        keep[:, 0] = True
+        h = self.layer(self.embed(ids), src_mask=nn.Transformer.generate_square_subsequent_mask(steps),
+                       src_key_padding_mask=~keep)
+        last = (torch.eq(ids, 0).int().argmax(-1) - 1) % steps  # no pad: the last step
+        return self.head(torch.cat([h[torch.arange(ids.shape[0]), last], self.bag(ids)], 1))
+
+
+class PatchNet(nn.Module):
+    """PatchTST-style on italy_power: per-series normalisation, patches by x.unfold(-1, ...) of the series
+    and its torch.diff, a linear patch embedding, and the position of each raw patch's peak (torch.max's
+    indices, of the input itself: an index of nearly tied computed values may differ between runtimes)."""
+
+    def __init__(self, num_classes: int = 2, d: int = 8):
+        super().__init__()
+        self.embed = nn.Linear(12, d)
+        self.head = nn.Linear(7 * (d + 1), num_classes)
+
+    def forward(self, x):
+        peak = torch.max(x.unfold(-1, 6, 3), dim=-1)[1].transpose(1, 2).float() / 6  # [N, 7, 1]
+        x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
+        x = torch.cat([x, torch.diff(x, dim=-1, prepend=x[..., :1])], 1)
+        patches = x.unfold(-1, 6, 3).transpose(1, 2).flatten(2)  # [N, 7, 12]
+        return self.head(torch.cat([F.gelu(self.embed(patches)), peak], -1).flatten(1))
+
+
+IDS = "{ids: {shape: [10], distribution: integers, high: 12}}"
 USER_MODELS = {
     "ResidualNet": ("mnist", (mnist_root_override(), *SHORT)),
     "MobileNet": ("mnist", (mnist_root_override(), *SHORT)),
     "GRUNet": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
     "TinyTransformer": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
     "AttentionGRUNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
+    "TokenPoolNet": ("synthetic", (f"dataset.inputs={IDS}", "dataset.samples=64", "model.weights=init",
+                                   "stages=[export,check,convert,parity]")),
+    "PatchNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
 }
 
 
@@ -147,6 +193,62 @@ class PackedGRU(nn.Module):
         lengths = torch.full((x.shape[0],), x.shape[2], dtype=torch.int64)
         packed = nn.utils.rnn.pack_padded_sequence(x.transpose(1, 2), lengths, batch_first=True)
         return self.gru(packed)[1][-1]
+
+
+PROJECTED_LSTM = nn.LSTM(16, 6, 2, proj_size=3, bidirectional=True, batch_first=True).requires_grad_(False)
+
+
+@pytest.mark.parametrize("function", [
+    lambda x: x.unfold(-1, 4, 4), lambda x: x.unfold(-2, 3, 2),
+    lambda x: F.embedding_bag((x[:, 0].abs() * 3).long().clamp(max=7), torch.eye(8), mode="mean", padding_idx=0),
+    lambda x: x.masked_fill(torch.eye(x.shape[1], x.shape[2], dtype=torch.bool), 0.0),
+    lambda x: torch.diff(x, n=2, dim=1, prepend=x[:, :1]) + torch.diff(x[:, 1:] > 0, dim=1, append=x[:, :1] > 0),
+    lambda x: F.scaled_dot_product_attention(x.view(-1, 5, 4, 4).transpose(1, 2),
+                                             *(x[..., :8].reshape(-1, 5, 2, 4).transpose(1, 2),) * 2, enable_gqa=True),
+    lambda x: x.median(dim=1, keepdim=True).values + torch.median(x, -1)[0].unsqueeze(-1),
+    lambda x: torch.cat([PROJECTED_LSTM(x)[0].flatten(1),
+                         *(state.transpose(0, 1).flatten(1) for state in PROJECTED_LSTM(x)[1])], 1),
+], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
+        "median", "lstm_proj_size"])
+def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
+    """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
+    unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
+    rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
+    EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
+    scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused)."""
+    import onnxruntime as ort
+
+    from pipeline.stages.export import export_onnx
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return function(x)
+
+    x = torch.randn(3, 5, 16)
+    export_onnx(Net().eval(), (x[:1],), tmp_path / "m.onnx", 14)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert "Loop" not in {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], function(x).numpy(), atol=1e-6)
+
+
+def test_scatter_add_raises_the_opset_to_sum_repeated_indices(tmp_path):
+    """Below opset 16 the exporter's scatter_add keeps one update of a repeated index (no ScatterElements
+    reduction): the export goes to 16, where the sums are PyTorch's."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    from pipeline.stages.export import write_with_opset
+
+    class Counts(nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 4).scatter_add(1, (x.abs() * 2).long().clamp(max=3), x)
+
+    x = torch.randn(5, 12)
+    ctx = SimpleNamespace(onnx_path=tmp_path / "model.onnx")
+    assert write_with_opset(Counts().eval(), (x[:1],), ["input"], ["output"], ctx, 13) == 16
+    session = ort.InferenceSession(str(ctx.onnx_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], Counts()(x).numpy(), atol=1e-5)
 
 
 def test_a_packed_sequence_is_refused_by_name_at_export(tmp_path):

@@ -31,6 +31,23 @@ def conv_then(function, channels=6):
     return Lambda(lambda x, conv: function(conv(x)), nn.Conv2d(3, channels, 3, padding=1))
 
 
+def assign_in_place(x):
+    """In-place assignments as sequence code writes them: a step overwritten, a decoder loop filling a
+    preallocated output step by step (batch-first and time-major), a mask's first position forced on."""
+    y = x.clone()
+    y[:, 0] = 1.0
+    y[:, -2, 1:3] = x[:, 1, :2] * 3
+    out = torch.zeros(x.shape[0], 3, 5)
+    for t in range(3):
+        out[:, t] = torch.tanh(y[:, t] + out[:, t - 1])
+    mask = x[..., 0] > 0
+    mask[:, 0] = True
+    time_major = torch.zeros(3, x.shape[0], 5)  # [T, N, F], as seq2seq tutorials fill it: outputs[t] = y
+    for t in range(3):
+        time_major[t] = x[:, t + 1] * 2 + time_major[t - 1]
+    return out + y[:, :3] + mask[:, :3, None].float() + time_major.transpose(0, 1)
+
+
 IMAGE, SEQ, FLAT = (3, 8, 10), (7, 5), (12,)
 CASES = {
     # axis-taking ops on a channels-last tensor
@@ -134,6 +151,34 @@ CASES = {
                                                .transpose(1, 2).flatten(2), nn.Linear(1, 20)), SEQ, 14),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
+    # sequence idioms: the step picked per sample by advanced indexing (torch.arange(N) counts the batch,
+    # negative positions), argmax/argmin of floats with ties, patches by unfold on a negative dimension
+    # (square windows x positions: transposed by the exporter's own symbolic), EmbeddingBag over rows
+    "index_steps_by_batch_arange": (Lambda(lambda x, q: q(x)[torch.arange(x.shape[0]), x[:, :, 0].argmax(1) - 7],
+                                           nn.Linear(5, 4)), SEQ, 13),
+    "max_indices_and_argmin_ties": (Lambda(lambda x: torch.max(x, dim=2)[1].float() + torch.argmin(x.round(), 2)),
+                                    SEQ, 13),
+    "unfold_negative_dim_patches": (Lambda(lambda x, q: q(x.transpose(1, 2).unfold(-1, 3, 2)).flatten(2),
+                                           nn.Linear(3, 2)), SEQ, 13),
+    "adaptive_pools_uneven_bins": (Lambda(lambda x, c: torch.cat([F.adaptive_max_pool1d(c(x), 3),
+                                                                  F.adaptive_avg_pool1d(c(x), 3)], 1),
+                                          nn.Conv1d(7, 4, 2)), SEQ, 13),
+    "adaptive_pool2d_uneven_bins": (conv_then(lambda x: F.adaptive_max_pool2d(x, (3, 4)) + F.adaptive_avg_pool2d(
+        x, (3, 4))), IMAGE, 13),
+    "scatter_assignments_per_sample": (Lambda(assign_in_place), SEQ, 13),
+    "scatter_top_k_mask_and_scatter_add": (Lambda(lambda x: x * torch.zeros_like(x).scatter_(
+        -1, x.topk(2, dim=-1).indices, 1.0) + torch.ones(x.shape[0], 7, 5).scatter_add(
+        1, (x[:, :2].abs() * 3).long().clamp(max=6), x[:, 2:4]) + torch.zeros(x.shape[0], 7, 5).scatter(
+        1, (x[:, 4:6].abs() * 2).long().clamp(max=6), x[:, :2])), SEQ, 16),
+    "ascending_sort_and_median": (Lambda(lambda x: torch.sort(x, dim=1)[0][:, :3] + torch.argsort(x.round(), 2)[
+        :, :3] + x.median(dim=1, keepdim=True).values), SEQ, 13),
+    "sdpa_grouped_query_heads": (Lambda(lambda x, q: F.scaled_dot_product_attention(
+        q(x).view(-1, 7, 4, 2).transpose(1, 2), *(x[..., :4].reshape(-1, 7, 2, 2).transpose(1, 2),) * 2,
+        is_causal=True, enable_gqa=True).transpose(1, 2).flatten(2), nn.Linear(5, 8)), SEQ, 14),
+    "lstm_projections_bidirectional": (Lambda(lambda x, m: m(x)[0], nn.LSTM(5, 4, 2, proj_size=2, batch_first=True,
+                                                                         bidirectional=True)), SEQ, 13),
+    "embedding_bag_rows_padding_max": (Lambda(lambda x, b: b((x[..., 0].abs() * 4).long().clamp(max=9)),
+                                              nn.EmbeddingBag(10, 4, mode="max", padding_idx=0)), SEQ, 13),
 }
 
 

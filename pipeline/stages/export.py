@@ -14,6 +14,7 @@ import torch
 
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
+from pipeline.converters import torch_symbolics
 from pipeline.errors import PipelineError
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
@@ -135,12 +136,14 @@ def _register_symbolics() -> None:
     if not _SYMBOLICS_REGISTERED:
         for opset in range(9, 23):  # one registration per opset; 23 has RMSNormalization of its own
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
+            torch_symbolics.register(opset)
         _SYMBOLICS_REGISTERED = True
 
 
 def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None) -> None:
     """torch.onnx.export (TorchScript). Its TracerWarnings (a branch or a Python number frozen into the
-    graph) go on to the stage's recorder (report.json stages.export.warnings)."""
+    graph) go on to the stage's recorder (report.json stages.export.warnings). Ops the exporter gets wrong
+    or refuses are written by ``pipeline.converters.torch_symbolics``."""
     _register_symbolics()
     args = args if isinstance(args, tuple) else (args,)
     input_names = input_names or [INPUT_NAME]
@@ -152,11 +155,41 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*dynamo=False.*|.*TorchScript-based ONNX export.*")
-        torch.onnx.export(
-            net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,
-            opset_version=int(opset), do_constant_folding=True, dynamo=False,
-        )
+        with torch_symbolics.decompositions():
+            torch.onnx.export(
+                net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,
+                opset_version=int(opset), do_constant_folding=True, dynamo=False,
+            )
     explicit_same_pads(path)
+    eye_like_in_float(path)
+
+
+def eye_like_in_float(path) -> None:
+    """``torch.eye(n, dtype=torch.bool)`` with ``n`` from a shape (a diagonal mask) is exported as a bool
+    ``EyeLike``, which onnxruntime has no kernel for: made in float and cast to bool (the same values)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(node.op_type == "EyeLike" for node in model.graph.node):
+        return
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]})
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "EyeLike" or TensorProto.BOOL not in (attrs.get("dtype"), types.get(node.input[0])):
+            nodes.append(node)
+            continue
+        source, made = f"{node.output[0]}_float_in", f"{node.output[0]}_float"
+        nodes.append(helper.make_node("Cast", [node.input[0]], [source], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("EyeLike", [source], [made], name=node.name, k=int(attrs.get("k", 0)),
+                                      dtype=TensorProto.FLOAT))
+        out_type = attrs.get("dtype", types.get(node.input[0]))
+        nodes.append(helper.make_node("Cast", [made], [node.output[0]], to=int(out_type)))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
 
 
 def explicit_same_pads(path) -> None:

@@ -75,10 +75,27 @@ def materialize(ctx, index: int) -> Tensor:
     if size_a != multiple * n_a or size_b != multiple * n_b:
         raise ctx.fail(f"input {name} depends on the batch size in a way only a fixed batch could express.")
     row = np.take(a, [0], axis=axis)
-    if not (_same_rows(a, row) and _same_rows(b, np.take(b, [0], axis=axis))):
-        raise ctx.fail(f"input {name} varies along the batch axis without depending on the data.")
-    value = ctx.c.batch_ones(shape, dtype=row.dtype.name) * row
-    return Tensor(ops.repeat(value, multiple, axis=axis) if multiple > 1 else value, tuple(range(len(shape))))
+    if _same_rows(a, row) and _same_rows(b, np.take(b, [0], axis=axis)):
+        if row.dtype == bool:  # no multiplication of bools: built in float
+            value = ops.cast(ctx.c.batch_ones(shape) * row.astype(np.float32), "bool")
+        else:
+            value = ctx.c.batch_ones(shape, dtype=row.dtype.name) * row
+        return Tensor(ops.repeat(value, multiple, axis=axis) if multiple > 1 else value, tuple(range(len(shape))))
+    step = np.take(a, [1], axis=axis) - row if a.shape[axis] > 1 else None
+    if multiple == 1 and step is not None and all(_same_rows(v, _counted(row, step, axis, v.shape[axis]))
+                                                  for v in (a, b)):
+        # The batch index counted along the axis (``torch.arange(N)`` for ``x[torch.arange(N), i]``).
+        ones = ctx.c.batch_ones(shape)
+        index = ops.cast(ops.cumsum(ones, axis=axis) - ones, row.dtype.name)
+        return Tensor(index * step + row, tuple(range(len(shape))))
+    raise ctx.fail(f"input {name} varies along the batch axis without depending on the data.")
+
+
+def _counted(row: np.ndarray, step: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``row + i * step`` for ``i`` in 0..size-1 along ``axis``."""
+    shape = [1] * row.ndim
+    shape[axis] = size
+    return row + np.arange(size, dtype=row.dtype).reshape(shape) * step
 
 
 def _same_rows(value: np.ndarray, row: np.ndarray) -> bool:

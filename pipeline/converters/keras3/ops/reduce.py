@@ -47,16 +47,30 @@ def reduce(ctx):
 
 @op("ArgMax", "ArgMin")
 def argmax(ctx):
+    """The first (or, with select_last_index, the last) position of the extreme value. On floats as the
+    argmax of ``x == max(x)`` in int32: Keras' float argmax tells -0.0 from 0.0 with a bitwise op, which
+    TFLite has no kernel for (and ONNX does not tell them apart)."""
     from keras import ops
 
     x = ctx.tensor(0)
-    if ctx.attr("select_last_index", 0):
-        raise ctx.fail("select_last_index=1 is not supported.")
     axis = int(ctx.attr("axis", 0)) % x.rank
+    k = x.keras_axis(axis)
     keep = bool(ctx.attr("keepdims", 1))
-    function = ops.argmax if ctx.op_type == "ArgMax" else ops.argmin
-    result = ops.cast(function(x.keras, axis=x.keras_axis(axis), keepdims=keep), "int64")
-    ctx.set(result, x.perm if keep else _reduced_perm(x.perm, [axis]))
+    extreme = ops.max if ctx.op_type == "ArgMax" else ops.min
+    values, last = x.keras, bool(ctx.attr("select_last_index", 0))
+    if last and values.shape[k] is None:
+        raise ctx.fail("select_last_index=1 along the batch axis is not supported.")
+    if last:  # the first extreme of the reversed axis
+        values = ops.flip(values, axis=k)
+    if "float" in str(values.dtype):
+        values = ops.cast(ops.equal(values, extreme(values, axis=k, keepdims=True)), "int32")
+        function = ops.argmax
+    else:
+        function = ops.argmax if ctx.op_type == "ArgMax" else ops.argmin
+    result = function(values, axis=k, keepdims=keep)
+    if last:
+        result = (values.shape[k] - 1) - result
+    ctx.set(ops.cast(result, "int64"), x.perm if keep else _reduced_perm(x.perm, [axis]))
 
 
 @op("Softmax", "LogSoftmax")
@@ -122,10 +136,13 @@ def top_k(ctx):
     x = ctx.tensor(0)
     k = int(np.asarray(ctx.const(1)).reshape(-1)[0])
     axis = int(ctx.attr("axis", -1)) % x.rank
-    if not ctx.attr("largest", 1):
-        raise ctx.fail("TopK with largest=0 is not supported.")
     moved = [p for p in x.perm if p != axis] + [axis]  # keras' top_k works on the last axis
-    values, indices = ops.top_k(ctx.to_perm(x, moved), k, sorted=True)
-    ctx.set(values, moved, 0)
+    stored = ctx.to_perm(x, moved)
+    largest = bool(ctx.attr("largest", 1))
+    if not largest and "float" not in str(stored.dtype):
+        raise ctx.fail("TopK with largest=0 (an ascending sort) of integers is not supported.")
+    # The smallest k are the largest of -x (ties keep the lower index first, as ONNX asks, either way).
+    values, indices = ops.top_k(stored if largest else ops.negative(stored), k, sorted=True)
+    ctx.set(values if largest else ops.negative(values), moved, 0)
     if ctx.output_used(1):
         ctx.set(ops.cast(indices, "int64"), moved, 1)

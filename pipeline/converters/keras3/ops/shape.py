@@ -2,7 +2,7 @@
 import numpy as np
 
 from pipeline.converters.keras3 import layout
-from pipeline.converters.keras3.layout import Tensor
+from pipeline.converters.keras3.layout import Dynamic, Tensor
 from pipeline.converters.keras3.ops import op
 from pipeline.converters.keras3.ops.common import axis_list, expand_rank, materialize, operands, reference_perm
 
@@ -122,7 +122,7 @@ def slice_op(ctx):
         starts, ends = ctx.attr("starts"), ctx.attr("ends")
         axes, steps = ctx.attr("axes", list(range(len(starts)))), [1] * len(starts)
     else:
-        starts, ends = ctx.const(1), ctx.const(2)
+        starts, ends = _slice_bound(ctx, 1), _slice_bound(ctx, 2)
         axes = ctx.const(3, np.arange(len(starts)))
         steps = ctx.const(4, np.ones(len(starts), np.int64))
     index = [slice(None)] * x.rank
@@ -131,6 +131,24 @@ def slice_op(ctx):
         axis = int(axis) % x.rank
         index[x.keras_axis(axis)] = _python_slice(ctx, int(start), int(end), int(step), shape[axis])
     ctx.set(x.keras[tuple(index)], x.perm)
+
+
+def _slice_bound(ctx, index: int) -> np.ndarray:
+    """A Slice's starts or ends; one read off a shape (``x[:, :, :y.shape[2]]``, scatter_add's updates cut
+    to its indices) may follow the batch size only where it is an axis' full size: that is read as "to the
+    end"."""
+    value = ctx.value(index)
+    if not isinstance(value, Dynamic):
+        return ctx.const(index)
+    (a, b), axes = value.probe, ctx.const(3, np.arange(np.size(value.probe[0])))
+    shapes = [v.shape for v in ctx.c.probe.values[ctx.input_names[0]]]
+    bound = np.array(a, dtype=np.int64)
+    for i, axis in enumerate(np.atleast_1d(axes)):
+        if a[i] != b[i]:
+            if index != 2 or (a[i], b[i]) != (shapes[0][axis], shapes[1][axis]):
+                raise ctx.fail(f"input {index} ({ctx.input_names[index]}) must be a constant here.")
+            bound[i] = INT_MAX
+    return bound
 
 
 def _python_slice(ctx, start: int, end: int, step: int, size) -> slice:
@@ -174,8 +192,31 @@ def gather(ctx):
         # A table lookup (an embedding): the indices keep their layout, the table's axes follow.
         result = ops.take(data, ops.cast(indices.keras, "int32"), axis=0)
         ctx.set(result, list(indices.perm) + list(range(indices.rank, indices.rank + data.ndim - 1)))
+    elif isinstance(data, Tensor) and isinstance(indices, Tensor):
+        # Indices computed from the data (``x[torch.arange(N), lengths - 1]``, a flattened batch x steps axis)
+        axis %= data.rank
+        k = data.keras_axis(axis)
+        index = ops.cast(indices.keras, "int32")
+        index = ops.where(index < 0, index + _axis_size(data.keras, k), index)
+
+        def moved(p):
+            return p if p < axis else p + indices.rank - 1
+        perm = [moved(p) for p in data.perm[:k]] + [axis + p for p in indices.perm] + \
+            [moved(p) for p in data.perm[k + 1:]]
+        ctx.set(ops.take(data.keras, index, axis=k), perm)
     else:
-        raise ctx.fail("gathering with data-dependent indices from data-dependent values is not supported.")
+        raise ctx.fail("gathering from a constant along data-dependent indices of another axis is not supported.")
+
+
+def _axis_size(x, k: int):
+    """The size of axis ``k`` of ``x`` at run time (a batch-sized axis has none in the graph) as an int32."""
+    from keras import ops
+
+    size = x.shape[k]
+    if size is not None:
+        return np.int32(size)
+    one_line = x[tuple(slice(None) if j == k else slice(0, 1) for j in range(len(x.shape)))]
+    return ops.cast(ops.sum(ops.ones_like(one_line, dtype="int32")), "int32")
 
 
 @op("GatherElements")
@@ -323,3 +364,92 @@ def depth_space(ctx):
         y = ops.transpose(ops.reshape(source, [-1, c, h // b, b, w // b, b]), [0, 3, 5, 1, 2, 4])
         result = ops.reshape(y, [-1, c * b * b, h // b, w // b])
     ctx.set(result, layout.identity(4))
+
+
+@op("ScatterND")
+def scatter_nd(ctx):
+    """In-place assignment to the same positions of every sample: ``mask[:, 0] = True`` or a decoder loop's
+    ``outputs[:, t] = y`` (indices ``[n, *position]`` for each sample ``n``, as the probe measures them), or
+    ``outputs[t] = y`` on a time-major tensor (constant indices before the batch axis). Done as a gather
+    from the data and the updates side by side (no scatter kernel)."""
+    from keras import ops
+
+    data, indices, updates = ctx.data(0), ctx.value(1), ctx.data(2)
+    shape = ctx.in_shape(0)
+    if ctx.attr("reduction", "none") != "none":
+        raise ctx.fail(f"reduction={ctx.attr('reduction')!r} is not supported.")
+    if isinstance(indices, Dynamic) and shape[0] is None:
+        lead, positions = 1, _per_sample_positions(ctx, indices.probe)
+    elif isinstance(indices, np.ndarray):
+        lead, positions = 0, indices.reshape(-1, indices.shape[-1])
+    else:
+        raise ctx.fail("indices computed from the data are not supported.")
+    inner, tail = shape[lead:lead + positions.shape[1]], list(shape[lead + positions.shape[1]:])
+    if not isinstance(data, Tensor) or not isinstance(updates, Tensor) or not positions.shape[1] or \
+            None in inner or sum(d is None for d in tail) != 1 - lead:
+        raise ctx.fail("only assignments to the same positions of every sample are supported.")
+    size = int(np.prod(inner))
+    source = np.arange(size)  # where each position's value comes from; the last update of a position wins
+    source[np.ravel_multi_index(tuple((positions % np.array(inner)).T), inner)] = size + np.arange(len(positions))
+    rest = [-1 if d is None else d for d in tail]
+    merged = ops.concatenate([ops.reshape(ctx.to_perm(data, layout.identity(data.rank)), [-1] * lead + [size, *rest]),
+                              ops.reshape(ctx.to_perm(updates, layout.identity(updates.rank)),
+                                          [-1] * lead + [len(positions), *rest])], axis=lead)
+    result = ops.reshape(ops.take(merged, source, axis=lead), [-1 if d is None else d for d in shape])
+    ctx.set(result, layout.identity(len(shape)))
+
+
+def _per_sample_positions(ctx, probes) -> np.ndarray:
+    """The positions (after the batch index) that ScatterND writes in every sample, the same for each sample
+    and at both probe batch sizes; anything else is refused."""
+    found = None
+    for n, index in zip(ctx.c.probe.batches, probes, strict=True):
+        if index.ndim < 2 or index.shape[0] != n or index.shape[-1] < 1:
+            raise ctx.fail("the scatter indices do not enumerate the samples of the batch.")
+        rows = index.reshape(n, -1, index.shape[-1])
+        if not np.array_equal(rows[..., 0], np.broadcast_to(np.arange(n)[:, None], rows.shape[:2])) or \
+                not np.array_equal(rows[..., 1:], np.broadcast_to(rows[:1, :, 1:], rows[..., 1:].shape)):
+            raise ctx.fail("the scatter writes different positions in different samples.")
+        if found is not None and not np.array_equal(found, rows[0, :, 1:]):
+            raise ctx.fail("the scatter positions change with the batch size.")
+        found = rows[0, :, 1:]
+    return found
+
+
+@op("ScatterElements", "Scatter")
+def scatter_elements(ctx):
+    """``torch.scatter``/``scatter_add`` (a top-k mask ``zeros_like(s).scatter_(-1, s.topk(k).indices, 1)``)
+    with indices from the data, through a one-hot of the indices along the axis (no scatter kernel): the
+    sum of the updates a position gets (reduction add), or the last one (none, as onnxruntime does).
+    Indices that cover only part of the other axes are refused."""
+    from keras import ops
+
+    data, indices, updates = ctx.data(0), ctx.data(1), ctx.data(2)
+    shape, index_shape = ctx.in_shape(0), ctx.in_shape(1)
+    axis = int(ctx.attr("axis", 0)) % len(shape)
+    reduction = ctx.attr("reduction", "none")
+    if not isinstance(data, Tensor) or reduction not in ("none", "add") or shape[axis] is None or \
+            any(index_shape[d] != shape[d] for d in range(len(shape)) if d != axis):
+        raise ctx.fail("only scatters (none or add) along a static axis, with indices as wide as the data on "
+                       "the other axes, are supported.")
+    size, dtype = shape[axis], str(data.keras.dtype)
+    if isinstance(indices, Tensor):
+        index = ops.cast(ctx.to_perm(indices, layout.identity(indices.rank)), "int32")
+        one = ops.one_hot(ops.where(index < 0, index + size, index), size, dtype="float32")
+    else:
+        one = np.eye(size, dtype=np.float32)[np.where(indices < 0, indices + size, indices)]
+    values = ctx.to_perm(updates, layout.identity(updates.rank)) if isinstance(updates, Tensor) else updates
+    x = ctx.to_perm(data, layout.identity(data.rank))
+    if reduction == "add":
+        work = "float32" if dtype in ("bool", "float16", "bfloat16") else dtype
+        total = ops.sum(ops.cast(one, work) * ops.expand_dims(ops.cast(values, work), -1), axis=axis)
+        ctx.set(ops.cast(ops.cast(x, work) + ops.moveaxis(total, -1, axis), dtype), layout.identity(len(shape)))
+        return
+    # Per position, 1 + the last index along the axis that writes it (0: none does).
+    order = np.arange(1, index_shape[axis] + 1, dtype=np.float32).reshape(
+        [-1 if d == axis else 1 for d in range(len(shape))] + [1])
+    last = ops.moveaxis(ops.max(one * order, axis=axis), -1, axis)
+    source = ops.cast(ops.maximum(last - 1.0, 0.0), "int32")
+    taken = ops.take_along_axis(ops.cast(values, dtype) if isinstance(values, np.ndarray) else values, source,
+                                axis=axis)
+    ctx.set(ops.where(last > 0, taken, x), layout.identity(len(shape)))

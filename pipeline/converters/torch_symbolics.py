@@ -1,0 +1,228 @@
+"""PyTorch -> ONNX: ops the TorchScript exporter writes wrong or refuses, written for the export stage instead.
+
+Symbolics (registered per opset by ``register``): ``Tensor.unfold`` on a negative dimension (its own symbolic
+swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none), grouped-query
+``scaled_dot_product_attention`` (refused), ``scatter_add`` below opset 16 (a graph that loses repeated
+indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused).
+Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
+no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
+"""
+import contextlib
+import itertools
+
+import torch
+
+_embedding_bag = torch.nn.functional.embedding_bag  # PyTorch's own, put back after each export
+
+
+def register(opset: int) -> None:
+    """Register this module's symbolics for ``opset``."""
+    torch.onnx.register_custom_op_symbolic("aten::unfold", _unfold, opset)
+    torch.onnx.register_custom_op_symbolic("aten::diff", _diff, opset)
+    torch.onnx.register_custom_op_symbolic("aten::median", _median, opset)
+    if opset < 16:
+        torch.onnx.register_custom_op_symbolic("aten::scatter_add", _scatter_add_below_16, opset)
+    if opset >= 14:  # below, the exporter's refusal names the opset to raise to
+        torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", _attention, opset)
+    for kind, rank in itertools.product(("avg", "max"), (1, 2, 3)):
+        torch.onnx.register_custom_op_symbolic(f"aten::adaptive_{kind}_pool{rank}d", _adaptive_pool(kind, rank),
+                                               opset)
+
+
+@contextlib.contextmanager
+def decompositions():
+    """While exporting, ``F.embedding_bag`` traces as ``_embedding_bag_fixed_bags`` and an ``nn.LSTM`` with
+    ``proj_size`` as ``_projected_lstm``."""
+    torch.nn.functional.embedding_bag = _embedding_bag_fixed_bags
+    torch.nn.LSTM.forward = _lstm_forward
+    try:
+        yield
+    finally:
+        torch.nn.functional.embedding_bag = _embedding_bag
+        torch.nn.LSTM.forward = _LSTM_FORWARD
+
+
+_LSTM_FORWARD = torch.nn.LSTM.forward  # PyTorch's own
+
+
+def _lstm_forward(self, input, hx=None):
+    if self.proj_size > 0 and isinstance(input, torch.Tensor) and input.dim() == 3:
+        return _projected_lstm(self, input, hx)
+    return _LSTM_FORWARD(self, input, hx)
+
+
+def _projected_lstm(lstm, x, hx):
+    """``nn.LSTM(proj_size=P)`` (the exporter refuses "LSTMs with projections") as its equations, step by
+    step: ``h = (o * tanh(c)) @ W_hr^T``. The unrolled MatMuls convert to every target."""
+    from torch.nn import functional as F
+
+    directions, steps = 2 if lstm.bidirectional else 1, x.shape[1 if lstm.batch_first else 0]
+    sequence = x.transpose(0, 1) if lstm.batch_first else x  # [T, N, F]
+    if hx is None:
+        hx = (sequence.new_zeros(lstm.num_layers * directions, sequence.shape[1], lstm.proj_size),
+              sequence.new_zeros(lstm.num_layers * directions, sequence.shape[1], lstm.hidden_size))
+    finals_h, finals_c = [], []
+    for layer in range(lstm.num_layers):
+        outputs = []
+        for direction in range(directions):
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            weights = [getattr(lstm, f"{name}{suffix}", None) for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                                            "bias_hh", "weight_hr")]
+            h, c = hx[0][layer * directions + direction], hx[1][layer * directions + direction]
+            out = [None] * steps
+            for t in reversed(range(steps)) if direction else range(steps):
+                gates = F.linear(sequence[t], weights[0], weights[2]) + F.linear(h, weights[1], weights[3])
+                i, f, g, o = gates.chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = F.linear(torch.sigmoid(o) * torch.tanh(c), weights[4])
+                out[t] = h
+            outputs.append(torch.stack(out))
+            finals_h.append(h)
+            finals_c.append(c)
+        sequence = torch.cat(outputs, -1)  # dropout between layers: none in eval
+    output = sequence.transpose(0, 1) if lstm.batch_first else sequence
+    return output, (torch.stack(finals_h), torch.stack(finals_c))
+
+
+def _unfold(g, x, dimension, size, step):
+    """``Tensor.unfold`` with its dimension counted from the front: the exporter's own symbolic places the
+    window axis at ``dimension`` as given, so ``x.unfold(-1, ...)`` (PatchTST's patching) came out with the
+    window and position axes swapped (an invalid graph, or transposed values when both are the same size)."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset9
+
+    dimension = symbolic_helper._get_const(dimension, "i", "dimension")
+    rank = symbolic_helper._get_tensor_rank(x)
+    if dimension < 0 and rank is not None:
+        dimension += rank
+    return symbolic_opset9.unfold(g, x, dimension, symbolic_helper._get_const(size, "i", "size"),
+                                  symbolic_helper._get_const(step, "i", "step"))
+
+
+def _diff(g, x, n, dim, prepend, append):
+    """``torch.diff`` (differences of neighbours, a common series feature), which the exporter has no symbolic
+    for: ``x[1:] - x[:-1]`` along ``dim``, ``n`` times, after ``prepend``/``append`` (``!=`` on bools)."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import _type_utils
+
+    n, dim = symbolic_helper._get_const(n, "i", "n"), symbolic_helper._get_const(dim, "i", "dim")
+    parts = [v for v in (prepend, x, append) if not symbolic_helper._is_none(v)]
+    x = g.op("Concat", *parts, axis_i=dim) if len(parts) > 1 else x
+    boolean = _type_utils.JitScalarType.from_value(x, _type_utils.JitScalarType.UNDEFINED) == \
+        _type_utils.JitScalarType.BOOL
+    for _ in range(n):
+        later = symbolic_helper._slice_helper(g, x, axes=[dim], starts=[1], ends=[2**62])
+        earlier = symbolic_helper._slice_helper(g, x, axes=[dim], starts=[0], ends=[-1])
+        x = g.op("Xor" if boolean else "Sub", later, earlier)
+    return x
+
+
+def _attention(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``F.scaled_dot_product_attention(..., enable_gqa=True)`` (grouped-query attention), which the exporter
+    refuses: the key and value heads repeated up to the query's (as PyTorch does, ``repeat_interleave`` on
+    dim -3), then its own symbolic."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset14
+
+    if symbolic_helper._maybe_get_const(enable_gqa, "b") is True:
+        key, value = (_repeat_heads(g, v, query) for v in (key, value))
+    return symbolic_opset14.scaled_dot_product_attention(g, query, key, value, attn_mask, dropout_p, is_causal,
+                                                         scale, False)
+
+
+def _repeat_heads(g, x, query):
+    """``x.repeat_interleave(heads // kv_heads, dim=-3)``, the sizes read from the graph's shapes."""
+    from torch.onnx import symbolic_helper
+
+    def part(shape, start, end):
+        return symbolic_helper._slice_helper(g, shape, axes=[0], starts=[start], ends=[end])
+    shape = g.op("Shape", x)
+    lead, kv_heads, tail = part(shape, 0, -3), part(shape, -3, -2), part(shape, -2, 2**62)
+    heads = part(g.op("Shape", query), -3, -2)
+    groups = g.op("Div", heads, kv_heads)
+    repeated = g.op("Expand", symbolic_helper._unsqueeze_helper(g, x, [-3]),
+                    g.op("Concat", lead, kv_heads, groups, tail, axis_i=0))  # [..., kv_heads, groups, T, d]
+    return g.op("Reshape", repeated, g.op("Concat", lead, heads, tail, axis_i=0))
+
+
+def _median(g, x, dim=None, keepdim=None):
+    """``torch.median`` (no symbolic): the ``(n - 1) // 2``-th smallest value (PyTorch's lower median) as the
+    last of an ascending TopK; ``median(dim)`` also returns its index (on ties PyTorch may name another)."""
+    from torch.onnx import symbolic_helper
+
+    if dim is None:  # of the whole tensor, batch included: not a per-sample value
+        return symbolic_helper._unimplemented("median", "a median over the batch (give dim=...)", x)
+    dim, keep = symbolic_helper._get_const(dim, "i", "dim"), symbolic_helper._get_const(keepdim, "b", "keepdim")
+    size = symbolic_helper._get_tensor_sizes(x)[dim]
+    if size is None:
+        return symbolic_helper._unimplemented("median", "a median along an axis of unknown size", x)
+    k = size // 2 + size % 2  # (size - 1) // 2 + 1
+    values, indices = g.op("TopK", x, g.op("Constant", value_t=torch.tensor([k])), axis_i=dim, largest_i=0,
+                           sorted_i=1, outputs=2)
+    picked = [symbolic_helper._slice_helper(g, v, axes=[dim], starts=[k - 1], ends=[k]) for v in (values, indices)]
+    return tuple(picked) if keep else tuple(symbolic_helper._squeeze_helper(g, v, [dim]) for v in picked)
+
+
+def _scatter_add_below_16(g, *args):
+    """Below opset 16 the exporter writes ``scatter_add`` as a plain scatter into zeros plus the input, which
+    keeps one of the updates of a repeated index instead of their sum: raise the opset (the message names it)."""
+    raise RuntimeError("scatter_add sums the updates of repeated indices: ScatterElements' reduction='add' was "
+                       "added in version 16")
+
+
+def _adaptive_pool(kind: str, rank: int):
+    """``aten::adaptive_{avg,max}_pool{rank}d``. The exporter's symbolic refuses an output size that does not
+    divide the input size (``nn.AdaptiveMaxPool1d(5)`` over 22 steps); PyTorch's bins are then
+    ``[floor(i * L / n), ceil((i + 1) * L / n))``, one axis at a time (a box's max or mean is that of its
+    rows' maxima or means: every row of a box has the same width): a slice and a reduction per bin."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset9
+
+    original = getattr(symbolic_opset9, f"adaptive_{kind}_pool{rank}d")
+    reduce = "ReduceMax" if kind == "max" else "ReduceMean"
+
+    def symbolic(g, x, output_size):
+        sizes = symbolic_helper._get_tensor_sizes(x)
+        bins = symbolic_helper._maybe_get_const(output_size, "is")
+        spatial = sizes[2:] if sizes else None
+        if symbolic_helper._is_value(bins) or not spatial or None in spatial or \
+                all(size % count == 0 for size, count in zip(spatial, bins, strict=True)):
+            return original(g, x, output_size)
+        y = x
+        for axis, (size, count) in enumerate(zip(spatial, bins, strict=True), start=2):
+            parts = [_reduce(g, reduce, symbolic_helper._slice_helper(
+                g, y, axes=[axis], starts=[i * size // count], ends=[-(-(i + 1) * size // count)]), axis)
+                for i in range(count)]
+            y = g.op("Concat", *parts, axis_i=axis) if count > 1 else parts[0]
+        return (y, None) if kind == "max" else y  # max pooling's indices: none (as for its global case)
+    return symbolic
+
+
+def _reduce(g, op: str, x, axis: int):
+    if g.opset >= 18:
+        return g.op(op, x, g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64)), keepdims_i=1)
+    return g.op(op, x, axes_i=[axis], keepdims_i=1)
+
+
+
+def _embedding_bag_fixed_bags(input, weight, offsets=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+                              mode="mean", sparse=False, per_sample_weights=None, include_last_offset=False,
+                              padding_idx=None):
+    """``F.embedding_bag`` on a 2-D input (one bag per row, all of one length) as the lookup and reduction
+    it stands for. The exporter writes every embedding_bag as a Loop over the bags, which no converter
+    turns into a Keras layer, and refuses it with a ``padding_idx``; 1-D inputs with offsets keep its way."""
+    if input.dim() != 2 or offsets is not None or max_norm is not None:
+        return _embedding_bag(input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+                              per_sample_weights, include_last_offset, padding_idx)
+    vectors = torch.nn.functional.embedding(input, weight)  # [N, L, D]
+    if per_sample_weights is not None:  # mode="sum" only (PyTorch checks)
+        vectors = vectors * per_sample_weights.unsqueeze(-1)
+    if padding_idx is None:
+        return vectors.sum(1) if mode == "sum" else vectors.mean(1) if mode == "mean" else vectors.amax(1)
+    padding_idx = padding_idx + weight.size(0) if padding_idx < 0 else padding_idx
+    keep = (input != padding_idx).unsqueeze(-1)  # padding entries are left out; an empty bag gives zeros
+    if mode == "max":
+        largest = vectors.masked_fill(~keep, float("-inf")).amax(1)
+        return torch.where(keep.any(1), largest, torch.zeros_like(largest))
+    total = (vectors * keep.to(vectors.dtype)).sum(1)
+    return total if mode == "sum" else total / keep.sum(1).clamp(min=1).to(vectors.dtype)
