@@ -132,6 +132,14 @@ CASES = {
     "nan_to_num_and_per_head_weights": (Lambda(lambda x, p: torch.nan_to_num(x @ x.transpose(1, 2)).sum(2, True)
                                                + (x.unsqueeze(1).expand(-1, 2, -1, -1) @ p.weight.view(2, 5, 2))
                                                .transpose(1, 2).flatten(2), nn.Linear(1, 20)), SEQ, 14),
+    # im2col layers: nn.Fold (Col2Im, opset 18) overlapping, strided, padded, dilated; nn.Bilinear (no
+    # TorchScript symbolic: exported as its einsum)
+    "fold_overlapping_strided_padded": (conv_then(lambda x: F.fold(F.unfold(x, 3, padding=1, stride=2) * 2, (8, 10),
+                                                                   3, padding=1, stride=2)), IMAGE, 18),
+    "fold_dilated_rectangular": (conv_then(lambda x: F.fold(torch.tanh(F.unfold(x, (2, 3), dilation=(2, 1),
+                                                                                stride=(1, 2))), (8, 10), (2, 3),
+                                                            dilation=(2, 1), stride=(1, 2))), IMAGE, 18),
+    "bilinear_layer_on_sequence": (Lambda(lambda x, b: b(x, torch.tanh(x)), nn.Bilinear(5, 5, 3)), SEQ, 13),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
 }

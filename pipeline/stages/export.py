@@ -127,6 +127,15 @@ def _rms_norm(g, x, normalized_shape, weight, eps):
     return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
 
 
+def _bilinear(g, x1, x2, weight, bias):
+    """``aten::bilinear`` (``nn.Bilinear``, ``F.bilinear``), which the TorchScript exporter has no symbolic
+    for: ``einsum("...i,oij,...j->...o", x1, weight, x2) + bias``, its definition (Einsum: opset 12)."""
+    from torch.onnx import symbolic_helper
+
+    out = g.op("Einsum", x1, weight, x2, equation_s="...i,oij,...j->...o")
+    return out if symbolic_helper._is_none(bias) else g.op("Add", out, bias)
+
+
 _SYMBOLICS_REGISTERED = False
 
 
@@ -135,6 +144,8 @@ def _register_symbolics() -> None:
     if not _SYMBOLICS_REGISTERED:
         for opset in range(9, 23):  # one registration per opset; 23 has RMSNormalization of its own
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
+        for opset in range(12, 23):
+            torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
         _SYMBOLICS_REGISTERED = True
 
 
