@@ -140,6 +140,14 @@ CASES = {
                                                                                 stride=(1, 2))), (8, 10), (2, 3),
                                                             dilation=(2, 1), stride=(1, 2))), IMAGE, 18),
     "bilinear_layer_on_sequence": (Lambda(lambda x, b: b(x, torch.tanh(x)), nn.Bilinear(5, 5, 3)), SEQ, 13),
+    # arg-max/min as ONNX defines them: first index of the extreme, -0.0 == 0.0 (mostly ties of signed zeros here)
+    "argmax_argmin_ties_signed_zeros": (Lambda(lambda x: torch.cat([
+        (torch.round(x * 0.3) * torch.sign(x.flip(1))).argmax(1).flatten(1),
+        torch.round(x).argmin(3, keepdim=True).flatten(1), F.one_hot(torch.round(x).argmax(2), 8).flatten(1)], 1)
+        .float()), IMAGE, 13),
+    # a constant matrix times data (W @ x: hand-written im2col, a graph's adjacency): a Dense layer
+    "constant_matrix_times_data": (conv_then(lambda x: torch.linspace(-1, 1, 24).view(1, 3, 8) @ x), IMAGE, 13),
+    "parameter_matrix_times_sequence": (Lambda(lambda x, p: p.weight @ torch.tanh(x), nn.Linear(7, 4)), SEQ, 13),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
 }

@@ -10,11 +10,12 @@ from pipeline.converters.keras3.ops import op
 from pipeline.converters.keras3.ops.common import add
 
 
-def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: str = "") -> tuple:
-    """``x @ kernel + bias`` over x's last ONNX axis with a Keras Dense layer."""
+def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: str = "", axis: int = -1) -> tuple:
+    """``x @ kernel + bias`` over x's ONNX axis ``axis`` (the last by default) with a Keras Dense layer;
+    the output's axis ``axis`` holds the result."""
     import keras
 
-    last = x.rank - 1
+    last = axis % x.rank
     order = [p for p in x.perm if p != last] + [last]
     layer = keras.layers.Dense(kernel.shape[1], use_bias=bias is not None, name=ctx.name(suffix or "dense"))
     result = layer(ctx.to_perm(x, order))
@@ -29,7 +30,18 @@ def matmul(ctx):
             all(d == 1 for d in b.shape[:-2]) and b.ndim <= a.rank:
         ctx.set(*dense(ctx, a, b.reshape(b.shape[-2:]), None))
         return
+    if isinstance(b, Tensor) and _plain_matrix(a, b.rank):
+        # ``W @ x`` (a hand-written im2col conv, a graph's adjacency): a Dense layer over x's second-last
+        # axis. As an einsum with the constant first, TensorFlow's TFLite converter writes [-1, ...] static
+        # shapes at a dynamic batch and the flatbuffer does not load.
+        ctx.set(*dense(ctx, b, a.reshape(a.shape[-2:]).T, None, axis=-2))
+        return
     ctx.set(*batched_matmul(ctx, a, b))
+
+
+def _plain_matrix(value, rank: int) -> bool:
+    """A constant matrix (leading size-1 axes allowed) that broadcasts over a rank-``rank`` tensor."""
+    return isinstance(value, np.ndarray) and 2 <= value.ndim <= rank and all(d == 1 for d in value.shape[:-2])
 
 
 def batched_matmul(ctx, a, b) -> tuple:
