@@ -148,6 +148,17 @@ CASES = {
     # a constant matrix times data (W @ x: hand-written im2col, a graph's adjacency): a Dense layer
     "constant_matrix_times_data": (conv_then(lambda x: torch.linspace(-1, 1, 24).view(1, 3, 8) @ x), IMAGE, 13),
     "parameter_matrix_times_sequence": (Lambda(lambda x, p: p.weight @ torch.tanh(x), nn.Linear(7, 4)), SEQ, 13),
+    # spatial transformers: F.affine_grid (AffineGrid, opset 20) and F.grid_sample (GridSample, opset 16) with
+    # grids reaching outside the image, from a predicted theta or straight from the data
+    "affine_grid_sample_bilinear_zeros": (Lambda(lambda x, p: F.grid_sample(x, F.affine_grid(
+        p(x.mean((2, 3))).view(-1, 2, 3), list(x.shape), align_corners=False), align_corners=False),
+        nn.Linear(3, 6)), IMAGE, 20),
+    "grid_sample_bilinear_border_corners": (Lambda(lambda x, c: F.grid_sample(
+        x, torch.tanh(c(x)).permute(0, 2, 3, 1) * 1.3, padding_mode="border", align_corners=True),
+        nn.Conv2d(3, 2, 3, stride=2)), IMAGE, 16),
+    "grid_sample_nearest_zeros": (Lambda(lambda x, c: F.grid_sample(x, c(x).permute(0, 2, 3, 1), mode="nearest",
+                                                                       align_corners=False),
+                                         nn.Conv2d(3, 2, 1)), IMAGE, 16),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
 }
@@ -224,6 +235,14 @@ def test_an_op_without_a_converter_is_refused_by_name(tmp_path):
     with pytest.raises(ConversionError) as info:
         build(model, {"input": np.ones((2, *FLAT), np.float32)})
     assert info.value.unsupported_op == "Det" and "Det" in str(info.value)
+
+
+def test_grid_sampling_it_cannot_do_exactly_is_refused_by_name(tmp_path):
+    module = Lambda(lambda x: F.grid_sample(x, x[:, :2].permute(0, 2, 3, 1), padding_mode="reflection",
+                                          align_corners=False))
+    with pytest.raises(ConversionError) as info:
+        build(_export(module, IMAGE, 16, tmp_path / "m.onnx"), {"input": np.ones((2, *IMAGE), np.float32)})
+    assert info.value.unsupported_op == "GridSample" and "reflection" in str(info.value)
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])

@@ -11,7 +11,8 @@ HANDLERS: dict = {}
 # Ops that work on channels-last data: a graph with them takes rank-3 inputs channels-last too.
 SPATIAL_OPS = {"Conv", "ConvTranspose", "Col2Im", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
                "Resize"}
-MODULES = ("elementwise", "activation", "shape", "reduce", "matmul", "conv", "pool", "norm", "recurrent", "resize")
+MODULES = ("elementwise", "activation", "shape", "reduce", "matmul", "conv", "pool", "norm", "recurrent", "resize",
+           "sample")
 
 
 def op(*op_types: str):
