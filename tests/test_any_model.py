@@ -113,12 +113,51 @@ class AttentionGRUNet(nn.Module):
         return self.head((weights.unsqueeze(-1) * h).sum(1)), weights
 
 
+class SpatialTransformerNet(nn.Module):
+    """PyTorch's spatial transformer tutorial: a localisation net predicts theta (initialised to the
+    identity), F.affine_grid + F.grid_sample resample the digit (opset 20 raised by the export)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.loc = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2, 2), nn.ReLU(), nn.Conv2d(8, 10, 5),
+                                 nn.MaxPool2d(2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(90, 32), nn.ReLU(),
+                                 nn.Linear(32, 6))
+        self.loc[-1].weight.data.normal_(0, 0.05)
+        self.loc[-1].bias.data.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+        self.head = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(8 * 12 * 12, num_classes))
+
+    def forward(self, x):
+        grid = F.affine_grid(self.loc(x).view(-1, 2, 3), x.size(), align_corners=False)
+        return self.head(F.grid_sample(x, grid, align_corners=False))
+
+
+class Im2ColNet(nn.Module):
+    """A convolution written by hand (F.unfold, weight @ columns), nn.Fold back (Col2Im, opset 18) and the
+    strongest channel per position as a feature (argmax)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.unfold = nn.Unfold(3, padding=1, stride=2)
+        self.weight = nn.Parameter(torch.randn(8, 9) * 0.3)
+        self.fold = nn.Fold((28, 28), 2, stride=2)
+        self.head = nn.Linear(8 * 196 + 196 + 196, num_classes)
+
+    def forward(self, x):
+        y = F.relu(self.weight @ self.unfold(x)).view(-1, 8, 14, 14)
+        back = self.fold(torch.tanh(F.unfold(x, 2, stride=2)))
+        strongest = y.argmax(dim=1).flatten(1).float() / 8
+        return self.head(torch.cat([y.flatten(1), F.avg_pool2d(back, 2).flatten(1), strongest], 1))
+
+
 USER_MODELS = {
     "ResidualNet": ("mnist", (mnist_root_override(), *SHORT)),
     "MobileNet": ("mnist", (mnist_root_override(), *SHORT)),
     "GRUNet": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
     "TinyTransformer": ("italy_power", ("trainer.max_epochs=2", "parity.samples=300")),
     "AttentionGRUNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
+    "SpatialTransformerNet": ("mnist", (mnist_root_override(), *SHORT)),
+    "Im2ColNet": ("mnist", (mnist_root_override(), *SHORT)),
 }
 
 
