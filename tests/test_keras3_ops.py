@@ -159,6 +159,11 @@ CASES = {
     "grid_sample_nearest_zeros": (Lambda(lambda x, c: F.grid_sample(x, c(x).permute(0, 2, 3, 1), mode="nearest",
                                                                        align_corners=False),
                                          nn.Conv2d(3, 2, 1)), IMAGE, 16),
+    # two-operand einsums as transposes + one batched matmul (TensorFlow's own lowering breaks on some in TFLite)
+    "einsum_spatial_attention_pooling": (conv_then(lambda x: torch.einsum("bchw,bhw->bc", x, x.mean(1).softmax(-1))),
+                                         IMAGE, 13),
+    "einsum_outer_product_and_sum_out": (Lambda(lambda x, p: torch.einsum("bti,btj->bij", x, p(x)) +
+                                                torch.einsum("bti,bsj->bj", x, x)[:, None], nn.Linear(5, 5)), SEQ, 13),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
 }
@@ -196,6 +201,45 @@ def test_converted_op_matches_onnxruntime(case, tmp_path):
         got = _keras_outputs(conversion, x)
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+
+
+def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
+    """The Keras model as a SavedModel (dynamic batch), through the tflite backend's converter, run by LiteRT."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.converters.backends.tflite_tf_converter import convert_file
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    model = conversion.model
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serving_default", fn=lambda value: {"output": model(value, training=False)},
+                         input_signature=[tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="x")])
+    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
+    convert_file(tmp_path / "saved_model", tmp_path / "m.tflite")
+    runner = _interpreter_class()(model_path=str(tmp_path / "m.tflite")).get_signature_runner("serving_default")
+    out = runner(x=np.ascontiguousarray(np.transpose(x, conversion.input_perms[0])))["output"]
+    return np.transpose(out, np.argsort(conversion.output_perms[0]))
+
+
+@pytest.mark.parametrize("case", ["einsum_spatial_attention_pooling", "constant_matrix_times_data",
+                                  "argmax_argmin_ties_signed_zeros", "affine_grid_sample_bilinear_zeros",
+                                  "fold_overlapping_strided_padded"])
+def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
+    """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
+    BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'
+    float argmax needing BitwiseAnd) or where the gathers must stay builtins: converted and run by LiteRT."""
+    module, shape, opset = CASES[case]
+    model = _export(module, shape, opset, tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    conversion, _ = build(model, {"input": rng.normal(size=(3, *shape)).astype(np.float32)})
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):
+        x = rng.normal(size=(batch, *shape)).astype(np.float32)
+        expected = session.run(None, {"input": x})[0]
+        np.testing.assert_allclose(_tflite_outputs(conversion, x, tmp_path), expected, rtol=1e-4,
+                                   atol=1e-5 * max(1.0, float(np.abs(expected).max())))
 
 
 def test_the_saved_file_loads_in_safe_mode_and_computes_the_same(tmp_path):

@@ -80,8 +80,9 @@ def batched_matmul(ctx, a, b) -> tuple:
         subscripts.append("".join(own[p] for p in kept))
     out_perm = [p + rank - ranks[0] for p in a.perm] if isinstance(a, Tensor) and ranks[0] == rank else \
         list(range(rank))
-    equation = f"{subscripts[0]},{subscripts[1]}->{''.join(out_letters[p] for p in out_perm)}"
-    return ops.einsum(equation, *operands), out_perm
+    result, letters = contract(operands[0], subscripts[0], operands[1], subscripts[1],
+                               "".join(out_letters[p] for p in out_perm))
+    return result, [out_letters.index(ch) for ch in letters]
 
 
 def _matmul_in_onnx_order(ctx, a, b) -> tuple:
@@ -141,7 +142,73 @@ def einsum(ctx):
             operands.append(value)
     if output is None:
         output = "".join(sorted(ch for ch in set(inputs.replace(",", "")) if inputs.count(ch) == 1))
+    if len(operands) == 2:
+        result, letters = contract(operands[0], rewritten[0], operands[1], rewritten[1], output)
+        ctx.set(result, [output.index(ch) for ch in letters])
+        return
     ctx.set(ops.einsum(_lowercase(",".join(rewritten) + "->" + output), *operands), layout.identity(len(output)))
+
+
+def contract(a, a_terms: str, b, b_terms: str, output: str) -> tuple:
+    """A two-operand einsum as transposes, reshapes and one batched matmul; returns the result and the
+    letters of its axes (batch, a's free, b's free: the caller's layout records that order, no transpose).
+    Not ``tf.einsum``: TensorFlow's TFLite converter lowers some equations to a BatchMatMul of the wrong
+    shape (``bhwc,bhw->bc``) or writes static [-1, ...] shapes that do not load."""
+    from keras import ops
+
+    if len(set(a_terms)) < len(a_terms) or len(set(b_terms)) < len(b_terms):  # a diagonal: einsum itself
+        return ops.einsum(_lowercase(f"{a_terms},{b_terms}->{output}"), a, b), output
+    a, a_terms = _sum_unused(a, a_terms, b_terms + output)
+    b, b_terms = _sum_unused(b, b_terms, a_terms + output)
+    batch = [ch for ch in output if ch in a_terms and ch in b_terms]
+    summed = [ch for ch in a_terms if ch in b_terms and ch not in output]
+    free_a = [ch for ch in a_terms if ch not in b_terms]
+    free_b = [ch for ch in b_terms if ch not in a_terms]
+    sizes = {**_sizes(b, b_terms), **_sizes(a, a_terms)}
+    unknown = [ch for ch in sizes if sizes[ch] is None]
+    if len(unknown) > 1 or (unknown and unknown[0] in summed and batch):  # not one reshape each: einsum itself
+        return ops.einsum(_lowercase(f"{a_terms},{b_terms}->{output}"), a, b), output
+    left = _grouped(a, a_terms, batch, [free_a, summed], sizes)
+    right = _grouped(b, b_terms, batch, [summed, free_b], sizes)
+    result = ops.matmul(left, right)
+    result = ops.reshape(result, _target([*[sizes[ch] for ch in batch], *[sizes[ch] for ch in free_a + free_b]]))
+    return result, "".join(batch + free_a + free_b)
+
+
+def _sum_unused(x, terms: str, used: str):
+    """Sum out the axes no other term names (einsum sums them)."""
+    from keras import ops
+
+    unused = [i for i, ch in enumerate(terms) if ch not in used]
+    if not unused:
+        return x, terms
+    summed = np.sum(x, axis=tuple(unused)) if isinstance(x, np.ndarray) else ops.sum(x, axis=unused)
+    return summed, "".join(ch for ch in terms if ch not in used)
+
+
+def _sizes(x, terms: str) -> dict:
+    return dict(zip(terms, tuple(x.shape), strict=True))
+
+
+def _grouped(x, terms: str, batch: list, groups: list, sizes: dict):
+    """``x`` as [batch..., prod(groups[0]), prod(groups[1])]."""
+    from keras import ops
+
+    order = [terms.index(ch) for ch in [*batch, *groups[0], *groups[1]]]
+    shape = [*[sizes[ch] for ch in batch], *[_product([sizes[ch] for ch in group]) for group in groups]]
+    if isinstance(x, np.ndarray):
+        return np.transpose(x, order).reshape(shape)
+    moved = ops.transpose(x, order) if order != sorted(order) else x
+    return ops.reshape(moved, _target(shape))
+
+
+def _product(sizes: list):
+    return None if None in sizes else int(np.prod(sizes, dtype=np.int64))
+
+
+def _target(shape: list) -> list:
+    """A reshape target: the one unknown (batch-sized) size as -1."""
+    return [-1 if d is None else int(d) for d in shape]
 
 
 def _without_ellipsis(ctx, equation: str) -> str:
