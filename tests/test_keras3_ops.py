@@ -26,6 +26,16 @@ class Lambda(nn.Module):
         return self.function(x, *self.parts)
 
 
+def slice_assignments(x):
+    """In-place writes as users make them (PyTorch exports each as ScatterND with batch-built indices)."""
+    y = torch.zeros_like(x)
+    y[:, :, 1:-1, 2:] = x[:, :, 1:-1, 2:] * 2
+    y[:, 1] = 0.5
+    y[..., :2] = y[..., -2:]
+    y[:, :, ::3] = -y[:, :, ::3]
+    return y
+
+
 def conv_then(function, channels=6):
     """A conv first, so the tensor is channels-last inside Keras when ``function`` sees it."""
     return Lambda(lambda x, conv: function(conv(x)), nn.Conv2d(3, channels, 3, padding=1))
@@ -164,6 +174,8 @@ CASES = {
                                          IMAGE, 13),
     "einsum_outer_product_and_sum_out": (Lambda(lambda x, p: torch.einsum("bti,btj->bij", x, p(x)) +
                                                 torch.einsum("bti,bsj->bj", x, x)[:, None], nn.Linear(5, 5)), SEQ, 13),
+    # slice assignment: ScatterND whose every sample writes its own row at the same places
+    "slice_assignment_scatter": (conv_then(slice_assignments), IMAGE, 13),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
 }
@@ -225,7 +237,7 @@ def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
 
 @pytest.mark.parametrize("case", ["einsum_spatial_attention_pooling", "constant_matrix_times_data",
                                   "argmax_argmin_ties_signed_zeros", "affine_grid_sample_bilinear_zeros",
-                                  "fold_overlapping_strided_padded"])
+                                  "fold_overlapping_strided_padded", "slice_assignment_scatter"])
 def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
     """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
     BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'
@@ -279,6 +291,18 @@ def test_an_op_without_a_converter_is_refused_by_name(tmp_path):
     with pytest.raises(ConversionError) as info:
         build(model, {"input": np.ones((2, *FLAT), np.float32)})
     assert info.value.unsupported_op == "Det" and "Det" in str(info.value)
+
+
+def test_a_scatter_that_mixes_samples_is_refused_by_name(tmp_path):
+    def reversed_rows(x):
+        y = x.clone()
+        y[torch.arange(x.shape[0] - 1, -1, -1), 0] = x[:, 1]  # sample i writes into sample N-1-i
+        return y
+
+    with pytest.raises(ConversionError) as info:
+        build(_export(Lambda(reversed_rows), IMAGE, 13, tmp_path / "m.onnx"),
+              {"input": np.ones((2, *IMAGE), np.float32)})
+    assert info.value.unsupported_op == "ScatterND" and "its own row" in str(info.value)
 
 
 def test_grid_sampling_it_cannot_do_exactly_is_refused_by_name(tmp_path):

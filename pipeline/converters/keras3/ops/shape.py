@@ -2,7 +2,7 @@
 import numpy as np
 
 from pipeline.converters.keras3 import layout
-from pipeline.converters.keras3.layout import Tensor
+from pipeline.converters.keras3.layout import Dynamic, Tensor
 from pipeline.converters.keras3.ops import op
 from pipeline.converters.keras3.ops.common import axis_list, expand_rank, materialize, operands, reference_perm
 
@@ -323,3 +323,49 @@ def depth_space(ctx):
         y = ops.transpose(ops.reshape(source, [-1, c, h // b, b, w // b, b]), [0, 3, 5, 1, 2, 4])
         result = ops.reshape(y, [-1, c * b * b, h // b, w // b])
     ctx.set(result, layout.identity(4))
+
+
+@op("ScatterND")
+def scatter_nd(ctx):
+    """Slice assignment (``y[:, :, 2:-2] = x``, ``z[:, 0] = 0.5``), which PyTorch exports as ScatterND with
+    indices for every sample (built from the batch size): when each sample writes its own row at the same
+    places, a constant map says which update each position takes; a gather and a select do it."""
+    from keras import ops
+
+    if ctx.attr("reduction", "none") != "none":
+        raise ctx.fail(f"ScatterND with reduction={ctx.attr('reduction')!r} is not supported.")
+    data_name = ctx.input_names[0]
+    shape = ctx.c.probe.shape(data_name)
+    places = _per_sample_places(ctx, ctx.value(1))
+    if places is None or ctx.c.probe.batch_axes(data_name) != [0] or None in shape[1:]:
+        raise ctx.fail("only a scatter whose every sample writes its own row at the same places is supported.")
+    depth = places.shape[-1] + 1  # the index also names the sample
+    prefix, tail = shape[1:depth], shape[depth:]
+    count, width = int(np.prod(places.shape[:-1], dtype=np.int64)), int(np.prod(tail, dtype=np.int64))
+    targets = np.ravel_multi_index(tuple((places.reshape(count, -1) % np.array(prefix, np.int64)).T), prefix) \
+        if prefix else np.zeros(count, np.int64)
+    source = np.full(int(np.prod(prefix, dtype=np.int64)), -1, np.int64)
+    source[targets] = np.arange(count)  # a later write wins, as in PyTorch
+    data = ops.reshape(ctx.to_perm(ctx.tensor(0), layout.identity(len(shape))), [-1, source.size, width])
+    updates = ctx.tensor(2)
+    updates = ops.reshape(ctx.to_perm(updates, layout.identity(updates.rank)), [-1, count, width])
+    taken = ops.take(updates, np.maximum(source, 0).astype(np.int32), axis=1)
+    result = ops.where((source >= 0).reshape(1, -1, 1), taken, data)
+    ctx.set(ops.reshape(result, [-1, *shape[1:]]), layout.identity(len(shape)))
+
+
+def _per_sample_places(ctx, indices):
+    """The places (past the sample index) every sample writes, when ScatterND's batch-built indices
+    give each sample its own row and the same places at both probe batch sizes; else None."""
+    if not isinstance(indices, Dynamic):
+        return None
+    found = []
+    for batch, value in zip(ctx.c.probe.batches, indices.probe, strict=True):
+        if value.ndim < 2 or value.shape[0] != batch or value.shape[-1] < 1:
+            return None
+        own = np.arange(batch).reshape((batch,) + (1,) * (value.ndim - 2))
+        places = value[..., 1:]
+        if not np.all(value[..., 0] == own) or not np.all(places == places[:1]):
+            return None
+        found.append(places[0])
+    return found[0] if found[0].shape == found[1].shape and np.array_equal(*found) else None
