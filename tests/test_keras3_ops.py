@@ -305,6 +305,22 @@ def test_a_scatter_that_mixes_samples_is_refused_by_name(tmp_path):
     assert info.value.unsupported_op == "ScatterND" and "its own row" in str(info.value)
 
 
+@pytest.mark.parametrize("bins", [(3, 4), (7, 7), (1, 6)])
+def test_adaptive_average_pool_whose_size_does_not_divide_exports_and_converts(bins, tmp_path):
+    """The TorchScript exporter refuses these (PSPNet bins, VGG's (7, 7) head on small images): the export's
+    own symbolic must give PyTorch's values, and keras3 onnxruntime's."""
+    module = conv_then(lambda x: F.adaptive_avg_pool2d(x, bins) + F.adaptive_avg_pool2d(x[:, :, :2, :3], bins))
+    model = _export(module, IMAGE, 13, tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(3, *IMAGE)).astype(np.float32)
+    with torch.no_grad():
+        reference = module(torch.from_numpy(x)).numpy()
+    expected = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_allclose(expected, reference, rtol=1e-5, atol=1e-6)
+    conversion, _ = build(model, {"input": x[:2]})
+    np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=1e-6)
+
+
 def test_grid_sampling_it_cannot_do_exactly_is_refused_by_name(tmp_path):
     module = Lambda(lambda x: F.grid_sample(x, x[:, :2].permute(0, 2, 3, 1), padding_mode="reflection",
                                           align_corners=False))

@@ -136,6 +136,35 @@ def _bilinear(g, x1, x2, weight, bias):
     return out if symbolic_helper._is_none(bias) else g.op("Add", out, bias)
 
 
+def _adaptive_avg_pool2d(g, x, output_size):
+    """``aten::adaptive_avg_pool2d`` whose output size does not divide the input's (PSPNet's 1/2/3/6 bins,
+    torchvision's VGG head on small images), which the TorchScript exporter refuses: PyTorch's bins
+    ``[floor(i * size / n), ceil((i + 1) * size / n))``, one Slice + ReduceMean each, axis by axis (a
+    rectangle's mean is the mean of its rows' means). Sizes that divide keep the exporter's AveragePool."""
+    from torch.onnx import symbolic_helper, symbolic_opset9
+
+    sizes = symbolic_helper._get_tensor_sizes(x)
+    try:
+        bins = [int(b) for b in symbolic_helper._get_const(output_size, "is", "output_size")]
+    except Exception:  # noqa: BLE001 - not constant: the exporter's own symbolic says why
+        bins = None
+    if bins is None or sizes is None or len(sizes) != 4 or None in sizes[2:] or \
+            all(size % n == 0 for size, n in zip(sizes[2:], bins, strict=True)):
+        return symbolic_opset9.adaptive_avg_pool2d(g, x, output_size)
+    for axis, size, n in zip((2, 3), sizes[2:], bins, strict=True):
+        cells = []
+        for i in range(n):
+            part = symbolic_helper._slice_helper(g, x, axes=[axis], starts=[i * size // n],
+                                                 ends=[-(-(i + 1) * size // n)])
+            if g.opset >= 18:
+                axes = g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64))
+                cells.append(g.op("ReduceMean", part, axes, keepdims_i=1))
+            else:
+                cells.append(g.op("ReduceMean", part, axes_i=[axis], keepdims_i=1))
+        x = g.op("Concat", *cells, axis_i=axis)
+    return x
+
+
 _SYMBOLICS_REGISTERED = False
 
 
@@ -146,6 +175,8 @@ def _register_symbolics() -> None:
             torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
         for opset in range(12, 23):
             torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
+        for opset in range(10, 23):
+            torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", _adaptive_avg_pool2d, opset)
         _SYMBOLICS_REGISTERED = True
 
 
