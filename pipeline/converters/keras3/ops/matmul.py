@@ -183,7 +183,7 @@ def _sum_unused(x, terms: str, used: str):
     if not unused:
         return x, terms
     summed = np.sum(x, axis=tuple(unused)) if isinstance(x, np.ndarray) else ops.sum(x, axis=unused)
-    return summed, "".join(ch for ch in terms if ch not in used)
+    return summed, "".join(ch for ch in terms if ch in used)
 
 
 def _sizes(x, terms: str) -> dict:
