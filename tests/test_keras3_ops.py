@@ -321,6 +321,26 @@ def test_adaptive_average_pool_whose_size_does_not_divide_exports_and_converts(b
     np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("function", [
+    lambda x: F.threshold(x, 0.1, -1.0) + F.threshold(x, 0.0, 0.0),
+    lambda x: torch.rot90(x, 1, (2, 3)).flatten(2) + torch.rot90(x, 2, (3, 2)).flatten(2)
+    + torch.rot90(x, -1, (2, 3)).flatten(2),
+], ids=["threshold", "rot90"])
+def test_ops_the_exporter_lacks_export_as_pytorch_computes_them(function, tmp_path):
+    """``F.threshold`` with a non-zero threshold and ``torch.rot90`` (square images): the export's own
+    symbolics give PyTorch's values, and keras3 onnxruntime's."""
+    module = conv_then(function)
+    model = _export(module, (3, 6, 6), 13, tmp_path / "m.onnx")
+    x = np.random.default_rng(6).normal(size=(3, 3, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        reference = module(torch.from_numpy(x)).numpy()
+    expected = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_allclose(expected, reference, rtol=1e-5, atol=1e-5)
+    conversion, _ = build(model, {"input": x[:2]})
+    np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=1e-5)
+
+
 def test_grid_sampling_it_cannot_do_exactly_is_refused_by_name(tmp_path):
     module = Lambda(lambda x: F.grid_sample(x, x[:, :2].permute(0, 2, 3, 1), padding_mode="reflection",
                                           align_corners=False))

@@ -165,6 +165,44 @@ def _adaptive_avg_pool2d(g, x, output_size):
     return x
 
 
+def _threshold(g, x, threshold, value):
+    """``aten::threshold`` (``nn.Threshold``, ``F.threshold``): the exporter takes a zero threshold only;
+    ``where(x > threshold, x, value)`` is its definition."""
+    from torch.onnx import symbolic_helper
+
+    bound = float(symbolic_helper._get_const(threshold, "f", "threshold"))
+    fill = float(symbolic_helper._get_const(value, "f", "value"))
+    if bound == 0.0 and fill == 0.0:
+        return g.op("Relu", x)
+    bound_value, fill_value = (g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(v), x))
+                               for v in (bound, fill))
+    return g.op("Where", g.op("Greater", x, bound_value), x, fill_value)
+
+
+def _rot90(g, x, k, dims):
+    """``aten::rot90`` (rotation TTA, rotated filters of group-equivariant convolutions), which the exporter
+    lacks: as NumPy and PyTorch define it, flips (Slice with step -1) and a Transpose of the two axes."""
+    from torch.onnx import symbolic_helper
+
+    k = int(symbolic_helper._get_const(k, "i", "k")) % 4
+    rank = symbolic_helper._get_tensor_rank(x)
+    first, second = (int(d) % rank for d in symbolic_helper._get_const(dims, "is", "dims"))
+
+    def flip(value, axis):
+        return symbolic_helper._slice_helper(g, value, axes=[axis], starts=[-1], ends=[-(2**62)], steps=[-1])
+
+    def swap(value):
+        perm = list(range(rank))
+        perm[first], perm[second] = second, first
+        return g.op("Transpose", value, perm_i=perm)
+
+    if k == 1:
+        return swap(flip(x, second))
+    if k == 2:
+        return flip(flip(x, first), second)
+    return flip(swap(x), second) if k == 3 else x
+
+
 _SYMBOLICS_REGISTERED = False
 
 
@@ -177,6 +215,8 @@ def _register_symbolics() -> None:
             torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
         for opset in range(10, 23):
             torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", _adaptive_avg_pool2d, opset)
+            torch.onnx.register_custom_op_symbolic("aten::rot90", _rot90, opset)
+            torch.onnx.register_custom_op_symbolic("aten::threshold", _threshold, opset)
         _SYMBOLICS_REGISTERED = True
 
 
