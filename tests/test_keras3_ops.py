@@ -325,10 +325,13 @@ def test_adaptive_average_pool_whose_size_does_not_divide_exports_and_converts(b
     lambda x: F.threshold(x, 0.1, -1.0) + F.threshold(x, 0.0, 0.0),
     lambda x: torch.rot90(x, 1, (2, 3)).flatten(2) + torch.rot90(x, 2, (3, 2)).flatten(2)
     + torch.rot90(x, -1, (2, 3)).flatten(2),
-], ids=["threshold", "rot90"])
+    lambda x: torch.cat([F.interpolate(x, scale_factor=0.5, mode="nearest-exact").flatten(2),
+                         F.interpolate(x, size=(4, 9), mode="nearest-exact").flatten(2),
+                         F.interpolate(x, scale_factor=1.7, mode="nearest-exact").flatten(2)], 2),
+], ids=["threshold", "rot90", "nearest_exact"])
 def test_ops_the_exporter_lacks_export_as_pytorch_computes_them(function, tmp_path):
-    """``F.threshold`` with a non-zero threshold and ``torch.rot90`` (square images): the export's own
-    symbolics give PyTorch's values, and keras3 onnxruntime's."""
+    """``F.threshold`` with a non-zero threshold, ``torch.rot90`` (square images) and nearest-exact
+    interpolation: the export's own symbolics give PyTorch's values, and keras3 onnxruntime's."""
     module = conv_then(function)
     model = _export(module, (3, 6, 6), 13, tmp_path / "m.onnx")
     x = np.random.default_rng(6).normal(size=(3, 3, 6, 6)).astype(np.float32)

@@ -203,6 +203,26 @@ def _rot90(g, x, k, dims):
     return flip(swap(x), second) if k == 3 else x
 
 
+def _upsample_nearest_exact2d(g, x, output_size, *scales):
+    """``F.interpolate(mode="nearest-exact")``, which the exporter lacks: PyTorch's source pixel
+    ``floor((i + 0.5) * in / out)`` is ONNX Resize's nearest with half_pixel coordinates rounded half up."""
+    import math
+
+    from torch.onnx import symbolic_helper
+
+    sizes = symbolic_helper._get_tensor_sizes(x)
+    if not symbolic_helper._is_none(output_size):
+        out = [int(v) for v in symbolic_helper._get_const(output_size, "is", "output_size")]
+    else:  # the .vec overload: scale factors; PyTorch's output size is floor(size * scale)
+        factors = symbolic_helper._get_const(scales[0], "fs", "scale_factors")
+        out = [math.floor(size * f) for size, f in zip(sizes[2:], factors, strict=True)]
+    leading = symbolic_helper._slice_helper(g, g.op("Shape", x), axes=[0], starts=[0], ends=[2])
+    target = g.op("Concat", leading, g.op("Constant", value_t=torch.tensor(out, dtype=torch.int64)), axis_i=0)
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    return g.op("Resize", x, empty, empty, target, mode_s="nearest", coordinate_transformation_mode_s="half_pixel",
+                nearest_mode_s="round_prefer_ceil")
+
+
 _SYMBOLICS_REGISTERED = False
 
 
@@ -217,6 +237,8 @@ def _register_symbolics() -> None:
             torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", _adaptive_avg_pool2d, opset)
             torch.onnx.register_custom_op_symbolic("aten::rot90", _rot90, opset)
             torch.onnx.register_custom_op_symbolic("aten::threshold", _threshold, opset)
+        for opset in range(11, 23):  # Resize with sizes: opset 11
+            torch.onnx.register_custom_op_symbolic("aten::_upsample_nearest_exact2d", _upsample_nearest_exact2d, opset)
         _SYMBOLICS_REGISTERED = True
 
 
