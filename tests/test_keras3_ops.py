@@ -166,6 +166,10 @@ CASES = {
     "grid_sample_bilinear_border_corners": (Lambda(lambda x, c: F.grid_sample(
         x, torch.tanh(c(x)).permute(0, 2, 3, 1) * 1.3, padding_mode="border", align_corners=True),
         nn.Conv2d(3, 2, 3, stride=2)), IMAGE, 16),
+    "grid_sample_reflection": (Lambda(lambda x, c: F.grid_sample(x, c(x).permute(0, 2, 3, 1) * 2,
+                                                              padding_mode="reflection", align_corners=False)
+                                      + F.grid_sample(x, c(x).permute(0, 2, 3, 1) * 3, padding_mode="reflection",
+                                                      align_corners=True), nn.Conv2d(3, 2, 1)), IMAGE, 16),
     "grid_sample_nearest_zeros": (Lambda(lambda x, c: F.grid_sample(x, c(x).permute(0, 2, 3, 1), mode="nearest",
                                                                        align_corners=False),
                                          nn.Conv2d(3, 2, 1)), IMAGE, 16),
@@ -237,7 +241,8 @@ def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
 
 @pytest.mark.parametrize("case", ["einsum_spatial_attention_pooling", "constant_matrix_times_data",
                                   "argmax_argmin_ties_signed_zeros", "affine_grid_sample_bilinear_zeros",
-                                  "fold_overlapping_strided_padded", "slice_assignment_scatter"])
+                                  "fold_overlapping_strided_padded", "slice_assignment_scatter",
+                                  "grid_sample_reflection"])
 def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
     """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
     BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'
@@ -345,11 +350,10 @@ def test_ops_the_exporter_lacks_export_as_pytorch_computes_them(function, tmp_pa
 
 
 def test_grid_sampling_it_cannot_do_exactly_is_refused_by_name(tmp_path):
-    module = Lambda(lambda x: F.grid_sample(x, x[:, :2].permute(0, 2, 3, 1), padding_mode="reflection",
-                                          align_corners=False))
+    module = Lambda(lambda x: F.grid_sample(x, x[:, :2].permute(0, 2, 3, 1), mode="bicubic", align_corners=False))
     with pytest.raises(ConversionError) as info:
         build(_export(module, IMAGE, 16, tmp_path / "m.onnx"), {"input": np.ones((2, *IMAGE), np.float32)})
-    assert info.value.unsupported_op == "GridSample" and "reflection" in str(info.value)
+    assert info.value.unsupported_op == "GridSample" and "bicubic" in str(info.value)
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])

@@ -36,7 +36,7 @@ def affine_grid(ctx):
 
 @op("GridSample")
 def grid_sample(ctx):
-    """Bilinear or nearest sampling of a 4-D image at a grid's positions, zeros or border padding, as
+    """Bilinear or nearest sampling of a 4-D image at a grid's positions, zeros, border or reflection padding, as
     ONNX (and PyTorch) define them: out-of-image neighbours weigh 0; each neighbour is one gather from the
     image flattened to [N * H * W, C] (a batch offset per sample), so no per-sample gather is needed."""
     from keras import ops
@@ -47,10 +47,10 @@ def grid_sample(ctx):
     corners = bool(ctx.attr("align_corners", 0))
     shape = ctx.c.probe.shape(ctx.input_names[0])
     out_shape = ctx.out_shape()
-    if x.rank != 4 or mode not in ("bilinear", "nearest") or padding not in ("zeros", "border") or \
+    if x.rank != 4 or mode not in ("bilinear", "nearest") or padding not in ("zeros", "border", "reflection") or \
             None in shape[1:] or None in out_shape[2:]:
         raise ctx.fail(f"grid sampling of a rank-{x.rank} input with mode={mode!r}, padding_mode={padding!r} "
-                       "is not supported (4-D, bilinear or nearest, zeros or border padding are).")
+                       "is not supported (4-D, bilinear or nearest, any padding are).")
     _, channels, height, width = shape
     positions = out_shape[2] * out_shape[3]
     image = ops.reshape(ctx.to_perm(x, (0, 2, 3, 1)), [-1, channels])  # [N * H * W, C]
@@ -78,9 +78,19 @@ def grid_sample(ctx):
 
 
 def _unnormalise(coordinate, size: int, corners: bool, padding: str):
-    """[-1, 1] grid coordinates to pixel coordinates; border padding clamps them into the image."""
+    """[-1, 1] grid coordinates to pixel coordinates; border padding clamps them into the image,
+    reflection padding mirrors them at its edges first (PyTorch's ``reflect_coordinates``)."""
     from keras import ops
 
     pixel = (coordinate + 1.0) * np.float32((size - 1) / 2) if corners else \
         ((coordinate + 1.0) * np.float32(size) - 1.0) * np.float32(0.5)
-    return ops.clip(pixel, 0.0, size - 1.0) if padding == "border" else pixel
+    if padding == "reflection":
+        low, span = (0.0, size - 1.0) if corners else (-0.5, float(size))
+        if span == 0:
+            return ops.zeros_like(pixel)
+        distance = ops.abs(pixel - np.float32(low))
+        flips = ops.floor(distance / np.float32(span))
+        extra = distance - flips * np.float32(span)
+        pixel = ops.where(ops.equal(ops.mod(flips, 2.0), 0.0), extra + np.float32(low),
+                          ops.subtract(np.float32(span + low), extra))
+    return ops.clip(pixel, 0.0, size - 1.0) if padding in ("border", "reflection") else pixel
