@@ -177,6 +177,31 @@ def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_p
         assert report["artifacts"]["onnx"]["opset"] == 14 and report["artifacts"]["onnx"]["requested_opset"] == 13
 
 
+class LazyNet(nn.Module):
+    """Lazy modules (shapes from the first forward) and a dict output."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv, self.norm = nn.LazyConv2d(8, 3, stride=2), nn.LazyBatchNorm2d()
+        self.head = nn.LazyLinear(num_classes)
+
+    def forward(self, x):
+        features = F.relu(self.norm(self.conv(x)))
+        return {"logits": self.head(features.flatten(1)), "features": features}
+
+
+@pytest.mark.parametrize("overrides", [SHORT[:3], ("model.weights=init", "stages=[export,check,convert,parity]")],
+                         ids=["trained", "init"])
+def test_lazy_modules_are_built_by_a_first_forward_before_any_stage_uses_them(overrides, tmp_path, mnist_root):
+    """nn.LazyLinear & co. have no parameters to count, optimise or export until a forward: the network is
+    built with one, and the same seed gives the same weights in every build (torch's reference = export)."""
+    report = run_composed("model.net._target_=tests.test_any_model.LazyNet", "model.output=logits", "dataset=mnist",
+                          mnist_root_override(), "export=keras", "parity.samples=64", *overrides,
+                          run_dir=tmp_path / "run")
+    assert report["status"] == "ok" and report["model"]["parameters"] > 0
+    assert all(e["allclose"] for e in report["parity"]), report["parity"]
+
+
 class PackedGRU(nn.Module):
     def __init__(self):
         super().__init__()
