@@ -63,7 +63,25 @@ class RunContext:
         # Seeded on every build, so that random weights (model.weights=init, a run without train)
         # are the same in every run of this config; the train stage seeds the same value first.
         torch.manual_seed(int(self.cfg.seed))
-        return _build(self.cfg.model.net, "model.net")
+        net = _build(self.cfg.model.net, "model.net")
+        if any(torch.nn.parameter.is_lazy(t) for t in [*net.parameters(), *net.buffers()]):
+            self._materialize(net)
+        return net
+
+    def _materialize(self, net: torch.nn.Module) -> None:
+        """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``...) take their shapes on a first forward: one
+        training sample in eval mode, right after the seeded build, so that every build of this config has
+        the same weights and no stage meets an uninitialised parameter (counting, the optimizer, the export).
+        A forward that fails is left to the preflight check, which names the input it could not take."""
+        x = self.data.splits.train[0]
+        sample = {n: t[:1] for n, t in x.items()} if isinstance(x, dict) else x[:1]
+        training = net.training
+        try:
+            with torch.no_grad():
+                net.eval()(**sample) if isinstance(sample, dict) else net.eval()(sample)
+        except Exception:  # noqa: BLE001, S110 - preflight runs the same forward and reports it
+            pass
+        net.train(training)
 
     def initial_net(self) -> torch.nn.Module:
         """The network before this run trains it: built, with ``model.weights`` loaded when given."""

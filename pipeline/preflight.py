@@ -114,7 +114,8 @@ MAX_EXPORT_BYTES = 2**31 - 2**24
 
 
 def _check_exportable_size(cfg, net: torch.nn.Module) -> None:
-    tensors = [*net.parameters(), *net.buffers()]
+    # a lazy module left unbuilt (its first forward failed: _forward says why) has no size yet
+    tensors = [t for t in [*net.parameters(), *net.buffers()] if not torch.nn.parameter.is_lazy(t)]
     size = sum(t.numel() * t.element_size() for t in tensors)
     if size > MAX_EXPORT_BYTES:
         count = sum(t.numel() for t in net.parameters())

@@ -73,7 +73,10 @@ def optimized_metric(cfg: DictConfig, report: dict) -> float | None:
 
 
 def count_parameters(net) -> int:
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+    from torch.nn.parameter import is_lazy
+
+    # a lazy module whose first forward failed has no size yet (preflight names the input it cannot take)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad and not is_lazy(p))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Report:

@@ -156,6 +156,43 @@ class PatchNet(nn.Module):
 
 
 IDS = "{ids: {shape: [10], distribution: integers, high: 12}}"
+class SpatialTransformerNet(nn.Module):
+    """PyTorch's spatial transformer tutorial: a localisation net predicts theta (initialised to the
+    identity), F.affine_grid + F.grid_sample resample the digit (opset 20 raised by the export)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.loc = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2, 2), nn.ReLU(), nn.Conv2d(8, 10, 5),
+                                 nn.MaxPool2d(2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(90, 32), nn.ReLU(),
+                                 nn.Linear(32, 6))
+        self.loc[-1].weight.data.normal_(0, 0.05)
+        self.loc[-1].bias.data.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+        self.head = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(8 * 12 * 12, num_classes))
+
+    def forward(self, x):
+        grid = F.affine_grid(self.loc(x).view(-1, 2, 3), x.size(), align_corners=False)
+        return self.head(F.grid_sample(x, grid, align_corners=False))
+
+
+class Im2ColNet(nn.Module):
+    """A convolution written by hand (F.unfold, weight @ columns), nn.Fold back (Col2Im, opset 18) and the
+    strongest channel per position as a feature (argmax)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.unfold = nn.Unfold(3, padding=1, stride=2)
+        self.weight = nn.Parameter(torch.randn(8, 9) * 0.3)
+        self.fold = nn.Fold((28, 28), 2, stride=2)
+        self.head = nn.Linear(8 * 196 + 196 + 196, num_classes)
+
+    def forward(self, x):
+        y = F.relu(self.weight @ self.unfold(x)).view(-1, 8, 14, 14)
+        back = self.fold(torch.tanh(F.unfold(x, 2, stride=2)))
+        strongest = y.argmax(dim=1).flatten(1).float() / 8
+        return self.head(torch.cat([y.flatten(1), F.avg_pool2d(back, 2).flatten(1), strongest], 1))
+
+
 USER_MODELS = {
     "ResidualNet": ("mnist", (mnist_root_override(), *SHORT)),
     "MobileNet": ("mnist", (mnist_root_override(), *SHORT)),
@@ -165,6 +202,8 @@ USER_MODELS = {
     "TokenPoolNet": ("synthetic", (f"dataset.inputs={IDS}", "dataset.samples=64", "model.weights=init",
                                    "stages=[export,check,convert,parity]")),
     "PatchNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
+    "SpatialTransformerNet": ("mnist", (mnist_root_override(), *SHORT)),
+    "Im2ColNet": ("mnist", (mnist_root_override(), *SHORT)),
 }
 
 
@@ -182,6 +221,31 @@ def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_p
         assert parity[runtime]["allclose"] and parity[runtime]["top1_agreement"] == 1.0, parity[runtime]
     if name == "TinyTransformer":  # attention needs opset 14: the export raised it, and says so
         assert report["artifacts"]["onnx"]["opset"] == 14 and report["artifacts"]["onnx"]["requested_opset"] == 13
+
+
+class LazyNet(nn.Module):
+    """Lazy modules (shapes from the first forward) and a dict output."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv, self.norm = nn.LazyConv2d(8, 3, stride=2), nn.LazyBatchNorm2d()
+        self.head = nn.LazyLinear(num_classes)
+
+    def forward(self, x):
+        features = F.relu(self.norm(self.conv(x)))
+        return {"logits": self.head(features.flatten(1)), "features": features}
+
+
+@pytest.mark.parametrize("overrides", [SHORT[:3], ("model.weights=init", "stages=[export,check,convert,parity]")],
+                         ids=["trained", "init"])
+def test_lazy_modules_are_built_by_a_first_forward_before_any_stage_uses_them(overrides, tmp_path, mnist_root):
+    """nn.LazyLinear & co. have no parameters to count, optimise or export until a forward: the network is
+    built with one, and the same seed gives the same weights in every build (torch's reference = export)."""
+    report = run_composed("model.net._target_=tests.test_any_model.LazyNet", "model.output=logits", "dataset=mnist",
+                          mnist_root_override(), "export=keras", "parity.samples=64", *overrides,
+                          run_dir=tmp_path / "run")
+    assert report["status"] == "ok" and report["model"]["parameters"] > 0
+    assert all(e["allclose"] for e in report["parity"]), report["parity"]
 
 
 class PackedGRU(nn.Module):

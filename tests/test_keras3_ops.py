@@ -26,6 +26,16 @@ class Lambda(nn.Module):
         return self.function(x, *self.parts)
 
 
+def slice_assignments(x):
+    """In-place writes as users make them (PyTorch exports each as ScatterND with batch-built indices)."""
+    y = torch.zeros_like(x)
+    y[:, :, 1:-1, 2:] = x[:, :, 1:-1, 2:] * 2
+    y[:, 1] = 0.5
+    y[..., :2] = y[..., -2:]
+    y[:, :, ::3] = -y[:, :, ::3]
+    return y
+
+
 def conv_then(function, channels=6):
     """A conv first, so the tensor is channels-last inside Keras when ``function`` sees it."""
     return Lambda(lambda x, conv: function(conv(x)), nn.Conv2d(3, channels, 3, padding=1))
@@ -149,6 +159,44 @@ CASES = {
     "nan_to_num_and_per_head_weights": (Lambda(lambda x, p: torch.nan_to_num(x @ x.transpose(1, 2)).sum(2, True)
                                                + (x.unsqueeze(1).expand(-1, 2, -1, -1) @ p.weight.view(2, 5, 2))
                                                .transpose(1, 2).flatten(2), nn.Linear(1, 20)), SEQ, 14),
+    # im2col layers: nn.Fold (Col2Im, opset 18) overlapping, strided, padded, dilated; nn.Bilinear (no
+    # TorchScript symbolic: exported as its einsum)
+    "fold_overlapping_strided_padded": (conv_then(lambda x: F.fold(F.unfold(x, 3, padding=1, stride=2) * 2, (8, 10),
+                                                                   3, padding=1, stride=2)), IMAGE, 18),
+    "fold_dilated_rectangular": (conv_then(lambda x: F.fold(torch.tanh(F.unfold(x, (2, 3), dilation=(2, 1),
+                                                                                stride=(1, 2))), (8, 10), (2, 3),
+                                                            dilation=(2, 1), stride=(1, 2))), IMAGE, 18),
+    "bilinear_layer_on_sequence": (Lambda(lambda x, b: b(x, torch.tanh(x)), nn.Bilinear(5, 5, 3)), SEQ, 13),
+    # arg-max/min as ONNX defines them: first index of the extreme, -0.0 == 0.0 (mostly ties of signed zeros here)
+    "argmax_argmin_ties_signed_zeros": (Lambda(lambda x: torch.cat([
+        (torch.round(x * 0.3) * torch.sign(x.flip(1))).argmax(1).flatten(1),
+        torch.round(x).argmin(3, keepdim=True).flatten(1), F.one_hot(torch.round(x).argmax(2), 8).flatten(1)], 1)
+        .float()), IMAGE, 13),
+    # a constant matrix times data (W @ x: hand-written im2col, a graph's adjacency): a Dense layer
+    "constant_matrix_times_data": (conv_then(lambda x: torch.linspace(-1, 1, 24).view(1, 3, 8) @ x), IMAGE, 13),
+    "parameter_matrix_times_sequence": (Lambda(lambda x, p: p.weight @ torch.tanh(x), nn.Linear(7, 4)), SEQ, 13),
+    # spatial transformers: F.affine_grid (AffineGrid, opset 20) and F.grid_sample (GridSample, opset 16) with
+    # grids reaching outside the image, from a predicted theta or straight from the data
+    "affine_grid_sample_bilinear_zeros": (Lambda(lambda x, p: F.grid_sample(x, F.affine_grid(
+        p(x.mean((2, 3))).view(-1, 2, 3), list(x.shape), align_corners=False), align_corners=False),
+        nn.Linear(3, 6)), IMAGE, 20),
+    "grid_sample_bilinear_border_corners": (Lambda(lambda x, c: F.grid_sample(
+        x, torch.tanh(c(x)).permute(0, 2, 3, 1) * 1.3, padding_mode="border", align_corners=True),
+        nn.Conv2d(3, 2, 3, stride=2)), IMAGE, 16),
+    "grid_sample_reflection": (Lambda(lambda x, c: F.grid_sample(x, c(x).permute(0, 2, 3, 1) * 2,
+                                                              padding_mode="reflection", align_corners=False)
+                                      + F.grid_sample(x, c(x).permute(0, 2, 3, 1) * 3, padding_mode="reflection",
+                                                      align_corners=True), nn.Conv2d(3, 2, 1)), IMAGE, 16),
+    "grid_sample_nearest_zeros": (Lambda(lambda x, c: F.grid_sample(x, c(x).permute(0, 2, 3, 1), mode="nearest",
+                                                                       align_corners=False),
+                                         nn.Conv2d(3, 2, 1)), IMAGE, 16),
+    # two-operand einsums as transposes + one batched matmul (TensorFlow's own lowering breaks on some in TFLite)
+    "einsum_spatial_attention_pooling": (conv_then(lambda x: torch.einsum("bchw,bhw->bc", x, x.mean(1).softmax(-1))),
+                                         IMAGE, 13),
+    "einsum_outer_product_and_sum_out": (Lambda(lambda x, p: torch.einsum("bti,btj->bij", x, p(x)) +
+                                                torch.einsum("bti,bsj->bj", x, x)[:, None], nn.Linear(5, 5)), SEQ, 13),
+    # slice assignment: ScatterND whose every sample writes its own row at the same places
+    "slice_assignment_scatter": (conv_then(slice_assignments), IMAGE, 13),
     "rms_norm_and_dilated_same_conv": (Lambda(lambda x, n, c: c(n(x).transpose(1, 2)), nn.RMSNorm(5),
                                               nn.Conv1d(5, 4, 3, padding="same", dilation=2)), SEQ, 13),
     # sequence idioms: the step picked per sample by advanced indexing (torch.arange(N) counts the batch,
@@ -216,6 +264,46 @@ def test_converted_op_matches_onnxruntime(case, tmp_path):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
 
 
+def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
+    """The Keras model as a SavedModel (dynamic batch), through the tflite backend's converter, run by LiteRT."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.converters.backends.tflite_tf_converter import convert_file
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    model = conversion.model
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serving_default", fn=lambda value: {"output": model(value, training=False)},
+                         input_signature=[tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="x")])
+    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
+    convert_file(tmp_path / "saved_model", tmp_path / "m.tflite")
+    runner = _interpreter_class()(model_path=str(tmp_path / "m.tflite")).get_signature_runner("serving_default")
+    out = runner(x=np.ascontiguousarray(np.transpose(x, conversion.input_perms[0])))["output"]
+    return np.transpose(out, np.argsort(conversion.output_perms[0]))
+
+
+@pytest.mark.parametrize("case", ["einsum_spatial_attention_pooling", "constant_matrix_times_data",
+                                  "argmax_argmin_ties_signed_zeros", "affine_grid_sample_bilinear_zeros",
+                                  "fold_overlapping_strided_padded", "slice_assignment_scatter",
+                                  "grid_sample_reflection"])
+def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
+    """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
+    BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'
+    float argmax needing BitwiseAnd) or where the gathers must stay builtins: converted and run by LiteRT."""
+    module, shape, opset = CASES[case]
+    model = _export(module, shape, opset, tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    conversion, _ = build(model, {"input": rng.normal(size=(3, *shape)).astype(np.float32)})
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 4):
+        x = rng.normal(size=(batch, *shape)).astype(np.float32)
+        expected = session.run(None, {"input": x})[0]
+        np.testing.assert_allclose(_tflite_outputs(conversion, x, tmp_path), expected, rtol=1e-4,
+                                   atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+
+
 def test_the_saved_file_loads_in_safe_mode_and_computes_the_same(tmp_path):
     import keras
 
@@ -253,6 +341,64 @@ def test_an_op_without_a_converter_is_refused_by_name(tmp_path):
     with pytest.raises(ConversionError) as info:
         build(model, {"input": np.ones((2, *FLAT), np.float32)})
     assert info.value.unsupported_op == "Det" and "Det" in str(info.value)
+
+
+def test_a_scatter_that_mixes_samples_is_refused_by_name(tmp_path):
+    def reversed_rows(x):
+        y = x.clone()
+        y[torch.arange(x.shape[0] - 1, -1, -1), 0] = x[:, 1]  # sample i writes into sample N-1-i
+        return y
+
+    with pytest.raises(ConversionError) as info:
+        build(_export(Lambda(reversed_rows), IMAGE, 13, tmp_path / "m.onnx"),
+              {"input": np.ones((2, *IMAGE), np.float32)})
+    assert info.value.unsupported_op == "ScatterND" and "samples" in str(info.value)
+
+
+@pytest.mark.parametrize("bins", [(3, 4), (7, 7), (1, 6)])
+def test_adaptive_average_pool_whose_size_does_not_divide_exports_and_converts(bins, tmp_path):
+    """The TorchScript exporter refuses these (PSPNet bins, VGG's (7, 7) head on small images): the export's
+    own symbolic must give PyTorch's values, and keras3 onnxruntime's."""
+    module = conv_then(lambda x: F.adaptive_avg_pool2d(x, bins) + F.adaptive_avg_pool2d(x[:, :, :2, :3], bins))
+    model = _export(module, IMAGE, 13, tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(3, *IMAGE)).astype(np.float32)
+    with torch.no_grad():
+        reference = module(torch.from_numpy(x)).numpy()
+    expected = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_allclose(expected, reference, rtol=1e-5, atol=1e-6)
+    conversion, _ = build(model, {"input": x[:2]})
+    np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("function", [
+    lambda x: F.threshold(x, 0.1, -1.0) + F.threshold(x, 0.0, 0.0),
+    lambda x: torch.rot90(x, 1, (2, 3)).flatten(2) + torch.rot90(x, 2, (3, 2)).flatten(2)
+    + torch.rot90(x, -1, (2, 3)).flatten(2),
+    lambda x: torch.cat([F.interpolate(x, scale_factor=0.5, mode="nearest-exact").flatten(2),
+                         F.interpolate(x, size=(4, 9), mode="nearest-exact").flatten(2),
+                         F.interpolate(x, scale_factor=1.7, mode="nearest-exact").flatten(2)], 2),
+], ids=["threshold", "rot90", "nearest_exact"])
+def test_ops_the_exporter_lacks_export_as_pytorch_computes_them(function, tmp_path):
+    """``F.threshold`` with a non-zero threshold, ``torch.rot90`` (square images) and nearest-exact
+    interpolation: the export's own symbolics give PyTorch's values, and keras3 onnxruntime's."""
+    module = conv_then(function)
+    model = _export(module, (3, 6, 6), 13, tmp_path / "m.onnx")
+    x = np.random.default_rng(6).normal(size=(3, 3, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        reference = module(torch.from_numpy(x)).numpy()
+    expected = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_allclose(expected, reference, rtol=1e-5, atol=1e-5)
+    conversion, _ = build(model, {"input": x[:2]})
+    np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_sampling_it_cannot_do_exactly_is_refused_by_name(tmp_path):
+    module = Lambda(lambda x: F.grid_sample(x, x[:, :2].permute(0, 2, 3, 1), mode="bicubic", align_corners=False))
+    with pytest.raises(ConversionError) as info:
+        build(_export(module, IMAGE, 16, tmp_path / "m.onnx"), {"input": np.ones((2, *IMAGE), np.float32)})
+    assert info.value.unsupported_op == "GridSample" and "bicubic" in str(info.value)
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])

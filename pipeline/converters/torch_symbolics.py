@@ -3,7 +3,9 @@
 Symbolics (registered per opset by ``register``): ``Tensor.unfold`` on a negative dimension (its own symbolic
 swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none), grouped-query
 ``scaled_dot_product_attention`` (refused), ``scatter_add`` below opset 16 (a graph that loses repeated
-indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused).
+indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused),
+``nn.RMSNorm`` below opset 23, ``nn.Bilinear``, ``torch.rot90``, ``F.threshold`` with a non-zero threshold
+and ``nearest-exact`` interpolation (none).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
 no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
 """
@@ -27,6 +29,15 @@ def register(opset: int) -> None:
     for kind, rank in itertools.product(("avg", "max"), (1, 2, 3)):
         torch.onnx.register_custom_op_symbolic(f"aten::adaptive_{kind}_pool{rank}d", _adaptive_pool(kind, rank),
                                                opset)
+    if opset < 23:  # 23 has RMSNormalization of its own
+        torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
+    if opset >= 10:
+        torch.onnx.register_custom_op_symbolic("aten::rot90", _rot90, opset)
+        torch.onnx.register_custom_op_symbolic("aten::threshold", _threshold, opset)
+    if opset >= 11:  # Resize with sizes
+        torch.onnx.register_custom_op_symbolic("aten::_upsample_nearest_exact2d", _upsample_nearest_exact2d, opset)
+    if opset >= 12:  # Einsum
+        torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
 
 
 @contextlib.contextmanager
@@ -226,3 +237,85 @@ def _embedding_bag_fixed_bags(input, weight, offsets=None, max_norm=None, norm_t
         return torch.where(keep.any(1), largest, torch.zeros_like(largest))
     total = (vectors * keep.to(vectors.dtype)).sum(1)
     return total if mode == "sum" else total / keep.sum(1).clamp(min=1).to(vectors.dtype)
+
+
+def _rms_norm(g, x, normalized_shape, weight, eps):
+    """``aten::rms_norm`` (``nn.RMSNorm``, ``F.rms_norm``), which the TorchScript exporter has no symbolic
+    for below ONNX's RMSNormalization (opset 23): ``x / sqrt(mean(x^2) + eps) * weight``, PyTorch's own
+    decomposition (eps None: the float32 machine epsilon, as PyTorch uses for float32 inputs)."""
+    from torch.onnx import symbolic_helper
+
+    axes = list(range(-len(symbolic_helper._get_const(normalized_shape, "is", "normalized_shape")), 0))
+    eps = 1.1920928955078125e-07 if symbolic_helper._is_none(eps) else symbolic_helper._get_const(eps, "f", "eps")
+    square = g.op("Mul", x, x)
+    if g.opset >= 18:
+        mean = g.op("ReduceMean", square, g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64)),
+                    keepdims_i=1)
+    else:
+        mean = g.op("ReduceMean", square, axes_i=axes, keepdims_i=1)
+    root = g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
+    out = g.op("Div", x, root)
+    return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
+
+def _bilinear(g, x1, x2, weight, bias):
+    """``aten::bilinear`` (``nn.Bilinear``, ``F.bilinear``), which the TorchScript exporter has no symbolic
+    for: ``einsum("...i,oij,...j->...o", x1, weight, x2) + bias``, its definition (Einsum: opset 12)."""
+    from torch.onnx import symbolic_helper
+
+    out = g.op("Einsum", x1, weight, x2, equation_s="...i,oij,...j->...o")
+    return out if symbolic_helper._is_none(bias) else g.op("Add", out, bias)
+
+def _threshold(g, x, threshold, value):
+    """``aten::threshold`` (``nn.Threshold``, ``F.threshold``): the exporter takes a zero threshold only;
+    ``where(x > threshold, x, value)`` is its definition."""
+    from torch.onnx import symbolic_helper
+
+    bound = float(symbolic_helper._get_const(threshold, "f", "threshold"))
+    fill = float(symbolic_helper._get_const(value, "f", "value"))
+    if bound == 0.0 and fill == 0.0:
+        return g.op("Relu", x)
+    bound_value, fill_value = (g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(v), x))
+                               for v in (bound, fill))
+    return g.op("Where", g.op("Greater", x, bound_value), x, fill_value)
+
+def _rot90(g, x, k, dims):
+    """``aten::rot90`` (rotation TTA, rotated filters of group-equivariant convolutions), which the exporter
+    lacks: as NumPy and PyTorch define it, flips (Slice with step -1) and a Transpose of the two axes."""
+    from torch.onnx import symbolic_helper
+
+    k = int(symbolic_helper._get_const(k, "i", "k")) % 4
+    rank = symbolic_helper._get_tensor_rank(x)
+    first, second = (int(d) % rank for d in symbolic_helper._get_const(dims, "is", "dims"))
+
+    def flip(value, axis):
+        return symbolic_helper._slice_helper(g, value, axes=[axis], starts=[-1], ends=[-(2**62)], steps=[-1])
+
+    def swap(value):
+        perm = list(range(rank))
+        perm[first], perm[second] = second, first
+        return g.op("Transpose", value, perm_i=perm)
+
+    if k == 1:
+        return swap(flip(x, second))
+    if k == 2:
+        return flip(flip(x, first), second)
+    return flip(swap(x), second) if k == 3 else x
+
+def _upsample_nearest_exact2d(g, x, output_size, *scales):
+    """``F.interpolate(mode="nearest-exact")``, which the exporter lacks: PyTorch's source pixel
+    ``floor((i + 0.5) * in / out)`` is ONNX Resize's nearest with half_pixel coordinates rounded half up."""
+    import math
+
+    from torch.onnx import symbolic_helper
+
+    sizes = symbolic_helper._get_tensor_sizes(x)
+    if not symbolic_helper._is_none(output_size):
+        out = [int(v) for v in symbolic_helper._get_const(output_size, "is", "output_size")]
+    else:  # the .vec overload: scale factors; PyTorch's output size is floor(size * scale)
+        factors = symbolic_helper._get_const(scales[0], "fs", "scale_factors")
+        out = [math.floor(size * f) for size, f in zip(sizes[2:], factors, strict=True)]
+    leading = symbolic_helper._slice_helper(g, g.op("Shape", x), axes=[0], starts=[0], ends=[2])
+    target = g.op("Concat", leading, g.op("Constant", value_t=torch.tensor(out, dtype=torch.int64)), axis_i=0)
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    return g.op("Resize", x, empty, empty, target, mode_s="nearest", coordinate_transformation_mode_s="half_pixel",
+                nearest_mode_s="round_prefer_ceil")

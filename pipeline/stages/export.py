@@ -109,33 +109,13 @@ def first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0][:400] if text else ''}"
 
 
-def _rms_norm(g, x, normalized_shape, weight, eps):
-    """``aten::rms_norm`` (``nn.RMSNorm``, ``F.rms_norm``), which the TorchScript exporter has no symbolic
-    for below ONNX's RMSNormalization (opset 23): ``x / sqrt(mean(x^2) + eps) * weight``, PyTorch's own
-    decomposition (eps None: the float32 machine epsilon, as PyTorch uses for float32 inputs)."""
-    from torch.onnx import symbolic_helper
-
-    axes = list(range(-len(symbolic_helper._get_const(normalized_shape, "is", "normalized_shape")), 0))
-    eps = 1.1920928955078125e-07 if symbolic_helper._is_none(eps) else symbolic_helper._get_const(eps, "f", "eps")
-    square = g.op("Mul", x, x)
-    if g.opset >= 18:
-        mean = g.op("ReduceMean", square, g.op("Constant", value_t=torch.tensor(axes, dtype=torch.int64)),
-                    keepdims_i=1)
-    else:
-        mean = g.op("ReduceMean", square, axes_i=axes, keepdims_i=1)
-    root = g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
-    out = g.op("Div", x, root)
-    return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
-
-
 _SYMBOLICS_REGISTERED = False
 
 
 def _register_symbolics() -> None:
     global _SYMBOLICS_REGISTERED
     if not _SYMBOLICS_REGISTERED:
-        for opset in range(9, 23):  # one registration per opset; 23 has RMSNormalization of its own
-            torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, opset)
+        for opset in range(9, 23):
             torch_symbolics.register(opset)
         _SYMBOLICS_REGISTERED = True
 

@@ -31,10 +31,10 @@ def run(ctx: RunContext) -> None:
     ctx.report.data["reference"] = {"runtime": "torch", "samples": samples, "metric": _metric(ctx, ref_out, labels),
                                     **ref_timing}
     entries = []
-    for name, adapter in _runtimes_under_test(ctx):
+    for name, load in _runtimes_under_test(ctx):
         entry = {"runtime": name, "samples": samples}
-        try:
-            out, timing = _measure(adapter, feeds, settings)
+        try:  # an artifact that does not even load (a flatbuffer with a bad tensor) fails parity, named
+            out, timing = _measure(load(), feeds, settings)
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the data fails parity, clearly
             entry.update(failure_entry(f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
         else:
@@ -89,13 +89,15 @@ def _metric(ctx: RunContext, outputs: dict, labels) -> float | None:
 
 
 def _runtimes_under_test(ctx: RunContext):
+    """(name, loader) per runtime: loaded inside parity's try, so a load failure is that runtime's."""
     threads = ctx.threads
     names = (ctx.input_names, ctx.output_names)
-    yield "onnxruntime", runtimes.load("onnxruntime", ctx.onnx_path, *names, threads=threads)
+    yield "onnxruntime", lambda: runtimes.load("onnxruntime", ctx.onnx_path, *names, threads=threads)
     for target, path in ctx.converted.items():
         entry = ctx.report.data["targets"].get(target, {})
-        yield target, runtimes.load(TARGETS[target].runtime, path, *names, threads=threads,
-                                    input_perms=entry.get("input_perms"), output_perms=entry.get("output_perms"))
+        yield target, lambda t=target, p=path, e=entry: runtimes.load(
+            TARGETS[t].runtime, p, *names, threads=threads, input_perms=e.get("input_perms"),
+            output_perms=e.get("output_perms"))
 
 
 def failure_entry(error: str) -> dict:

@@ -9,8 +9,10 @@ import importlib
 
 HANDLERS: dict = {}
 # Ops that work on channels-last data: a graph with them takes rank-3 inputs channels-last too.
-SPATIAL_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize"}
-MODULES = ("elementwise", "activation", "shape", "reduce", "matmul", "conv", "pool", "norm", "recurrent", "resize")
+SPATIAL_OPS = {"Conv", "ConvTranspose", "Col2Im", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+               "Resize"}
+MODULES = ("elementwise", "activation", "shape", "reduce", "matmul", "conv", "pool", "norm", "recurrent", "resize",
+           "sample")
 
 
 def op(*op_types: str):

@@ -98,22 +98,31 @@ def _conv_layer(ctx, weight: np.ndarray, group: int, n: int, options: dict):
 
 @op("ConvTranspose")
 def conv_transpose(ctx):
+    x, weight, bias, n, _, strides = _conv_inputs(ctx)
+    dilations = list(ctx.attr("dilations", [1] * n))
+    in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
+    kernel = [(k - 1) * d + 1 for k, d in zip(weight.shape[2:], dilations, strict=True)]
+    pads = spatial_pads(ctx, in_sizes, kernel, strides, [1] * n) if "output_shape" not in ctx.attrs else None
+    source = ctx.to_perm(x, layout.channels_last(x.rank))
+    result = transposed_conv(ctx, source, weight, bias, strides, dilations, pads, in_sizes, ctx.out_shape()[2:],
+                             int(ctx.attr("group", 1)))
+    ctx.set(result, layout.channels_last(x.rank))
+
+
+def transposed_conv(ctx, source, weight, bias, strides, dilations, pads, in_sizes, out_sizes, group: int = 1):
+    """ONNX ConvTranspose on channels-last ``source``; ``pads`` None: centred on ``out_sizes``."""
     import keras
     from keras import ops
 
-    x, weight, bias, n, kernel, strides = _conv_inputs(ctx)
-    group = int(ctx.attr("group", 1))
-    dilations = list(ctx.attr("dilations", [1] * n))
+    n = len(strides)
+    kernel = list(weight.shape[2:])
     if any(d != 1 for d in dilations):  # a dilated kernel is the kernel with zeros between its taps
         dilated = np.zeros((*weight.shape[:2], *((k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True))),
                            weight.dtype)
         dilated[(slice(None), slice(None), *(slice(None, None, d) for d in dilations))] = weight
         weight, kernel = dilated, list(dilated.shape[2:])
-    in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
-    out_sizes = ctx.out_shape()[2:]
     layer_class = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose,
                    3: keras.layers.Conv3DTranspose}[n]
-    source = ctx.to_perm(x, layout.channels_last(x.rank))
     # Keras' transposed convolutions take no groups: one layer per group on its slice of the channels.
     parts = ops.split(source, group, axis=-1) if group > 1 else [source]
     per_group = weight.shape[0] // group
@@ -126,7 +135,6 @@ def conv_transpose(ctx):
         kernel_value = weight[g * per_group:(g + 1) * per_group]
         layer.set_weights([kernel_value.transpose(*range(2, 2 + n), 1, 0).astype(np.float32)])
     result = ops.concatenate(results, axis=-1) if group > 1 else results[0]
-    pads = spatial_pads(ctx, in_sizes, kernel, strides, [1] * n) if "output_shape" not in ctx.attrs else None
     index, extra = [slice(None)], []
     for axis, (size, k, s, out) in enumerate(zip(in_sizes, kernel, strides, out_sizes, strict=True)):
         if size is None or out is None:
@@ -140,4 +148,33 @@ def conv_transpose(ctx):
         result = ops.pad(result, [(0, 0), *extra, (0, 0)])
     if bias is not None:
         result = add(result, const_in_perm(bias.reshape(1, -1, *[1] * n), n + 2, layout.channels_last(n + 2)))
-    ctx.set(result, layout.channels_last(x.rank))
+    return result
+
+
+@op("Col2Im")
+def col2im(ctx):
+    """``nn.Fold``: [N, C * prod(block), L] columns summed back into an image. That is a transposed
+    convolution of the columns (as [N, C * prod(block), L1, L2...]) with a 0/1 kernel that sends column
+    channel ``c * prod(block) + tap`` to channel ``c`` at kernel tap ``tap``: exact, and a TFLite builtin."""
+    from keras import ops
+
+    x = ctx.tensor(0)
+    image, block = [int(v) for v in ctx.const(1)], [int(v) for v in ctx.const(2)]
+    n = len(block)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    pads = list(ctx.attr("pads", [0] * 2 * n))
+    taps, rows = math.prod(block), ctx.c.probe.shape(ctx.input_names[0])[1]
+    if rows is None or rows % taps:
+        raise ctx.fail(f"columns of shape {ctx.c.probe.shape(ctx.input_names[0])} for block {block} are not supported.")
+    channels = rows // taps
+    blocks = [(size + pads[i] + pads[i + n] - d * (k - 1) - 1) // s + 1
+              for i, (size, k, s, d) in enumerate(zip(image, block, strides, dilations, strict=True))]
+    weight = np.zeros((rows, channels, *block), np.float32)
+    for c in range(channels):
+        for tap, position in enumerate(np.ndindex(*block)):
+            weight[(c * taps + tap, c, *position)] = 1.0
+    columns = ops.reshape(ctx.to_perm(x, (0, 2, 1)), [-1, *blocks, rows])  # [N, L, rows] -> channels-last grid
+    result = transposed_conv(ctx, columns, weight, None, strides, dilations, [(pads[i], pads[i + n]) for i in range(n)],
+                             blocks, image)
+    ctx.set(result, layout.channels_last(n + 2))

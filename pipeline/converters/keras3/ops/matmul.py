@@ -10,11 +10,12 @@ from pipeline.converters.keras3.ops import op
 from pipeline.converters.keras3.ops.common import add
 
 
-def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: str = "") -> tuple:
-    """``x @ kernel + bias`` over x's last ONNX axis with a Keras Dense layer."""
+def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: str = "", axis: int = -1) -> tuple:
+    """``x @ kernel + bias`` over x's ONNX axis ``axis`` (the last by default) with a Keras Dense layer;
+    the output's axis ``axis`` holds the result."""
     import keras
 
-    last = x.rank - 1
+    last = axis % x.rank
     order = [p for p in x.perm if p != last] + [last]
     layer = keras.layers.Dense(kernel.shape[1], use_bias=bias is not None, name=ctx.name(suffix or "dense"))
     result = layer(ctx.to_perm(x, order))
@@ -29,7 +30,18 @@ def matmul(ctx):
             all(d == 1 for d in b.shape[:-2]) and b.ndim <= a.rank:
         ctx.set(*dense(ctx, a, b.reshape(b.shape[-2:]), None))
         return
+    if isinstance(b, Tensor) and _plain_matrix(a, b.rank):
+        # ``W @ x`` (a hand-written im2col conv, a graph's adjacency): a Dense layer over x's second-last
+        # axis. As an einsum with the constant first, TensorFlow's TFLite converter writes [-1, ...] static
+        # shapes at a dynamic batch and the flatbuffer does not load.
+        ctx.set(*dense(ctx, b, a.reshape(a.shape[-2:]).T, None, axis=-2))
+        return
     ctx.set(*batched_matmul(ctx, a, b))
+
+
+def _plain_matrix(value, rank: int) -> bool:
+    """A constant matrix (leading size-1 axes allowed) that broadcasts over a rank-``rank`` tensor."""
+    return isinstance(value, np.ndarray) and 2 <= value.ndim <= rank and all(d == 1 for d in value.shape[:-2])
 
 
 def batched_matmul(ctx, a, b) -> tuple:
@@ -68,8 +80,9 @@ def batched_matmul(ctx, a, b) -> tuple:
         subscripts.append("".join(own[p] for p in kept))
     out_perm = [p + rank - ranks[0] for p in a.perm] if isinstance(a, Tensor) and ranks[0] == rank else \
         list(range(rank))
-    equation = f"{subscripts[0]},{subscripts[1]}->{''.join(out_letters[p] for p in out_perm)}"
-    return ops.einsum(equation, *operands), out_perm
+    result, letters = contract(operands[0], subscripts[0], operands[1], subscripts[1],
+                               "".join(out_letters[p] for p in out_perm))
+    return result, [out_letters.index(ch) for ch in letters]
 
 
 def _matmul_in_onnx_order(ctx, a, b) -> tuple:
@@ -129,7 +142,73 @@ def einsum(ctx):
             operands.append(value)
     if output is None:
         output = "".join(sorted(ch for ch in set(inputs.replace(",", "")) if inputs.count(ch) == 1))
+    if len(operands) == 2:
+        result, letters = contract(operands[0], rewritten[0], operands[1], rewritten[1], output)
+        ctx.set(result, [output.index(ch) for ch in letters])
+        return
     ctx.set(ops.einsum(_lowercase(",".join(rewritten) + "->" + output), *operands), layout.identity(len(output)))
+
+
+def contract(a, a_terms: str, b, b_terms: str, output: str) -> tuple:
+    """A two-operand einsum as transposes, reshapes and one batched matmul; returns the result and the
+    letters of its axes (batch, a's free, b's free: the caller's layout records that order, no transpose).
+    Not ``tf.einsum``: TensorFlow's TFLite converter lowers some equations to a BatchMatMul of the wrong
+    shape (``bhwc,bhw->bc``) or writes static [-1, ...] shapes that do not load."""
+    from keras import ops
+
+    if len(set(a_terms)) < len(a_terms) or len(set(b_terms)) < len(b_terms):  # a diagonal: einsum itself
+        return ops.einsum(_lowercase(f"{a_terms},{b_terms}->{output}"), a, b), output
+    a, a_terms = _sum_unused(a, a_terms, b_terms + output)
+    b, b_terms = _sum_unused(b, b_terms, a_terms + output)
+    batch = [ch for ch in output if ch in a_terms and ch in b_terms]
+    summed = [ch for ch in a_terms if ch in b_terms and ch not in output]
+    free_a = [ch for ch in a_terms if ch not in b_terms]
+    free_b = [ch for ch in b_terms if ch not in a_terms]
+    sizes = {**_sizes(b, b_terms), **_sizes(a, a_terms)}
+    unknown = [ch for ch in sizes if sizes[ch] is None]
+    if len(unknown) > 1 or (unknown and unknown[0] in summed and batch):  # not one reshape each: einsum itself
+        return ops.einsum(_lowercase(f"{a_terms},{b_terms}->{output}"), a, b), output
+    left = _grouped(a, a_terms, batch, [free_a, summed], sizes)
+    right = _grouped(b, b_terms, batch, [summed, free_b], sizes)
+    result = ops.matmul(left, right)
+    result = ops.reshape(result, _target([*[sizes[ch] for ch in batch], *[sizes[ch] for ch in free_a + free_b]]))
+    return result, "".join(batch + free_a + free_b)
+
+
+def _sum_unused(x, terms: str, used: str):
+    """Sum out the axes no other term names (einsum sums them)."""
+    from keras import ops
+
+    unused = [i for i, ch in enumerate(terms) if ch not in used]
+    if not unused:
+        return x, terms
+    summed = np.sum(x, axis=tuple(unused)) if isinstance(x, np.ndarray) else ops.sum(x, axis=unused)
+    return summed, "".join(ch for ch in terms if ch in used)
+
+
+def _sizes(x, terms: str) -> dict:
+    return dict(zip(terms, tuple(x.shape), strict=True))
+
+
+def _grouped(x, terms: str, batch: list, groups: list, sizes: dict):
+    """``x`` as [batch..., prod(groups[0]), prod(groups[1])]."""
+    from keras import ops
+
+    order = [terms.index(ch) for ch in [*batch, *groups[0], *groups[1]]]
+    shape = [*[sizes[ch] for ch in batch], *[_product([sizes[ch] for ch in group]) for group in groups]]
+    if isinstance(x, np.ndarray):
+        return np.transpose(x, order).reshape(shape)
+    moved = ops.transpose(x, order) if order != sorted(order) else x
+    return ops.reshape(moved, _target(shape))
+
+
+def _product(sizes: list):
+    return None if None in sizes else int(np.prod(sizes, dtype=np.int64))
+
+
+def _target(shape: list) -> list:
+    """A reshape target: the one unknown (batch-sized) size as -1."""
+    return [-1 if d is None else int(d) for d in shape]
 
 
 def _without_ellipsis(ctx, equation: str) -> str:

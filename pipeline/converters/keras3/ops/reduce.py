@@ -47,30 +47,34 @@ def reduce(ctx):
 
 @op("ArgMax", "ArgMin")
 def argmax(ctx):
-    """The first (or, with select_last_index, the last) position of the extreme value. On floats as the
-    argmax of ``x == max(x)`` in int32: Keras' float argmax tells -0.0 from 0.0 with a bitwise op, which
-    TFLite has no kernel for (and ONNX does not tell them apart)."""
+    """The first (or, with select_last_index, the last) position of the extreme value (``extreme_index``)."""
     from keras import ops
 
     x = ctx.tensor(0)
     axis = int(ctx.attr("axis", 0)) % x.rank
-    k = x.keras_axis(axis)
+    if ctx.c.probe.shape(ctx.input_names[0])[axis] is None:
+        raise ctx.fail("an arg-max/min along the batch axis is not supported.")
     keep = bool(ctx.attr("keepdims", 1))
-    extreme = ops.max if ctx.op_type == "ArgMax" else ops.min
-    values, last = x.keras, bool(ctx.attr("select_last_index", 0))
-    if last and values.shape[k] is None:
-        raise ctx.fail("select_last_index=1 along the batch axis is not supported.")
-    if last:  # the first extreme of the reversed axis
-        values = ops.flip(values, axis=k)
-    if "float" in str(values.dtype):
-        values = ops.cast(ops.equal(values, extreme(values, axis=k, keepdims=True)), "int32")
-        function = ops.argmax
-    else:
-        function = ops.argmax if ctx.op_type == "ArgMax" else ops.argmin
-    result = function(values, axis=k, keepdims=keep)
-    if last:
-        result = (values.shape[k] - 1) - result
+    result = extreme_index(x.keras, x.keras_axis(axis), ctx.op_type == "ArgMax", keep,
+                           last=bool(ctx.attr("select_last_index", 0)))
     ctx.set(ops.cast(result, "int64"), x.perm if keep else _reduced_perm(x.perm, [axis]))
+
+
+def extreme_index(x, axis: int, largest: bool, keepdims: bool, last: bool = False):
+    """The first (or last) index of the maximum (minimum) along ``axis``, as ONNX ArgMax/ArgMin define it:
+    the extreme value, then the lowest (highest) index holding it. Not ``keras.ops.argmax``: for floats
+    it tells -0.0 from 0.0 with a sign-bit test (BitwiseAnd, no TFLite builtin) and then ranks -0.0
+    below 0.0, where PyTorch and onnxruntime take them as equal."""
+    from keras import ops
+
+    size = x.shape[axis]
+    extreme = (ops.max if largest else ops.min)(x, axis=axis, keepdims=True)
+    shape = [1] * len(x.shape)
+    shape[axis] = size
+    positions = np.arange(size, dtype=np.int32).reshape(shape)
+    if last:
+        return ops.max(ops.where(ops.equal(x, extreme), positions, np.int32(-1)), axis=axis, keepdims=keepdims)
+    return ops.min(ops.where(ops.equal(x, extreme), positions, np.int32(size)), axis=axis, keepdims=keepdims)
 
 
 @op("Softmax", "LogSoftmax")
@@ -101,7 +105,8 @@ def hardmax(ctx):
     axis = x.keras_axis(int(ctx.attr("axis", -1)))
     moved = [p for p in x.perm if p != x.perm[axis]] + [x.perm[axis]]
     stored = ctx.to_perm(x, moved)
-    ctx.set(ops.one_hot(ops.argmax(stored, axis=-1), stored.shape[-1], dtype=str(stored.dtype)), moved)
+    index = extreme_index(stored, len(moved) - 1, largest=True, keepdims=False)
+    ctx.set(ops.one_hot(index, stored.shape[-1], dtype=str(stored.dtype)), moved)
 
 
 @op("LpNormalization")
