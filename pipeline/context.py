@@ -162,8 +162,8 @@ class RunContext:
             if missing:
                 raise PipelineError(f"The dataset gives inputs {sorted(x)}; the model takes {names}.",
                                     "Name the dataset's inputs after the model's (dataset.inputs).")
-            return {name: x[name][:count].numpy() for name in names}
-        return {names[0]: x[:count].numpy()}
+            return {name: x[name][:count].numpy().copy() for name in names}
+        return {names[0]: x[:count].numpy().copy()}  # copies: the caller's runtimes never change the split
 
     def calibration_inputs(self, count: int) -> dict[str, np.ndarray]:
         """``count`` training-split inputs by ONNX input name, drawn at random (seeded by ``seed``) so that a
@@ -249,7 +249,14 @@ def _not_torch_file(path: Path) -> str | None:
     with open(path, "rb") as handle:
         head = handle.read(8)
     # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol byte (0x80).
-    if head.startswith(b"PK") or head[:1] == b"\x80":
+    if head.startswith(b"PK"):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # torch's own message: "[Errno 22] Invalid argument"
+            return ("it starts as a torch.save zip archive but is truncated or corrupt (no zip directory at its end: "
+                    "an interrupted copy, download or save?)")
+        return None
+    if head[:1] == b"\x80":
         return None
     onnx_magic = len(head) > 1 and head[0] == 0x08 and 1 <= head[1] <= 20  # a protobuf's ir_version field
     if path.suffix.lower() == ".onnx" or onnx_magic:

@@ -49,7 +49,40 @@ def check(ctx: RunContext, selected: list[str]) -> None:
     check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
     if "train" in selected:
         _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+        _check_trainable(ctx.cfg, net)
         _check_optimizer(ctx.cfg, ctx.new_net())
+        _check_nodes(ctx.cfg)
+
+
+# What a multi-node launch sets on every node (SLURM, torchrun, LSF, MPI, or by hand as Lightning documents).
+MULTI_NODE_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "NODE_RANK",
+                  "MASTER_ADDR", "KUBERNETES_PORT")
+
+
+def _check_nodes(cfg) -> None:
+    """trainer.num_nodes above 1 outside a multi-node launch: the first node would wait for the others
+    forever (torch.distributed's rendezvous, deaf to Ctrl+C)."""
+    import os
+
+    nodes = int(cfg.trainer.get("num_nodes") or 1)
+    if nodes > 1 and not any(os.environ.get(name) for name in MULTI_NODE_ENV):
+        raise PipelineError(f"trainer.num_nodes={nodes}, but this process was not started by a multi-node launcher "
+                            "(no SLURM, torchrun, LSF or MPI job; no NODE_RANK/MASTER_ADDR): it would wait for the "
+                            "other nodes forever.",
+                            "Set trainer.num_nodes=1 on one machine (trainer.devices= for more processes), or start "
+                            "every node through a launcher, e.g. hydra/launcher=submitit_slurm.")
+
+
+def _check_trainable(cfg, net: torch.nn.Module) -> None:
+    """A network without a parameter that requires grad has nothing to train: the optimizer would get an
+    empty list, or the loss no gradient (frozen parameters)."""
+    if any(p.requires_grad for p in net.parameters()):
+        return
+    count = sum(p.numel() for p in net.parameters())
+    what = f"all {count:,} of its parameters are frozen (requires_grad=False)" if count else "it has no parameters"
+    raise PipelineError(f"model={cfg.model.name} ({cfg.model.net.get('_target_')}) has nothing to train: {what}.",
+                        "Drop train from stages and export it as it is built: stages=[export,check,convert,parity] "
+                        "model.weights=init (or model.weights=<file>); or unfreeze its parameters.")
 
 
 def _check_optimizer(cfg, net: torch.nn.Module) -> None:
@@ -93,7 +126,7 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Te
     shape = {n: list(t.shape) for n, t in x.items()} if isinstance(x, dict) else list(x.shape)
     try:
         with torch.no_grad():
-            out = net(**x) if isinstance(x, dict) else net(x)
+            out = _call(net, x)
     except SystemExit as exc:  # user code calling sys.exit() / exit()
         raise PipelineError(f"model={ctx.cfg.model.name} ({ctx.cfg.model.net.get('_target_')}) called "
                             f"sys.exit({exc.code!r}) in its forward pass.",
@@ -107,6 +140,14 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Te
     first = check_returned(ctx.cfg, out)
     _check_finite(ctx.cfg, first)
     return first
+
+
+def _call(net: torch.nn.Module, x):
+    """``net`` on copies of the dataset's tensors: a network that changes its input in place (``x.mul_(2)``)
+    must not change the data that training, export and parity read."""
+    if isinstance(x, dict):
+        return net(**{n: t.clone() for n, t in x.items()})
+    return net(x.clone())
 
 
 # An ONNX file is one protobuf message, limited to 2 GiB (and so is a TFLite flatbuffer); the graph needs some room.
@@ -129,7 +170,7 @@ def _check_deterministic(ctx: RunContext, net: torch.nn.Module, x, first: torch.
     """Parity compares runtimes on the same inputs: a network whose eval-mode output changes from one call
     to the next (torch.rand in forward, dropout with training=True) would fail it for no runtime's fault."""
     with torch.no_grad():
-        again = flatten_outputs(net(**x) if isinstance(x, dict) else net(x))[0]
+        again = flatten_outputs(_call(net, x))[0]
     if again.shape == first.shape and torch.allclose(again, first, rtol=1e-5, atol=1e-6):
         return
     diff = float((again.double() - first.double()).abs().max()) if again.shape == first.shape else float("nan")

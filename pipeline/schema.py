@@ -77,6 +77,14 @@ def batches_limit(*, zero_ok: bool) -> Check:
     return check
 
 
+def a_path(value) -> str | None:
+    """A file or dir named on the command line: null, or a name (``''`` or spaces would be read as
+    "not given" and silently ignored, or as the working directory)."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return None
+    return "a path (a file or directory name)"
+
+
 def devices(value) -> str | None:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)):
         return None
@@ -126,7 +134,7 @@ class ModelConfig:
     output: OutputKind = MISSING
     # Weights to start from instead of training's: a state_dict (.pt) or a Lightning checkpoint (.ckpt);
     # "init": the network as its constructor builds it. null: this run's train stage (or from_run).
-    weights: str | None = None
+    weights: str | None = ranged(None, a_path)
 
 
 PRECISIONS = ("32-true", "32", 32, "64-true", "64", 64, "16-mixed", "bf16-mixed", "16-true", "bf16-true",
@@ -267,7 +275,7 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: ["train", "export", "check", "convert", "parity"])
     threads: int = ranged(0, between(0, 1024, integer=True))  # 0: the libraries' default
     print_config: bool = True
-    from_run: str | None = None
+    from_run: str | None = ranged(None, a_path)
     optimized_metric: str | None = None
 
 
@@ -280,7 +288,7 @@ class DataConfig:
     _target_: str = MISSING
     batch_size: int = ranged(128, at_least(1, integer=True))
     val_fraction: float = ranged(0.1, between(0, 1, high_open=True))
-    seed: int = 0
+    seed: int = ranged(0, between(0, MAX_SEED, integer=True))  # numpy's generators refuse negative seeds
 
 
 @dataclass
@@ -500,6 +508,8 @@ def _typed_nodes(node: DictConfig, prefix: str):
 
 
 def _show(value) -> str:
+    if isinstance(value, str) and not value.strip():
+        return repr(value)  # '' or spaces: visible
     return "null" if value is None else str(value)
 
 

@@ -48,6 +48,10 @@ def run(ctx: RunContext) -> None:
         # Under DDP, Lightning's test loop would spawn the workers again and shard the test set with a
         # padding DistributedSampler; the report's metrics come from evaluate() below in any case.
         trainer.test(module, datamodule=ctx.data, verbose=False)
+    if _casts_the_network(cfg.trainer.precision):
+        # Lightning converted the network to float64/float16/bfloat16 for training; the data, the export and
+        # every runtime are float32: the trained weights are kept in float32 (checkpoints keep their dtype).
+        net.float()
     net.eval()
     ctx.report.data["metrics"].update(evaluate(ctx, net))
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
@@ -66,6 +70,13 @@ def run(ctx: RunContext) -> None:
         "strategy_class": type(trainer.strategy).__name__,
         "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
+
+
+def _casts_the_network(precision) -> bool:
+    """Whether Lightning's precision plugin converts the network's parameters (``64``, ``*-true``), which
+    ``*-mixed`` precision leaves in float32."""
+    text = str(precision)
+    return text in ("64", "64-true") or (text.endswith("-true") and text != "32-true")
 
 
 def _trainer(ctx: RunContext) -> pl.Trainer:
@@ -120,7 +131,8 @@ def predict(net: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512) -
     """Run the PyTorch network in eval mode over ``inputs`` in batches."""
     net.eval()
     with torch.inference_mode():
-        outs = [flatten_outputs(net(inputs[i:i + batch_size]))[0]  # the task's output: the first
+        # Copies: a network that changes its input in place must not change the test split.
+        outs = [flatten_outputs(net(inputs[i:i + batch_size].clone()))[0]  # the task's output: the first
                 for i in range(0, len(inputs), batch_size)]
     return torch.cat(outs).numpy()
 
