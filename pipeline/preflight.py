@@ -56,7 +56,7 @@ def check(ctx: RunContext, selected: list[str]) -> None:
 
 # What a multi-node launch sets on every node (SLURM, torchrun, LSF, MPI, or by hand as Lightning documents).
 MULTI_NODE_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "NODE_RANK",
-                  "MASTER_ADDR", "KUBERNETES_PORT")
+                  "MASTER_ADDR")
 
 
 def _check_nodes(cfg) -> None:

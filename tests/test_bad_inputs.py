@@ -702,6 +702,9 @@ def _weights_files(folder: Path) -> dict[str, Path]:
             return (os.system, (f"touch {folder / 'PWNED'}",))
 
     torch.save({"layers.0.weight": Evil()}, files["a malicious pickle"])
+    files["a truncated archive"] = folder / "truncated.pt"  # an interrupted copy of a real torch.save
+    torch.save(state, files["a truncated archive"])
+    files["a truncated archive"].write_bytes(files["a truncated archive"].read_bytes()[:2000])
     files["an ONNX model"].write_bytes(b"\x08\x07\x12\x07pytorch")  # ir_version 7, producer "pytorch"
     for name, content in {"wrong shapes": {k: torch.zeros(3) for k in state},
                           "missing keys": dict(list(state.items())[:1]),
@@ -726,6 +729,7 @@ WEIGHTS_CASES = {
     "extra keys": ["do not fit model=tabular_mlp", "1 unexpected: extra.weight"],
     "a list": ["do not fit model=tabular_mlp", "expected a state_dict", "got list"],
     "NaN weights": ["model=tabular_mlp with model.weights=", "NaN or infinite"],
+    "a truncated archive": ["is not PyTorch weights", "truncated or corrupt"],  # torch: "[Errno 22] Invalid argument"
 }
 
 
@@ -912,3 +916,113 @@ def test_an_empty_mnist_root_is_refused_instead_of_downloading_into_the_working_
     cwd_before = sorted(p.name for p in Path.cwd().iterdir())
     assert_refused(run_in_process("dataset.root=''", "stages=[train]", run_dir=tmp_path / "run"), "dataset.root=''")
     assert sorted(p.name for p in Path.cwd().iterdir()) == cwd_before  # no lock file, no MNIST/ here
+
+
+# --- round 3 of hostile input: blank paths, networks with nothing to train or that change their input, ---
+# --- settings that hung or crashed after training, typos in generated-input specs, chdir               ---
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.weights=''"], ["model.weights=''", "a path"]),  # was: silently no weights (trained from scratch)
+    (["from_run='  '"], ["from_run='  '", "a path"]),  # was: silently no from_run
+    (["dataset.seed=-1"], ["dataset.seed=-1", "[0, 4294967295]"]),  # was: numpy's ValueError as "a bug"
+    (["hydra.job.chdir=true"], ["hydra.job.chdir=true", "relative paths", "Drop the override"]),
+])
+def test_a_blank_path_a_bad_data_seed_or_chdir_is_refused_before_the_run_dir_exists(tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(*TABULAR, "stages=[train]", *overrides, run_dir=run_dir), *expected)
+    assert not run_dir.exists()
+
+
+class NoParameters(torch.nn.Module):
+    def forward(self, x):
+        return torch.sigmoid(x[:, :1])
+
+
+class Frozen(Tabular):
+    def __init__(self):
+        super().__init__()
+        self.fc.requires_grad_(False)
+
+
+class ChangesItsInput(Tabular):
+    """x.mul_() on its input: the pipeline's own tensors (the test split parity reads) must not change."""
+
+    def forward(self, x):
+        x.mul_(2.0)
+        return torch.sigmoid(self.fc(x))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # was: "optimizer=torch.optim.Adam cannot be built ... Check the optimizer.* keys"
+    ([_target("NoParameters")], ["model=NoParameters", "nothing to train: it has no parameters", "model.weights=init"]),
+    # was: "The train stage failed unexpectedly: RuntimeError: element 0 of tensors does not require grad"
+    ([_target("Frozen")], ["model=Frozen", "all 21 of its parameters are frozen", "stages=[export,check"]),
+])
+def test_a_network_with_nothing_to_train_is_named_before_training(tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(*TABULAR, *overrides, run_dir=run_dir), *expected)
+    assert not (run_dir / "checkpoints").exists()
+    assert strict_json(run_dir / "report.json")["stages"]["train"]["status"] == "failed"
+
+
+def test_num_nodes_above_one_outside_a_multi_node_launch_is_refused_instead_of_waiting_forever(tmp_path, monkeypatch):
+    from pipeline.preflight import MULTI_NODE_ENV
+
+    for name in MULTI_NODE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    run_dir = tmp_path / "run"  # was: torch.distributed waited for the second node (deaf to Ctrl+C)
+    assert_refused(run_in_process(*TABULAR, "trainer.num_nodes=2", "stages=[train]", run_dir=run_dir),
+                   "trainer.num_nodes=2", "multi-node launcher", "trainer.num_nodes=1")
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_network_that_changes_its_input_in_place_still_passes_parity_on_unchanged_data(tmp_path):
+    # was: "not deterministic in eval mode" (the second pass saw the doubled data), and the test split changed
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, _target("ChangesItsInput"), run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    report = strict_json(run_dir / "report.json")
+    assert report["status"] == "ok" and all(entry["in_tolerance"] for entry in report["parity"])
+
+
+@pytest.mark.parametrize("precision", ["64", "bf16-true"])
+def test_a_precision_that_converts_the_network_trains_and_exports_float32(tmp_path, precision):
+    # was: "The train stage failed unexpectedly: RuntimeError: mat1 and mat2 must have the same dtype"
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, f"trainer.precision={precision}", "stages=[train,export,check,parity]",
+                             run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    assert all(v.dtype == torch.float32 for v in torch.load(run_dir / "model.pt", weights_only=True).values())
+    assert strict_json(run_dir / "report.json")["parity"][0]["in_tolerance"]
+
+
+def test_from_run_with_model_weights_on_the_command_line_is_refused_not_ignored(source_run, tmp_path):
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes((source_run / "model.pt").read_bytes())
+    before = tree(source_run)
+    outcome = run_in_process(f"from_run={source_run}", f"model.weights={weights}", "stages=[export,check]",
+                             run_dir=tmp_path / "run")
+    assert_refused(outcome, f"model.weights={weights}", f"from_run={source_run}", "ignore model.weights")
+    assert tree(source_run) == before and not (tmp_path / "run" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("inputs, expected", [
+    ("{x: {shape: [3,8,8], distrib: uniform}}", ["unknown key(s) distrib in dataset.inputs.x", "distribution"]),
+    ("{input: {shape: [3,8,8], dtype: nope}}", ["dataset.inputs.input.dtype='nope'", "float32"]),  # was: "a bug"
+])
+def test_a_typo_in_a_generated_input_spec_is_named(tmp_path, inputs, expected):
+    outcome = run_in_process("model=torchvision", "dataset=synthetic", "model.weights=init", "stages=[export]",
+                             f"dataset.inputs={inputs}", run_dir=tmp_path / "run")
+    assert_refused(outcome, *expected)
+
+
+def test_a_failed_mnist_download_leaves_nothing_behind(tmp_path):
+    """Offline (as the other download test): the folders, partial files and lock file it made are removed."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for root in (tmp_path / "new" / "cache", existing):
+        outcome = run_in_process(f"dataset.root={root}", "dataset.download=true", "stages=[train]",
+                                 run_dir=tmp_path / f"run_{root.name}")
+        assert_refused(outcome, f"dataset.root='{root}'", "could not be read")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "run_cache", "run_existing"]
+    assert list(existing.iterdir()) == []
