@@ -126,6 +126,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if prepare(cfg, list(hydra_cfg.overrides.task)):
             _save_effective_config(cfg, run_dir)
         schema.validate(cfg)
+        check_target_options(cfg, list(hydra_cfg.overrides.task))
         if cfg.print_config:
             console.print_config(cfg)
         report = runner.run(cfg, run_dir)
@@ -184,6 +185,23 @@ def _name_the_model(cfg: DictConfig, overrides: list[str]) -> bool:
         if "model.name" not in given:
             cfg.model.name = str(cfg.model.net._target_).rsplit(".", 1)[-1]
     return True
+
+
+def check_target_options(cfg: DictConfig, overrides: list[str]) -> None:
+    """``export.<target>.*`` on the command line for a target that ``export=`` does not select would be
+    ignored without a word (``export=keras export.tflite_int8.int8_io=true``)."""
+    from pipeline.converters import TARGETS
+    from pipeline.stages.convert import selected_targets
+
+    selected = selected_targets(cfg)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[0] == "export" and parts[1] in TARGETS and parts[1] not in selected:
+            shown = ",".join(selected) or "none: export=onnx"
+            raise PipelineError(f"{key} is set, but export= does not select the {parts[1]} target (selected: "
+                                f"{shown}), so it would be ignored.",
+                                f"Add the target, e.g. export=[{','.join([*selected, parts[1]])}], or drop {key}.")
 
 
 def _save_effective_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -46,9 +46,10 @@ def check(ctx: RunContext, selected: list[str]) -> None:
     if y is None:  # generated inputs without labels: nothing to check the output against
         return
     y = y[:BATCH]
-    check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+    labels = _all_targets(splits)  # a label beyond the network's classes in any split, not just the first batch
+    check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
     if "train" in selected:
-        _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+        _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
         _check_trainable(ctx.cfg, net)
         _check_optimizer(ctx.cfg, ctx.new_net())
         _check_nodes(ctx.cfg)
@@ -71,6 +72,13 @@ def _check_nodes(cfg) -> None:
                             "other nodes forever.",
                             "Set trainer.num_nodes=1 on one machine (trainer.devices= for more processes), or start "
                             "every node through a launcher, e.g. hydra/launcher=submitit_slurm.")
+
+
+def _all_targets(splits) -> torch.Tensor:
+    """The targets of every split, for checks of the label range (validation and test batches see them too)."""
+    parts = [pair[1].reshape(len(pair[1]), -1) for pair in (splits.train, splits.val, splits.test)
+             if pair[1] is not None and len(pair[1])]
+    return torch.cat(parts) if parts else splits.train[1]
 
 
 def _check_trainable(cfg, net: torch.nn.Module) -> None:
@@ -252,9 +260,11 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
             raise PipelineError(
                 f"model.output=probability needs one probability per sample ([N, 1]), but model.net returns {shape}.",
                 "For one score per class set model.output=logits (raw scores) or log_probs (log_softmax).")
-        if y.max() > 1 or y.min() < 0:
+        labels = all_labels if all_labels is not None else y
+        if labels.max() > 1 or labels.min() < 0:
             raise PipelineError(f"model.output=probability is for two classes, but dataset={dataset} has labels "
-                                f"up to {int(y.max())}.", "Set model.output=logits or log_probs.")
+                                f"from {int(labels.min())} to {int(labels.max())}.",
+                                "Set model.output=logits or log_probs.")
         if out.min() < 0 or out.max() > 1:
             raise PipelineError(f"model.output=probability needs values in [0, 1] (a sigmoid), but model.net returns "
                                 f"values from {float(out.min()):.3g} to {float(out.max()):.3g}.",
@@ -263,7 +273,11 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
     if out.dim() < 2 or out.shape[1] < 2:
         raise PipelineError(f"model.output={kind} needs one score per class ([N, classes]), but model.net returns "
                             f"{shape}.", "For one sigmoid output per sample set model.output=probability.")
-    classes_in_data = int((all_labels if all_labels is not None else y).max()) + 1
+    labels = all_labels if all_labels is not None else y
+    if labels.min() < 0:
+        raise PipelineError(f"dataset={dataset} has a negative class label ({int(labels.min())}); class labels "
+                            "are 0..classes-1.", "Fix the labels in the data.")
+    classes_in_data = int(labels.max()) + 1
     if out.shape[1] < classes_in_data:
         raise PipelineError(f"model.net returns {out.shape[1]} class scores per sample, but dataset={dataset} has "
                             f"{classes_in_data} classes.",

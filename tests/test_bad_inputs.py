@@ -1026,3 +1026,45 @@ def test_a_failed_mnist_download_leaves_nothing_behind(tmp_path):
         assert_refused(outcome, f"dataset.root='{root}'", "could not be read")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "run_cache", "run_existing"]
     assert list(existing.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["export=keras", "export.tflite_int8.int8_io=true"],
+     ["export.tflite_int8.int8_io is set", "does not select the tflite_int8 target", "export=[keras,tflite_int8]"]),
+    (["export.tflite.backend=tf-converter"], ["export.tflite.backend is set", "export=[tflite]"]),
+])
+def test_an_option_of_a_target_that_is_not_selected_is_refused_not_ignored(tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    assert_refused(run_in_process(*TABULAR, "stages=[train]", *overrides, run_dir=run_dir), *expected)
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_class_label_beyond_the_network_s_classes_in_the_test_split_is_named_before_training(tmp_path, mnist_root):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (mnist_root / "MNIST" / "raw").glob("*-ubyte"):
+        data = bytearray(source.read_bytes())
+        if source.name.startswith("t10k-labels"):
+            data[8] = 200  # the first test label: the preflight looked at training labels only
+        (raw / source.name).write_bytes(bytes(data))
+    run_dir = tmp_path / "run"  # was: "The train stage failed unexpectedly: IndexError: Target 200 is out of bounds"
+    outcome = run_in_process("model=mnist_mlp", f"dataset.root={tmp_path / 'mnist'}", "stages=[train]",
+                             "trainer.max_epochs=1", run_dir=run_dir)
+    assert_refused(outcome, "10 class scores per sample", "dataset=mnist has 201 classes")
+    assert not (run_dir / "checkpoints").exists()
+
+
+class BranchOnFirstSample(Tabular):
+    """Data-dependent Python control flow: the trace keeps the branch of the export's sample."""
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x)) if x[0, 0] > 0 else torch.sigmoid(-self.fc(x))
+
+
+def test_a_tracer_warning_is_shown_on_the_console_not_only_in_report_json(tmp_path):
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, _target("BranchOnFirstSample"), "stages=[train,export]", run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    assert "export warning: TracerWarning: Converting a tensor to a Python boolean" in outcome.stderr
+    assert "test_bad_inputs.py:" in outcome.stderr  # where: the line of the branch
+    assert strict_json(run_dir / "report.json")["stages"]["export"]["warnings"]
