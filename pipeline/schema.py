@@ -477,6 +477,30 @@ def validate(cfg: DictConfig) -> None:
     check_keys(cfg)
     check_ranges(typed(cfg))
     check_stages(cfg.stages)
+    check_interpolations(cfg)
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """Every ``${...}`` resolves (``dataset.path=${oc.env:DATA}`` with DATA unset would fail mid-run)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        try:
+            if isinstance(node, DictConfig | ListConfig):
+                OmegaConf.to_container(node, resolve=True)
+            else:
+                cfg[key]  # noqa: B018 - resolves it
+        except OmegaConfBaseException as exc:
+            if "HydraConfig was not set" in str(exc):  # ${hydra:...} before the job starts: checked in the job
+                continue
+            full_key = getattr(exc, "full_key", None) or str(key)
+            text = " ".join(str(exc).split("\n")[0].split())
+            raise PipelineError(f"{full_key} cannot be resolved: {text}",
+                                f"Set {full_key} to a value, or define what its ${{...}} refers to (an environment "
+                                "variable for oc.env).") from exc
 
 
 def typed(cfg: DictConfig) -> DictConfig:

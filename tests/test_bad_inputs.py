@@ -926,6 +926,9 @@ def test_an_empty_mnist_root_is_refused_instead_of_downloading_into_the_working_
     (["from_run='  '"], ["from_run='  '", "a path"]),  # was: silently no from_run
     (["dataset.seed=-1"], ["dataset.seed=-1", "[0, 4294967295]"]),  # was: numpy's ValueError as "a bug"
     (["hydra.job.chdir=true"], ["hydra.job.chdir=true", "relative paths", "Drop the override"]),
+    # was: "InterpolationResolutionError ... Check that the run dir is writable and the disk has space"
+    (["model.name=${oc.env:PIPELINE_R3_UNSET_VARIABLE}"], ["model.name cannot be resolved",
+                                                           "PIPELINE_R3_UNSET_VARIABLE"]),
 ])
 def test_a_blank_path_a_bad_data_seed_or_chdir_is_refused_before_the_run_dir_exists(tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
