@@ -40,7 +40,7 @@ def check(ctx: RunContext, selected: list[str]) -> None:
     net = ctx.initial_net().eval()
     if "export" in selected:
         _check_exportable_size(ctx.cfg, net)
-    out = _forward(ctx, net, x, dataset)
+    out = _forward(ctx, net, x, dataset, exporting="export" in selected)
     if "parity" in selected:
         _check_deterministic(ctx, net, x, out)
     if y is None:  # generated inputs without labels: nothing to check the output against
@@ -129,7 +129,7 @@ def _model_hint(dataset: str) -> str:
     return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
 
 
-def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Tensor:
+def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str, exporting: bool = True) -> torch.Tensor:
     """The network (with model.weights loaded when given) on a batch; its first output."""
     shape = {n: list(t.shape) for n, t in x.items()} if isinstance(x, dict) else list(x.shape)
     try:
@@ -145,7 +145,7 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Te
             f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
             f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
             f"For dataset={dataset}, {_model_hint(dataset)}, or change model.net.* to fit that input.") from exc
-    first = check_returned(ctx.cfg, out)
+    first = check_returned(ctx.cfg, out, exporting)
     _check_finite(ctx.cfg, first)
     return first
 
@@ -189,7 +189,7 @@ def _check_deterministic(ctx: RunContext, net: torch.nn.Module, x, first: torch.
                         "from stages.")
 
 
-def check_returned(cfg, out) -> torch.Tensor:
+def check_returned(cfg, out, exporting: bool = True) -> torch.Tensor:
     """What forward returned must be a tensor, or a tuple/list/dict of them (the ONNX outputs); returns the
     first one (the task's), which must hold floating-point numbers."""
     try:
@@ -201,6 +201,13 @@ def check_returned(cfg, out) -> torch.Tensor:
                             "from its forward pass; it must return a tensor, or a tuple, list or dict of tensors.",
                             "Make model.net's forward return its output tensor(s), or point model.net._target_ at "
                             "another class.")
+    odd_key = _non_string_key(out) if exporting else None
+    if odd_key is not None:
+        raise PipelineError(f"model={cfg.model.name} ({cfg.model.net.get('_target_')}) returns a dict with the key "
+                            f"{odd_key!r} ({type(odd_key).__name__}); the ONNX outputs are named after the keys, so "
+                            "they must be strings (torch.onnx.export fails on others).",
+                            f"Use string keys in model.net's returned dict (e.g. {str(odd_key)!r}), or return a "
+                            "tuple of tensors.")
     first = outputs[0]
     if not torch.is_floating_point(first):
         raise PipelineError(f"model={cfg.model.name} returns {str(first.dtype).replace('torch.', '')} values "
@@ -209,6 +216,23 @@ def check_returned(cfg, out) -> torch.Tensor:
                             "Return the raw float output (class scores, probabilities or values) from model.net; "
                             "take argmax or thresholds outside the network.")
     return first
+
+
+def _non_string_key(out):
+    """The first key of a returned dict (at any depth) that is not a string, or None."""
+    if isinstance(out, dict):
+        for key, value in out.items():
+            if not isinstance(key, str):
+                return key
+            found = _non_string_key(value)
+            if found is not None:
+                return found
+    elif isinstance(out, list | tuple):
+        for value in out:
+            found = _non_string_key(value)
+            if found is not None:
+                return found
+    return None
 
 
 def _describe(out) -> str:

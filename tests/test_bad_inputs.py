@@ -1071,3 +1071,18 @@ def test_a_tracer_warning_is_shown_on_the_console_not_only_in_report_json(tmp_pa
     assert "export warning: TracerWarning: Converting a tensor to a Python boolean" in outcome.stderr
     assert "test_bad_inputs.py:" in outcome.stderr  # where: the line of the branch
     assert strict_json(run_dir / "report.json")["stages"]["export"]["warnings"]
+
+
+class ReturnsIntKeys(Tabular):
+    def forward(self, x):
+        return {0: torch.sigmoid(self.fc(x))}
+
+
+def test_a_dict_output_with_a_key_that_is_not_a_string_is_named_before_training(tmp_path):
+    # was: trained, then "torch.onnx.export failed at opset 13: RuntimeError: output 1 (0"
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, _target("ReturnsIntKeys"), "stages=[train,export]", run_dir=run_dir)
+    assert_refused(outcome, "model=ReturnsIntKeys", "a dict with the key 0 (int)", "string keys")
+    assert not (run_dir / "checkpoints").exists()
+    outcome = run_in_process(*TABULAR, _target("ReturnsIntKeys"), "stages=[train]", run_dir=tmp_path / "train_only")
+    assert outcome.code == 0, outcome.output[-3000:]  # nothing is exported: torch trains it as it is
