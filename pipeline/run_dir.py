@@ -88,6 +88,9 @@ def check_unused(run_dir: Path, key: str) -> None:
 
 def _check_unused(path: Path, key: str) -> None:
     _check_not_inside_a_run(path, key)
+    if path.is_symlink() and not path.exists():
+        raise PipelineError(f"{key}={path} is a broken symbolic link (to {os.readlink(path)}, which does not exist).",
+                            f"Set {key} to a new directory, or remove the link.")
     if path.exists() and not path.is_dir():
         raise PipelineError(f"{key}={path} is a file, not a directory.", f"Set {key} to a new directory.")
     if not path.exists():

@@ -230,12 +230,14 @@ def test_re_running_a_saved_config_into_its_own_dir_is_refused_and_leaves_it_ide
     ("under a file", ["cannot be created", "is a file, not a directory"]),
     ("the working directory", ["hydra.run.dir=", "is not empty"]),
     ("an unwritable place", ["cannot be created"]),
+    ("a broken symlink", ["is a broken symbolic link", "nowhere"]),  # was: "cannot be created or written: File exists"
 ])
 def test_an_odd_run_dir_is_refused_without_creating_anything(tmp_path, where, expected):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     run_dir = {"a file": a_file, "under a file": a_file / "run", "the working directory": Path("."),
-               "an unwritable place": Path("/proc/pipeline-test/run")}[where]
+               "an unwritable place": Path("/proc/pipeline-test/run"), "a broken symlink": tmp_path / "link"}[where]
     cwd_before = sorted(p.name for p in Path.cwd().iterdir())
     assert_refused(run_in_process(*TABULAR, run_dir=run_dir), *expected)
     assert a_file.read_text() == "keep me"
