@@ -140,6 +140,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     except (RunInterrupted, KeyboardInterrupt) as exc:
         runner.report_early_end(cfg, run_dir, "interrupted", str(exc) or "Interrupted")
+        if multirun:  # the sweep stops here: Hydra calls no further callback, so the summary is written now
+            _write_sweep_summary(Path(hydra_cfg.sweep.dir))
         _explain(str(exc) or "Interrupted.", "", run_dir, verb="interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # outside any stage (the run dir became unwritable, the disk is full, a bug)
@@ -154,6 +156,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     console.print_summary(report.data, run_dir)
     return runner.optimized_metric(cfg, report.data)
+
+
+def _write_sweep_summary(sweep_dir: Path) -> None:
+    from pipeline.sweep_summary import write_summary
+
+    try:
+        write_summary(sweep_dir)
+    except Exception as exc:  # noqa: BLE001 - the jobs' reports are complete; the summary is a view of them
+        logfile.warning("sweep summary not written: %s", exc)
 
 
 def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
