@@ -48,8 +48,15 @@ def _report_hydra_errors() -> None:
             except Exception as exc:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
+                import yaml
+
                 if isinstance(exc, PipelineError):
                     print(explain(exc.message, exc.hint), file=sys.stderr)
+                elif isinstance(exc, yaml.YAMLError):  # a config file (--config-path, conf/): name the file and line
+                    text = " ".join(str(exc).split())[:400]
+                    print(explain(f"a config file is not valid YAML: {type(exc).__name__}: {text}",
+                                  "Fix the YAML in the file named there (e.g. a saved .hydra/config.yaml passed with "
+                                  "--config-path), or re-run from an intact copy."), file=sys.stderr)
                 else:
                     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     print(explain(f"{type(exc).__name__}: {text}",

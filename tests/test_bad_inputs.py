@@ -1104,3 +1104,17 @@ def test_an_interrupted_sweep_exits_130_and_its_summary_names_the_interrupted_jo
     rows = (sweep / "summary.csv").read_text().splitlines()
     assert len(rows) == 2 and ",interrupted," in rows[1]
     assert not (sweep / "1").exists()
+
+
+def test_a_saved_config_that_is_not_valid_yaml_or_holds_a_blank_path_is_named(source_run, tmp_path):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    config = (source_run / ".hydra" / "config.yaml").read_text()
+    (saved / "config.yaml").write_text("model: [1, 2\n")  # was: "ParserError: while parsing a flow sequence", no file
+    flags = ("--config-path", str(saved), "--config-name", "config")
+    assert_refused(run_in_process(run_dir=tmp_path / "a", flags=flags), "not valid YAML",
+                   f"{saved / 'config.yaml'}\", line 1")
+    (saved / "config.yaml").write_text(config.replace("  weights: null", "  weights: ''"))
+    assert "  weights: ''" in (saved / "config.yaml").read_text()
+    assert_refused(run_in_process(run_dir=tmp_path / "b", flags=flags), "model.weights=''")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
