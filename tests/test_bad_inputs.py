@@ -165,6 +165,9 @@ CSV_CASES = {
     "true/false column": (_csv(["true", "false"] * 60), [], ["dataset.column='value'", "true/false values"]),
     "a device": (_csv(_series()), ["dataset.path=/dev/null"], ["dataset.path='/dev/null' is not a regular file"]),
     "an empty path": (_csv(_series()), ["dataset.path=''"], ["dataset.path=''", "dataset.path=null"]),
+    # Round 3: a header whose spaces or case differ (the names list showed ' value ' as " value ").
+    "spaces in the header": (_csv(_series(), header=" value "), [], ["but ' value ' is", "dataset.column=' value '"]),
+    "another case in the header": (_csv(_series(), header="Value"), [], ["but 'Value' is", "dataset.column='Value'"]),
 }
 
 
