@@ -258,6 +258,23 @@ def _check_finite(cfg, out: torch.Tensor) -> None:
                          "Check model.net's forward (log of 0, division by 0, ...) and its initialisation."))
 
 
+def check_finite_outputs(cfg, outputs: dict, where: str) -> None:
+    """The network's outputs on a whole split (``where``): a NaN or inf there is counted by the metric as a
+    prediction, and matches the same NaN in every runtime, so parity would compare nothing at those samples."""
+    import numpy as np
+
+    for name, values in outputs.items():
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
+            continue
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1) if values.ndim else np.array([True])
+        raise PipelineError(f"model={cfg.model.name} returns NaN or infinite values for {int(bad.sum())} of "
+                            f"{len(bad)} {where} samples (output {name!r}, first at sample "
+                            f"{int(np.flatnonzero(bad)[0])}): its metric and parity would not mean anything there.",
+                            "Fix model.net's forward for those inputs (a log or sqrt of a negative value, a division "
+                            "by 0, an overflow) or its weights (model.weights).")
+
+
 def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str,
                  all_labels: torch.Tensor | None = None) -> None:
     """Does what ``model.net`` returns mean what ``model.output`` says, for these targets?"""

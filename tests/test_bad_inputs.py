@@ -1121,3 +1121,28 @@ def test_a_saved_config_that_is_not_valid_yaml_or_holds_a_blank_path_is_named(so
     assert "  weights: ''" in (saved / "config.yaml").read_text()
     assert_refused(run_in_process(run_dir=tmp_path / "b", flags=flags), "model.weights=''")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+class NaNAfterTheFirstBatch(Tabular):
+    """Finite on the 16 samples the preflight sees, NaN beyond them (as a sqrt of a negative value would be)."""
+
+    def forward(self, x):
+        p = torch.sigmoid(self.fc(x))
+        beyond = (torch.arange(len(x)) >= 16)[:, None]
+        return torch.where(beyond, p * float("nan"), p)
+
+
+@pytest.mark.parametrize("stages, expected", [
+    # was: parity "failed" with max_abs_err=0, top-1 agreement 1.0 and "loosen parity.rtol/atol" (NaN == NaN
+    # everywhere), and a finite accuracy that counted the NaN outputs as predictions
+    ("[export,check,parity]", ["model=NaNAfterTheFirstBatch returns NaN or infinite values for 48 of 64 held-out"]),
+    # was: "The train stage failed unexpectedly: RuntimeError: all elements of input should be between 0 and 1"
+    ("[train]", ["Training diverged", "model.net's forward itself returns NaN"]),
+])
+def test_nan_outputs_beyond_the_first_batch_are_named_not_compared_or_counted(tmp_path, stages, expected):
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, _target("NaNAfterTheFirstBatch"), "model.weights=init", f"stages={stages}",
+                             run_dir=run_dir)
+    assert_refused(outcome, *expected)
+    report = strict_json(run_dir / "report.json")
+    assert report["status"] == "failed" and not report["parity"]
