@@ -118,7 +118,10 @@ class RunContext:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            if "weights_only" in str(exc) or type(exc).__name__ == "UnpicklingError":
+            if _truncated_zip(path):  # torch's own message: "[Errno 22] Invalid argument"
+                reason = ("it starts as a torch.save zip archive but is truncated or corrupt (no zip directory at its "
+                          "end: an interrupted copy, download or save?)")
+            elif "weights_only" in str(exc) or type(exc).__name__ == "UnpicklingError":
                 reason = ("it holds Python objects other than tensors and plain containers, which are never "
                           "loaded (unpickling them could run arbitrary code)")
             else:
@@ -241,6 +244,13 @@ def state_dict_of(loaded, net: torch.nn.Module) -> dict:
     return state
 
 
+def _truncated_zip(path: Path) -> bool:
+    import zipfile
+
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"PK" and not zipfile.is_zipfile(path)
+
+
 def _not_torch_file(path: Path) -> str | None:
     """Why ``path`` cannot be a torch.save file, from its first bytes (None: it may be one)."""
     size = path.stat().st_size
@@ -249,14 +259,7 @@ def _not_torch_file(path: Path) -> str | None:
     with open(path, "rb") as handle:
         head = handle.read(8)
     # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol byte (0x80).
-    if head.startswith(b"PK"):
-        import zipfile
-
-        if not zipfile.is_zipfile(path):  # torch's own message: "[Errno 22] Invalid argument"
-            return ("it starts as a torch.save zip archive but is truncated or corrupt (no zip directory at its end: "
-                    "an interrupted copy, download or save?)")
-        return None
-    if head[:1] == b"\x80":
+    if head.startswith(b"PK") or head[:1] == b"\x80":
         return None
     onnx_magic = len(head) > 1 and head[0] == 0x08 and 1 <= head[1] <= 20  # a protobuf's ir_version field
     if path.suffix.lower() == ".onnx" or onnx_magic:

@@ -734,7 +734,7 @@ WEIGHTS_CASES = {
     "extra keys": ["do not fit model=tabular_mlp", "1 unexpected: extra.weight"],
     "a list": ["do not fit model=tabular_mlp", "expected a state_dict", "got list"],
     "NaN weights": ["model=tabular_mlp with model.weights=", "NaN or infinite"],
-    "a truncated archive": ["is not PyTorch weights", "truncated or corrupt"],  # torch: "[Errno 22] Invalid argument"
+    "a truncated archive": ["unreadable as PyTorch weights", "truncated or corrupt"],  # was: "[Errno 22] ..."
 }
 
 
