@@ -7,6 +7,8 @@ interrupts.install()  # before the heavy imports: a signal during start-up still
 try:
     from pipeline.cli import main
 except KeyboardInterrupt:
+    # Python resets the handlers to "terminate" while it shuts down: a repeated signal would turn 130 into -15.
+    interrupts.ignore()
     print("pipeline interrupted: stopped while starting; nothing was written.", file=sys.stderr)
     sys.exit(130)
 

@@ -48,8 +48,15 @@ def _report_hydra_errors() -> None:
             except Exception as exc:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
+                import yaml
+
                 if isinstance(exc, PipelineError):
                     print(explain(exc.message, exc.hint), file=sys.stderr)
+                elif isinstance(exc, yaml.YAMLError):  # a config file (--config-path, conf/): name the file and line
+                    text = " ".join(str(exc).split())[:400]
+                    print(explain(f"a config file is not valid YAML: {type(exc).__name__}: {text}",
+                                  "Fix the YAML in the file named there (e.g. a saved .hydra/config.yaml passed with "
+                                  "--config-path), or re-run from an intact copy."), file=sys.stderr)
                 else:
                     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     print(explain(f"{type(exc).__name__}: {text}",
@@ -126,6 +133,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if prepare(cfg, list(hydra_cfg.overrides.task)):
             _save_effective_config(cfg, run_dir)
         schema.validate(cfg)
+        check_target_options(cfg, list(hydra_cfg.overrides.task))
         if cfg.print_config:
             console.print_config(cfg)
         report = runner.run(cfg, run_dir)
@@ -139,6 +147,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     except (RunInterrupted, KeyboardInterrupt) as exc:
         runner.report_early_end(cfg, run_dir, "interrupted", str(exc) or "Interrupted")
+        if multirun:  # the sweep stops here: Hydra calls no further callback, so the summary is written now
+            _write_sweep_summary(Path(hydra_cfg.sweep.dir))
         _explain(str(exc) or "Interrupted.", "", run_dir, verb="interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # outside any stage (the run dir became unwritable, the disk is full, a bug)
@@ -153,6 +163,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     console.print_summary(report.data, run_dir)
     return runner.optimized_metric(cfg, report.data)
+
+
+def _write_sweep_summary(sweep_dir: Path) -> None:
+    from pipeline.sweep_summary import write_summary
+
+    try:
+        write_summary(sweep_dir)
+    except Exception as exc:  # noqa: BLE001 - the jobs' reports are complete; the summary is a view of them
+        logfile.warning("sweep summary not written: %s", exc)
 
 
 def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
@@ -184,6 +203,23 @@ def _name_the_model(cfg: DictConfig, overrides: list[str]) -> bool:
         if "model.name" not in given:
             cfg.model.name = str(cfg.model.net._target_).rsplit(".", 1)[-1]
     return True
+
+
+def check_target_options(cfg: DictConfig, overrides: list[str]) -> None:
+    """``export.<target>.*`` on the command line for a target that ``export=`` does not select would be
+    ignored without a word (``export=keras export.tflite_int8.int8_io=true``)."""
+    from pipeline.converters import TARGETS
+    from pipeline.stages.convert import selected_targets
+
+    selected = selected_targets(cfg)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[0] == "export" and parts[1] in TARGETS and parts[1] not in selected:
+            shown = ",".join(selected) or "none: export=onnx"
+            raise PipelineError(f"{key} is set, but export= does not select the {parts[1]} target (selected: "
+                                f"{shown}), so it would be ignored.",
+                                f"Add the target, e.g. export=[{','.join([*selected, parts[1]])}], or drop {key}.")
 
 
 def _save_effective_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -1,4 +1,5 @@
 """What the user sees in the terminal: the config tree at start, a summary table at the end."""
+import re
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,10 +33,23 @@ def print_summary(report: dict, run_dir) -> None:
     console.print(stages)
     if report["parity"]:
         console.print(parity_table(report))
+    for name, stage in report["stages"].items():
+        # e.g. a TracerWarning: the exported graph keeps one branch of data-dependent Python control flow,
+        # which parity only catches if its held-out samples take the other one.
+        for warning in (stage.get("warnings") or [])[:3]:
+            console.print(f"[yellow]{name} warning[/]: {_gist(warning)}", highlight=False)
     for name, target in report.get("targets", {}).items():
         if target.get("status") in ("refused", "failed"):
             style = "yellow" if target["status"] == "refused" else "red"
             console.print(f"[{style}]{name} {target['status']}[/]: {target.get('reason', '')}", highlight=False)
+
+
+def _gist(warning: str, limit: int = 200) -> str:
+    """A warning's first sentence and where it was raised ("(model.py:12)"); report.json has it whole."""
+    where = re.search(r"\s(\([^()\s]+:\d+\))$", warning)
+    first = re.split(r"(?<=[.!?])\s", warning, maxsplit=1)[0]
+    first = first if len(first) <= limit else first[:limit] + " ..."
+    return f"{first} {where.group(1)}" if where and where.group(1) not in first else first
 
 
 def parity_table(report: dict) -> Table:

@@ -136,7 +136,10 @@ class RunContext:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            if "weights_only" in str(exc) or type(exc).__name__ == "UnpicklingError":
+            if _truncated_zip(path):  # torch's own message: "[Errno 22] Invalid argument"
+                reason = ("it starts as a torch.save zip archive but is truncated or corrupt (no zip directory at its "
+                          "end: an interrupted copy, download or save?)")
+            elif "weights_only" in str(exc) or type(exc).__name__ == "UnpicklingError":
                 reason = ("it holds Python objects other than tensors and plain containers, which are never "
                           "loaded (unpickling them could run arbitrary code)")
             else:
@@ -180,8 +183,8 @@ class RunContext:
             if missing:
                 raise PipelineError(f"The dataset gives inputs {sorted(x)}; the model takes {names}.",
                                     "Name the dataset's inputs after the model's (dataset.inputs).")
-            return {name: x[name][:count].numpy() for name in names}
-        return {names[0]: x[:count].numpy()}
+            return {name: x[name][:count].numpy().copy() for name in names}
+        return {names[0]: x[:count].numpy().copy()}  # copies: the caller's runtimes never change the split
 
     def calibration_inputs(self, count: int) -> dict[str, np.ndarray]:
         """``count`` training-split inputs by ONNX input name, drawn at random (seeded by ``seed``) so that a
@@ -257,6 +260,13 @@ def state_dict_of(loaded, net: torch.nn.Module) -> dict:
         if set(stripped) == expected:
             return stripped
     return state
+
+
+def _truncated_zip(path: Path) -> bool:
+    import zipfile
+
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"PK" and not zipfile.is_zipfile(path)
 
 
 def _not_torch_file(path: Path) -> str | None:

@@ -232,6 +232,19 @@ def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) ->
     source.adopted = adopted
     if resuming:
         cfg.stages = _resume_stages(source)
+    _check_one_source_of_weights(cfg, source, given)
+
+
+def _check_one_source_of_weights(cfg: DictConfig, source: SourceRun, given: set[str]) -> None:
+    """Without train, the weights come from the source's model.pt: a model.weights given on the command
+    line as well would be ignored without a word."""
+    weights = OmegaConf.select(cfg, "model.weights", default=None)
+    if "model.weights" in given and weights and "train" not in (cfg.get("stages") or []):
+        raise PipelineError(f"model.weights={weights} and from_run={source.path} both give the weights to export; "
+                            "without the train stage this run would take from_run's model.pt and ignore "
+                            "model.weights.",
+                            "Drop from_run to export model.weights (stages=[export,check,convert,parity] "
+                            f"model.weights={weights}), or drop model.weights to use that run's weights.")
 
 
 _ABSENT = object()

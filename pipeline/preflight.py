@@ -40,16 +40,57 @@ def check(ctx: RunContext, selected: list[str]) -> None:
     net = ctx.initial_net().eval()
     if "export" in selected:
         _check_exportable_size(ctx.cfg, net)
-    out = _forward(ctx, net, x, dataset)
+    out = _forward(ctx, net, x, dataset, exporting="export" in selected)
     if "parity" in selected:
         _check_deterministic(ctx, net, x, out)
     if y is None:  # generated inputs without labels: nothing to check the output against
         return
     y = y[:BATCH]
-    check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+    labels = _all_targets(splits)  # a label beyond the network's classes in any split, not just the first batch
+    check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
     if "train" in selected:
-        _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, splits.train[1])
+        _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
+        _check_trainable(ctx.cfg, net)
         _check_optimizer(ctx.cfg, ctx.new_net())
+        _check_nodes(ctx.cfg)
+
+
+# What a multi-node launch sets on every node (SLURM, torchrun, LSF, MPI, or by hand as Lightning documents).
+MULTI_NODE_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "NODE_RANK",
+                  "MASTER_ADDR")
+
+
+def _check_nodes(cfg) -> None:
+    """trainer.num_nodes above 1 outside a multi-node launch: the first node would wait for the others
+    forever (torch.distributed's rendezvous, deaf to Ctrl+C)."""
+    import os
+
+    nodes = int(cfg.trainer.get("num_nodes") or 1)
+    if nodes > 1 and not any(os.environ.get(name) for name in MULTI_NODE_ENV):
+        raise PipelineError(f"trainer.num_nodes={nodes}, but this process was not started by a multi-node launcher "
+                            "(no SLURM, torchrun, LSF or MPI job; no NODE_RANK/MASTER_ADDR): it would wait for the "
+                            "other nodes forever.",
+                            "Set trainer.num_nodes=1 on one machine (trainer.devices= for more processes), or start "
+                            "every node through a launcher, e.g. hydra/launcher=submitit_slurm.")
+
+
+def _all_targets(splits) -> torch.Tensor:
+    """The targets of every split, for checks of the label range (validation and test batches see them too)."""
+    parts = [pair[1].reshape(len(pair[1]), -1) for pair in (splits.train, splits.val, splits.test)
+             if pair[1] is not None and len(pair[1])]
+    return torch.cat(parts) if parts else splits.train[1]
+
+
+def _check_trainable(cfg, net: torch.nn.Module) -> None:
+    """A network without a parameter that requires grad has nothing to train: the optimizer would get an
+    empty list, or the loss no gradient (frozen parameters)."""
+    if any(p.requires_grad for p in net.parameters()):
+        return
+    count = sum(p.numel() for p in net.parameters())
+    what = f"all {count:,} of its parameters are frozen (requires_grad=False)" if count else "it has no parameters"
+    raise PipelineError(f"model={cfg.model.name} ({cfg.model.net.get('_target_')}) has nothing to train: {what}.",
+                        "Drop train from stages and export it as it is built: stages=[export,check,convert,parity] "
+                        "model.weights=init (or model.weights=<file>); or unfreeze its parameters.")
 
 
 def _check_optimizer(cfg, net: torch.nn.Module) -> None:
@@ -88,12 +129,12 @@ def _model_hint(dataset: str) -> str:
     return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
 
 
-def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Tensor:
+def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str, exporting: bool = True) -> torch.Tensor:
     """The network (with model.weights loaded when given) on a batch; its first output."""
     shape = {n: list(t.shape) for n, t in x.items()} if isinstance(x, dict) else list(x.shape)
     try:
         with torch.no_grad():
-            out = net(**x) if isinstance(x, dict) else net(x)
+            out = _call(net, x)
     except SystemExit as exc:  # user code calling sys.exit() / exit()
         raise PipelineError(f"model={ctx.cfg.model.name} ({ctx.cfg.model.net.get('_target_')}) called "
                             f"sys.exit({exc.code!r}) in its forward pass.",
@@ -104,9 +145,17 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str) -> torch.Te
             f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
             f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
             f"For dataset={dataset}, {_model_hint(dataset)}, or change model.net.* to fit that input.") from exc
-    first = check_returned(ctx.cfg, out)
+    first = check_returned(ctx.cfg, out, exporting)
     _check_finite(ctx.cfg, first)
     return first
+
+
+def _call(net: torch.nn.Module, x):
+    """``net`` on copies of the dataset's tensors: a network that changes its input in place (``x.mul_(2)``)
+    must not change the data that training, export and parity read."""
+    if isinstance(x, dict):
+        return net(**{n: t.clone() for n, t in x.items()})
+    return net(x.clone())
 
 
 # An ONNX file is one protobuf message, limited to 2 GiB (and so is a TFLite flatbuffer); the graph needs some room.
@@ -130,7 +179,7 @@ def _check_deterministic(ctx: RunContext, net: torch.nn.Module, x, first: torch.
     """Parity compares runtimes on the same inputs: a network whose eval-mode output changes from one call
     to the next (torch.rand in forward, dropout with training=True) would fail it for no runtime's fault."""
     with torch.no_grad():
-        again = flatten_outputs(net(**x) if isinstance(x, dict) else net(x))[0]
+        again = flatten_outputs(_call(net, x))[0]
     if again.shape == first.shape and torch.allclose(again, first, rtol=1e-5, atol=1e-6):
         return
     diff = float((again.double() - first.double()).abs().max()) if again.shape == first.shape else float("nan")
@@ -141,7 +190,7 @@ def _check_deterministic(ctx: RunContext, net: torch.nn.Module, x, first: torch.
                         "from stages.")
 
 
-def check_returned(cfg, out) -> torch.Tensor:
+def check_returned(cfg, out, exporting: bool = True) -> torch.Tensor:
     """What forward returned must be a tensor, or a tuple/list/dict of them (the ONNX outputs); returns the
     first one (the task's), which must hold floating-point numbers."""
     try:
@@ -153,6 +202,13 @@ def check_returned(cfg, out) -> torch.Tensor:
                             "from its forward pass; it must return a tensor, or a tuple, list or dict of tensors.",
                             "Make model.net's forward return its output tensor(s), or point model.net._target_ at "
                             "another class.")
+    odd_key = _non_string_key(out) if exporting else None
+    if odd_key is not None:
+        raise PipelineError(f"model={cfg.model.name} ({cfg.model.net.get('_target_')}) returns a dict with the key "
+                            f"{odd_key!r} ({type(odd_key).__name__}); the ONNX outputs are named after the keys, so "
+                            "they must be strings (torch.onnx.export fails on others).",
+                            f"Use string keys in model.net's returned dict (e.g. {str(odd_key)!r}), or return a "
+                            "tuple of tensors.")
     first = outputs[0]
     if not torch.is_floating_point(first):
         raise PipelineError(f"model={cfg.model.name} returns {str(first.dtype).replace('torch.', '')} values "
@@ -161,6 +217,23 @@ def check_returned(cfg, out) -> torch.Tensor:
                             "Return the raw float output (class scores, probabilities or values) from model.net; "
                             "take argmax or thresholds outside the network.")
     return first
+
+
+def _non_string_key(out):
+    """The first key of a returned dict (at any depth) that is not a string, or None."""
+    if isinstance(out, dict):
+        for key, value in out.items():
+            if not isinstance(key, str):
+                return key
+            found = _non_string_key(value)
+            if found is not None:
+                return found
+    elif isinstance(out, list | tuple):
+        for value in out:
+            found = _non_string_key(value)
+            if found is not None:
+                return found
+    return None
 
 
 def _describe(out) -> str:
@@ -184,6 +257,23 @@ def _check_finite(cfg, out: torch.Tensor) -> None:
                         ("Check model.weights (NaN or inf in the file?) and model.net's forward (log of 0, division by "
                          "0, ...)." if weights and weights != "init" else
                          "Check model.net's forward (log of 0, division by 0, ...) and its initialisation."))
+
+
+def check_finite_outputs(cfg, outputs: dict, where: str) -> None:
+    """The network's outputs on a whole split (``where``): a NaN or inf there is counted by the metric as a
+    prediction, and matches the same NaN in every runtime, so parity would compare nothing at those samples."""
+    import numpy as np
+
+    for name, values in outputs.items():
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all():
+            continue
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1) if values.ndim else np.array([True])
+        raise PipelineError(f"model={cfg.model.name} returns NaN or infinite values for {int(bad.sum())} of "
+                            f"{len(bad)} {where} samples (output {name!r}, first at sample "
+                            f"{int(np.flatnonzero(bad)[0])}): its metric and parity would not mean anything there.",
+                            "Fix model.net's forward for those inputs (a log or sqrt of a negative value, a division "
+                            "by 0, an overflow) or its weights (model.weights).")
 
 
 def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str,
@@ -212,9 +302,11 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
             raise PipelineError(
                 f"model.output=probability needs one probability per sample ([N, 1]), but model.net returns {shape}.",
                 "For one score per class set model.output=logits (raw scores) or log_probs (log_softmax).")
-        if y.max() > 1 or y.min() < 0:
+        labels = all_labels if all_labels is not None else y
+        if labels.max() > 1 or labels.min() < 0:
             raise PipelineError(f"model.output=probability is for two classes, but dataset={dataset} has labels "
-                                f"up to {int(y.max())}.", "Set model.output=logits or log_probs.")
+                                f"from {int(labels.min())} to {int(labels.max())}.",
+                                "Set model.output=logits or log_probs.")
         if out.min() < 0 or out.max() > 1:
             raise PipelineError(f"model.output=probability needs values in [0, 1] (a sigmoid), but model.net returns "
                                 f"values from {float(out.min()):.3g} to {float(out.max()):.3g}.",
@@ -223,7 +315,11 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
     if out.dim() < 2 or out.shape[1] < 2:
         raise PipelineError(f"model.output={kind} needs one score per class ([N, classes]), but model.net returns "
                             f"{shape}.", "For one sigmoid output per sample set model.output=probability.")
-    classes_in_data = int((all_labels if all_labels is not None else y).max()) + 1
+    labels = all_labels if all_labels is not None else y
+    if labels.min() < 0:
+        raise PipelineError(f"dataset={dataset} has a negative class label ({int(labels.min())}); class labels "
+                            "are 0..classes-1.", "Fix the labels in the data.")
+    classes_in_data = int(labels.max()) + 1
     if out.shape[1] < classes_in_data:
         raise PipelineError(f"model.net returns {out.shape[1]} class scores per sample, but dataset={dataset} has "
                             f"{classes_in_data} classes.",

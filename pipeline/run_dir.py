@@ -88,6 +88,9 @@ def check_unused(run_dir: Path, key: str) -> None:
 
 def _check_unused(path: Path, key: str) -> None:
     _check_not_inside_a_run(path, key)
+    if path.is_symlink() and not path.exists():
+        raise PipelineError(f"{key}={path} is a broken symbolic link (to {os.readlink(path)}, which does not exist).",
+                            f"Set {key} to a new directory, or remove the link.")
     if path.exists() and not path.is_dir():
         raise PipelineError(f"{key}={path} is a file, not a directory.", f"Set {key} to a new directory.")
     if not path.exists():
@@ -279,6 +282,12 @@ def check_inside(config: DictConfig) -> None:
                 raise PipelineError(f"{key}={raw} writes the log outside the run dir, possibly into another run's "
                                     "files.",
                                     f"Keep it under the run dir: {key}={OUTPUT_DIR}/<name>.log (or drop the override).")
+    if hydra_cfg.job.get("chdir"):
+        raise PipelineError("hydra.job.chdir=true would run the job inside its run dir: relative paths on the command "
+                            "line (model.weights, dataset.path, dataset.root, from_run) would then be read from there, "
+                            "not from where you started it, and could name other files.",
+                            "Drop the override (the default is false); give absolute paths if the job must not "
+                            "depend on the working directory.")
     name = str(hydra_cfg.job._get_node("name")._value())
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise PipelineError(f"hydra.job.name={name!r} is not a plain file name: the log "

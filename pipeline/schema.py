@@ -77,6 +77,14 @@ def batches_limit(*, zero_ok: bool) -> Check:
     return check
 
 
+def a_path(value) -> str | None:
+    """A file or dir named on the command line: null, or a name (``''`` or spaces would be read as
+    "not given" and silently ignored, or as the working directory)."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return None
+    return "a path (a file or directory name)"
+
+
 def devices(value) -> str | None:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)):
         return None
@@ -126,7 +134,7 @@ class ModelConfig:
     output: OutputKind = MISSING
     # Weights to start from instead of training's: a state_dict (.pt) or a Lightning checkpoint (.ckpt);
     # "init": the network as its constructor builds it. null: this run's train stage (or from_run).
-    weights: str | None = None
+    weights: str | None = ranged(None, a_path)
 
 
 PRECISIONS = ("32-true", "32", 32, "64-true", "64", 64, "16-mixed", "bf16-mixed", "16-true", "bf16-true",
@@ -267,7 +275,7 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: ["train", "export", "check", "convert", "parity"])
     threads: int = ranged(0, between(0, 1024, integer=True))  # 0: the libraries' default
     print_config: bool = True
-    from_run: str | None = None
+    from_run: str | None = ranged(None, a_path)
     optimized_metric: str | None = None
 
 
@@ -280,7 +288,7 @@ class DataConfig:
     _target_: str = MISSING
     batch_size: int = ranged(128, at_least(1, integer=True))
     val_fraction: float = ranged(0.1, between(0, 1, high_open=True))
-    seed: int = 0
+    seed: int = ranged(0, between(0, MAX_SEED, integer=True))  # numpy's generators refuse negative seeds
 
 
 @dataclass
@@ -469,6 +477,32 @@ def validate(cfg: DictConfig) -> None:
     check_keys(cfg)
     check_ranges(typed(cfg))
     check_stages(cfg.stages)
+    check_interpolations(cfg)
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """Every ``${...}`` resolves (``dataset.path=${oc.env:DATA}`` with DATA unset would fail mid-run)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        if node._is_missing():  # ??? (optimizer=null): check_keys and the runner say what a run needs
+            continue
+        try:
+            if isinstance(node, DictConfig | ListConfig):
+                OmegaConf.to_container(node, resolve=True)
+            else:
+                cfg[key]  # noqa: B018 - resolves it
+        except OmegaConfBaseException as exc:
+            if "HydraConfig was not set" in str(exc):  # ${hydra:...} before the job starts: checked in the job
+                continue
+            full_key = getattr(exc, "full_key", None) or str(key)
+            text = " ".join(str(exc).split("\n")[0].split())
+            raise PipelineError(f"{full_key} cannot be resolved: {text}",
+                                f"Set {full_key} to a value, or define what its ${{...}} refers to (an environment "
+                                "variable for oc.env).") from exc
 
 
 def typed(cfg: DictConfig) -> DictConfig:
@@ -500,6 +534,8 @@ def _typed_nodes(node: DictConfig, prefix: str):
 
 
 def _show(value) -> str:
+    if isinstance(value, str) and not value.strip():
+        return repr(value)  # '' or spaces: visible
     return "null" if value is None else str(value)
 
 

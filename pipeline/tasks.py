@@ -46,6 +46,8 @@ def loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
         return F.cross_entropy(outputs, targets)
     # Targets in the output's float type: a network that computes in float64 trains as one in float32.
     if kind == "probability":
+        if not torch.isfinite(outputs).all():  # BCE raises on them ("between 0 and 1"): a NaN loss, like the others
+            return (outputs * float("nan")).mean()
         return F.binary_cross_entropy(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
     return F.mse_loss(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
 

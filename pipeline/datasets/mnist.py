@@ -48,14 +48,25 @@ class MnistData(InMemoryData):
 
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # offline must fail fast, never hang
+        # What a failed download leaves behind (folders, partial files, the lock file) is removed again.
+        created = _missing_dirs(self.root)
+        lock_existed = (self.root / LOCK_NAME).exists() or (self.root / LOCK_NAME).is_symlink()
+        download = False
         try:
             # Parallel jobs: one downloads, the others wait on its lock. Complete files that no job is
             # downloading (no lock file) are only read: nothing is written into the data dir.
             download = self.download and not _present(self.root)
             locked = download or (self.root / LOCK_NAME).exists()
             with cache_lock(self.root) if locked else nullcontext():
-                return datasets.MNIST(str(self.root), train=train, download=download)
+                try:
+                    return datasets.MNIST(str(self.root), train=train, download=download)
+                except BaseException:
+                    if download:  # under the lock: nobody else writes into the folders this run created
+                        _remove_created(created, self.root)
+                    raise
         except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError, and more on corrupt files
+            if download:
+                _remove_created(created, self.root, lock_too=not lock_existed)
             text = " ".join(str(exc).split())[:300]
             corrupt = _present(self.root) and not isinstance(exc, OSError)
             raise PipelineError(
@@ -68,6 +79,39 @@ class MnistData(InMemoryData):
             ) from exc
         finally:
             socket.setdefaulttimeout(previous)
+
+
+def _missing_dirs(root: Path) -> list[Path]:
+    """The data folders a download would create (deepest first), of those that do not exist yet."""
+    missing = []
+    try:
+        for path in (root / "MNIST" / "raw", root / "MNIST", root, *root.absolute().parents):
+            if path.exists():
+                break
+            missing.append(path)
+    except OSError:
+        return []
+    return missing
+
+
+def _remove_created(created: list[Path], root: Path, lock_too: bool = False) -> None:
+    """Undo a failed download: the partial files in folders this run created, those folders when empty, and
+    (after the lock is released, ``lock_too``) the lock file it created. Nothing that existed before is touched."""
+    import shutil
+
+    if lock_too:
+        try:
+            (root / LOCK_NAME).unlink(missing_ok=True)
+        except OSError:
+            pass
+    for folder in created:
+        try:
+            if folder == root / "MNIST" / "raw" and folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)  # only this run's partial downloads can be in a folder it created
+            elif folder.is_dir():
+                folder.rmdir()
+        except OSError:  # not empty (another job's files): left as it is
+            pass
 
 
 def _present(root: Path) -> bool:

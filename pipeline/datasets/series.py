@@ -115,6 +115,12 @@ def read_csv_column(path: Path, column: str | None, missing: str = "error") -> n
             raise PipelineError(f"{what} (dataset.path={str(path)!r}): its header {str(frame.columns[0])[:80]!r} looks "
                                 f"separated by {separator!r}, but dataset.path is read as comma-separated.",
                                 "Save the file with commas between columns (and '.' as the decimal mark).")
+        wanted = None if column is None else column.strip().casefold()
+        near = [c for c in frame.columns if str(c).strip().casefold() == wanted]
+        if near:  # ' value ' or 'Value' in the header: the difference is invisible in a list of names
+            raise PipelineError(f"{what} (dataset.path={str(path)!r}), but {str(near[0])!r} is (spaces or case "
+                                "differ).",
+                                f"Set dataset.column={str(near[0])!r} (quoted as shown), or fix the header.")
         raise PipelineError(f"{what} (dataset.path={str(path)!r}).",
                             f"Set dataset.column to one of its numeric columns: {_names(numeric) or '(none)'} "
                             f"(all columns: {_names(frame.columns)}).")

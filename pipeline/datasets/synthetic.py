@@ -13,6 +13,7 @@ from pipeline.datasets.base import InMemoryData, Splits
 from pipeline.errors import PipelineError
 
 DISTRIBUTIONS = ("normal", "uniform", "integers")
+SPEC_KEYS = ("shape", "distribution", "mean", "std", "low", "high", "dtype")
 MAX_BYTES = 64 * 2**30  # generated inputs beyond this are a typo in a shape, not a plan
 
 
@@ -48,6 +49,10 @@ class SyntheticData(InMemoryData):
 
     def _check(self, name: str, spec: dict) -> None:
         key = "dataset" if not self.multiple else f"dataset.inputs.{name}"
+        unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
+        if unknown:  # a typo (distrib: uniform) would be ignored and the default drawn
+            raise PipelineError(f"dataset input {name!r}: unknown key(s) {', '.join(unknown)} in {key}.",
+                                f"An input spec takes: {', '.join(SPEC_KEYS)}.")
         shape = spec.get("shape")
         if not isinstance(shape, list | tuple) or not shape or \
                 not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
@@ -63,6 +68,15 @@ class SyntheticData(InMemoryData):
                     or not np.isfinite(options[field]):
                 raise PipelineError(f"{key}.{field}={options[field]!r} is not a finite number.",
                                     f"Set {key}.{field} to a number.")
+        if "dtype" in spec:
+            try:
+                dtype = None if spec["dtype"] is None else np.dtype(spec["dtype"])
+            except TypeError:
+                dtype = None
+            if dtype is None or dtype.kind not in "iuf":
+                raise PipelineError(f"{key}.dtype={spec['dtype']!r} is not a numeric NumPy dtype.",
+                                    f"Set {key}.dtype to e.g. float32 (the default for normal/uniform) or int64 "
+                                    "(the default for integers), or drop it.")
         low, high = options["low"], options["high"]
         if distribution == "integers" and int(low) >= int(high):
             raise PipelineError(f"{key}: low={low} and high={high} leave no integer to draw (ids are drawn from "

@@ -25,7 +25,8 @@ class TorchRuntime(Adapter):
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            result = self.net(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+            # Copies: a network that changes its input in place must not change what the next runtime gets.
+            result = self.net(*(torch.from_numpy(np.array(a, order="C", copy=True)) for a in arrays))
         return [t.numpy() for t in flatten_outputs(result)]
 
 

@@ -17,6 +17,7 @@ from pipeline import diagnose, quantized, runtimes, tasks
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS
 from pipeline.errors import ParityError
+from pipeline.preflight import check_finite_outputs
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def run(ctx: RunContext) -> None:
     feeds, labels = _held_out(ctx, settings.samples)
     reference = runtimes.load("torch", ctx.net, ctx.input_names, ctx.output_names)
     ref_out, ref_timing = _measure(reference, feeds, settings)
+    check_finite_outputs(ctx.cfg, ref_out, "held-out")
     ctx.outputs["torch"], ctx.held_out_targets = ref_out, labels
     samples = len(next(iter(feeds.values())))
     ctx.report.data["reference"] = {"runtime": "torch", "samples": samples, "metric": _metric(ctx, ref_out, labels),

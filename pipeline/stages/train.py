@@ -16,6 +16,7 @@ from pipeline.atomic import write_with
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.lit_module import TaskModule
+from pipeline.preflight import check_finite_outputs
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 
@@ -48,12 +49,18 @@ def run(ctx: RunContext) -> None:
         # Under DDP, Lightning's test loop would spawn the workers again and shard the test set with a
         # padding DistributedSampler; the report's metrics come from evaluate() below in any case.
         trainer.test(module, datamodule=ctx.data, verbose=False)
+    if _casts_the_network(cfg.trainer.precision):
+        # Lightning converted the network to float64/float16/bfloat16 for training; the data, the export and
+        # every runtime are float32: the trained weights are kept in float32 (checkpoints keep their dtype).
+        net.float()
     net.eval()
-    ctx.report.data["metrics"].update(evaluate(ctx, net))
+    predictions = predict(net, ctx.data.splits.test[0])
+    ctx.report.data["metrics"].update(evaluate(ctx, net, predictions))
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         ctx.report.add_artifact("checkpoint", last)
     check_converged(ctx, net)
+    check_finite_outputs(cfg, {"output": predictions}, "test")  # finite metrics can hide NaN predictions
     ctx.net = net
     write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
     ctx.report.add_artifact("weights", ctx.weights_path)
@@ -66,6 +73,13 @@ def run(ctx: RunContext) -> None:
         "strategy_class": type(trainer.strategy).__name__,
         "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
+
+
+def _casts_the_network(precision) -> bool:
+    """Whether Lightning's precision plugin converts the network's parameters (``64``, ``*-true``), which
+    ``*-mixed`` precision leaves in float32."""
+    text = str(precision)
+    return text in ("64", "64-true") or (text.endswith("-true") and text != "32-true")
 
 
 def _trainer(ctx: RunContext) -> pl.Trainer:
@@ -95,7 +109,8 @@ def check_converged(ctx: RunContext, net: torch.nn.Module) -> None:
         raise PipelineError(f"Training diverged: {what}{'; the weights hold NaN or inf' if bad_weights else ''}. "
                             "model.pt was not written.",
                             "Lower optimizer.lr (or scheduler.max_lr), check the data for extreme values, or set "
-                            "trainer.gradient_clip_val (e.g. 1.0).")
+                            "trainer.gradient_clip_val (e.g. 1.0); if model.net's forward itself returns NaN for some "
+                            "inputs (a log or sqrt of a negative value), fix that.")
 
 
 def _loggers(ctx: RunContext) -> list:
@@ -120,11 +135,13 @@ def predict(net: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512) -
     """Run the PyTorch network in eval mode over ``inputs`` in batches."""
     net.eval()
     with torch.inference_mode():
-        outs = [flatten_outputs(net(inputs[i:i + batch_size]))[0]  # the task's output: the first
+        # Copies: a network that changes its input in place must not change the test split.
+        outs = [flatten_outputs(net(inputs[i:i + batch_size].clone()))[0]  # the task's output: the first
                 for i in range(0, len(inputs), batch_size)]
     return torch.cat(outs).numpy()
 
 
-def evaluate(ctx: RunContext, net: torch.nn.Module) -> dict:
+def evaluate(ctx: RunContext, net: torch.nn.Module, predictions: np.ndarray | None = None) -> dict:
     x, y = ctx.data.splits.test
-    return tasks.evaluate(ctx.output_kind, predict(net, x), y.numpy(), ctx.data.splits.inverse)
+    predictions = predict(net, x) if predictions is None else predictions
+    return tasks.evaluate(ctx.output_kind, predictions, y.numpy(), ctx.data.splits.inverse)
