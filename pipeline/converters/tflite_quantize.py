@@ -217,11 +217,12 @@ def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[d
     """Every quantized layer's error against its float twin on ``inputs`` (one at a time), worst first."""
     import tensorflow as tf
 
-    names = list(inputs)
+    debug_model = quantize(calibrated, False, debug=True)
+    names, dtypes, outputs = _interpreter_io(debug_model, list(inputs))
 
-    def dataset():
+    def dataset():  # the debugger feeds a list in the interpreter's input order, not the signature's
         for i in range(len(inputs[names[0]])):
-            yield [inputs[name][i:i + 1] for name in names]
+            yield [inputs[name][i:i + 1].astype(dtype, copy=False) for name, dtype in zip(names, dtypes, strict=True)]
 
     def squared_error(float_tensor, quant_tensor, scale, zero_point):
         dequantized = (quant_tensor.astype(np.float64) - zero_point) * scale
@@ -233,7 +234,7 @@ def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[d
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"squared_error": squared_error, "squared_reference": squared_reference})
     debugger = tf.lite.experimental.QuantizationDebugger(
-        quant_debug_model_content=quantize(calibrated, False, debug=True), debug_dataset=dataset,
+        quant_debug_model_content=debug_model, debug_dataset=dataset,
         debug_options=options)
     debugger.run()
     dump = io.StringIO()
@@ -245,12 +246,34 @@ def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[d
         # The error over the float output's RMS; one quantization step at least, so that a near-zero
         # tensor's rounding does not look like a large relative error.
         relative = float(np.sqrt(error) / max(np.sqrt(reference), scale, 1e-12)) if error > 0 else 0.0
-        layers.append({"node": row["tensor_name"], "layer": short_name(row["tensor_name"]), "op": row["op_name"],
+        name = outputs.get(row["tensor_name"]) or short_name(row["tensor_name"])
+        layers.append({"node": row["tensor_name"], "layer": name, "op": row["op_name"],
                        "rmse": float(np.sqrt(error)), "relative_rmse": relative,
                        "rmse_over_scale": float(np.sqrt(error) / scale) if scale else None,
                        "max_abs_error": float(row["max_abs_error"])})
     layers = [layer for layer in layers if np.isfinite(layer["relative_rmse"])]
     return layers
+
+
+def _interpreter_io(flatbuffer: bytes, onnx_inputs: list[str]) -> tuple[list[str], list, dict[str, str]]:
+    """The ONNX input names in the interpreter's own input order with the dtype each tensor takes (ids
+    given as int64 go in as the model's int32), and the model's output tensors by signature key (a layer
+    that writes a model output is named after it: ``output_1``, not ``StatefulPartitionedCall:1``)."""
+    from pipeline.runtimes import feed_keys
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    interpreter = _interpreter_class()(model_content=flatbuffer)
+    signatures = interpreter.get_signature_list()
+    details = interpreter.get_input_details()
+    if not signatures:
+        return onnx_inputs, [d["dtype"] for d in details], {}
+    key, described = next(iter(signatures.items()))
+    runner = interpreter.get_signature_runner(key)
+    by_index = {detail["index"]: name for name, detail in zip(
+        onnx_inputs, (runner.get_input_details()[k] for k in feed_keys(onnx_inputs, described["inputs"])),
+        strict=True)}
+    outputs = {detail["name"]: name for name, detail in runner.get_output_details().items()}
+    return [by_index[d["index"]] for d in details], [d["dtype"] for d in details], outputs
 
 
 def short_name(tensor: str) -> str:
