@@ -521,3 +521,36 @@ def test_the_layers_that_lose_most_are_ranked_on_the_task_output_alone(tmp_path,
     assert layers[0] is not embedding and layers[0]["output_gain"] > 0, layers
     if target == "tflite_int8":
         assert {layer["layer"] for layer in layers} >= {"output_0", "output_1"}, layers
+
+
+class PaddedAttention(torch.nn.Module):
+    """Token ids through nn.MultiheadAttention with a key_padding_mask (ids == 0): torch fills -inf itself."""
+
+    def __init__(self, vocab=30, d=16, num_classes=3):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d)
+        self.attention = torch.nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = torch.nn.Linear(d, num_classes)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        pad = ids == 0
+        pad[:, 0] = False
+        return self.head((h + self.attention(h, h, h, key_padding_mask=pad, need_weights=False)[0]).mean(1))
+
+
+def test_an_attention_padding_mask_is_refused_by_name_before_the_debugger_can_abort_the_run(tmp_path):
+    """The per-layer statistics ran first: TFLite's QuantizationDebugger aborted the process (SIGABRT, no
+    report) on the -inf ranges nn.MultiheadAttention's mask gives. The refusal now comes first."""
+    from tests.conftest import run_composed
+
+    report = run_composed("model.net._target_=tests.test_quantized.PaddedAttention", "model.output=logits",
+                          "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
+                          "dataset.inputs={ids: {shape: [10], distribution: integers, high: 30}}",
+                          "dataset.samples=32", "export=[tflite_int8_dynamic,tflite_int8]",
+                          "export.calibration_samples=16", "parity.latency_repeats=2", run_dir=tmp_path / "run",
+                          expect_failure=True)
+    target = report["targets"]["tflite_int8"]
+    assert target["status"] == "failed" and "+-3.4e38" in target["reason"], target
+    assert "nn.MultiheadAttention" in target["reason"] and "tflite_int8_dynamic" in target["reason"]
+    assert parity_of(report)["tflite_int8_dynamic"]["in_tolerance"]  # the float-activation target applies

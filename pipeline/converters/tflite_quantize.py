@@ -109,6 +109,9 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
         converter._experimental_calibrate_only = calibrate_only  # noqa: SLF001 - the debugger's own route
 
     flatbuffer = _convert(saved_model, full_integer)  # the converter's standard route, its checks included
+    # Before the per-layer statistics: the QuantizationDebugger's NumericVerify model aborts the whole process
+    # on such ranges (nn.MultiheadAttention with a key_padding_mask, which fills -inf itself).
+    _refuse_unrepresentable_ranges(flatbuffer)
     try:  # diagnostic: a failure here never fails the conversion
         calibrated = _convert(saved_model, lambda c: full_integer(c, calibrate_only=True))
         inputs, info["layers_measured_on"] = job.layer_error_inputs()
@@ -125,7 +128,7 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
                                   f"{info['layers_error']}", "Drop export.tflite_int8.float_fallback(_top_k).")
         flatbuffer = quantize(calibrated, int8_io, denylisted=[layer["node"] for layer in fallback])
         info["float_fallback"] = [layer["layer"] for layer in fallback]
-    _refuse_unrepresentable_ranges(flatbuffer)
+        _refuse_unrepresentable_ranges(flatbuffer)
     return flatbuffer
 
 
@@ -146,9 +149,10 @@ def _refuse_unrepresentable_ranges(flatbuffer: bytes) -> None:
         raise ConversionError(
             f"tflite_int8: calibration gave {len(absurd)} tensor(s) a range of about +-3.4e38, which int8 cannot "
             f"represent (every value would quantize to one level): {', '.join(absurd[:5])}. Such a range comes from "
-            "a -inf or float32-max constant in the graph (an attention mask filled with -inf, a padding a max pool "
-            "must not see).", "Use a large finite mask value (e.g. -1e4) in the model, or the targets that keep "
-            "activations in float: tflite_int8_dynamic, onnx_int8 (both in export=deploy).")
+            "a -inf or float32-max constant in the graph (an attention mask filled with -inf, as nn.MultiheadAttention "
+            "and nn.TransformerEncoder do with a key_padding_mask or attn_mask; a padding a max pool must not see).",
+            "Use the targets that keep activations in float: tflite_int8_dynamic, onnx_int8 (both in export=deploy), "
+            "or tflite_fp16; or, in your own attention, mask with a finite value near the scores' range.")
 
 
 def ranked_layers(job: ConvertJob, calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[dict]:
