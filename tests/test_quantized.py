@@ -554,3 +554,27 @@ def test_an_attention_padding_mask_is_refused_by_name_before_the_debugger_can_ab
     assert target["status"] == "failed" and "+-3.4e38" in target["reason"], target
     assert "nn.MultiheadAttention" in target["reason"] and "tflite_int8_dynamic" in target["reason"]
     assert parity_of(report)["tflite_int8_dynamic"]["in_tolerance"]  # the float-activation target applies
+
+
+def test_static_onnx_int8_keeps_the_nodes_around_an_attention_mask_in_float_by_name(tmp_path):
+    """onnxruntime calibrated the -inf mask's tensors to a scale of inf (every value on one level, silently);
+    their producers and consumers now stay in float, named in kept_in_float."""
+    from onnx import numpy_helper
+
+    from tests.conftest import run_composed
+
+    report = run_composed("model.net._target_=tests.test_quantized.PaddedAttention", "model.output=logits",
+                          "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
+                          "dataset.inputs={ids: {shape: [10], distribution: integers, high: 30}}",
+                          "dataset.samples=32", "export=[onnx_int8]", "export.calibration_samples=16",
+                          "parity.latency_repeats=2", *NEAR_TIES, run_dir=tmp_path / "run")
+    target = report["targets"]["onnx_int8"]
+    assert target["status"] == "ok" and target["mode"] == "static", target
+    kept = target["kept_in_float"]
+    assert kept and all("infinite range" in reason for reason in kept.values()), kept
+    assert set(kept) <= set(target["float_fallback"])
+    model = onnx.load(str(tmp_path / "run" / "model_int8.onnx"))
+    scales = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    used = [scales[node.input[1]] for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    assert used and all(np.all(np.isfinite(s)) and np.max(s) < 1e6 for s in used)
+    assert "error" not in parity_of(report)["onnx_int8"]
