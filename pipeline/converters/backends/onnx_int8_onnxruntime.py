@@ -27,7 +27,7 @@ from pipeline.errors import ConversionError
 log = logging.getLogger(__name__)
 MODES = ("auto", "static", "dynamic")
 CALIBRATION_BATCH = 32
-LOAD = "onnxruntime.InferenceSession(path); input and output float32, as model.onnx"
+LOAD = "onnxruntime.InferenceSession(path); inputs and outputs as model.onnx's (names, dtypes)"
 
 
 @backend("onnx_int8", "onnxruntime", order=10)
