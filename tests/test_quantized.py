@@ -333,6 +333,25 @@ def test_the_quantized_rule(kind, metric, reference, agreement, passes):
         assert entry["worst_layers"] == ["fc"] and "fc (FULLY_CONNECTED)" in quantized.describe(entry, "tflite_int8")
 
 
+def test_a_failure_no_single_float_layer_can_repair_says_so_and_names_the_alternatives():
+    """SpatialTransformerNet on MNIST: tflite_int8 top-1 agreement 0.11 (onnx_int8: 0.99), and the best layer
+    kept in float removed 0.06 % of the error; the message advised keeping three such layers in float."""
+    collapsed = {"runtime": "tflite_int8", "metric": 0.10, "top1_agreement": 0.11, "in_tolerance": False,
+                 "max_abs_err": 9.0}
+    entry = dict(collapsed)
+    target = {"worst_layers": [{"node": "a;b", "layer": "head_Conv", "op": "CONV_2D", "relative_rmse": 0.007,
+                                "output_gain": 0.0006}, {"node": "c", "layer": "Add_1", "op": "ADD",
+                                                         "relative_rmse": 0.06, "output_gain": 0.0}]}
+    quantized.judge(entry, 0.86, "logits", Settings, target)
+    text = quantized.describe(entry, "tflite_int8")
+    assert not entry["in_tolerance"] and entry["best_layer_gain"] == 0.0006
+    assert "removes at most 0.1 % of the int8 output error" in text and "tflite_int8_dynamic" in text, text
+    entry = dict(collapsed)
+    target["worst_layers"][0]["output_gain"] = 0.6  # one layer that does repair it: no such remark
+    quantized.judge(entry, 0.86, "logits", Settings, target)
+    assert "removes at most" not in quantized.describe(entry, "tflite_int8")
+
+
 def test_a_regressor_without_labels_is_reported_not_judged():
     entry = {"runtime": "onnx_int8", "metric": None, "top1_agreement": None, "in_tolerance": False,
              "max_abs_err": 1.0}
