@@ -61,6 +61,10 @@ def convert(job: ConvertJob) -> dict:
             excluded = _excluded(job.options, layers, source)
             _quantize_static(source, work / "quantized.onnx", calibration, excluded)
         else:
+            if int(job.options.get("float_fallback_top_k") or 0):
+                info["float_fallback_top_k_ignored"] = ("dynamic mode measures no per-layer error to rank; name "
+                                                        "nodes with export.onnx_int8.float_fallback instead")
+                log.warning("onnx_int8: float_fallback_top_k ignored: %s", info["float_fallback_top_k_ignored"])
             excluded = _excluded(job.options, [], source)
             _quantize_dynamic(source, work / "quantized.onnx", excluded)
         excluded = list(dict.fromkeys([*excluded, *info.get("kept_in_float", {})]))
