@@ -608,3 +608,27 @@ def test_static_onnx_int8_keeps_the_nodes_around_an_attention_mask_in_float_by_n
     used = [scales[node.input[1]] for node in model.graph.node if node.op_type == "QuantizeLinear"]
     assert used and all(np.all(np.isfinite(s)) and np.max(s) < 1e6 for s in used)
     assert "error" not in parity_of(report)["onnx_int8"]
+
+
+class TinyGRU(torch.nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.gru = torch.nn.GRU(4, 8, batch_first=True)
+        self.head = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.gru(x)[0][:, -1])
+
+
+def test_dynamic_onnx_int8_says_it_cannot_apply_float_fallback_top_k(tmp_path):
+    """Dynamic quantization (auto for recurrent models) ranks no layers: float_fallback_top_k kept nothing, silently."""
+    from tests.conftest import run_composed
+
+    report = run_composed("model.net._target_=tests.test_quantized.TinyGRU", "model.output=logits",
+                          "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
+                          "dataset.shape=[6,4]", "dataset.samples=32", "export=[onnx_int8]",
+                          "export.onnx_int8.float_fallback_top_k=2", "parity.latency_repeats=2", *NEAR_TIES,
+                          run_dir=tmp_path / "run")
+    target = report["targets"]["onnx_int8"]
+    assert target["status"] == "ok" and target["mode"] == "dynamic" and target["float_fallback"] == [], target
+    assert "export.onnx_int8.float_fallback" in target["float_fallback_top_k_ignored"]
