@@ -632,3 +632,32 @@ def test_dynamic_onnx_int8_says_it_cannot_apply_float_fallback_top_k(tmp_path):
     target = report["targets"]["onnx_int8"]
     assert target["status"] == "ok" and target["mode"] == "dynamic" and target["float_fallback"] == [], target
     assert "export.onnx_int8.float_fallback" in target["float_fallback_top_k_ignored"]
+
+
+class TiedScores(torch.nn.Module):
+    """Class scores that differ by 1e-4 of their size: below int8's resolution, so int8 weights tie them."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.head = torch.nn.Linear(128, num_classes)  # 1,280 weights: tflite_int8_dynamic quantizes them
+        with torch.no_grad():
+            self.head.weight.copy_(1 + 1e-4 * torch.randn(num_classes, 128))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(x.abs())
+
+
+def test_a_dynamic_target_that_misses_is_not_told_to_calibrate_or_keep_layers(tmp_path):
+    """tflite_int8_dynamic has no calibration and no per-layer ranking: its failure advised both."""
+    from pipeline.errors import ParityError
+    from tests.conftest import run_composed
+
+    with pytest.raises(ParityError) as failure:
+        run_composed("model.net._target_=tests.test_quantized.TiedScores", "model.output=logits",
+                     "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
+                     "dataset.shape=[128]", "dataset.samples=64", "export=[tflite_int8_dynamic]",
+                     "parity.latency_repeats=2", run_dir=tmp_path / "run")
+    assert "Quantized target tflite_int8_dynamic: top-1 agreement" in failure.value.message
+    assert "calibrat" not in failure.value.hint and "named layers" not in failure.value.hint, failure.value.hint
+    assert "use another quantized target" in failure.value.hint and "near-tied" in failure.value.hint
