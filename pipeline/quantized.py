@@ -124,8 +124,9 @@ def describe(entry: dict, target: str) -> str:
         best = entry.get("best_layer_gain")
         if best is not None and best < SMALL_GAIN:
             text += (f"; but keeping any one of them in float removes at most {100 * max(best, 0.0):.1f} % of the "
-                     "int8 output error: the loss is spread over the model, or lies in integer index arithmetic the "
-                     "per-layer statistics do not see (grid_sample, gathers by computed indices); "
+                     "int8 output error: the loss is spread over the model, lies in integer index arithmetic the "
+                     "per-layer statistics do not see (grid_sample, gathers by computed indices), or the held-out "
+                     "inputs leave the range calibrated on the training split (a trending series); "
                      f"{ALTERNATIVES.get(target, 'use a float target')}")
     return text
 

@@ -64,8 +64,9 @@ def run(ctx: RunContext) -> None:
             remedies += ["calibrate on more samples (export.calibration_samples)"] if any(
                 targets.get(e["runtime"], {}).get("calibration_samples") for e in missed) else []
             remedies += ["use another quantized target"] if not remedies else []
-            hints += [f"{', '.join(remedies)}, or loosen parity.quantized.* if the loss is acceptable (random or "
-                      "barely trained weights give near-tied class scores, whose top-1 int8 flips)"]
+            ties = (" (random or barely trained weights give near-tied class scores, whose top-1 int8 flips)"
+                    if any(e.get("top1_agreement") is not None for e in missed) else "")
+            hints += [f"{', '.join(remedies)}, or loosen parity.quantized.* if the loss is acceptable{ties}"]
         raise ParityError(" ".join(parts), f"Inspect report.json parity; {'; '.join(hints)}.")
 
 
