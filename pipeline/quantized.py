@@ -104,6 +104,9 @@ def judge(entry: dict, reference_metric: float | None, kind: str, settings, targ
         entry["worst_layers"] = [layer["layer"] for layer in (gaining or quantized)][:LAYERS_NAMED]
         entry["worst_layer_ops"] = [layer["op"] for layer in (gaining or quantized)][:LAYERS_NAMED]
         entry["float_fallback"] = list(target.get("float_fallback") or [])
+        gains = [layer["output_gain"] for layer in quantized if layer.get("output_gain") is not None]
+        if gains:
+            entry["best_layer_gain"] = max(gains)
 
 
 def describe(entry: dict, target: str) -> str:
@@ -118,7 +121,21 @@ def describe(entry: dict, target: str) -> str:
         shown = ", ".join(f"{name} ({op})" if op else name for name, op in zip(layers, ops, strict=False))
         text += (f"; the layers that lose most{already}: {shown} (report.json targets.{target}.worst_layers); "
                  f"keep them in float with export.{target}.float_fallback=[{','.join([*kept, *layers])}]")
+        best = entry.get("best_layer_gain")
+        if best is not None and best < SMALL_GAIN:
+            text += (f"; but keeping any one of them in float removes at most {100 * max(best, 0.0):.1f} % of the "
+                     "int8 output error: the loss is spread over the model, lies in integer index arithmetic the "
+                     "per-layer statistics do not see (grid_sample, gathers by computed indices), or the held-out "
+                     "inputs leave the range calibrated on the training split (a trending series); "
+                     f"{ALTERNATIVES.get(target, 'use a float target')}")
     return text
+
+
+# Below this share of the int8 output error removed by the best single layer kept in float, naming layers to
+# keep in float is no help: the failure says so, and what to use instead.
+SMALL_GAIN = 0.1
+ALTERNATIVES = {"tflite_int8": "use tflite_int8_dynamic, tflite_fp16 or onnx_int8 (in export=deploy)",
+                "onnx_int8": "use export.onnx_int8.mode=dynamic, or tflite_int8_dynamic / tflite_fp16"}
 
 
 def refusal(target: dict) -> str:

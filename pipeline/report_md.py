@@ -11,11 +11,14 @@ LOAD_HINTS = {
     "keras": "`keras.saving.load_model(path, safe_mode=True)`",
     "tensorflow": "`tf.saved_model.load(path).signatures['serving_default'](input=x)['output']`",
     "tflite": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`",
-    "tflite_fp16": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (float16 weights, float32 I/O)",
-    "tflite_int8_dynamic": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (float32 I/O)",
-    "tflite_int8": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`; with int8 I/O, quantize inputs and "
-                   "dequantize outputs with each tensor's `quantization` (scale, zero point)",
-    "onnx_int8": "`onnxruntime.InferenceSession(path)`; float32 I/O, as model.onnx",
+    "tflite_fp16": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (float16 weights; I/O as "
+                   "model.tflite: float32, integer ids stay integer)",
+    "tflite_int8_dynamic": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (I/O as model.tflite: float32, "
+                           "integer ids stay integer)",
+    "tflite_int8": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`; with int8 I/O, quantize float inputs "
+                   "and dequantize float outputs with each tensor's `quantization` (scale, zero point); integer "
+                   "tensors (ids, indices) are not scaled",
+    "onnx_int8": "`onnxruntime.InferenceSession(path)`; inputs and outputs as model.onnx's (names, dtypes)",
     "weights": "`model.load_state_dict(torch.load(path, weights_only=True))`",
     "checkpoint": "Lightning checkpoint: `from_run=<this dir>` resumes from it",
 }

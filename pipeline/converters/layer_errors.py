@@ -8,8 +8,9 @@ when there is none):
   for onnxruntime, the error a node adds to its inputs');
 - ``output_gain``: for the ``CANDIDATES`` layers with the largest own error, the share of the whole
   model's output error that disappears when that layer alone is kept in float (1: all of it, 0: none,
-  negative: it grows). The outputs compared are what the task reads: probabilities for classifiers
-  (``log_probs`` and ``logits`` through softmax), the values for regressors.
+  negative: it grows). The output compared is the task's (the first, which the target is judged on) as
+  the task reads it: probabilities for classifiers (``log_probs`` and ``logits`` through softmax), the
+  values for regressors.
 
 Layers are ranked by ``output_gain``, then by ``relative_rmse``: a layer whose error the rest of the
 network amplifies comes before one whose error it absorbs. ``float_fallback_top_k`` keeps the first
@@ -28,17 +29,18 @@ CANDIDATES = 12
 
 
 def comparable(outputs: dict[str, np.ndarray], kind: str | None) -> np.ndarray:
-    """The outputs as the task reads them, flattened: the first output in probabilities for classifiers."""
-    parts = []
-    for index, value in enumerate(outputs.values()):
-        value = np.asarray(value, dtype=np.float64)
-        if index == 0 and kind == "log_probs":
-            value = np.exp(value)
-        elif index == 0 and kind == "logits" and value.ndim >= 2:
-            shifted = np.exp(value - value.max(axis=1, keepdims=True))
-            value = shifted / shifted.sum(axis=1, keepdims=True)
-        parts.append(value.reshape(-1))
-    return np.concatenate(parts) if parts else np.zeros(0)
+    """The task's output as the task reads it, flattened: the first output (the one a quantized target is
+    judged on; a second output such as an embedding must not decide which layers to keep in float), in
+    probabilities for classifiers."""
+    if not outputs:
+        return np.zeros(0)
+    value = np.asarray(next(iter(outputs.values())), dtype=np.float64)
+    if kind == "log_probs":
+        value = np.exp(value)
+    elif kind == "logits" and value.ndim >= 2:
+        shifted = np.exp(value - value.max(axis=1, keepdims=True))
+        value = shifted / shifted.sum(axis=1, keepdims=True)
+    return value.reshape(-1)
 
 
 def output_error(outputs: dict, reference: dict, kind: str | None) -> float:

@@ -109,24 +109,74 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
         converter._experimental_calibrate_only = calibrate_only  # noqa: SLF001 - the debugger's own route
 
     flatbuffer = _convert(saved_model, full_integer)  # the converter's standard route, its checks included
-    try:  # diagnostic: a failure here never fails the conversion
+    calibrated, kept = None, []
+    absurd = _absurd_tensors(flatbuffer)
+    if absurd:
+        # An attention mask filled with -inf (nn.MultiheadAttention's key_padding_mask): the ops around those
+        # tensors stay in float, by name; before the per-layer statistics, whose NumericVerify model aborted
+        # the whole process on such ranges.
         calibrated = _convert(saved_model, lambda c: full_integer(c, calibrate_only=True))
+        kept = _kept_in_float(calibrated)
+        flatbuffer = quantize(calibrated, int8_io, denylisted=kept)
+        _refuse_unrepresentable_ranges(flatbuffer, list(absurd.values()))
+        info["kept_in_float"] = {short_name(name): UNREPRESENTABLE for name in kept}
+        info["float_fallback"] = list(info["kept_in_float"])
+    try:  # diagnostic: a failure here never fails the conversion
+        calibrated = calibrated or _convert(saved_model, lambda c: full_integer(c, calibrate_only=True))
         inputs, info["layers_measured_on"] = job.layer_error_inputs()
-        layers = ranked_layers(job, calibrated, inputs)
+        layers = ranked_layers(job, calibrated, inputs, kept)
     except Exception as exc:  # noqa: BLE001
         log.warning("tflite_int8: per-layer statistics failed: %s", exc)
         info["layers_error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-        calibrated, layers = None, []
+        layers = []
     info["worst_layers"] = layers[:LAYERS_REPORTED]
     fallback = layer_errors.choose(job.options, layers, "tflite_int8", list(dict.fromkeys(x["layer"] for x in layers)))
     if fallback:
-        if calibrated is None:
+        if not layers and "layers_error" in info:
             raise ConversionError(f"export.tflite_int8.float_fallback needs the per-layer statistics, which failed: "
                                   f"{info['layers_error']}", "Drop export.tflite_int8.float_fallback(_top_k).")
-        flatbuffer = quantize(calibrated, int8_io, denylisted=[layer["node"] for layer in fallback])
-        info["float_fallback"] = [layer["layer"] for layer in fallback]
-    _refuse_unrepresentable_ranges(flatbuffer)
+        flatbuffer = quantize(calibrated, int8_io, denylisted=[*kept, *(layer["node"] for layer in fallback)])
+        info["float_fallback"] = list(dict.fromkeys([*info["float_fallback"], *(x["layer"] for x in fallback)]))
+        _refuse_unrepresentable_ranges(flatbuffer)
     return flatbuffer
+
+
+UNREPRESENTABLE = ("calibrated to an infinite range (a -inf or float32-max constant, e.g. an attention mask): int8 "
+                   "would put every value on one level")
+
+
+def _absurd_tensors(flatbuffer: bytes, constants: bool = False) -> dict[int, str]:
+    """Quantized tensors (with a producing op, or any with ``constants``) whose calibrated scale is not
+    finite or spans more than ``ABSURD_RANGE``, by index: ``name (OP)``."""
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    interpreter = _interpreter_class()(model_content=flatbuffer)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    producers = {out: op["op_name"] for op in interpreter._get_ops_details() for out in op["outputs"]}  # noqa: SLF001
+    return {i: f"{short_name(t['name'])} ({producers.get(i, 'constant')})" for i, t in tensors.items()
+            if (constants or i in producers) and t["quantization"][0] != 0 and
+            (not np.isfinite(t["quantization"][0]) or t["quantization"][0] * 255 > ABSURD_RANGE)}
+
+
+def _kept_in_float(calibrated: bytes, rounds: int = 4) -> list[str]:
+    """The output tensors of every op that reads or writes a tensor calibrated to an absurd range, denylisted
+    (TFLite's MLIR quantizer keeps them in float32), repeated until no such range is left."""
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    kept: list[str] = []
+    for _ in range(rounds):
+        flatbuffer = quantize(calibrated, False, denylisted=kept)
+        absurd = set(_absurd_tensors(flatbuffer, constants=True))
+        if not absurd:
+            break
+        interpreter = _interpreter_class()(model_content=flatbuffer)
+        names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+        new = [names[out] for op in interpreter._get_ops_details()  # noqa: SLF001
+               if absurd & {*op["inputs"], *op["outputs"]} for out in op["outputs"] if names[out] not in kept]
+        if not new:
+            break
+        kept += list(dict.fromkeys(new))
+    return kept
 
 
 # A calibrated range this wide came from a -inf or float32-max constant, not from data: 256 int8 levels
@@ -134,28 +184,30 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
 ABSURD_RANGE = 1e30
 
 
-def _refuse_unrepresentable_ranges(flatbuffer: bytes) -> None:
-    from pipeline.runtimes.tflite_runtime import _interpreter_class
-
-    interpreter = _interpreter_class()(model_content=flatbuffer)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    producers = {out: op["op_name"] for op in interpreter._get_ops_details() for out in op["outputs"]}  # noqa: SLF001
-    absurd = [f"{short_name(t['name'])} ({producers[i]})" for i, t in tensors.items() if i in producers and
-              (not np.isfinite(t["quantization"][0]) or t["quantization"][0] * 255 > ABSURD_RANGE)]
+def _refuse_unrepresentable_ranges(flatbuffer: bytes, named: list[str] | None = None) -> None:
+    """A ConversionError naming the tensors calibrated to an absurd range (``named``: as first calibrated,
+    before the ops around them were kept in float), if ``flatbuffer`` still has any."""
+    absurd = list(_absurd_tensors(flatbuffer).values())
     if absurd:
+        absurd = named or absurd
         raise ConversionError(
             f"tflite_int8: calibration gave {len(absurd)} tensor(s) a range of about +-3.4e38, which int8 cannot "
-            f"represent (every value would quantize to one level): {', '.join(absurd[:5])}. Such a range comes from "
-            "a -inf or float32-max constant in the graph (an attention mask filled with -inf, a padding a max pool "
-            "must not see).", "Use a large finite mask value (e.g. -1e4) in the model, or the targets that keep "
-            "activations in float: tflite_int8_dynamic, onnx_int8 (both in export=deploy).")
+            f"represent (every value would quantize to one level), and keeping the ops around them in float did not "
+            f"remove it: {', '.join(absurd[:5])}. Such a range comes from "
+            "a -inf or float32-max constant in the graph (an attention mask filled with -inf, as nn.MultiheadAttention "
+            "and nn.TransformerEncoder do with a key_padding_mask or attn_mask; a padding a max pool must not see).",
+            "Use the targets that keep activations in float: tflite_int8_dynamic, onnx_int8 (both in export=deploy), "
+            "or tflite_fp16; or, in your own attention, mask with a finite value near the scores' range.")
 
 
-def ranked_layers(job: ConvertJob, calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[dict]:
-    """The quantized layers by their own error, then ranked by what keeping each in float gains at the output."""
+def ranked_layers(job: ConvertJob, calibrated: bytes, inputs: dict[str, np.ndarray],
+                  kept: list[str] | None = None) -> list[dict]:
+    """The quantized layers by their own error, then ranked by what keeping each in float gains at the output
+    (``kept``: tensors every quantization keeps in float)."""
     from pipeline import runtimes
 
-    layers = layer_statistics(calibrated, inputs)
+    kept = list(kept or [])
+    layers = [layer for layer in layer_statistics(calibrated, inputs, kept) if layer["node"] not in kept]
     names = list(inputs)
     onnx = runtimes.load("onnxruntime", job.onnx_path, names, _output_names(job.onnx_path))
     reference = onnx.predict(inputs)
@@ -163,8 +215,10 @@ def ranked_layers(job: ConvertJob, calibrated: bytes, inputs: dict[str, np.ndarr
     def error(flatbuffer: bytes) -> float:
         return layer_errors.output_error(run(flatbuffer, inputs, list(reference)), reference, job.output_kind)
 
-    return layer_errors.rank(layers, lambda layer: error(quantize(calibrated, False, denylisted=[layer["node"]])),
-                             error(quantize(calibrated, False)))
+    def without(layer: dict) -> float:
+        return error(quantize(calibrated, False, denylisted=[*kept, layer["node"]]))
+
+    return layer_errors.rank(layers, without, error(quantize(calibrated, False, denylisted=kept)))
 
 
 def _output_names(onnx_path: Path) -> list[str]:
@@ -213,15 +267,16 @@ def quantize(calibrated: bytes, int8_io: bool, denylisted: list[str] | None = No
                          enable_numeric_verify=debug, denylisted_nodes=list(denylisted or []))
 
 
-def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[dict]:
+def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray], kept: list[str] | None = None) -> list[dict]:
     """Every quantized layer's error against its float twin on ``inputs`` (one at a time), worst first."""
     import tensorflow as tf
 
-    names = list(inputs)
+    debug_model = quantize(calibrated, False, denylisted=kept, debug=True)
+    names, dtypes, outputs = _interpreter_io(debug_model, list(inputs))
 
-    def dataset():
+    def dataset():  # the debugger feeds a list in the interpreter's input order, not the signature's
         for i in range(len(inputs[names[0]])):
-            yield [inputs[name][i:i + 1] for name in names]
+            yield [inputs[name][i:i + 1].astype(dtype, copy=False) for name, dtype in zip(names, dtypes, strict=True)]
 
     def squared_error(float_tensor, quant_tensor, scale, zero_point):
         dequantized = (quant_tensor.astype(np.float64) - zero_point) * scale
@@ -233,7 +288,7 @@ def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[d
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"squared_error": squared_error, "squared_reference": squared_reference})
     debugger = tf.lite.experimental.QuantizationDebugger(
-        quant_debug_model_content=quantize(calibrated, False, debug=True), debug_dataset=dataset,
+        quant_debug_model_content=debug_model, debug_dataset=dataset,
         debug_options=options)
     debugger.run()
     dump = io.StringIO()
@@ -245,12 +300,34 @@ def layer_statistics(calibrated: bytes, inputs: dict[str, np.ndarray]) -> list[d
         # The error over the float output's RMS; one quantization step at least, so that a near-zero
         # tensor's rounding does not look like a large relative error.
         relative = float(np.sqrt(error) / max(np.sqrt(reference), scale, 1e-12)) if error > 0 else 0.0
-        layers.append({"node": row["tensor_name"], "layer": short_name(row["tensor_name"]), "op": row["op_name"],
+        name = outputs.get(row["tensor_name"]) or short_name(row["tensor_name"])
+        layers.append({"node": row["tensor_name"], "layer": name, "op": row["op_name"],
                        "rmse": float(np.sqrt(error)), "relative_rmse": relative,
                        "rmse_over_scale": float(np.sqrt(error) / scale) if scale else None,
                        "max_abs_error": float(row["max_abs_error"])})
     layers = [layer for layer in layers if np.isfinite(layer["relative_rmse"])]
     return layers
+
+
+def _interpreter_io(flatbuffer: bytes, onnx_inputs: list[str]) -> tuple[list[str], list, dict[str, str]]:
+    """The ONNX input names in the interpreter's own input order with the dtype each tensor takes (ids
+    given as int64 go in as the model's int32), and the model's output tensors by signature key (a layer
+    that writes a model output is named after it: ``output_1``, not ``StatefulPartitionedCall:1``)."""
+    from pipeline.runtimes import feed_keys
+    from pipeline.runtimes.tflite_runtime import _interpreter_class
+
+    interpreter = _interpreter_class()(model_content=flatbuffer)
+    signatures = interpreter.get_signature_list()
+    details = interpreter.get_input_details()
+    if not signatures:
+        return onnx_inputs, [d["dtype"] for d in details], {}
+    key, described = next(iter(signatures.items()))
+    runner = interpreter.get_signature_runner(key)
+    by_index = {detail["index"]: name for name, detail in zip(
+        onnx_inputs, (runner.get_input_details()[k] for k in feed_keys(onnx_inputs, described["inputs"])),
+        strict=True)}
+    outputs = {detail["name"]: name for name, detail in runner.get_output_details().items()}
+    return [by_index[d["index"]] for d in details], [d["dtype"] for d in details], outputs
 
 
 def short_name(tensor: str) -> str:

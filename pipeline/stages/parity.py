@@ -60,8 +60,15 @@ def run(ctx: RunContext) -> None:
                  ] if drifted else []
         parts += [f"Quantized target {quantized.describe(e, e['runtime'])}." for e in missed]
         hints = ["loosen parity.rtol/atol only if the drift is acceptable"] if drifted else []
-        hints += ["keep the named layers in float, calibrate on more samples (export.calibration_samples), or "
-                  "loosen parity.quantized.* if the loss is acceptable"] if missed else []
+        if missed:  # only what applies to the targets that missed: a dynamic target has no calibration
+            targets = ctx.report.data["targets"]
+            remedies = ["keep the named layers in float"] if any(e.get("worst_layers") for e in missed) else []
+            remedies += ["calibrate on more samples (export.calibration_samples)"] if any(
+                targets.get(e["runtime"], {}).get("calibration_samples") for e in missed) else []
+            remedies += ["use another quantized target"] if not remedies else []
+            ties = (" (random or barely trained weights give near-tied class scores, whose top-1 int8 flips)"
+                    if any(e.get("top1_agreement") is not None for e in missed) else "")
+            hints += [f"{', '.join(remedies)}, or loosen parity.quantized.* if the loss is acceptable{ties}"]
         raise ParityError(" ".join(parts), f"Inspect report.json parity; {'; '.join(hints)}.")
 
 

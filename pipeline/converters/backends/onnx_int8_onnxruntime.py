@@ -27,7 +27,7 @@ from pipeline.errors import ConversionError
 log = logging.getLogger(__name__)
 MODES = ("auto", "static", "dynamic")
 CALIBRATION_BATCH = 32
-LOAD = "onnxruntime.InferenceSession(path); input and output float32, as model.onnx"
+LOAD = "onnxruntime.InferenceSession(path); inputs and outputs as model.onnx's (names, dtypes)"
 
 
 @backend("onnx_int8", "onnxruntime", order=10)
@@ -51,15 +51,20 @@ def convert(job: ConvertJob) -> dict:
     try:
         source = _preprocess(job.onnx_path, work / "preprocessed.onnx", info)
         if mode == "static":
-            kept = _unquantizable(source)
-            if kept:
-                info["kept_in_float"] = kept
             calibration = job.calibration_inputs()
             info["calibration_samples"] = len(next(iter(calibration.values())))
+            _UNREPRESENTABLE[str(source)] = _unrepresentable(source, calibration, work)
+            kept = {**_unquantizable(source), **_UNREPRESENTABLE[str(source)]}
+            if kept:
+                info["kept_in_float"] = kept
             layers = _static_layers(job, source, calibration, work, info)
             excluded = _excluded(job.options, layers, source)
             _quantize_static(source, work / "quantized.onnx", calibration, excluded)
         else:
+            if int(job.options.get("float_fallback_top_k") or 0):
+                info["float_fallback_top_k_ignored"] = ("dynamic mode measures no per-layer error to rank; name "
+                                                        "nodes with export.onnx_int8.float_fallback instead")
+                log.warning("onnx_int8: float_fallback_top_k ignored: %s", info["float_fallback_top_k_ignored"])
             excluded = _excluded(job.options, [], source)
             _quantize_dynamic(source, work / "quantized.onnx", excluded)
         excluded = list(dict.fromkeys([*excluded, *info.get("kept_in_float", {})]))
@@ -67,6 +72,8 @@ def convert(job: ConvertJob) -> dict:
             info["float_fallback"] = excluded
         write_with(job.out_path, lambda tmp: shutil.copyfile(work / "quantized.onnx", tmp))
     finally:
+        _UNREPRESENTABLE.pop(str(work / "preprocessed.onnx"), None)
+        _UNREPRESENTABLE.pop(str(Path(job.onnx_path)), None)
         shutil.rmtree(work, ignore_errors=True)
     return info
 
@@ -120,10 +127,52 @@ def _unquantizable(source: Path) -> dict[str, str]:
     return kept
 
 
+# A calibrated range this wide came from a -inf or float32-max constant (an attention mask), not from data.
+ABSURD_RANGE = 1e30
+# Nodes kept in float because calibration gave a tensor of theirs such a range, per source model (this
+# conversion's): every quantization of that source leaves them out.
+_UNREPRESENTABLE: dict[str, dict[str, str]] = {}
+
+
+def _unrepresentable(source: Path, calibration: dict, work: Path, rounds: int = 4) -> dict[str, str]:
+    """Nodes around tensors that calibration gives an infinite or ~+-3.4e38 range (an attention mask filled
+    with -inf: nn.MultiheadAttention's key_padding_mask): quantized, every value of those tensors would sit
+    on one level (onnxruntime writes a scale of inf). The producer and consumers of each stay in float,
+    by name, so the tensor is never quantized; repeated until no such range is left."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    producers = {out: node.name for node in graph.node for out in node.output if node.name}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if node.name:
+                consumers.setdefault(name, []).append(node.name)
+    kept: dict[str, str] = {}
+    for _ in range(rounds):
+        _quantize_static(source, work / "ranges.onnx", calibration, list(kept))
+        quantized = onnx.load(str(work / "ranges.onnx"), load_external_data=False).graph
+        scales = {init.name: numpy_helper.to_array(init) for init in quantized.initializer}
+        absurd = {_unquantized(node.input[0]) for node in quantized.node if node.op_type == "QuantizeLinear"
+                  and node.input[1] in scales and not (np.all(np.isfinite(scales[node.input[1]])) and
+                                                       float(np.max(scales[node.input[1]])) * 255 < ABSURD_RANGE)}
+        new = {name: tensor for tensor in sorted(absurd) for name in [producers.get(tensor), *consumers.get(tensor, [])]
+               if name and name not in kept}
+        if not new:
+            break
+        kept.update({name: f"calibrated to an infinite range at {tensor} (a -inf or float32-max constant, e.g. an "
+                     "attention mask): int8 would put every value on one level" for name, tensor in new.items()})
+    if kept:
+        log.warning("onnx_int8: %d node(s) kept in float around tensors calibrated to an infinite range: %s",
+                    len(kept), ", ".join(list(kept)[:6]))
+    return kept
+
+
 def _quantize_static(source: Path, out: Path, calibration: dict, excluded: list[str]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    excluded = list(dict.fromkeys([*excluded, *_unquantizable(source)]))
+    excluded = list(dict.fromkeys([*excluded, *_unquantizable(source), *_UNREPRESENTABLE.get(str(source), {})]))
     try:  # _Reader is a CalibrationDataReader by its get_next (the ABC's subclass hook)
         quantize_static(str(source), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
