@@ -165,9 +165,14 @@ def test_int8_io_quantizes_inputs_and_dequantizes_outputs_with_the_tensors_scale
     by_hand = np.clip(np.sign(x / in_scale) * np.floor(np.abs(x / in_scale) + 0.5) + in_zero, -128, 127)
     raw = runner(input=by_hand.astype(np.int8))["output"]
     expected = (raw.astype(np.float32) - out_zero) * out_scale
-    got = TFLiteRuntime(path, ["input"], ["output"]).predict({"input": x})["output"]
+    adapter = TFLiteRuntime(path, ["input"], ["output"])
+    got = adapter.predict({"input": x})["output"]
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
+    # Latency times the interpreter alone, as deployed: the int8 input is made before, the output kept int8.
+    prepared = adapter.prepare({"input": x})
+    np.testing.assert_array_equal(prepared[0], by_hand.astype(np.int8))
+    np.testing.assert_array_equal(adapter.invoke(prepared)[0], raw)
 
 
 # --- a target that misses its threshold, and the float fallback ----------------------------------------

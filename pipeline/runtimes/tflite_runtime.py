@@ -38,13 +38,21 @@ class TFLiteRuntime(Adapter):
         self._shapes = None
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        arrays = [quantize(np.ascontiguousarray(a), d) for a, d in zip(arrays, self.input_details, strict=True)]
-        if self.runner is not None:  # resizes the (dynamic) batch axis itself
-            result = self.runner(**dict(zip(self.feed_names, arrays, strict=True)))
-            results = [np.array(result[name]) for name in self.fetch_names]
-        else:
-            results = self._run_by_index(arrays)
+        results = self.invoke(self._quantized(arrays))
         return [dequantize(r, d) for r, d in zip(results, self.output_details, strict=True)]
+
+    def prepare(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._quantized(super().prepare(feeds))
+
+    def _quantized(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [quantize(np.ascontiguousarray(a), d) for a, d in zip(arrays, self.input_details, strict=True)]
+
+    def invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """The interpreter on inputs in its own dtype; outputs as it returns them (int8 when quantized)."""
+        if self.runner is None:
+            return self._run_by_index(arrays)
+        result = self.runner(**dict(zip(self.feed_names, arrays, strict=True)))  # resizes the batch axis itself
+        return [np.array(result[name]) for name in self.fetch_names]
 
     def _run_by_index(self, arrays):
         details = self.interpreter.get_input_details()

@@ -153,12 +153,12 @@ def _measure(adapter, feeds: dict, settings) -> tuple[dict, dict]:
     parts = [adapter.predict(_rows(feeds, i, i + batch)) for i in range(0, count, batch)]
     elapsed = time.perf_counter() - start
     out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    single = _rows(feeds, 0, 1)
-    adapter.predict(single)
+    single = adapter.prepare(_rows(feeds, 0, 1))
+    adapter.invoke(single)
     latencies = []
     for _ in range(int(settings.latency_repeats)):
         tick = time.perf_counter()
-        adapter.predict(single)
+        adapter.invoke(single)
         latencies.append(time.perf_counter() - tick)
     return out, {"latency_ms_batch1": float(np.median(latencies) * 1e3),
                  "throughput_per_s": float(count / elapsed), "throughput_batch_size": batch}
