@@ -156,6 +156,29 @@ class PatchNet(nn.Module):
 
 
 IDS = "{ids: {shape: [10], distribution: integers, high: 12}}"
+
+
+class DeepFMNet(nn.Module):
+    """A recommender as users write it: categorical ids offset per column into one shared table (an integer
+    add TFLite has no BiasAdd kernel for), numeric features bucketized into ids (no exporter symbolic),
+    a factorization machine (square of sums minus sum of squares), a wide part and a deep MLP."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.register_buffer("offsets", torch.arange(4) * 50)
+        self.register_buffer("edges", torch.linspace(-1.5, 1.5, 7))
+        self.embed, self.wide = nn.Embedding(208, 8), nn.Embedding(208, num_classes)
+        self.deep = nn.Sequential(nn.Linear(6 * 8 + 6, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, cat, num):
+        buckets = torch.bucketize(num[:, :2], self.edges).clamp(max=6) + 200
+        ids = torch.cat([cat + self.offsets, buckets], 1)
+        v = self.embed(ids)
+        fm = 0.5 * (v.sum(1) ** 2 - (v ** 2).sum(1)).sum(1, keepdim=True)
+        return self.wide(ids).sum(1) + fm + self.deep(torch.cat([v.flatten(1), num], 1))
+
+
+TABULAR = "{cat: {shape: [4], distribution: integers, high: 50}, num: {shape: [6]}}"
 class SpatialTransformerNet(nn.Module):
     """PyTorch's spatial transformer tutorial: a localisation net predicts theta (initialised to the
     identity), F.affine_grid + F.grid_sample resample the digit (opset 20 raised by the export)."""
@@ -201,6 +224,8 @@ USER_MODELS = {
     "AttentionGRUNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
     "TokenPoolNet": ("synthetic", (f"dataset.inputs={IDS}", "dataset.samples=64", "model.weights=init",
                                    "stages=[export,check,convert,parity]")),
+    "DeepFMNet": ("synthetic", (f"dataset.inputs={TABULAR}", "dataset.samples=64", "model.weights=init",
+                                "stages=[export,check,convert,parity]")),
     "PatchNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
     "SpatialTransformerNet": ("mnist", (mnist_root_override(), *SHORT)),
     "Im2ColNet": ("mnist", (mnist_root_override(), *SHORT)),
@@ -260,6 +285,10 @@ class PackedGRU(nn.Module):
 
 
 PROJECTED_LSTM = nn.LSTM(16, 6, 2, proj_size=3, bidirectional=True, batch_first=True).requires_grad_(False)
+EDGES = torch.tensor([-1.0, -0.25, 0.0, 0.0, 0.5, 1.5])  # a repeated boundary: left and right differ there
+PARAMETRIZED = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(16, 8)),
+                             nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8)),
+                             nn.utils.parametrizations.orthogonal(nn.Linear(8, 8))).eval().requires_grad_(False)
 
 
 @pytest.mark.parametrize("function", [
@@ -272,19 +301,28 @@ PROJECTED_LSTM = nn.LSTM(16, 6, 2, proj_size=3, bidirectional=True, batch_first=
     lambda x: x.median(dim=1, keepdim=True).values + torch.median(x, -1)[0].unsqueeze(-1),
     lambda x: torch.cat([PROJECTED_LSTM(x)[0].flatten(1),
                          *(state.transpose(0, 1).flatten(1) for state in PROJECTED_LSTM(x)[1])], 1),
+    lambda x: torch.stack([torch.bucketize(x.round(decimals=1), EDGES), torch.bucketize(x, EDGES, right=True),
+                           torch.searchsorted(EDGES, x.masked_fill(x > 2, float("nan")), side="right"),
+                           torch.searchsorted(EDGES, x.round(decimals=1), out_int32=True).long()]),
+    lambda x: PARAMETRIZED(x),
 ], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
-        "median", "lstm_proj_size"])
+        "median", "lstm_proj_size", "bucketize_searchsorted", "parametrizations"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
     rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
     EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
-    scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused)."""
+    scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused), bucketize and
+    searchsorted (none; NaN after every boundary, as PyTorch), parametrized weights (vdot, matrix_exp)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx
 
     class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parametrized = PARAMETRIZED  # its own: a module the trace does not own is a constant
+
         def forward(self, x):
             return function(x)
 

@@ -6,6 +6,7 @@ swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none
 indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused),
 ``nn.RMSNorm`` below opset 23, ``nn.Bilinear``, ``torch.rot90``, ``F.threshold`` with a non-zero threshold
 and ``nearest-exact`` interpolation (none).
+``torch.searchsorted`` / ``torch.bucketize`` (none).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
 no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
 """
@@ -38,6 +39,32 @@ def register(opset: int) -> None:
         torch.onnx.register_custom_op_symbolic("aten::_upsample_nearest_exact2d", _upsample_nearest_exact2d, opset)
     if opset >= 12:  # Einsum
         torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
+    torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted, opset)
+    torch.onnx.register_custom_op_symbolic("aten::bucketize", _bucketize, opset)
+
+
+def without_parametrizations(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` itself, or a copy whose parametrized tensors (``weight_norm``, ``spectral_norm``,
+    ``orthogonal``, ``register_parametrization``) are plain parameters holding their current value: the
+    exporter would trace their computation from the parameters, with ops it lacks (``vdot``,
+    ``matrix_exp``...), and in eval that value is a constant anyway."""
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in net.modules()):
+        return net
+    net = copy.deepcopy(net)
+    for module in [m for m in net.modules() if parametrize.is_parametrized(m)]:
+        with torch.no_grad():
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+        # Not remove_parametrizations: it deletes the property from the class, which the copy shares with
+        # the user's network. The copy's module goes back to its own class instead.
+        del module._modules["parametrizations"]
+        module.__class__ = module.__class__.__bases__[0]
+        for name, value in values.items():
+            module.register_parameter(name, torch.nn.Parameter(value, requires_grad=False))
+    return net
 
 
 @contextlib.contextmanager
@@ -319,3 +346,40 @@ def _upsample_nearest_exact2d(g, x, output_size, *scales):
     empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
     return g.op("Resize", x, empty, empty, target, mode_s="nearest", coordinate_transformation_mode_s="half_pixel",
                 nearest_mode_s="round_prefer_ceil")
+
+
+def _searchsorted(g, sorted_sequence, values, out_int32=False, right=False, side=None, sorter=None):
+    """``torch.searchsorted`` (no symbolic): the index is the count of boundaries below the value (``<``;
+    ``<=`` with ``right``/``side="right"``), one comparison per boundary and a sum over them."""
+    from torch.onnx import symbolic_helper
+
+    if not symbolic_helper._is_none(sorter):
+        raise torch.onnx.errors.SymbolicValueError("torch.searchsorted with a sorter is not exportable", values)
+    side = symbolic_helper._maybe_get_const(side, "s") if not symbolic_helper._is_none(side) else None
+    right = side == "right" if side is not None else bool(symbolic_helper._maybe_get_const(right, "b"))
+    rank = symbolic_helper._get_tensor_rank(sorted_sequence)
+    boundaries = sorted_sequence if rank == 1 else symbolic_helper._unsqueeze_helper(g, sorted_sequence, [rank - 1])
+    return _count_below(g, values, boundaries, right, bool(symbolic_helper._maybe_get_const(out_int32, "b")))
+
+
+def _bucketize(g, values, boundaries, out_int32=False, right=False):
+    """``torch.bucketize`` (no symbolic): as ``searchsorted`` on a 1-D ``boundaries`` (same ``right``)."""
+    from torch.onnx import symbolic_helper
+
+    return _count_below(g, values, boundaries, bool(symbolic_helper._maybe_get_const(right, "b")),
+                        bool(symbolic_helper._maybe_get_const(out_int32, "b")))
+
+
+def _count_below(g, values, boundaries, right: bool, out_int32: bool):
+    """Per value (a new last axis against the boundaries): how many boundaries are < it (<= if ``right``)."""
+    from torch.onnx import symbolic_helper
+
+    column = symbolic_helper._unsqueeze_helper(g, values, [-1])
+    # As "not above": a NaN value counts every boundary, as PyTorch puts it after all of them.
+    above = g.op("Less", column, boundaries)
+    if not right:
+        above = g.op("Or", above, g.op("Equal", column, boundaries))
+    below = g.op("Not", above)
+    counted = g.op("Cast", below, to_i=torch.onnx.TensorProtoDataType.INT64)
+    total = symbolic_helper._reducesum_helper(g, counted, axes_i=[-1], keepdims_i=0)
+    return g.op("Cast", total, to_i=torch.onnx.TensorProtoDataType.INT32) if out_int32 else total

@@ -125,6 +125,7 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
     graph) go on to the stage's recorder (report.json stages.export.warnings). Ops the exporter gets wrong
     or refuses are written by ``pipeline.converters.torch_symbolics``."""
     _register_symbolics()
+    net = torch_symbolics.without_parametrizations(net)
     args = args if isinstance(args, tuple) else (args,)
     input_names = input_names or [INPUT_NAME]
     output_names_ = output_names_ or [OUTPUT_NAME]

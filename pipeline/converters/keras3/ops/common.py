@@ -127,11 +127,18 @@ def add(a, b):
     """
     from keras import ops
 
-    if _bias_add_right(a, b):
-        return ops.add(a, b)
-    if _bias_add_right(b, a):
-        return ops.add(b, a)
+    if not _integer(a) and not _integer(b):
+        if _bias_add_right(a, b):
+            return ops.add(a, b)
+        if _bias_add_right(b, a):
+            return ops.add(b, a)
+    # Integers never as a bias-add: TFLite has no BiasAdd kernel for them (ids + per-column offsets).
     return ops.subtract(a, -b if isinstance(b, np.ndarray | np.generic) else ops.negative(b))
+
+
+def _integer(x) -> bool:
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return np.dtype(str(dtype)).kind in "iu"
 
 
 def _bias_add_right(x1, x2) -> bool:
