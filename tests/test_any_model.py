@@ -305,15 +305,19 @@ PARAMETRIZED = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(16,
                            torch.searchsorted(EDGES, x.masked_fill(x > 2, float("nan")), side="right"),
                            torch.searchsorted(EDGES, x.round(decimals=1), out_int32=True).long()]),
     lambda x: PARAMETRIZED(x),
+    lambda x: torch.cat([torch.cumprod(x.round(decimals=1), 1), torch.cumprod(torch.sigmoid(x), -1),
+                         torch.logcumsumexp(x, 2), torch.logcumsumexp(x.masked_fill(x < 0, float("-inf")), 1)], 2),
 ], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
-        "median", "lstm_proj_size", "bucketize_searchsorted", "parametrizations"])
+        "median", "lstm_proj_size", "bucketize_searchsorted", "parametrizations",
+        "cumprod_logcumsumexp"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
     rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
     EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
     scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused), bucketize and
-    searchsorted (none; NaN after every boundary, as PyTorch), parametrized weights (vdot, matrix_exp)."""
+    searchsorted (none; NaN after every boundary, as PyTorch), parametrized weights (vdot, matrix_exp),
+    cumprod (zeros and negative factors included) and logcumsumexp (none)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx

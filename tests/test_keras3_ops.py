@@ -231,6 +231,9 @@ CASES = {
     "bucketize_searchsorted_clamped_ids": (Lambda(lambda x, e: e(torch.bucketize(x, torch.linspace(-1, 1, 9)).clamp(
         1, 7)).flatten(2) + e(torch.searchsorted(torch.linspace(-1, 1, 9), x, right=True).clamp(max=8)).flatten(2),
         nn.Embedding(10, 3)), SEQ, 13),
+    # survival curves: cumulative products (zeros, negative factors) and log-cumulative-sums (the export's own)
+    "cumprod_logcumsumexp": (Lambda(lambda x: torch.cumprod(1 - torch.sigmoid(x), 1) + torch.cumprod(x.round(), 2)
+                                    + torch.logcumsumexp(x, 1)), SEQ, 18),
 }
 
 
@@ -291,7 +294,8 @@ def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
 @pytest.mark.parametrize("case", ["einsum_spatial_attention_pooling", "constant_matrix_times_data",
                                   "argmax_argmin_ties_signed_zeros", "affine_grid_sample_bilinear_zeros",
                                   "fold_overlapping_strided_padded", "slice_assignment_scatter",
-                                  "grid_sample_reflection", "bucketize_searchsorted_clamped_ids"])
+                                  "grid_sample_reflection", "bucketize_searchsorted_clamped_ids",
+                                  "cumprod_logcumsumexp"])
 def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
     """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
     BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'

@@ -6,9 +6,10 @@ swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none
 indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused),
 ``nn.RMSNorm`` below opset 23, ``nn.Bilinear``, ``torch.rot90``, ``F.threshold`` with a non-zero threshold
 and ``nearest-exact`` interpolation (none).
-``torch.searchsorted`` / ``torch.bucketize`` (none).
+``torch.searchsorted`` / ``torch.bucketize``, ``torch.cumprod`` / ``torch.logcumsumexp`` (none).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
 no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
+Parametrized weights (``without_parametrizations``): exported as the value they hold in eval.
 """
 import contextlib
 import itertools
@@ -41,6 +42,9 @@ def register(opset: int) -> None:
         torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
     torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted, opset)
     torch.onnx.register_custom_op_symbolic("aten::bucketize", _bucketize, opset)
+    torch.onnx.register_custom_op_symbolic("aten::cumprod", _cumulative("ReduceProd", 1.0, opset), opset)
+    torch.onnx.register_custom_op_symbolic("aten::logcumsumexp", _cumulative("ReduceLogSumExp", float("-inf"), opset),
+                                           opset)
 
 
 def without_parametrizations(net: torch.nn.Module) -> torch.nn.Module:
@@ -383,3 +387,31 @@ def _count_below(g, values, boundaries, right: bool, out_int32: bool):
     counted = g.op("Cast", below, to_i=torch.onnx.TensorProtoDataType.INT64)
     total = symbolic_helper._reducesum_helper(g, counted, axes_i=[-1], keepdims_i=0)
     return g.op("Cast", total, to_i=torch.onnx.TensorProtoDataType.INT32) if out_int32 else total
+
+
+def _cumulative(reduce: str, neutral: float, opset: int):
+    """``torch.cumprod`` / ``torch.logcumsumexp`` (survival curves, stick-breaking; no symbolic): along an
+    axis of static length T, the T x T terms ``x[j] if j <= i else neutral`` reduced over ``j``. Exact where
+    ``exp(cumsum(log x))`` is not (zeros, negative values)."""
+    import numpy as np
+    from torch.onnx import symbolic_helper
+
+    def symbolic(g, x, dim, dtype=None):
+        rank = symbolic_helper._get_tensor_rank(x)
+        axis = int(symbolic_helper._get_const(dim, "i", "dim")) % rank
+        size = symbolic_helper._get_tensor_sizes(x)[axis]
+        if size is None:
+            raise torch.onnx.errors.SymbolicValueError(f"{reduce} along an axis of unknown length", x)
+        if dtype is not None and not symbolic_helper._is_none(dtype):
+            scalar = symbolic_helper._get_const(dtype, "i", "dtype")
+            x = g.op("Cast", x, to_i=torch.onnx.JitScalarType(scalar).onnx_type())
+        lower = np.tril(np.ones((size, size), dtype=bool)).reshape((size, size) + (1,) * (rank - axis - 1))
+        terms = g.op("Where", g.op("Constant", value_t=torch.from_numpy(lower)),
+                     symbolic_helper._unsqueeze_helper(g, x, [axis]),
+                     g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(neutral), x)))
+        if opset >= 18:  # axes as an input
+            axes = g.op("Constant", value_t=torch.tensor([axis + 1], dtype=torch.int64))
+            return g.op(reduce, terms, axes, keepdims_i=0)
+        return g.op(reduce, terms, axes_i=[axis + 1], keepdims_i=0)
+
+    return symbolic
