@@ -337,6 +337,29 @@ def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], function(x).numpy(), atol=1e-6)
 
 
+def test_a_symbolic_that_warns_its_graph_differs_below_an_opset_raises_the_opset(tmp_path):
+    """torchvision's roi_align with aligned=True below opset 16 writes another computation and only warns
+    (onnxruntime then off by whole pixels): the warning fails the export, naming the opset it is raised to."""
+    import onnxruntime as ort
+
+    torchvision = pytest.importorskip("torchvision")
+    from pipeline.stages.export import export_onnx, required_opset
+
+    class RoIHead(nn.Module):
+        def forward(self, x):
+            boxes = torch.tensor([[1.0, 2.0, 9.0, 11.0]]).repeat(x.shape[0], 1)
+            rois = torch.cat([torch.arange(x.shape[0], dtype=torch.float32)[:, None], boxes], 1)
+            return torchvision.ops.roi_align(x, rois, (3, 3), 0.5, 2, aligned=True).flatten(1)
+
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UserWarning) as info:
+        export_onnx(RoIHead().eval(), (x,), tmp_path / "m.onnx", 13)
+    assert required_opset(info.value) == 16
+    export_onnx(RoIHead().eval(), (x,), tmp_path / "m.onnx", 16)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], RoIHead()(x).numpy(), atol=1e-5)
+
+
 def test_scatter_add_raises_the_opset_to_sum_repeated_indices(tmp_path):
     """Below opset 16 the exporter's scatter_add keeps one update of a repeated index (no ScatterElements
     reduction): the export goes to 16, where the sums are PyTorch's."""
