@@ -307,9 +307,11 @@ PARAMETRIZED = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(16,
     lambda x: PARAMETRIZED(x),
     lambda x: torch.cat([torch.cumprod(x.round(decimals=1), 1), torch.cumprod(torch.sigmoid(x), -1),
                          torch.logcumsumexp(x, 2), torch.logcumsumexp(x.masked_fill(x < 0, float("-inf")), 1)], 2),
+    lambda x: torch.cat([*torch.cummax(x.round(), 1), *torch.cummin(x.round(), 2),
+                         *torch.cummax(x.masked_fill(x > 1.5, float("nan")), 2)], 1),
 ], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
         "median", "lstm_proj_size", "bucketize_searchsorted", "parametrizations",
-        "cumprod_logcumsumexp"])
+        "cumprod_logcumsumexp", "cummax_cummin"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
@@ -317,7 +319,7 @@ def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
     scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused), bucketize and
     searchsorted (none; NaN after every boundary, as PyTorch), parametrized weights (vdot, matrix_exp),
-    cumprod (zeros and negative factors included) and logcumsumexp (none)."""
+    cumprod (zeros and negative factors included), logcumsumexp, cummax/cummin (ties, NaN) (none)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx

@@ -234,6 +234,8 @@ CASES = {
     # survival curves: cumulative products (zeros, negative factors) and log-cumulative-sums (the export's own)
     "cumprod_logcumsumexp": (Lambda(lambda x: torch.cumprod(1 - torch.sigmoid(x), 1) + torch.cumprod(x.round(), 2)
                                     + torch.logcumsumexp(x, 1)), SEQ, 18),
+    "cummax_cummin_ties": (Lambda(lambda x: torch.cummax(x.round(), 1)[0] + torch.cummax(x.round(), 1)[1]
+                                  - torch.cummin(x.round(), 2)[1] * torch.cummin(x, 2)[0]), SEQ, 13),
 }
 
 
@@ -295,7 +297,7 @@ def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
                                   "argmax_argmin_ties_signed_zeros", "affine_grid_sample_bilinear_zeros",
                                   "fold_overlapping_strided_padded", "slice_assignment_scatter",
                                   "grid_sample_reflection", "bucketize_searchsorted_clamped_ids",
-                                  "cumprod_logcumsumexp"])
+                                  "cumprod_logcumsumexp", "cummax_cummin_ties"])
 def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
     """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
     BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'

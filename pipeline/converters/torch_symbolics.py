@@ -6,7 +6,8 @@ swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none
 indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused),
 ``nn.RMSNorm`` below opset 23, ``nn.Bilinear``, ``torch.rot90``, ``F.threshold`` with a non-zero threshold
 and ``nearest-exact`` interpolation (none).
-``torch.searchsorted`` / ``torch.bucketize``, ``torch.cumprod`` / ``torch.logcumsumexp`` (none).
+``torch.searchsorted`` / ``torch.bucketize``, ``torch.cumprod`` / ``torch.logcumsumexp`` /
+``torch.cummax`` / ``torch.cummin`` (none).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
 no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
 Parametrized weights (``without_parametrizations``): exported as the value they hold in eval.
@@ -43,6 +44,8 @@ def register(opset: int) -> None:
     torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted, opset)
     torch.onnx.register_custom_op_symbolic("aten::bucketize", _bucketize, opset)
     torch.onnx.register_custom_op_symbolic("aten::cumprod", _cumulative("ReduceProd", 1.0, opset), opset)
+    torch.onnx.register_custom_op_symbolic("aten::cummax", _running_extreme("ReduceMax", opset), opset)
+    torch.onnx.register_custom_op_symbolic("aten::cummin", _running_extreme("ReduceMin", opset), opset)
     torch.onnx.register_custom_op_symbolic("aten::logcumsumexp", _cumulative("ReduceLogSumExp", float("-inf"), opset),
                                            opset)
 
@@ -409,9 +412,50 @@ def _cumulative(reduce: str, neutral: float, opset: int):
         terms = g.op("Where", g.op("Constant", value_t=torch.from_numpy(lower)),
                      symbolic_helper._unsqueeze_helper(g, x, [axis]),
                      g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(neutral), x)))
-        if opset >= 18:  # axes as an input
-            axes = g.op("Constant", value_t=torch.tensor([axis + 1], dtype=torch.int64))
-            return g.op(reduce, terms, axes, keepdims_i=0)
-        return g.op(reduce, terms, axes_i=[axis + 1], keepdims_i=0)
+        return _reduce_axis(g, reduce, terms, axis + 1, opset)
+
+    return symbolic
+
+
+def _reduce_axis(g, reduce: str, x, axis: int, opset: int):
+    if opset >= 18:  # axes as an input
+        return g.op(reduce, x, g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64)), keepdims_i=0)
+    return g.op(reduce, x, axes_i=[axis], keepdims_i=0)
+
+
+def _running_extreme(reduce: str, opset: int):
+    """``torch.cummax`` / ``torch.cummin`` (no symbolic), values and indices as PyTorch computes them: over
+    the T x T prefix terms (the first element standing in for the masked ones), the index of the last
+    element equal to the running extreme, a NaN taking over from where it appears (the last NaN's index)."""
+    import numpy as np
+    from torch.onnx import symbolic_helper
+
+    def symbolic(g, x, dim):
+        rank = symbolic_helper._get_tensor_rank(x)
+        axis = int(symbolic_helper._get_const(dim, "i", "dim")) % rank
+        size = symbolic_helper._get_tensor_sizes(x)[axis]
+        if size is None:
+            raise torch.onnx.errors.SymbolicValueError(f"{reduce} along an axis of unknown length", x)
+        trailing = (1,) * (rank - axis - 1)
+        lower = g.op("Constant", value_t=torch.from_numpy(np.tril(np.ones((size, size), dtype=bool)).reshape(
+            (size, size) + trailing)))
+        first = symbolic_helper._unsqueeze_helper(
+            g, symbolic_helper._slice_helper(g, x, axes=[axis], starts=[0], ends=[1]), [axis])
+        column = symbolic_helper._unsqueeze_helper(g, x, [axis])  # [..., 1 (i), T (j), ...]
+        terms = g.op("Where", lower, column, first)
+        values = _reduce_axis(g, reduce, terms, axis + 1, opset)
+        floating = symbolic_helper._is_fp(x)
+        if floating:
+            seen = _reduce_axis(g, "ReduceMax", g.op("Cast", g.op("IsNaN", terms), to_i=torch.onnx.TensorProtoDataType.
+                                                     FLOAT), axis + 1, opset)
+            nan = g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(float("nan")), x))
+            values = g.op("Where", g.op("Greater", seen, g.op("Constant", value_t=torch.tensor(0.0))), nan, values)
+        target = symbolic_helper._unsqueeze_helper(g, values, [axis + 1])
+        equal = g.op("Equal", terms, target)
+        if floating:
+            equal = g.op("Or", equal, g.op("And", g.op("IsNaN", terms), g.op("IsNaN", target)))
+        positions = g.op("Constant", value_t=torch.arange(size, dtype=torch.int64).reshape((size,) + trailing))
+        hits = g.op("Where", g.op("And", equal, lower), positions, g.op("Constant", value_t=torch.tensor(-1)))
+        return values, _reduce_axis(g, "ReduceMax", hits, axis + 1, opset)
 
     return symbolic
