@@ -289,6 +289,7 @@ EDGES = torch.tensor([-1.0, -0.25, 0.0, 0.0, 0.5, 1.5])  # a repeated boundary: 
 PARAMETRIZED = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(16, 8)),
                              nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8)),
                              nn.utils.parametrizations.orthogonal(nn.Linear(8, 8))).eval().requires_grad_(False)
+MAX_NORM = nn.Embedding(10, 16, max_norm=1.0).requires_grad_(False)
 
 
 @pytest.mark.parametrize("function", [
@@ -309,9 +310,11 @@ PARAMETRIZED = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(16,
                          torch.logcumsumexp(x, 2), torch.logcumsumexp(x.masked_fill(x < 0, float("-inf")), 1)], 2),
     lambda x: torch.cat([*torch.cummax(x.round(), 1), *torch.cummin(x.round(), 2),
                          *torch.cummax(x.masked_fill(x > 1.5, float("nan")), 2)], 1),
+    lambda x: MAX_NORM((x[..., 0].abs() * 3).long().clamp(max=9)),
 ], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
         "median", "lstm_proj_size", "bucketize_searchsorted", "parametrizations",
-        "cumprod_logcumsumexp", "cummax_cummin"])
+        "cumprod_logcumsumexp", "cummax_cummin",
+        "embedding_max_norm"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
@@ -319,7 +322,8 @@ def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
     scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused), bucketize and
     searchsorted (none; NaN after every boundary, as PyTorch), parametrized weights (vdot, matrix_exp),
-    cumprod (zeros and negative factors included), logcumsumexp, cummax/cummin (ties, NaN) (none)."""
+    cumprod (zeros and negative factors included), logcumsumexp, cummax/cummin (ties, NaN) (none), an
+    embedding's max_norm (dropped, and its rows renormalised in place by the export's own trace)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx
@@ -327,7 +331,7 @@ def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.parametrized = PARAMETRIZED  # its own: a module the trace does not own is a constant
+            self.parts = nn.ModuleList([PARAMETRIZED, MAX_NORM])  # its own: the trace takes others as constants
 
         def forward(self, x):
             return function(x)

@@ -9,7 +9,9 @@ and ``nearest-exact`` interpolation (none).
 ``torch.searchsorted`` / ``torch.bucketize``, ``torch.cumprod`` / ``torch.logcumsumexp`` /
 ``torch.cummax`` / ``torch.cummin`` (none).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
-no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
+no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused),
+``F.embedding`` with ``max_norm`` (the exporter drops the renormalisation, and its trace renormalises the
+rows of the export's sample in place).
 Parametrized weights (``without_parametrizations``): exported as the value they hold in eval.
 """
 import contextlib
@@ -18,6 +20,7 @@ import itertools
 import torch
 
 _embedding_bag = torch.nn.functional.embedding_bag  # PyTorch's own, put back after each export
+_embedding = torch.nn.functional.embedding
 
 
 def register(opset: int) -> None:
@@ -76,18 +79,31 @@ def without_parametrizations(net: torch.nn.Module) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def decompositions():
-    """While exporting, ``F.embedding_bag`` traces as ``_embedding_bag_fixed_bags`` and an ``nn.LSTM`` with
-    ``proj_size`` as ``_projected_lstm``."""
+    """While exporting, ``F.embedding_bag`` traces as ``_embedding_bag_fixed_bags``, ``F.embedding`` with a
+    ``max_norm`` as ``_embedding_max_norm`` and an ``nn.LSTM`` with ``proj_size`` as ``_projected_lstm``."""
     torch.nn.functional.embedding_bag = _embedding_bag_fixed_bags
+    torch.nn.functional.embedding = _embedding_max_norm
     torch.nn.LSTM.forward = _lstm_forward
     try:
         yield
     finally:
         torch.nn.functional.embedding_bag = _embedding_bag
+        torch.nn.functional.embedding = _embedding
         torch.nn.LSTM.forward = _LSTM_FORWARD
 
 
 _LSTM_FORWARD = torch.nn.LSTM.forward  # PyTorch's own
+
+
+def _embedding_max_norm(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+                        sparse=False):
+    """The rows PyTorch's forward returns after renormalising them in place (``embedding_renorm_``: a row
+    whose norm exceeds ``max_norm`` scaled by ``max_norm / (norm + 1e-7)``), computed without mutating."""
+    rows = _embedding(input, weight, padding_idx, None, norm_type, scale_grad_by_freq, sparse)
+    if max_norm is None:
+        return rows
+    norms = torch.linalg.vector_norm(rows, ord=norm_type, dim=-1, keepdim=True)
+    return torch.where(norms > max_norm, rows * (max_norm / (norms + 1e-7)), rows)
 
 
 def _lstm_forward(self, input, hx=None):
