@@ -234,6 +234,10 @@ CASES = {
     # survival curves: cumulative products (zeros, negative factors) and log-cumulative-sums (the export's own)
     "cumprod_logcumsumexp": (Lambda(lambda x: torch.cumprod(1 - torch.sigmoid(x), 1) + torch.cumprod(x.round(), 2)
                                     + torch.logcumsumexp(x, 1)), SEQ, 18),
+    # Set Transformer / Perceiver / DETR pooling: learned queries expanded over the batch attend to the data
+    # (per head, a constant row of its own once heads are merged into the batch axis)
+    "learned_queries_multihead_attention": (Lambda(lambda x, e, m: m(e.weight[None].expand(x.shape[0], -1, -1), x, x)[
+        0].flatten(1), nn.Embedding(3, 4), nn.MultiheadAttention(4, 2, kdim=5, vdim=5, batch_first=True)), SEQ, 14),
     "cummax_cummin_ties": (Lambda(lambda x: torch.cummax(x.round(), 1)[0] + torch.cummax(x.round(), 1)[1]
                                   - torch.cummin(x.round(), 2)[1] * torch.cummin(x, 2)[0]), SEQ, 13),
 }
