@@ -156,6 +156,29 @@ class PatchNet(nn.Module):
 
 
 IDS = "{ids: {shape: [10], distribution: integers, high: 12}}"
+
+
+class DeepFMNet(nn.Module):
+    """A recommender as users write it: categorical ids offset per column into one shared table (an integer
+    add TFLite has no BiasAdd kernel for), numeric features bucketized into ids (no exporter symbolic),
+    a factorization machine (square of sums minus sum of squares), a wide part and a deep MLP."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.register_buffer("offsets", torch.arange(4) * 50)
+        self.register_buffer("edges", torch.linspace(-1.5, 1.5, 7))
+        self.embed, self.wide = nn.Embedding(208, 8), nn.Embedding(208, num_classes)
+        self.deep = nn.Sequential(nn.Linear(6 * 8 + 6, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, cat, num):
+        buckets = torch.bucketize(num[:, :2], self.edges).clamp(max=6) + 200
+        ids = torch.cat([cat + self.offsets, buckets], 1)
+        v = self.embed(ids)
+        fm = 0.5 * (v.sum(1) ** 2 - (v ** 2).sum(1)).sum(1, keepdim=True)
+        return self.wide(ids).sum(1) + fm + self.deep(torch.cat([v.flatten(1), num], 1))
+
+
+TABULAR = "{cat: {shape: [4], distribution: integers, high: 50}, num: {shape: [6]}}"
 class SpatialTransformerNet(nn.Module):
     """PyTorch's spatial transformer tutorial: a localisation net predicts theta (initialised to the
     identity), F.affine_grid + F.grid_sample resample the digit (opset 20 raised by the export)."""
@@ -201,6 +224,8 @@ USER_MODELS = {
     "AttentionGRUNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
     "TokenPoolNet": ("synthetic", (f"dataset.inputs={IDS}", "dataset.samples=64", "model.weights=init",
                                    "stages=[export,check,convert,parity]")),
+    "DeepFMNet": ("synthetic", (f"dataset.inputs={TABULAR}", "dataset.samples=64", "model.weights=init",
+                                "stages=[export,check,convert,parity]")),
     "PatchNet": ("italy_power", ("trainer.max_epochs=1", "parity.samples=300")),
     "SpatialTransformerNet": ("mnist", (mnist_root_override(), *SHORT)),
     "Im2ColNet": ("mnist", (mnist_root_override(), *SHORT)),
@@ -260,6 +285,11 @@ class PackedGRU(nn.Module):
 
 
 PROJECTED_LSTM = nn.LSTM(16, 6, 2, proj_size=3, bidirectional=True, batch_first=True).requires_grad_(False)
+EDGES = torch.tensor([-1.0, -0.25, 0.0, 0.0, 0.5, 1.5])  # a repeated boundary: left and right differ there
+PARAMETRIZED = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(16, 8)),
+                             nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8)),
+                             nn.utils.parametrizations.orthogonal(nn.Linear(8, 8))).eval().requires_grad_(False)
+MAX_NORM = nn.Embedding(10, 16, max_norm=1.0).requires_grad_(False)
 
 
 @pytest.mark.parametrize("function", [
@@ -272,19 +302,37 @@ PROJECTED_LSTM = nn.LSTM(16, 6, 2, proj_size=3, bidirectional=True, batch_first=
     lambda x: x.median(dim=1, keepdim=True).values + torch.median(x, -1)[0].unsqueeze(-1),
     lambda x: torch.cat([PROJECTED_LSTM(x)[0].flatten(1),
                          *(state.transpose(0, 1).flatten(1) for state in PROJECTED_LSTM(x)[1])], 1),
+    lambda x: torch.stack([torch.bucketize(x.round(decimals=1), EDGES), torch.bucketize(x, EDGES, right=True),
+                           torch.searchsorted(EDGES, x.masked_fill(x > 2, float("nan")), side="right"),
+                           torch.searchsorted(EDGES, x.round(decimals=1), out_int32=True).long()]),
+    lambda x: PARAMETRIZED(x),
+    lambda x: torch.cat([torch.cumprod(x.round(decimals=1), 1), torch.cumprod(torch.sigmoid(x), -1),
+                         torch.logcumsumexp(x, 2), torch.logcumsumexp(x.masked_fill(x < 0, float("-inf")), 1)], 2),
+    lambda x: torch.cat([*torch.cummax(x.round(), 1), *torch.cummin(x.round(), 2),
+                         *torch.cummax(x.masked_fill(x > 1.5, float("nan")), 2)], 1),
+    lambda x: MAX_NORM((x[..., 0].abs() * 3).long().clamp(max=9)),
 ], ids=["unfold_last", "unfold_second_last", "embedding_bag_rows", "bool_eye_mask", "diff", "grouped_query_attention",
-        "median", "lstm_proj_size"])
+        "median", "lstm_proj_size", "bucketize_searchsorted", "parametrizations",
+        "cumprod_logcumsumexp", "cummax_cummin",
+        "embedding_max_norm"])
 def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     """Ops the TorchScript exporter writes wrong or refuses, as the export stage writes them instead:
     unfold on a negative dimension (its symbolic swapped the window and position axes), embedding_bag on
     rows of ids (a Loop over the bags, refused with a padding_idx), a bool torch.eye sized by a shape (an
     EyeLike onnxruntime has no kernel for), torch.diff and torch.median (no symbolic),
-    scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused)."""
+    scaled_dot_product_attention with enable_gqa and nn.LSTM with proj_size (refused), bucketize and
+    searchsorted (none; NaN after every boundary, as PyTorch), parametrized weights (vdot, matrix_exp),
+    cumprod (zeros and negative factors included), logcumsumexp, cummax/cummin (ties, NaN) (none), an
+    embedding's max_norm (dropped, and its rows renormalised in place by the export's own trace)."""
     import onnxruntime as ort
 
     from pipeline.stages.export import export_onnx
 
     class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parts = nn.ModuleList([PARAMETRIZED, MAX_NORM])  # its own: the trace takes others as constants
+
         def forward(self, x):
             return function(x)
 
@@ -293,6 +341,29 @@ def test_the_exported_graph_computes_what_pytorch_computes(function, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert "Loop" not in {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], function(x).numpy(), atol=1e-6)
+
+
+def test_a_symbolic_that_warns_its_graph_differs_below_an_opset_raises_the_opset(tmp_path):
+    """torchvision's roi_align with aligned=True below opset 16 writes another computation and only warns
+    (onnxruntime then off by whole pixels): the warning fails the export, naming the opset it is raised to."""
+    import onnxruntime as ort
+
+    torchvision = pytest.importorskip("torchvision")
+    from pipeline.stages.export import export_onnx, required_opset
+
+    class RoIHead(nn.Module):
+        def forward(self, x):
+            boxes = torch.tensor([[1.0, 2.0, 9.0, 11.0]]).repeat(x.shape[0], 1)
+            rois = torch.cat([torch.arange(x.shape[0], dtype=torch.float32)[:, None], boxes], 1)
+            return torchvision.ops.roi_align(x, rois, (3, 3), 0.5, 2, aligned=True).flatten(1)
+
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UserWarning) as info:
+        export_onnx(RoIHead().eval(), (x,), tmp_path / "m.onnx", 13)
+    assert required_opset(info.value) == 16
+    export_onnx(RoIHead().eval(), (x,), tmp_path / "m.onnx", 16)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], RoIHead()(x).numpy(), atol=1e-5)
 
 
 def test_scatter_add_raises_the_opset_to_sum_repeated_indices(tmp_path):

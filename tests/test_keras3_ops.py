@@ -227,6 +227,19 @@ CASES = {
                                                                          bidirectional=True)), SEQ, 13),
     "embedding_bag_rows_padding_max": (Lambda(lambda x, b: b((x[..., 0].abs() * 4).long().clamp(max=9)),
                                               nn.EmbeddingBag(10, 4, mode="max", padding_idx=0)), SEQ, 13),
+    # numeric features bucketed into ids (bucketize/searchsorted: no exporter symbolic) clamped in integers
+    "bucketize_searchsorted_clamped_ids": (Lambda(lambda x, e: e(torch.bucketize(x, torch.linspace(-1, 1, 9)).clamp(
+        1, 7)).flatten(2) + e(torch.searchsorted(torch.linspace(-1, 1, 9), x, right=True).clamp(max=8)).flatten(2),
+        nn.Embedding(10, 3)), SEQ, 13),
+    # survival curves: cumulative products (zeros, negative factors) and log-cumulative-sums (the export's own)
+    "cumprod_logcumsumexp": (Lambda(lambda x: torch.cumprod(1 - torch.sigmoid(x), 1) + torch.cumprod(x.round(), 2)
+                                    + torch.logcumsumexp(x, 1)), SEQ, 18),
+    # Set Transformer / Perceiver / DETR pooling: learned queries expanded over the batch attend to the data
+    # (per head, a constant row of its own once heads are merged into the batch axis)
+    "learned_queries_multihead_attention": (Lambda(lambda x, e, m: m(e.weight[None].expand(x.shape[0], -1, -1), x, x)[
+        0].flatten(1), nn.Embedding(3, 4), nn.MultiheadAttention(4, 2, kdim=5, vdim=5, batch_first=True)), SEQ, 14),
+    "cummax_cummin_ties": (Lambda(lambda x: torch.cummax(x.round(), 1)[0] + torch.cummax(x.round(), 1)[1]
+                                  - torch.cummin(x.round(), 2)[1] * torch.cummin(x, 2)[0]), SEQ, 13),
 }
 
 
@@ -287,7 +300,8 @@ def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
 @pytest.mark.parametrize("case", ["einsum_spatial_attention_pooling", "constant_matrix_times_data",
                                   "argmax_argmin_ties_signed_zeros", "affine_grid_sample_bilinear_zeros",
                                   "fold_overlapping_strided_padded", "slice_assignment_scatter",
-                                  "grid_sample_reflection"])
+                                  "grid_sample_reflection", "bucketize_searchsorted_clamped_ids",
+                                  "cumprod_logcumsumexp", "cummax_cummin_ties"])
 def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
     """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
     BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'

@@ -6,8 +6,13 @@ swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none
 indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused),
 ``nn.RMSNorm`` below opset 23, ``nn.Bilinear``, ``torch.rot90``, ``F.threshold`` with a non-zero threshold
 and ``nearest-exact`` interpolation (none).
+``torch.searchsorted`` / ``torch.bucketize``, ``torch.cumprod`` / ``torch.logcumsumexp`` /
+``torch.cummax`` / ``torch.cummin`` (none).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
-no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused).
+no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused),
+``F.embedding`` with ``max_norm`` (the exporter drops the renormalisation, and its trace renormalises the
+rows of the export's sample in place).
+Parametrized weights (``without_parametrizations``): exported as the value they hold in eval.
 """
 import contextlib
 import itertools
@@ -15,6 +20,7 @@ import itertools
 import torch
 
 _embedding_bag = torch.nn.functional.embedding_bag  # PyTorch's own, put back after each export
+_embedding = torch.nn.functional.embedding
 
 
 def register(opset: int) -> None:
@@ -38,22 +44,66 @@ def register(opset: int) -> None:
         torch.onnx.register_custom_op_symbolic("aten::_upsample_nearest_exact2d", _upsample_nearest_exact2d, opset)
     if opset >= 12:  # Einsum
         torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
+    torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted, opset)
+    torch.onnx.register_custom_op_symbolic("aten::bucketize", _bucketize, opset)
+    torch.onnx.register_custom_op_symbolic("aten::cumprod", _cumulative("ReduceProd", 1.0, opset), opset)
+    torch.onnx.register_custom_op_symbolic("aten::cummax", _running_extreme("ReduceMax", opset), opset)
+    torch.onnx.register_custom_op_symbolic("aten::cummin", _running_extreme("ReduceMin", opset), opset)
+    torch.onnx.register_custom_op_symbolic("aten::logcumsumexp", _cumulative("ReduceLogSumExp", float("-inf"), opset),
+                                           opset)
+
+
+def without_parametrizations(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` itself, or a copy whose parametrized tensors (``weight_norm``, ``spectral_norm``,
+    ``orthogonal``, ``register_parametrization``) are plain parameters holding their current value: the
+    exporter would trace their computation from the parameters, with ops it lacks (``vdot``,
+    ``matrix_exp``...), and in eval that value is a constant anyway."""
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in net.modules()):
+        return net
+    net = copy.deepcopy(net)
+    for module in [m for m in net.modules() if parametrize.is_parametrized(m)]:
+        with torch.no_grad():
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+        # Not remove_parametrizations: it deletes the property from the class, which the copy shares with
+        # the user's network. The copy's module goes back to its own class instead.
+        del module._modules["parametrizations"]
+        module.__class__ = module.__class__.__bases__[0]
+        for name, value in values.items():
+            module.register_parameter(name, torch.nn.Parameter(value, requires_grad=False))
+    return net
 
 
 @contextlib.contextmanager
 def decompositions():
-    """While exporting, ``F.embedding_bag`` traces as ``_embedding_bag_fixed_bags`` and an ``nn.LSTM`` with
-    ``proj_size`` as ``_projected_lstm``."""
+    """While exporting, ``F.embedding_bag`` traces as ``_embedding_bag_fixed_bags``, ``F.embedding`` with a
+    ``max_norm`` as ``_embedding_max_norm`` and an ``nn.LSTM`` with ``proj_size`` as ``_projected_lstm``."""
     torch.nn.functional.embedding_bag = _embedding_bag_fixed_bags
+    torch.nn.functional.embedding = _embedding_max_norm
     torch.nn.LSTM.forward = _lstm_forward
     try:
         yield
     finally:
         torch.nn.functional.embedding_bag = _embedding_bag
+        torch.nn.functional.embedding = _embedding
         torch.nn.LSTM.forward = _LSTM_FORWARD
 
 
 _LSTM_FORWARD = torch.nn.LSTM.forward  # PyTorch's own
+
+
+def _embedding_max_norm(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+                        sparse=False):
+    """The rows PyTorch's forward returns after renormalising them in place (``embedding_renorm_``: a row
+    whose norm exceeds ``max_norm`` scaled by ``max_norm / (norm + 1e-7)``), computed without mutating."""
+    rows = _embedding(input, weight, padding_idx, None, norm_type, scale_grad_by_freq, sparse)
+    if max_norm is None:
+        return rows
+    norms = torch.linalg.vector_norm(rows, ord=norm_type, dim=-1, keepdim=True)
+    return torch.where(norms > max_norm, rows * (max_norm / (norms + 1e-7)), rows)
 
 
 def _lstm_forward(self, input, hx=None):
@@ -319,3 +369,109 @@ def _upsample_nearest_exact2d(g, x, output_size, *scales):
     empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
     return g.op("Resize", x, empty, empty, target, mode_s="nearest", coordinate_transformation_mode_s="half_pixel",
                 nearest_mode_s="round_prefer_ceil")
+
+
+def _searchsorted(g, sorted_sequence, values, out_int32=False, right=False, side=None, sorter=None):
+    """``torch.searchsorted`` (no symbolic): the index is the count of boundaries below the value (``<``;
+    ``<=`` with ``right``/``side="right"``), one comparison per boundary and a sum over them."""
+    from torch.onnx import symbolic_helper
+
+    if not symbolic_helper._is_none(sorter):
+        raise torch.onnx.errors.SymbolicValueError("torch.searchsorted with a sorter is not exportable", values)
+    side = symbolic_helper._maybe_get_const(side, "s") if not symbolic_helper._is_none(side) else None
+    right = side == "right" if side is not None else bool(symbolic_helper._maybe_get_const(right, "b"))
+    rank = symbolic_helper._get_tensor_rank(sorted_sequence)
+    boundaries = sorted_sequence if rank == 1 else symbolic_helper._unsqueeze_helper(g, sorted_sequence, [rank - 1])
+    return _count_below(g, values, boundaries, right, bool(symbolic_helper._maybe_get_const(out_int32, "b")))
+
+
+def _bucketize(g, values, boundaries, out_int32=False, right=False):
+    """``torch.bucketize`` (no symbolic): as ``searchsorted`` on a 1-D ``boundaries`` (same ``right``)."""
+    from torch.onnx import symbolic_helper
+
+    return _count_below(g, values, boundaries, bool(symbolic_helper._maybe_get_const(right, "b")),
+                        bool(symbolic_helper._maybe_get_const(out_int32, "b")))
+
+
+def _count_below(g, values, boundaries, right: bool, out_int32: bool):
+    """Per value (a new last axis against the boundaries): how many boundaries are < it (<= if ``right``)."""
+    from torch.onnx import symbolic_helper
+
+    column = symbolic_helper._unsqueeze_helper(g, values, [-1])
+    # As "not above": a NaN value counts every boundary, as PyTorch puts it after all of them.
+    above = g.op("Less", column, boundaries)
+    if not right:
+        above = g.op("Or", above, g.op("Equal", column, boundaries))
+    below = g.op("Not", above)
+    counted = g.op("Cast", below, to_i=torch.onnx.TensorProtoDataType.INT64)
+    total = symbolic_helper._reducesum_helper(g, counted, axes_i=[-1], keepdims_i=0)
+    return g.op("Cast", total, to_i=torch.onnx.TensorProtoDataType.INT32) if out_int32 else total
+
+
+def _cumulative(reduce: str, neutral: float, opset: int):
+    """``torch.cumprod`` / ``torch.logcumsumexp`` (survival curves, stick-breaking; no symbolic): along an
+    axis of static length T, the T x T terms ``x[j] if j <= i else neutral`` reduced over ``j``. Exact where
+    ``exp(cumsum(log x))`` is not (zeros, negative values)."""
+    import numpy as np
+    from torch.onnx import symbolic_helper
+
+    def symbolic(g, x, dim, dtype=None):
+        rank = symbolic_helper._get_tensor_rank(x)
+        axis = int(symbolic_helper._get_const(dim, "i", "dim")) % rank
+        size = symbolic_helper._get_tensor_sizes(x)[axis]
+        if size is None:
+            raise torch.onnx.errors.SymbolicValueError(f"{reduce} along an axis of unknown length", x)
+        if dtype is not None and not symbolic_helper._is_none(dtype):
+            scalar = symbolic_helper._get_const(dtype, "i", "dtype")
+            x = g.op("Cast", x, to_i=torch.onnx.JitScalarType(scalar).onnx_type())
+        lower = np.tril(np.ones((size, size), dtype=bool)).reshape((size, size) + (1,) * (rank - axis - 1))
+        terms = g.op("Where", g.op("Constant", value_t=torch.from_numpy(lower)),
+                     symbolic_helper._unsqueeze_helper(g, x, [axis]),
+                     g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(neutral), x)))
+        return _reduce_axis(g, reduce, terms, axis + 1, opset)
+
+    return symbolic
+
+
+def _reduce_axis(g, reduce: str, x, axis: int, opset: int):
+    if opset >= 18:  # axes as an input
+        return g.op(reduce, x, g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64)), keepdims_i=0)
+    return g.op(reduce, x, axes_i=[axis], keepdims_i=0)
+
+
+def _running_extreme(reduce: str, opset: int):
+    """``torch.cummax`` / ``torch.cummin`` (no symbolic), values and indices as PyTorch computes them: over
+    the T x T prefix terms (the first element standing in for the masked ones), the index of the last
+    element equal to the running extreme, a NaN taking over from where it appears (the last NaN's index)."""
+    import numpy as np
+    from torch.onnx import symbolic_helper
+
+    def symbolic(g, x, dim):
+        rank = symbolic_helper._get_tensor_rank(x)
+        axis = int(symbolic_helper._get_const(dim, "i", "dim")) % rank
+        size = symbolic_helper._get_tensor_sizes(x)[axis]
+        if size is None:
+            raise torch.onnx.errors.SymbolicValueError(f"{reduce} along an axis of unknown length", x)
+        trailing = (1,) * (rank - axis - 1)
+        lower = g.op("Constant", value_t=torch.from_numpy(np.tril(np.ones((size, size), dtype=bool)).reshape(
+            (size, size) + trailing)))
+        first = symbolic_helper._unsqueeze_helper(
+            g, symbolic_helper._slice_helper(g, x, axes=[axis], starts=[0], ends=[1]), [axis])
+        column = symbolic_helper._unsqueeze_helper(g, x, [axis])  # [..., 1 (i), T (j), ...]
+        terms = g.op("Where", lower, column, first)
+        values = _reduce_axis(g, reduce, terms, axis + 1, opset)
+        floating = symbolic_helper._is_fp(x)
+        if floating:
+            seen = _reduce_axis(g, "ReduceMax", g.op("Cast", g.op("IsNaN", terms), to_i=torch.onnx.TensorProtoDataType.
+                                                     FLOAT), axis + 1, opset)
+            nan = g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(float("nan")), x))
+            values = g.op("Where", g.op("Greater", seen, g.op("Constant", value_t=torch.tensor(0.0))), nan, values)
+        target = symbolic_helper._unsqueeze_helper(g, values, [axis + 1])
+        equal = g.op("Equal", terms, target)
+        if floating:
+            equal = g.op("Or", equal, g.op("And", g.op("IsNaN", terms), g.op("IsNaN", target)))
+        positions = g.op("Constant", value_t=torch.arange(size, dtype=torch.int64).reshape((size,) + trailing))
+        hits = g.op("Where", g.op("And", equal, lower), positions, g.op("Constant", value_t=torch.tensor(-1)))
+        return values, _reduce_axis(g, "ReduceMax", hits, axis + 1, opset)
+
+    return symbolic

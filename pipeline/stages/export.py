@@ -20,8 +20,10 @@ from pipeline.runtimes.torch_runtime import flatten_outputs
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-# "Support for this operator was added in version 14" / "opset version 14 is required"
-_NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version)\D{0,12}(\d+)", re.IGNORECASE)
+# "Support for this operator was added in version 14" / "opset version 14 is required" / a symbolic's
+# warning that its graph differs below an opset ("ROIAlign with aligned=True is only supported in opset >= 16")
+_NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|supported in opset >=)\D{0,12}(\d+)",
+                           re.IGNORECASE)
 
 
 def run(ctx: RunContext) -> None:
@@ -126,6 +128,7 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
     graph) go on to the stage's recorder (report.json stages.export.warnings). Ops the exporter gets wrong
     or refuses are written by ``pipeline.converters.torch_symbolics``."""
     _register_symbolics()
+    net = torch_symbolics.without_parametrizations(net)
     args = args if isinstance(args, tuple) else (args,)
     input_names = input_names or [INPUT_NAME]
     output_names_ = output_names_ or [OUTPUT_NAME]
@@ -136,6 +139,9 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*dynamo=False.*|.*TorchScript-based ONNX export.*")
+        # A symbolic that warns it writes another computation below some opset (torchvision's roi_align
+        # with aligned=True at opset < 16) fails instead, so that the opset is raised to what it names.
+        warnings.filterwarnings("error", message=r".*only supported in opset >= \d+")
         with torch_symbolics.decompositions():
             torch.onnx.export(
                 net, args, str(path), input_names=input_names, output_names=output_names_, dynamic_axes=axes,

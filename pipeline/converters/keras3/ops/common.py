@@ -81,6 +81,17 @@ def materialize(ctx, index: int) -> Tensor:
         else:
             value = ctx.c.batch_ones(shape, dtype=row.dtype.name) * row
         return Tensor(ops.repeat(value, multiple, axis=axis) if multiple > 1 else value, tuple(range(len(shape))))
+    block = np.take(a, range(multiple), axis=axis)
+    if multiple > 1 and _periodic(a, axis, multiple) and _periodic(b, axis, multiple) and _same_rows(
+            np.take(b, range(multiple), axis=axis), block):
+        # Batch x heads where each head has its own row, the same in every sample (attention on learned
+        # queries, expanded over the batch, then heads merged into the batch axis): the block of one sample
+        # repeated per sample.
+        ones = ops.expand_dims(ctx.c.batch_ones([1 if i != axis else None for i in range(len(shape))],
+                                                dtype=block.dtype.name), axis + 1)
+        tiled = ones * np.expand_dims(block, axis)  # [..., N, multiple, ...]
+        merged = [-1 if i == axis else d for i, d in enumerate(shape)]
+        return Tensor(ops.reshape(tiled, merged), tuple(range(len(shape))))
     step = np.take(a, [1], axis=axis) - row if a.shape[axis] > 1 else None
     if multiple == 1 and step is not None and all(_same_rows(v, _counted(row, step, axis, v.shape[axis]))
                                                   for v in (a, b)):
@@ -89,6 +100,12 @@ def materialize(ctx, index: int) -> Tensor:
         index = ops.cast(ops.cumsum(ones, axis=axis) - ones, row.dtype.name)
         return Tensor(index * step + row, tuple(range(len(shape))))
     raise ctx.fail(f"input {name} varies along the batch axis without depending on the data.")
+
+
+def _periodic(value: np.ndarray, axis: int, period: int) -> bool:
+    """Every run of ``period`` rows along ``axis`` equals the first."""
+    block = np.take(value, range(period), axis=axis)
+    return value.dtype != bool and _same_rows(value, np.concatenate([block] * (value.shape[axis] // period), axis))
 
 
 def _counted(row: np.ndarray, step: np.ndarray, axis: int, size: int) -> np.ndarray:
@@ -127,11 +144,18 @@ def add(a, b):
     """
     from keras import ops
 
-    if _bias_add_right(a, b):
-        return ops.add(a, b)
-    if _bias_add_right(b, a):
-        return ops.add(b, a)
+    if not _integer(a) and not _integer(b):
+        if _bias_add_right(a, b):
+            return ops.add(a, b)
+        if _bias_add_right(b, a):
+            return ops.add(b, a)
+    # Integers never as a bias-add: TFLite has no BiasAdd kernel for them (ids + per-column offsets).
     return ops.subtract(a, -b if isinstance(b, np.ndarray | np.generic) else ops.negative(b))
+
+
+def _integer(x) -> bool:
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return np.dtype(str(dtype)).kind in "iu"
 
 
 def _bias_add_right(x1, x2) -> bool:

@@ -158,15 +158,18 @@ def clip(ctx):
     x = ctx.tensor(0)
     low = ctx.attr("min") if "min" in ctx.attrs else ctx.const(1)
     high = ctx.attr("max") if "max" in ctx.attrs else ctx.const(2)
-    low = None if low is None else float(np.asarray(low))
-    high = None if high is None else float(np.asarray(high))
-    if low == 0.0 and high == 6.0:
+    # Bounds in the tensor's own dtype: integer ids clamped into a table (``ids.clamp(0, n - 1)``) stay
+    # integers, and TensorFlow's Minimum/Maximum take no float bound for them.
+    dtype = np.dtype(str(x.keras.dtype))
+    low = None if low is None else np.asarray(low).astype(dtype).reshape(())
+    high = None if high is None else np.asarray(high).astype(dtype).reshape(())
+    if dtype.kind == "f" and low == 0.0 and high == 6.0:
         ctx.set(ops.relu6(x.keras), x.perm)
     elif low is not None and high is not None:
-        ctx.set(ops.clip(x.keras, low, high), x.perm)
+        ctx.set(ops.minimum(ops.maximum(x.keras, low), high), x.perm)
     elif low is not None:
-        ctx.set(ops.maximum(x.keras, np.float32(low)), x.perm)
+        ctx.set(ops.maximum(x.keras, low), x.perm)
     elif high is not None:
-        ctx.set(ops.minimum(x.keras, np.float32(high)), x.perm)
+        ctx.set(ops.minimum(x.keras, high), x.perm)
     else:
         ctx.set_value(x)
