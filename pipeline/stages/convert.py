@@ -110,7 +110,9 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
         attempt, info, parked = kept
         parked.replace(out_path)
         entry["verified"] = False
-        return _accept(ctx, target, entry, attempt["backend"], info, out_path)
+        accepted = _accept(ctx, target, entry, attempt["backend"], info, out_path)
+        entry["reason"] = f"kept unverified for parity to measure: {attempt['backend']}: {attempt['reason']}"
+        return accepted
     return _give_up(target, entry, attempts)
 
 
