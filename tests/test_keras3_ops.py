@@ -374,15 +374,20 @@ def test_adaptive_average_pool_whose_size_does_not_divide_exports_and_converts(b
     """The TorchScript exporter refuses these (PSPNet bins, VGG's (7, 7) head on small images): the export's
     own symbolic must give PyTorch's values, and keras3 onnxruntime's."""
     module = conv_then(lambda x: F.adaptive_avg_pool2d(x, bins) + F.adaptive_avg_pool2d(x[:, :, :2, :3], bins))
-    model = _export(module, IMAGE, 13, tmp_path / "m.onnx")
-    x = np.random.default_rng(5).normal(size=(3, *IMAGE)).astype(np.float32)
+    _assert_pytorch_onnxruntime_and_keras_agree(module, IMAGE, tmp_path, atol=1e-6)
+
+
+def _assert_pytorch_onnxruntime_and_keras_agree(module, shape, tmp_path, atol):
+    """The export's own symbolic gives PyTorch's values (onnxruntime), and keras3 gives them too."""
+    model = _export(module, shape, 13, tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(3, *shape)).astype(np.float32)
     with torch.no_grad():
         reference = module(torch.from_numpy(x)).numpy()
     expected = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input": x})[0]
-    np.testing.assert_allclose(expected, reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(expected, reference, rtol=1e-5, atol=atol)
     conversion, _ = build(model, {"input": x[:2]})
-    np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=atol)
 
 
 @pytest.mark.parametrize("function", [
@@ -396,16 +401,7 @@ def test_adaptive_average_pool_whose_size_does_not_divide_exports_and_converts(b
 def test_ops_the_exporter_lacks_export_as_pytorch_computes_them(function, tmp_path):
     """``F.threshold`` with a non-zero threshold, ``torch.rot90`` (square images) and nearest-exact
     interpolation: the export's own symbolics give PyTorch's values, and keras3 onnxruntime's."""
-    module = conv_then(function)
-    model = _export(module, (3, 6, 6), 13, tmp_path / "m.onnx")
-    x = np.random.default_rng(6).normal(size=(3, 3, 6, 6)).astype(np.float32)
-    with torch.no_grad():
-        reference = module(torch.from_numpy(x)).numpy()
-    expected = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x})[0]
-    np.testing.assert_allclose(expected, reference, rtol=1e-5, atol=1e-5)
-    conversion, _ = build(model, {"input": x[:2]})
-    np.testing.assert_allclose(_keras_outputs(conversion, x), reference, rtol=1e-5, atol=1e-5)
+    _assert_pytorch_onnxruntime_and_keras_agree(conv_then(function), (3, 6, 6), tmp_path, atol=1e-5)
 
 
 def test_grid_sampling_it_cannot_do_exactly_is_refused_by_name(tmp_path):
