@@ -25,6 +25,9 @@ SANITY_MIN_AGREEMENT = 0.5
 SANITY_MAX_RELATIVE_RMSE = 0.5
 # The worst layers a failure message names.
 LAYERS_NAMED = 3
+# A calibrated range this wide came from a -inf or float32-max constant (an attention mask), not from data:
+# 256 int8 levels over it put every real value on one level (and XNNPACK refuses to prepare such a model).
+ABSURD_RANGE = 1e30
 
 
 def relative_rmse(out: np.ndarray, ref: np.ndarray) -> float:

@@ -24,6 +24,7 @@ from pipeline.atomic import write_with
 from pipeline.converters import ConvertJob, layer_errors, recurrent_ops
 from pipeline.converters.layer_errors import LAYERS_REPORTED
 from pipeline.errors import ConversionError, NotApplicable
+from pipeline.quantized import ABSURD_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +178,6 @@ def _kept_in_float(calibrated: bytes, rounds: int = 4) -> list[str]:
             break
         kept += list(dict.fromkeys(new))
     return kept
-
-
-# A calibrated range this wide came from a -inf or float32-max constant, not from data: 256 int8 levels
-# over it put every real value on one level (and XNNPACK refuses to prepare such a model).
-ABSURD_RANGE = 1e30
 
 
 def _refuse_unrepresentable_ranges(flatbuffer: bytes, named: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from pipeline.atomic import write_with
 from pipeline.converters import ConvertJob, backend, layer_errors, recurrent_ops
 from pipeline.converters.layer_errors import LAYERS_REPORTED
 from pipeline.errors import ConversionError
+from pipeline.quantized import ABSURD_RANGE
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "static", "dynamic")
@@ -53,13 +54,13 @@ def convert(job: ConvertJob) -> dict:
         if mode == "static":
             calibration = job.calibration_inputs()
             info["calibration_samples"] = len(next(iter(calibration.values())))
-            _UNREPRESENTABLE[str(source)] = _unrepresentable(source, calibration, work)
-            kept = {**_unquantizable(source), **_UNREPRESENTABLE[str(source)]}
+            unrepresentable = _unrepresentable(source, calibration, work)
+            kept = {**_unquantizable(source), **unrepresentable}
             if kept:
                 info["kept_in_float"] = kept
-            layers = _static_layers(job, source, calibration, work, info)
+            layers = _static_layers(job, source, calibration, work, info, list(unrepresentable))
             excluded = _excluded(job.options, layers, source)
-            _quantize_static(source, work / "quantized.onnx", calibration, excluded)
+            _quantize_static(source, work / "quantized.onnx", calibration, [*unrepresentable, *excluded])
         else:
             if int(job.options.get("float_fallback_top_k") or 0):
                 info["float_fallback_top_k_ignored"] = ("dynamic mode measures no per-layer error to rank; name "
@@ -72,8 +73,6 @@ def convert(job: ConvertJob) -> dict:
             info["float_fallback"] = excluded
         write_with(job.out_path, lambda tmp: shutil.copyfile(work / "quantized.onnx", tmp))
     finally:
-        _UNREPRESENTABLE.pop(str(work / "preprocessed.onnx"), None)
-        _UNREPRESENTABLE.pop(str(Path(job.onnx_path)), None)
         shutil.rmtree(work, ignore_errors=True)
     return info
 
@@ -127,18 +126,12 @@ def _unquantizable(source: Path) -> dict[str, str]:
     return kept
 
 
-# A calibrated range this wide came from a -inf or float32-max constant (an attention mask), not from data.
-ABSURD_RANGE = 1e30
-# Nodes kept in float because calibration gave a tensor of theirs such a range, per source model (this
-# conversion's): every quantization of that source leaves them out.
-_UNREPRESENTABLE: dict[str, dict[str, str]] = {}
-
-
 def _unrepresentable(source: Path, calibration: dict, work: Path, rounds: int = 4) -> dict[str, str]:
     """Nodes around tensors that calibration gives an infinite or ~+-3.4e38 range (an attention mask filled
     with -inf: nn.MultiheadAttention's key_padding_mask): quantized, every value of those tensors would sit
     on one level (onnxruntime writes a scale of inf). The producer and consumers of each stay in float,
-    by name, so the tensor is never quantized; repeated until no such range is left."""
+    by name, so the tensor is never quantized (every quantization of this conversion leaves them out);
+    repeated until no such range is left."""
     import onnx
     from onnx import numpy_helper
 
@@ -172,7 +165,7 @@ def _unrepresentable(source: Path, calibration: dict, work: Path, rounds: int = 
 def _quantize_static(source: Path, out: Path, calibration: dict, excluded: list[str]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    excluded = list(dict.fromkeys([*excluded, *_unquantizable(source), *_UNREPRESENTABLE.get(str(source), {})]))
+    excluded = list(dict.fromkeys([*excluded, *_unquantizable(source)]))
     try:  # _Reader is a CalibrationDataReader by its get_next (the ABC's subclass hook)
         quantize_static(str(source), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
@@ -193,13 +186,14 @@ def _quantize_dynamic(source: Path, out: Path, excluded: list[str]) -> None:
                               "Exclude the failing nodes with export.onnx_int8.float_fallback.") from exc
 
 
-def _static_layers(job: ConvertJob, source: Path, calibration: dict, work: Path, info: dict) -> list[dict]:
-    """The layers of a plainly quantized copy by the error each adds, worst first (a diagnostic: a failure
-    is reported, never fatal)."""
+def _static_layers(job: ConvertJob, source: Path, calibration: dict, work: Path, info: dict,
+                   kept: list[str]) -> list[dict]:
+    """The layers of a plainly quantized copy (``kept`` in float) by the error each adds, worst first (a
+    diagnostic: a failure is reported, never fatal)."""
     try:
         inputs, info["layers_measured_on"] = job.layer_error_inputs()
-        layers = activation_errors(source, calibration, inputs, work)
-        layers = _ranked(job, source, calibration, inputs, layers, work)
+        layers = activation_errors(source, calibration, inputs, work, kept)
+        layers = _ranked(job, source, calibration, inputs, layers, work, kept)
     except Exception as exc:  # noqa: BLE001
         log.warning("onnx_int8: per-layer statistics failed: %s", exc)
         info["layers_error"] = f"{type(exc).__name__}: {_first(exc)}"
@@ -208,7 +202,7 @@ def _static_layers(job: ConvertJob, source: Path, calibration: dict, work: Path,
     return layers
 
 
-def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path) -> list[dict]:
+def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path, kept: list[str]) -> list[dict]:
     """Per node of the statically quantized model: the relative RMSE of its (dequantized) output against the
     float model's same tensor on ``inputs`` (``accumulated_relative_rmse``, onnxruntime's
     ``qdq_loss_debug``), and what the node adds to its inputs' (``relative_rmse``, the ranking)."""
@@ -221,7 +215,7 @@ def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path)
     )
 
     plain = work / "plain.onnx"
-    _quantize_static(source, plain, calibration, [])
+    _quantize_static(source, plain, calibration, kept)
     collected = []
     for model in (plain, source):
         augmented = work / f"augmented_{model.stem}.onnx"
@@ -246,7 +240,7 @@ def activation_errors(source: Path, calibration: dict, inputs: dict, work: Path)
 
 
 def _ranked(job: ConvertJob, source: Path, calibration: dict, inputs: dict, layers: list[dict],
-            work: Path) -> list[dict]:
+            work: Path, kept: list[str]) -> list[dict]:
     """``layers`` ranked by what excluding each from quantization gains at the model's output."""
     import onnxruntime as ort
 
@@ -256,7 +250,7 @@ def _ranked(job: ConvertJob, source: Path, calibration: dict, inputs: dict, laye
 
     def error(excluded: list[str]) -> float:
         out = work / "candidate.onnx"
-        _quantize_static(source, out, calibration, excluded)
+        _quantize_static(source, out, calibration, [*kept, *excluded])
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         return layer_errors.output_error(dict(zip(names, session.run(None, inputs), strict=True)), reference,
                                          job.output_kind)
