@@ -46,10 +46,10 @@ def register(opset: int) -> None:
         torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
     torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted, opset)
     torch.onnx.register_custom_op_symbolic("aten::bucketize", _bucketize, opset)
-    torch.onnx.register_custom_op_symbolic("aten::cumprod", _cumulative("ReduceProd", 1.0, opset), opset)
-    torch.onnx.register_custom_op_symbolic("aten::cummax", _running_extreme("ReduceMax", opset), opset)
-    torch.onnx.register_custom_op_symbolic("aten::cummin", _running_extreme("ReduceMin", opset), opset)
-    torch.onnx.register_custom_op_symbolic("aten::logcumsumexp", _cumulative("ReduceLogSumExp", float("-inf"), opset),
+    torch.onnx.register_custom_op_symbolic("aten::cumprod", _cumulative("ReduceProd", 1.0), opset)
+    torch.onnx.register_custom_op_symbolic("aten::cummax", _running_extreme("ReduceMax"), opset)
+    torch.onnx.register_custom_op_symbolic("aten::cummin", _running_extreme("ReduceMin"), opset)
+    torch.onnx.register_custom_op_symbolic("aten::logcumsumexp", _cumulative("ReduceLogSumExp", float("-inf")),
                                            opset)
 
 
@@ -259,10 +259,11 @@ def _adaptive_pool(kind: str, rank: int):
     return symbolic
 
 
-def _reduce(g, op: str, x, axis: int):
-    if g.opset >= 18:
-        return g.op(op, x, g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64)), keepdims_i=1)
-    return g.op(op, x, axes_i=[axis], keepdims_i=1)
+def _reduce(g, op: str, x, axis: int, keepdims: bool = True):
+    """A Reduce* (not ReduceSum, whose axes became an input at 13) over one axis."""
+    if g.opset >= 18:  # axes as an input
+        return g.op(op, x, g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64)), keepdims_i=int(keepdims))
+    return g.op(op, x, axes_i=[axis], keepdims_i=int(keepdims))
 
 
 
@@ -408,7 +409,7 @@ def _count_below(g, values, boundaries, right: bool, out_int32: bool):
     return g.op("Cast", total, to_i=torch.onnx.TensorProtoDataType.INT32) if out_int32 else total
 
 
-def _cumulative(reduce: str, neutral: float, opset: int):
+def _cumulative(reduce: str, neutral: float):
     """``torch.cumprod`` / ``torch.logcumsumexp`` (survival curves, stick-breaking; no symbolic): along an
     axis of static length T, the T x T terms ``x[j] if j <= i else neutral`` reduced over ``j``. Exact where
     ``exp(cumsum(log x))`` is not (zeros, negative values)."""
@@ -428,18 +429,12 @@ def _cumulative(reduce: str, neutral: float, opset: int):
         terms = g.op("Where", g.op("Constant", value_t=torch.from_numpy(lower)),
                      symbolic_helper._unsqueeze_helper(g, x, [axis]),
                      g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(neutral), x)))
-        return _reduce_axis(g, reduce, terms, axis + 1, opset)
+        return _reduce(g, reduce, terms, axis + 1, keepdims=False)
 
     return symbolic
 
 
-def _reduce_axis(g, reduce: str, x, axis: int, opset: int):
-    if opset >= 18:  # axes as an input
-        return g.op(reduce, x, g.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64)), keepdims_i=0)
-    return g.op(reduce, x, axes_i=[axis], keepdims_i=0)
-
-
-def _running_extreme(reduce: str, opset: int):
+def _running_extreme(reduce: str):
     """``torch.cummax`` / ``torch.cummin`` (no symbolic), values and indices as PyTorch computes them: over
     the T x T prefix terms (the first element standing in for the masked ones), the index of the last
     element equal to the running extreme, a NaN taking over from where it appears (the last NaN's index)."""
@@ -459,11 +454,11 @@ def _running_extreme(reduce: str, opset: int):
             g, symbolic_helper._slice_helper(g, x, axes=[axis], starts=[0], ends=[1]), [axis])
         column = symbolic_helper._unsqueeze_helper(g, x, [axis])  # [..., 1 (i), T (j), ...]
         terms = g.op("Where", lower, column, first)
-        values = _reduce_axis(g, reduce, terms, axis + 1, opset)
+        values = _reduce(g, reduce, terms, axis + 1, keepdims=False)
         floating = symbolic_helper._is_fp(x)
         if floating:
-            seen = _reduce_axis(g, "ReduceMax", g.op("Cast", g.op("IsNaN", terms), to_i=torch.onnx.TensorProtoDataType.
-                                                     FLOAT), axis + 1, opset)
+            seen = _reduce(g, "ReduceMax", g.op("Cast", g.op("IsNaN", terms), to_i=torch.onnx.TensorProtoDataType.
+                                                FLOAT), axis + 1, keepdims=False)
             nan = g.op("Constant", value_t=symbolic_helper._if_scalar_type_as(torch.tensor(float("nan")), x))
             values = g.op("Where", g.op("Greater", seen, g.op("Constant", value_t=torch.tensor(0.0))), nan, values)
         target = symbolic_helper._unsqueeze_helper(g, values, [axis + 1])
@@ -472,6 +467,6 @@ def _running_extreme(reduce: str, opset: int):
             equal = g.op("Or", equal, g.op("And", g.op("IsNaN", terms), g.op("IsNaN", target)))
         positions = g.op("Constant", value_t=torch.arange(size, dtype=torch.int64).reshape((size,) + trailing))
         hits = g.op("Where", g.op("And", equal, lower), positions, g.op("Constant", value_t=torch.tensor(-1)))
-        return values, _reduce_axis(g, "ReduceMax", hits, axis + 1, opset)
+        return values, _reduce(g, "ReduceMax", hits, axis + 1, keepdims=False)
 
     return symbolic
