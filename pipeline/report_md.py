@@ -128,6 +128,11 @@ def quantized_section(report: dict, cfg: DictConfig) -> list[str]:
         target = report["targets"].get(e["runtime"], {})
         if not e["in_tolerance"]:
             lines.append(f"- **{e['runtime']}**: {e.get('error') or e.get('judgement')}")
+        judged = {name: o for name, o in (e.get("outputs") or {}).items() if o.get("judgement")}
+        if len(judged) > 1:  # every output's own verdict, the task's first
+            each = "; ".join(f"`{name}` {'ok' if o['in_tolerance'] else '**no**'} ({o['judgement']})"
+                             for name, o in judged.items())
+            lines.append(f"- {e['runtime']}, each output: {each}")
         if target.get("worst_layers"):
             worst = ", ".join(f"`{layer['layer']}` ({layer['op']}, {_gain(layer)})"
                               for layer in target["worst_layers"][:5])

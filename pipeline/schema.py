@@ -242,6 +242,8 @@ class QuantizedParityConfig:
     max_accuracy_drop: float = ranged(0.01, between(0, 1))  # classifiers: PyTorch's accuracy minus its own
     min_top1_agreement: float = ranged(0.98, between(0, 1))  # classifiers: predictions equal to PyTorch's
     max_mse_increase: float = ranged(0.10, at_least(0))  # regressors: relative (0.10 = MSE at most 10 % higher)
+    # every output after the first (the task's): its RMS error over PyTorch's RMS, at most this
+    max_output_relative_rmse: float = ranged(0.20, at_least(0))
 
 
 @dataclass
