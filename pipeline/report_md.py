@@ -77,6 +77,7 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
                       f"throughput {round(ref['throughput_per_s'])}/s.", ""]
+    lines += sizes_section(report)
     lines += quantized_section(report, cfg)
     diagnosed = [e for e in report["parity"] if e.get("divergence")]
     if diagnosed:
@@ -99,6 +100,23 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def sizes_section(report: dict) -> list[str]:
+    """Free axes (export.dynamic_axes): every runtime at the other sizes of parity.shapes."""
+    free = {name: {axis: label for axis, label in axes.items() if axis != "0"}
+            for name, axes in (report.get("export") or {}).get("dynamic_axes", {}).items()}
+    free = {name: axes for name, axes in free.items() if axes}
+    entries = [e for e in report["parity"] if e.get("sizes")]
+    if not free or not entries:
+        return []
+    shapes = [", ".join(f"{n} {s}" for n, s in size["shapes"].items()) for size in entries[0]["sizes"]]
+    described = "; ".join(f"{name} axes " + ", ".join(f"{a} ({label})" for a, label in axes.items())
+                          for name, axes in free.items())
+    rows = [[e["runtime"], *(("yes" if s["in_tolerance"] else "**no**") + f", {_fmt(s.get('max_abs_err'))}"
+                             for s in e["sizes"])] for e in entries]
+    return [f"## Other input sizes (free axes: {described})", "",
+            *_table(["runtime", *(f"{shape}: in tolerance, max abs err" for shape in shapes)], rows), ""]
 
 
 def quantized_section(report: dict, cfg: DictConfig) -> list[str]:

@@ -233,6 +233,9 @@ class ExportConfig(_ExportBase):
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     # Training-split inputs that calibrate tflite_int8 and onnx_int8 (static): their activation ranges.
     calibration_samples: int = ranged(200, between(1, 100_000, integer=True))
+    # Input axes besides the batch left free in every artifact (pipeline/free_axes.py): null (the batch
+    # only), spatial, time, or {input: {axis: name}}.
+    dynamic_axes: Any = None
 
 
 @dataclass
@@ -256,6 +259,10 @@ class ParityConfig:
     latency_repeats: int = ranged(50, between(1, 100_000, integer=True))
     diagnose: bool | None = None  # locate the first diverging node: null = for drifting runtimes only
     diagnose_samples: int = ranged(4, between(1, 10_000, integer=True))
+    # Other input sizes every runtime is run at too, with free axes (export.dynamic_axes): null = two derived
+    # (the free axes at 2x and 3x), [] = none, or a list of per-sample shapes ([[3,48,64]] or [{ids: [40]}]).
+    shapes: Any = None
+    shapes_samples: int = ranged(16, between(1, 100_000, integer=True))  # held-out samples run at each
     quantized: QuantizedParityConfig = field(default_factory=QuantizedParityConfig)
 
 

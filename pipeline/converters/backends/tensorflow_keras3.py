@@ -16,8 +16,9 @@ def convert(job: ConvertJob) -> dict:
 
     conversion = build_for(job)
     model = conversion.model
-    specs = [tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype), name=signature_key(name))
-             for name, value in ((n, job.sample[n]) for n in conversion.input_names)]
+    # The batch and the free axes (export.dynamic_axes) are None: the signature says which sizes are open.
+    specs = [tf.TensorSpec([None, *conversion.values[name].onnx_shape()[1:]], tf.as_dtype(job.sample[name].dtype),
+                           name=signature_key(name)) for name in conversion.input_names]
     restore = [[int(i) for i in np.argsort(p)] for p in conversion.output_perms]
 
     def serve(*inputs):

@@ -46,9 +46,10 @@ def explain(exc: Exception) -> ConversionError:
         return ConversionError(
             f"TFLite's builtin ops cannot run a recurrent layer kept as a loop with a dynamic batch "
             f"({layer.group(1) if layer else 'an LSTM/GRU/RNN'}): keras3 unrolls sequences of up to "
-            f"{UNROLL_MAX_STEPS} steps only, longer ones stay a loop (TensorList ops, TF Select only).",
+            f"{UNROLL_MAX_STEPS} steps only; longer ones, and a free time axis (export.dynamic_axes), stay a loop "
+            "(TensorList ops, TF Select only).",
             f"Shorten the sequence the recurrent layer sees to {UNROLL_MAX_STEPS} steps or fewer (e.g. a strided "
-            "Conv1d or pooling before it), or drop the tflite targets.",
+            "Conv1d or pooling before it) and keep its time axis fixed, or drop the tflite targets.",
             unsupported_op=layer.group(2) if layer else "TensorListReserve")
     match = _SELECT_OPS.search(str(exc))
     no_kernel = list(dict.fromkeys(_NO_KERNEL.findall(str(exc))))

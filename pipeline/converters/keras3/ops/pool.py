@@ -16,12 +16,26 @@ def _window(ctx, x):
     in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
     out_sizes = ctx.out_shape()[2:]
     if None in in_sizes or None in out_sizes:
-        raise ctx.fail("pooling over a dynamic spatial axis is not supported.")
+        return _free_window(ctx, kernel, strides, dilations)
     pads = spatial_pads(ctx, in_sizes, kernel, strides, dilations)
     # ceil_mode: windows may run past the end padding; pad far enough for the measured output size.
     full = [(b, max(e, (o - 1) * s + (k - 1) * d + 1 - i - b)) for (b, e), i, o, s, k, d in
             zip(pads, in_sizes, out_sizes, strides, kernel, dilations, strict=True)]
     return kernel, strides, dilations, in_sizes, out_sizes, pads, full
+
+
+def _free_window(ctx, kernel, strides, dilations):
+    """A window over a free axis (export.dynamic_axes): Keras' valid pooling is ONNX's for any size when
+    nothing is padded (floor mode, no dilation); anything else depends on the size and is refused."""
+    n = len(kernel)
+    pads = ctx.attr("pads", [0] * 2 * n)
+    if any(pads) or ctx.attr("ceil_mode", 0) or ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "") \
+            or any(d != 1 for d in dilations):
+        raise ctx.fail("pooling over a free axis (export.dynamic_axes) is supported without padding, ceil_mode "
+                       "and dilation only: the padding at the edges depends on the size.",
+                       "Pool without padding (e.g. nn.MaxPool2d(2)), or leave that axis out of export.dynamic_axes.")
+    none = [None] * n
+    return kernel, strides, dilations, none, none, [(0, 0)] * n, [(0, 0)] * n
 
 
 def _taps(x, kernel, strides, dilations, out_sizes):
@@ -130,6 +144,9 @@ def average_pool(ctx):
     else:
         result = _crop(_pool_layer(n, "Average")(kernel, strides=strides, padding="valid", name=ctx.name())(source),
                        out_sizes)
+    if None in in_sizes:  # unpadded over a free axis: every window is whole
+        ctx.set(result, layout.channels_last(x.rank))
+        return
     # Keras divides by the whole window; ONNX by the elements inside the input (or input + pads).
     counted = np.zeros([i + b + e for i, (b, e) in zip(in_sizes, full, strict=True)], np.float32)
     inner = pads if ctx.attr("count_include_pad", 0) else [(0, 0)] * n
@@ -147,7 +164,7 @@ def average_pool(ctx):
 
 def _crop(result, out_sizes):
     shape = result.shape[1:-1]
-    if all(s == o for s, o in zip(shape, out_sizes, strict=True)):
+    if None in out_sizes or all(s == o for s, o in zip(shape, out_sizes, strict=True)):
         return result
     return result[(slice(None), *(slice(0, o) for o in out_sizes), slice(None))]
 

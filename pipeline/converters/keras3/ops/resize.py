@@ -2,6 +2,7 @@
 own coordinate rules, so every mode (nearest, linear, cubic; half_pixel, align_corners...) is exact."""
 import numpy as np
 
+from pipeline.converters.keras3 import layout
 from pipeline.converters.keras3.ops import op
 
 CUBIC_TAPS = (-1, 0, 1, 2)
@@ -18,6 +19,9 @@ def resize(ctx):
         raise ctx.fail(f"antialias / {coordinate} resizing is not supported.")
     in_shape, out_shape = ctx.c.probe.shape(ctx.input_names[0]), ctx.out_shape()
     scales = _scales(ctx, in_shape, out_shape)
+    if any(size is None for size in in_shape[1:]):  # a free axis (export.dynamic_axes): no per-size indices
+        ctx.set(_free_nearest_upsample(ctx, x, scales, mode, coordinate), layout.channels_last(x.rank))
+        return
     result = x.keras
     for axis, (size, out, scale) in enumerate(zip(in_shape, out_shape, scales, strict=True)):
         if size == out and scale == 1.0:
@@ -36,6 +40,37 @@ def resize(ctx):
         except (ValueError, KeyError) as exc:
             raise ctx.fail(f"resize with mode={mode!r}, coordinate_transformation_mode={coordinate!r}: {exc}") from exc
     ctx.set(result, x.perm)
+
+
+def _free_nearest_upsample(ctx, x, scales, mode: str, coordinate: str):
+    """Nearest upsampling by integer factors of a tensor with a free axis: each element repeated, which is
+    ONNX's nearest for any size (asymmetric/floor, or half-pixel source coordinates, which never fall on a
+    half at an integer scale). Written as a transposed convolution with an identity kernel of the factors'
+    size and stride (exact: x * 1 plus zeros): TFLite infers its channels, which a reshape-based repeat of
+    a free-sized tensor loses. Other modes take their weights from the size and are refused."""
+    import keras
+
+    n = x.rank - 2
+    factors = [float(s) for s in scales[2:]]
+    nearest = mode == "nearest" and (
+        (coordinate == "asymmetric" and ctx.attr("nearest_mode", "round_prefer_floor") == "floor")
+        or coordinate in ("half_pixel", "pytorch_half_pixel"))
+    if not (nearest and n in (1, 2, 3) and list(scales[:2]) == [1.0, 1.0]
+            and all(f >= 1 and f.is_integer() for f in factors)):
+        raise ctx.fail(f"resizing a free axis (export.dynamic_axes) with mode={mode!r}, coordinate_transformation_"
+                       f"mode={coordinate!r}, scales {[float(s) for s in scales]}: only nearest upsampling of the "
+                       "spatial axes by integer factors is size-independent here.",
+                       "Upsample with mode='nearest' and an integer scale_factor (or a ConvTranspose), or leave "
+                       "that axis out of export.dynamic_axes.")
+    kernel = [int(f) for f in factors]
+    channels = ctx.in_shape(0)[1]
+    layer = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}[n](
+        channels, kernel, strides=kernel, padding="valid", use_bias=False, name=ctx.name("nearest"))
+    result = layer(ctx.to_perm(x, layout.channels_last(x.rank)))
+    weight = np.zeros((*kernel, channels, channels), np.float32)  # Keras: [k..., out, in]
+    weight[..., np.arange(channels), np.arange(channels)] = 1.0
+    layer.set_weights([weight])
+    return result
 
 
 def _scales(ctx, in_shape, out_shape) -> list[float]:
