@@ -202,7 +202,7 @@ def check_export(net, onnx_path, args: tuple, names: list[str], free: dict[str, 
     axes = described(free)
     for shapes in other_shapes(free, trained):
         feeds = {name: tiled(arg.numpy(), shapes[name]) for name, arg in zip(names, args, strict=True)}
-        expected = torch_outputs(net, feeds, names, shapes, axes)
+        expected = torch_outputs(net, feeds, names, free, trained)
         try:
             got = session.run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - onnxruntime names the node that cannot take the size
@@ -222,6 +222,18 @@ def check_export(net, onnx_path, args: tuple, names: list[str], free: dict[str, 
                                     "(see report.json stages.export.warnings: TracerWarnings).", _PIN_HINT)
 
 
+def _fixed_tables(module, free: dict[str, dict[int, str]], trained: dict[str, tuple]) -> str:
+    """Parameters and buffers of ``module`` (not of its children) with an axis of a free axis' trained size."""
+    sizes = {trained[name][axis]: label for name, axes in free.items() for axis, label in axes.items()}
+    tables = [f"{name} {list(value.shape)}" for name, value in [*module.named_parameters(recurse=False),
+                                                               *module.named_buffers(recurse=False)]
+              if value.dim() >= 2 and set(value.shape[1:]) & set(sizes)]
+    if not tables:
+        return ""
+    return (f"; {', '.join(tables)} has the trained size of {', '.join(sorted(set(sizes.values())))}: a table of "
+            "fixed length (slice it to the input's size)")
+
+
 def _left(running: list) -> None:
     """A forward hook's body: returns None, so that the module's output stands."""
     if running:
@@ -232,8 +244,10 @@ _PIN_HINT = ("Compute sizes from the tensor (x.shape[2], x.flatten(1), F.adaptiv
              "table sliced to x.shape[1]) instead of constants, or leave that axis out of export.dynamic_axes.")
 
 
-def torch_outputs(net, feeds: dict, names: list[str], shapes: dict, axes: str) -> list[np.ndarray]:
-    """PyTorch's outputs at another size; the innermost module that cannot take it is named."""
+def torch_outputs(net, feeds: dict, names: list[str], free: dict[str, dict[int, str]], trained: dict[str, tuple]
+                  ) -> list[np.ndarray]:
+    """PyTorch's outputs on ``feeds``; the innermost module that cannot take their size is named, and a
+    parameter or buffer as long as a free axis was trained (a positional table) is suspected."""
     import torch
 
     from pipeline.runtimes.torch_runtime import flatten_outputs
@@ -248,11 +262,12 @@ def torch_outputs(net, feeds: dict, names: list[str], shapes: dict, axes: str) -
             result = net(*[torch.from_numpy(feeds[n].copy()) for n in names])
     except Exception as exc:  # noqa: BLE001 - the network itself pins the axis
         module = running[-1] if running else None
-        where = (f"module {module} ({type(dict(modules)[module]).__name__})" if module
-                 else f"{type(net).__name__}.forward")
-        raise PipelineError(f"export.dynamic_axes: {where} pins a free axis ({axes}): at {describe(shapes)} "
-                            f"PyTorch fails: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}",
-                            _PIN_HINT) from exc
+        owner = dict(modules)[module] if module else net
+        where = f"module {module} ({type(owner).__name__})" if module else f"{type(net).__name__}.forward"
+        shapes = {name: feeds[name].shape for name in names}
+        raise PipelineError(f"export.dynamic_axes: {where} pins a free axis ({described(free)}): at {describe(shapes)} "
+                            f"PyTorch fails: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                            f"{_fixed_tables(owner, free, trained)}", _PIN_HINT) from exc
     finally:
         for hook in hooks:
             hook.remove()

@@ -181,6 +181,15 @@ def test_an_op_that_pins_a_free_axis_is_refused_at_export_by_name(tmp_path, net,
     assert "leave that axis out of export.dynamic_axes" in caught.value.hint
 
 
+def test_a_positional_table_of_fixed_length_is_named(tmp_path):
+    with pytest.raises(PipelineError) as caught:
+        run_composed("model=transformer_classifier", "model.weights=init", "stages=[export]", "dataset=synthetic",
+                     "dataset.shape=[24,1]", "dataset.samples=8", "export.dynamic_axes=time", run_dir=tmp_path / "run")
+    assert "TransformerClassifier.forward pins a free axis (input axes [1] (time)): at input [48, 1]" in str(
+        caught.value)
+    assert "position [1, 24, 32] has the trained size of time: a table of fixed length" in str(caught.value)
+
+
 def test_a_converter_op_that_depends_on_the_size_is_refused_by_name(tmp_path):
     report = run_composed(model("BilinearUp"), *IMAGE, "export=[keras]", "export.dynamic_axes=spatial",
                           run_dir=tmp_path / "run", expect_failure=True)
@@ -224,3 +233,19 @@ def test_inputs_are_brought_to_another_size_by_repetition():
     ids = np.arange(6).reshape(2, 3)
     assert free_axes.tiled(ids, (2, 7)).tolist() == [[0, 1, 2, 0, 1, 2, 0], [3, 4, 5, 3, 4, 5, 3]]
     assert free_axes.tiled(ids, (2, 2)).tolist() == [[0, 1], [3, 4]]
+
+
+class TransformerText(nn.Module):
+    """Token ids [N, T] -> embedding + a positional table sliced to T -> TransformerEncoder -> mean -> classes."""
+
+    def __init__(self, num_classes=4, vocab=50, max_length=256):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 16)
+        self.position = nn.Parameter(torch.randn(1, max_length, 16) * 0.1)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, ids):
+        h = self.embed(ids) + self.position[:, :ids.shape[1]]
+        return self.head(self.encoder(h).mean(1))

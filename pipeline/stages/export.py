@@ -57,9 +57,9 @@ def dynamic_axes(net, args: tuple, names: list[str], outputs: list[str], free: d
     trained = {n: tuple(a.shape) for n, a in zip(names, args, strict=True)}
     other = free_axes.other_shapes(free, trained)[0]
     feeds = {n: free_axes.tiled(a.numpy(), other[n]) for n, a in zip(names, args, strict=True)}
-    at_other = free_axes.torch_outputs(net, feeds, names, other, free_axes.described(free))
+    at_other = free_axes.torch_outputs(net, feeds, names, free, trained)
     at_trained = free_axes.torch_outputs(net, {n: a.numpy() for n, a in zip(names, args, strict=True)}, names,
-                                         trained, free_axes.described(free))
+                                         free, trained)
     changed = free_axes.output_axes({n: o.shape for n, o in zip(outputs, at_trained, strict=True)},
                                     {n: o.shape for n, o in zip(outputs, at_other, strict=True)},
                                     free_axes.size_labels(free, trained, other))
