@@ -181,8 +181,15 @@ def _load_hint(key: str, report: dict) -> str:
 
     runtime = TARGETS[key].runtime if key in TARGETS else key
     hint = LOAD_HINTS.get(key) or LOAD_HINTS.get({"onnxruntime": "onnx"}.get(runtime, runtime), "")
-    layout = report["targets"].get(key, {}).get("input_layout")
-    return f"{hint}; input layout **{layout}**" if layout else hint
+    target = report["targets"].get(key, {})
+    layout = target.get("input_layout")
+    text = f"{hint}; input layout **{layout}**" if layout else hint
+    layouts = target.get("io_layouts")
+    if layouts:  # every input's and output's layout (export.layout)
+        each = ", ".join(f"`{name}` {value}" for name, value in layouts["inputs"].items())
+        out = ", ".join(f"`{name}` {value}" for name, value in layouts["outputs"].items())
+        text += f" (inputs: {each}; outputs: {out})"
+    return text
 
 
 def write(run_dir: Path, report: dict, cfg: DictConfig, plots: list[Path]) -> Path:

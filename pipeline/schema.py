@@ -186,6 +186,18 @@ class OnnxInt8Mode(StrEnum):
     dynamic = "dynamic"  # int8 weights, activation ranges computed per call
 
 
+class IOLayout(StrEnum):
+    """The layout a TensorFlow or TFLite artifact takes and returns (pipeline/converters/io_layout.py)."""
+
+    nchw = "nchw"  # PyTorch's, channels first (the signature transposes at the boundary)
+    nhwc = "nhwc"  # channels last: image tensors [N, H, W, C] in and out, no transpose at the boundary
+
+
+@dataclass
+class LayoutOptions(TargetOptions):
+    layout: IOLayout | None = None  # null: export.layout
+
+
 @dataclass
 class FloatFallbackOptions(TargetOptions):
     """Layers of a quantized model kept in float32 (pipeline/converters/tflite_quantize.py)."""
@@ -195,7 +207,7 @@ class FloatFallbackOptions(TargetOptions):
 
 
 @dataclass
-class TFLiteInt8Options(FloatFallbackOptions):
+class TFLiteInt8Options(FloatFallbackOptions, LayoutOptions):
     int8_io: bool = False  # int8 input and output tensors (the runtime quantizes and dequantizes around them)
 
 
@@ -207,7 +219,8 @@ class OnnxInt8Options(FloatFallbackOptions):
 FullIntegerOptions = TFLiteInt8Options  # its first name
 
 # Targets with options beyond the backend; the others take TargetOptions.
-TARGET_OPTIONS = {"tflite_int8": TFLiteInt8Options, "onnx_int8": OnnxInt8Options}
+TARGET_OPTIONS = {"tflite_int8": TFLiteInt8Options, "onnx_int8": OnnxInt8Options,
+                  **{t: LayoutOptions for t in ("tensorflow", "tflite", "tflite_fp16", "tflite_int8_dynamic")}}
 
 
 @dataclass
@@ -236,6 +249,8 @@ class ExportConfig(_ExportBase):
     # Input axes besides the batch left free in every artifact (pipeline/free_axes.py): null (the batch
     # only), spatial, time, or {input: {axis: name}}.
     dynamic_axes: Any = None
+    # The layout of the tensorflow and TFLite targets' inputs and outputs (export.<target>.layout overrides).
+    layout: IOLayout = IOLayout.nchw
 
 
 @dataclass

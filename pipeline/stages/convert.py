@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline import quantized
 from pipeline.context import RunContext
-from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, onnx_layout, prepare_tensorflow
+from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, io_layout, onnx_layout, prepare_tensorflow
 from pipeline.errors import ConversionError, NotApplicable, PipelineError, StageFailed
 from pipeline.report import size_of
 
@@ -82,8 +82,7 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
     entry = {"status": "failed", "artifact": spec.artifact, "input_layout": default_layout, "backend": None,
              "attempts": attempts}
     ctx.report.data["targets"][target] = entry
-    job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted),
-                     dict(ctx.cfg.export.get(target) or {}), cache,
+    job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted), _options(ctx.cfg, target), cache,
                      calibration=lambda: ctx.calibration_inputs(int(ctx.cfg.export.calibration_samples)),
                      validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
     kept = None  # (attempt, info, parked path) of the first artifact that drifted
@@ -114,6 +113,14 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
         entry["reason"] = f"kept unverified for parity to measure: {attempt['backend']}: {attempt['reason']}"
         return accepted
     return _give_up(target, entry, attempts)
+
+
+def _options(cfg, target: str) -> dict:
+    """export.<target>, its layout defaulting to export.layout."""
+    options = dict(cfg.export.get(target) or {})
+    if options.get("layout") is None:
+        options["layout"] = str(cfg.export.get("layout") or "nchw")
+    return options
 
 
 def _give_up(target: str, entry: dict, attempts: list[dict]) -> bool:
@@ -156,6 +163,7 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
 def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict, out_path: Path) -> bool:
     entry.update(info, status="ok", backend=backend)
     entry.pop("reason", None)
+    entry["io_layouts"] = io_layout.describe(entry, *_ranks(ctx))  # every tensor's layout, by name
     if TARGETS[target].quantized:  # its size against the float32 model of the same format
         entry["bytes"] = size_of(out_path)
         if entry.get("float32_bytes"):
@@ -165,6 +173,14 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
     ctx.report.add_artifact(target, out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
     return True
+
+
+def _ranks(ctx: RunContext) -> tuple[dict[str, int], dict[str, int]]:
+    from pipeline.context import read_onnx
+
+    graph = read_onnx(ctx.onnx_path).graph
+    return ({i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name in ctx.input_names},
+            {o.name: len(o.type.tensor_type.shape.dim) for o in graph.output})
 
 
 def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, reference: dict) -> dict:

@@ -16,8 +16,12 @@ _RECURRENT_LAYER = re.compile(r"/((?:\w*_)?(LSTM|GRU|RNN)(?:_\d+)?)_d\d")
 
 @backend("tflite", "tf-converter", order=10, needs="tensorflow")
 def convert(job: ConvertJob) -> dict:
-    """TFLiteConverter.from_saved_model on the tensorflow target's artifact; builtin ops only."""
-    return convert_file(job.artifacts["tensorflow"], job.out_path)
+    """TFLiteConverter.from_saved_model on the tensorflow target's artifact (or a SavedModel of the layout
+    export.tflite.layout asks, io_layout); builtin ops only."""
+    from pipeline.converters import io_layout
+
+    saved_model, layout = io_layout.saved_model_for(job)
+    return {**layout, **convert_file(saved_model, job.out_path)}
 
 
 def convert_file(saved_model: Path, out_path: Path, configure=None) -> dict:
