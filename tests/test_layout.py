@@ -1,6 +1,7 @@
 """Channels-last I/O (export.layout, pipeline/converters/io_layout.py, issue 22 item 2): SavedModel and the
 TFLite targets take and return [N, H, W, C] with no transpose at the boundary, in parity."""
 import numpy as np
+import torch
 
 from pipeline.converters import io_layout
 from tests.conftest import run_composed
@@ -72,3 +73,45 @@ def test_inputs_and_outputs_cross_layouts_and_back():
     stored = io_layout.to_artifact({"input": image}, {"input": [0, 2, 3, 1]})["input"]
     assert stored.shape == (1, 3, 4, 2)
     assert np.array_equal(io_layout.from_artifact({"input": stored}, {"input": [0, 2, 3, 1]})["input"], image)
+
+
+class ImageAndIds(torch.nn.Module):
+    """Two named inputs (an image and token ids) and a dict of two named outputs."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.embed = torch.nn.Embedding(50, 8)
+        self.head = torch.nn.Linear(16, num_classes)
+
+    def forward(self, image, ids):
+        features = torch.cat([self.conv(image).mean((2, 3)), self.embed(ids).mean(1)], 1)
+        return {"scores": self.head(features), "features": features}
+
+
+def test_named_inputs_and_outputs_keep_their_names_in_every_signature(tmp_path):
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    run = tmp_path / "run"
+    report = run_composed("model.net._target_=tests.test_layout.ImageAndIds", "model.output=logits",
+                          "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
+                          "dataset.inputs={image: {shape: [3,16,16]}, ids: {shape: [8], distribution: integers, "
+                          "high: 50}}", "dataset.samples=32", "export=[keras,tflite,tflite_int8]", "export.layout=nhwc",
+                          "export.calibration_samples=16", "parity.latency_repeats=2", run_dir=run)
+    assert all(e["in_tolerance"] for e in report["parity"]), report["parity"]
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    assert [t.name for t in model.inputs] == ["image", "ids"] and list(model.output_names) == ["scores", "features"]
+    signature = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert inputs["image"].shape.as_list() == [None, 16, 16, 3] and inputs["ids"].shape.as_list() == [None, 8]
+    assert set(signature.structured_outputs) == {"scores", "features"}
+    for artifact in ("model.tflite", "model_int8.tflite"):
+        described = Interpreter(model_path=str(run / artifact)).get_signature_list()["serving_default"]
+        assert sorted(described["inputs"]) == ["ids", "image"] and sorted(described["outputs"]) == ["features",
+                                                                                                   "scores"]
+    assert report["targets"]["tflite"]["signature_names"] == {"inputs": {"image": "image", "ids": "ids"},
+                                                             "outputs": {"scores": "scores", "features": "features"}}
+    assert report["targets"]["tflite_int8"]["io_layouts"] == {"inputs": {"image": "NHWC", "ids": "NC"},
+                                                              "outputs": {"scores": "NC", "features": "NC"}}

@@ -164,6 +164,8 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
     entry.update(info, status="ok", backend=backend)
     entry.pop("reason", None)
     entry["io_layouts"] = io_layout.describe(entry, *_ranks(ctx))  # every tensor's layout, by name
+    if TARGETS[target].runtime in ("tensorflow", "tflite"):  # what an app passes and reads, by ONNX name
+        entry["signature_names"] = _signature_names(ctx)
     if TARGETS[target].quantized:  # its size against the float32 model of the same format
         entry["bytes"] = size_of(out_path)
         if entry.get("float32_bytes"):
@@ -173,6 +175,14 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
     ctx.report.add_artifact(target, out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
     return True
+
+
+def _signature_names(ctx: RunContext) -> dict:
+    """The serving_default signature's key of every input and output (the ONNX name, made an identifier)."""
+    from pipeline.runtimes import signature_key
+
+    return {"inputs": {name: signature_key(name) for name in ctx.input_names},
+            "outputs": {name: signature_key(name) for name in ctx.output_names}}
 
 
 def _ranks(ctx: RunContext) -> tuple[dict[str, int], dict[str, int]]:
