@@ -85,15 +85,18 @@ class FrozenSize(nn.Module):
 
 
 class BilinearUp(nn.Module):
-    """Bilinear upsampling: its blend weights depend on the size."""
+    """Bilinear upsampling by 2 and 3 (half-pixel: the same kernel at any size); ``align_corners=True``: its
+    blend weights depend on the size."""
 
-    def __init__(self, num_classes=10):
+    def __init__(self, num_classes=10, align_corners=False):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.up = nn.Upsample(scale_factor=(2, 3), mode="bilinear", align_corners=align_corners)
+        self.up1d = nn.Upsample(scale_factor=3, mode="linear", align_corners=align_corners)
 
     def forward(self, x):
-        return self.up(self.conv(x))
+        y = self.up(self.conv(x))
+        return y, self.up1d(y.mean(2))
 
 
 IMAGE = ("model.output=logits", "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
@@ -190,11 +193,20 @@ def test_a_positional_table_of_fixed_length_is_named(tmp_path):
     assert "position [1, 24, 32] has the trained size of time: a table of fixed length" in str(caught.value)
 
 
+def test_bilinear_and_linear_upsampling_by_integer_factors_take_any_size(tmp_path):
+    report = run_composed(model("BilinearUp"), *IMAGE, "export=[tflite]", "export.dynamic_axes=spatial",
+                          run_dir=tmp_path / "run")
+    assert report["export"]["dynamic_axes"]["output_1"] == {"0": "batch", "2": "output_1_2"}  # 9 x width
+    for name, entry in entries(report).items():
+        assert entry["in_tolerance"] and all(size["allclose"] for size in entry["sizes"]), (name, entry)
+
+
 def test_a_converter_op_that_depends_on_the_size_is_refused_by_name(tmp_path):
-    report = run_composed(model("BilinearUp"), *IMAGE, "export=[keras]", "export.dynamic_axes=spatial",
-                          run_dir=tmp_path / "run", expect_failure=True)
+    report = run_composed(model("BilinearUp"), "+model.net.align_corners=true", *IMAGE, "export=[keras]",
+                          "export.dynamic_axes=spatial", run_dir=tmp_path / "run", expect_failure=True)
     reason = report["targets"]["keras"]["attempts"][0]["reason"]
-    assert "Resize" in reason and "resizing a free axis (export.dynamic_axes) with mode='linear'" in reason, reason
+    assert "Resize" in reason and "resizing a free axis (export.dynamic_axes) with mode='linear', " \
+        "coordinate_transformation_mode='align_corners'" in reason, reason
 
 
 # --- the rules ----------------------------------------------------------------------------------------------
