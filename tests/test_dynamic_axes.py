@@ -156,6 +156,15 @@ def test_free_axes_by_name_and_the_sizes_parity_runs_at(tmp_path):
     assert tflite["in_tolerance"] and all(size["allclose"] for size in tflite["sizes"]), tflite
 
 
+def test_a_resnet_stem_s_padded_max_pool_takes_odd_sizes(tmp_path):
+    report = run_composed(model("ResNetStem"), *IMAGE[:5], "dataset.shape=[3,30,30]", "dataset.samples=16",
+                          "parity.latency_repeats=2", "export=[tflite]", "export.dynamic_axes=spatial",
+                          "parity.shapes=[[3,31,45],[3,64,17]]", run_dir=tmp_path / "run")
+    for name, entry in entries(report).items():
+        assert [size["shapes"]["input"] for size in entry["sizes"]] == [[3, 31, 45], [3, 64, 17]]
+        assert entry["in_tolerance"] and all(size["allclose"] for size in entry["sizes"]), (name, entry)
+
+
 def test_a_gru_text_model_with_a_free_time_axis(tmp_path):
     report = run_composed(model("GRUText"), "model.output=logits", "model.weights=init",
                           "stages=[export,check,convert,parity]", "dataset=synthetic", "dataset.shape=[20]",
@@ -261,3 +270,16 @@ class TransformerText(nn.Module):
     def forward(self, ids):
         h = self.embed(ids) + self.position[:, :ids.shape[1]]
         return self.head(self.encoder(h).mean(1))
+
+
+class ResNetStem(nn.Module):
+    """torchvision's stem (7x7/2 conv, BatchNorm, MaxPool2d(3, 2, 1)) and a strided block: any size."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+        self.head = nn.Conv2d(16, num_classes, 1)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x))).mean((2, 3))

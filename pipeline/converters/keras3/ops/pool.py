@@ -25,17 +25,34 @@ def _window(ctx, x):
 
 
 def _free_window(ctx, kernel, strides, dilations):
-    """A window over a free axis (export.dynamic_axes): Keras' valid pooling is ONNX's for any size when
-    nothing is padded (floor mode, no dilation); anything else depends on the size and is refused."""
+    """A window over a free axis (export.dynamic_axes). Keras' valid pooling is ONNX's for any size when
+    nothing is padded (floor mode, no dilation); a max pool's padding is too, as copies of the edge (exact
+    while every window that reaches a padded position also holds the edge: pads below the kernel, as
+    PyTorch's). Average pools' padded windows, ceil_mode and dilation depend on the size: refused."""
     n = len(kernel)
-    pads = ctx.attr("pads", [0] * 2 * n)
-    if any(pads) or ctx.attr("ceil_mode", 0) or ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "") \
-            or any(d != 1 for d in dilations):
-        raise ctx.fail("pooling over a free axis (export.dynamic_axes) is supported without padding, ceil_mode "
-                       "and dilation only: the padding at the edges depends on the size.",
-                       "Pool without padding (e.g. nn.MaxPool2d(2)), or leave that axis out of export.dynamic_axes.")
+    pads = list(ctx.attr("pads", [0] * 2 * n))
+    full = [(int(pads[i]), int(pads[i + n])) for i in range(n)]
+    padded_max = ctx.op_type == "MaxPool" and all(max(b, e) < k for (b, e), k in zip(full, kernel, strict=True))
+    if (any(pads) and not padded_max) or ctx.attr("ceil_mode", 0) or \
+            ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "") or any(d != 1 for d in dilations):
+        raise ctx.fail("pooling over a free axis (export.dynamic_axes) is supported without ceil_mode and dilation, "
+                       "and padded for max pooling only: the windows at the edges depend on the size.",
+                       "Pool without ceil_mode (and, for an average, without padding), or leave that axis out "
+                       "of export.dynamic_axes.")
     none = [None] * n
-    return kernel, strides, dilations, none, none, [(0, 0)] * n, [(0, 0)] * n
+    return kernel, strides, dilations, none, none, full, full
+
+
+def _repeat_edge_slices(source, full):
+    """Each spatial axis of a channels-last tensor extended by copies of its first and last slice, taken by
+    slicing from the ends, so that any size works."""
+    from keras import ops
+
+    for axis, (begin, end) in enumerate(full, start=1):
+        first = source[(slice(None),) * axis + (slice(0, 1),)]
+        last = source[(slice(None),) * axis + (slice(-1, None),)]
+        source = ops.concatenate([*[first] * begin, source, *[last] * end], axis=axis) if begin or end else source
+    return source
 
 
 def _taps(x, kernel, strides, dilations, out_sizes):
@@ -73,8 +90,12 @@ def max_pool(ctx):
                 layout.channels_last(x.rank))
         return
     # Keras' "same" max pooling skips the padding, as ONNX's -inf padding does.
-    same = any(b or e for b, e in full) and is_same_padding(full, in_sizes, kernel, strides, [1] * n)
-    source = source if same else _max_pad(ctx, source, full, in_sizes, kernel, strides, dilations, out_sizes)
+    same = None not in in_sizes and any(b or e for b, e in full) and \
+        is_same_padding(full, in_sizes, kernel, strides, [1] * n)
+    if None in in_sizes:  # a free axis: the edge copied, whatever the size
+        source = _repeat_edge_slices(source, full)
+    elif not same:
+        source = _max_pad(ctx, source, full, in_sizes, kernel, strides, dilations, out_sizes)
     result = _pool_layer(n, "Max")(kernel, strides=strides, padding="same" if same else "valid",
                                    name=ctx.name())(source)
     ctx.set(_crop(result, out_sizes), layout.channels_last(x.rank))
