@@ -9,6 +9,7 @@ import torch
 
 from pipeline import tasks
 from pipeline.context import RunContext
+from pipeline.datasets.base import SPLITS
 from pipeline.errors import PipelineError
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
@@ -21,22 +22,22 @@ MODELS_FOR = {"mnist": "mnist_cnn or mnist_mlp", "synthetic_tabular": "tabular_m
 def check(ctx: RunContext, selected: list[str]) -> None:
     if not set(selected) & {"train", "export", "check", "parity"}:
         return  # convert alone reads model.onnx only
-    splits = ctx.data.splits
+    data = ctx.data
     dataset = dataset_name(ctx.cfg)
     for split in ("train", "test"):
-        x, y = getattr(splits, split)
-        tensors = list(x.values()) if isinstance(x, dict) else [x]  # several named inputs, or one
-        if len(tensors[0]) == 0:
+        if data.size(split) == 0:
             raise PipelineError(f"dataset={dataset} has an empty {split} split.",
                                 "Use more data, or lower dataset.val_fraction / dataset.test_fraction.")
-        for name, tensor in [*(("inputs", t) for t in tensors), ("targets", y)]:
+    x, y = data.head("train" if "train" in selected else "test", BATCH)
+    # In-memory data is checked whole; streamed data (read from disk per batch) on the batch checked here.
+    for split, (inputs, targets) in _checked_parts(data, x, y):
+        tensors = list(inputs.values()) if isinstance(inputs, dict) else [inputs]  # several named inputs, or one
+        for name, tensor in [*(("inputs", t) for t in tensors), ("targets", targets)]:
             if tensor is not None and torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise PipelineError(f"dataset={dataset}: the {split} {name} hold {bad} NaN or infinite value(s).",
                                     "Clean the data (or, for a CSV series, set dataset.missing=drop|interpolate "
                                     "for missing values).")
-    x, y = (splits.train if "train" in selected else splits.test)
-    x = {n: t[:BATCH] for n, t in x.items()} if isinstance(x, dict) else x[:BATCH]
     net = ctx.initial_net().eval()
     if "export" in selected:
         _check_exportable_size(ctx.cfg, net)
@@ -45,8 +46,7 @@ def check(ctx: RunContext, selected: list[str]) -> None:
         _check_deterministic(ctx, net, x, out)
     if y is None:  # generated inputs without labels: nothing to check the output against
         return
-    y = y[:BATCH]
-    labels = _all_targets(splits)  # a label beyond the network's classes in any split, not just the first batch
+    labels = _all_targets(data)  # a label beyond the network's classes in any split, not just the first batch
     check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
     if "train" in selected:
         _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
@@ -74,11 +74,20 @@ def _check_nodes(cfg) -> None:
                             "every node through a launcher, e.g. hydra/launcher=submitit_slurm.")
 
 
-def _all_targets(splits) -> torch.Tensor:
+def _checked_parts(data, x, y):
+    """(split, (inputs, targets)) to check for NaN and inf: whole splits of in-memory data, else one batch."""
+    from pipeline.datasets.base import InMemoryData
+
+    if isinstance(data, InMemoryData):
+        return [(split, getattr(data.splits, split)) for split in ("train", "test")]
+    return [("first", (x, y))]
+
+
+def _all_targets(data) -> torch.Tensor:
     """The targets of every split, for checks of the label range (validation and test batches see them too)."""
-    parts = [pair[1].reshape(len(pair[1]), -1) for pair in (splits.train, splits.val, splits.test)
-             if pair[1] is not None and len(pair[1])]
-    return torch.cat(parts) if parts else splits.train[1]
+    found = [data.targets(split) for split in SPLITS]
+    parts = [t.reshape(len(t), -1) for t in found if t is not None and len(t)]
+    return torch.cat(parts) if parts else found[0]
 
 
 def _check_trainable(cfg, net: torch.nn.Module) -> None:

@@ -204,7 +204,7 @@ def draw_plots(ctx: RunContext) -> list[Path]:
             if predicted.ndim == 1:
                 drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png"))
         else:
-            inverse = ctx.data.splits.inverse or (lambda v: v)
+            inverse = ctx.data.inverse or (lambda v: v)
             drawn.append(plots.forecast(inverse(labels.reshape(-1)), inverse(reference.reshape(-1)),
                                         ctx.run_dir / "forecast.png"))
     return [p for p in drawn if p is not None]
@@ -251,6 +251,8 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         raise
     finally:
         stage["seconds"] = round(time.perf_counter() - start, 3)
+        if ctx.data_loaded:  # what reading the data found (files skipped as corrupt...)
+            ctx.report.data["data"].update(ctx.data.report())
         ctx.report.save()
 
 

@@ -28,10 +28,10 @@ _NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|sup
 
 def run(ctx: RunContext) -> None:
     net = ctx.net.eval()
-    x = ctx.data.splits.test[0]
+    x = ctx.data.head("test", 1)[0]
     names = list(x) if isinstance(x, dict) else [INPUT_NAME]
     # Copies: a network that changes its input in place must not change the test split parity reads.
-    args = tuple(x[n][:1].clone() for n in names) if isinstance(x, dict) else (x[:1].clone(),)
+    args = tuple(x[n].clone() for n in names) if isinstance(x, dict) else (x.clone(),)
     requested = int(ctx.cfg.export.opset)
     outputs = output_names(net, args)
     opset = write_with_opset(net, args, names, outputs, ctx, requested)
