@@ -202,7 +202,8 @@ def draw_plots(ctx: RunContext) -> list[Path]:
             pass  # generated inputs: no task to plot
         elif predicted is not None:
             if predicted.ndim == 1:
-                drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png"))
+                drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png",
+                                                    ctx.data.spec().classes))
         else:
             inverse = ctx.data.inverse or (lambda v: v)
             drawn.append(plots.forecast(inverse(labels.reshape(-1)), inverse(reference.reshape(-1)),

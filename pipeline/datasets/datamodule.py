@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 from pipeline.datasets.base import DatasetApi, DataSpec, Pair, length_of, rows_of, seeded_rows, spec_of_tensors
 from pipeline.errors import PipelineError
@@ -86,6 +87,10 @@ class UserDataModule(DatasetApi):
         index = slice(None, count)
         return rows_of(x, index), None if y is None else y[index]
 
+    def targets(self, split: str):
+        split = self._held_out_split() if split == "test" else split
+        return None if self._loader(split) is None else self.head(split)[1]
+
     def draw(self, split: str, count: int, seed: int):
         if self._loader(split) is None:
             return None
@@ -109,7 +114,7 @@ class UserDataModule(DatasetApi):
             self.module.setup("test")
         try:
             loader = getattr(self.module, LOADERS[split])()
-        except (NotImplementedError, AttributeError, pl.utilities.exceptions.MisconfigurationException):
+        except (NotImplementedError, AttributeError, MisconfigurationException):  # the module has no such loader
             return None
         return loader if loader else None
 

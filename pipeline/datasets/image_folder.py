@@ -222,17 +222,17 @@ class ImageFolderData(DatasetApi):
                           self._augmentation() if augment else None)
 
     def _augmentation(self):
+        """dataset.augment as one transform (Hydra has built its ``_target_`` entries already)."""
         if not self.augment_cfg:
             return None
-        from hydra.utils import instantiate
         from torchvision.transforms import v2
 
-        try:
-            return v2.Compose([instantiate(t) for t in self.augment_cfg])
-        except Exception as exc:
-            raise PipelineError(f"dataset.augment could not be built: {type(exc).__name__}: {exc}".split("\n")[0],
+        odd = [t for t in self.augment_cfg if not callable(t)]
+        if odd:
+            raise PipelineError(f"dataset.augment holds {odd[0]!r}, which is not a transform.",
                                 "Give a list of torchvision.transforms.v2 configs, e.g. dataset.augment="
-                                "[{_target_: torchvision.transforms.v2.RandomHorizontalFlip}]") from exc
+                                "[{_target_: torchvision.transforms.v2.RandomHorizontalFlip}]")
+        return v2.Compose(list(self.augment_cfg))
 
     def _loader(self, split: str, shuffle: bool = False, augment: bool = False, batch_size: int | None = None):
         workers = self.num_workers

@@ -38,6 +38,19 @@ def run(ctx: RunContext) -> None:
     extra = {"requested_opset": requested} if opset != requested else {}
     ctx.report.add_artifact("onnx", ctx.onnx_path, opset=opset, **extra)
     ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs}
+    write_labels(ctx)
+
+
+LABELS_NAME = "labels.txt"
+
+
+def write_labels(ctx: RunContext) -> None:
+    """The class names, one per line in output index order, beside the artifacts (what an app shows)."""
+    classes = ctx.data.spec().classes
+    if classes and ctx.output_kind != "value":
+        path = ctx.run_dir / LABELS_NAME
+        write_with(path, lambda tmp: tmp.write_text("".join(f"{name}\n" for name in classes)))
+        ctx.report.add_artifact("labels", path)
 
 
 def output_names(net: torch.nn.Module, args: tuple) -> list[str]:
