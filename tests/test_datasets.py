@@ -6,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from tests.conftest import read_report, run_in_process, tree
 
 DIGITS = {0: "zero", 1: "one", 7: "seven"}
