@@ -106,7 +106,8 @@ def main() -> None:
                 result = in_subprocess(which, folder, args.workers, args.epochs)
                 rows.append({"images_in_folder": size, "loader": which, "workers": args.workers, **result})
                 print(rows[-1], flush=True)
-    lines = ["| images in folder | loader | workers | images/s into training | peak RSS (MiB) |", "|---|---|---|---|---|"]
+    lines = ["| images in folder | loader | workers | images/s into training | peak RSS (MiB) |",
+             "|---|---|---|---|---|"]
     lines += [f"| {r['images_in_folder']:,} | {r['loader']} | {r['workers']} | {r['images_per_s']:,} | "
               f"{r['peak_rss_mib']:,} |" for r in rows]
     RESULTS.mkdir(parents=True, exist_ok=True)
