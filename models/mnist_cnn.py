@@ -11,6 +11,8 @@ class MnistCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"MnistCNN takes images [C, H, W], not samples of shape {list(input_shape)}")
         channels, height, width = (int(v) for v in input_shape)
         self.conv1 = nn.Conv2d(channels, 20, 5, 1)
         self.conv2 = nn.Conv2d(20, 50, 5, 1)

@@ -82,12 +82,29 @@ class RunContext:
         # are the same in every run of this config; the train stage seeds the same value first.
         torch.manual_seed(int(self.cfg.seed))
         pre = self.data.preprocessing()
-        net = wrap(_build(network.net_config(net_cfg, filled), "model.net"), pre)
+        try:
+            net = wrap(_build(network.net_config(net_cfg, filled), "model.net"), pre)
+        except PipelineError as exc:
+            if not filled or "could not be built" not in str(exc):
+                raise
+            raise self._does_not_fit(filled, exc) from exc
         if pre is not None:
             self.report.data["data"]["preprocessing"] = pre.describe()
         if any(torch.nn.parameter.is_lazy(t) for t in [*net.parameters(), *net.buffers()]):
             self._materialize(net)
         return net
+
+    def _does_not_fit(self, filled: dict, exc: PipelineError) -> PipelineError:
+        """A network that cannot be built with the arguments the data gave it: the data is named."""
+        from pipeline.network import dataset_name
+        from pipeline.preflight import model_hint
+
+        dataset = dataset_name(self.cfg)
+        given = ", ".join(f"model.net.{k}={v}" for k, v in filled.items())
+        return PipelineError(f"model={self.cfg.model.name} cannot take dataset={dataset}'s input: built with the "
+                             f"arguments the data gives it ({given}), {str(exc.message)[0].lower()}"
+                             f"{str(exc.message)[1:]}",
+                             f"For dataset={dataset}, {model_hint(dataset)}, or set those model.net.* keys yourself.")
 
     def _materialize(self, net: torch.nn.Module) -> None:
         """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``...) take their shapes on a first forward: one

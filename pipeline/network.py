@@ -6,7 +6,6 @@ A network's constructor argument named below (``num_classes``, ``input_shape``, 
 This holds for the built-in models (their configs leave these null) and for a user's own class.
 """
 import inspect
-import math
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,7 +63,7 @@ def constructor_parameters(target: str) -> set[str]:
 def from_data(net_cfg: DictConfig, spec: DataSpec | None, kind: str) -> dict:
     """The constructor arguments to take from the data: {name: value} for each one the constructor has,
     the config leaves null or unset, and the data determines."""
-    if spec is None:
+    if spec is None or not isinstance(net_cfg, DictConfig):
         return {}
     parameters = constructor_parameters(str(net_cfg.get("_target_")))
     filled = {}
@@ -80,6 +79,8 @@ def from_data(net_cfg: DictConfig, spec: DataSpec | None, kind: str) -> dict:
 def net_config(net_cfg: DictConfig, filled: dict) -> DictConfig:
     """``model.net`` with the data's arguments filled in and the remaining nulls of DATA_ARGUMENTS dropped
     (the constructor's defaults apply where the data says nothing)."""
+    if not isinstance(net_cfg, DictConfig):  # model.net=null: the build names it
+        return net_cfg
     plain = OmegaConf.to_container(net_cfg, resolve=False)
     for name in DATA_ARGUMENTS:
         if plain.get(name, 0) is None:
@@ -88,5 +89,8 @@ def net_config(net_cfg: DictConfig, filled: dict) -> DictConfig:
     return OmegaConf.create(plain)
 
 
-def flat_size(shape) -> int:
-    return math.prod(int(d) for d in shape)
+def dataset_name(cfg) -> str:
+    """``conf/dataset/<name>.yaml`` is named after its module: pipeline.datasets.<name>.Class."""
+    target = str(cfg.dataset.get("_target_", "?"))
+    parts = target.split(".")
+    return parts[-2] if len(parts) >= 2 else target

@@ -14,7 +14,8 @@ def test_default_run_trains_to_97_percent_and_is_in_parity(default_run):
     assert report["status"] == "ok"
     assert set(report["stages"]) == set(STAGES)
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in report["stages"].values())
-    assert report["model"] == {"name": "mnist_cnn", "parameters": 431_080}
+    assert report["model"] == {"name": "mnist_cnn", "parameters": 431_080,
+                               "from_data": {"num_classes": 10, "input_shape": [1, 28, 28]}}
     assert report["metrics"]["test_accuracy"] >= 0.97
     ort_entry = next(e for e in report["parity"] if e["runtime"] == "onnxruntime")
     assert ort_entry["samples"] == 2000  # the whole held-out split
