@@ -10,8 +10,8 @@ import torch
 from pipeline import tasks
 from pipeline.context import RunContext
 from pipeline.datasets.base import SPLITS
-from pipeline.network import dataset_name
 from pipeline.errors import PipelineError
+from pipeline.network import dataset_name
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 BATCH = 16
