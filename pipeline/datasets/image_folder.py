@@ -22,6 +22,8 @@ from pipeline.errors import PipelineError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
 STATS_IMAGES = 256  # training images the default mean/std are measured on
+CHANNEL_PROBES = 32  # training images whose mode decides the default channels
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 # Held-out images decoded into memory at once (parity's whole test split): beyond this, parity.samples.
 MAX_HELD_BYTES = 2 * 2**30
 
@@ -34,12 +36,37 @@ def decode(path: str, channels: int) -> torch.Tensor:
     """One image as uint8 [C, H, W] with ``channels`` channels (the first frame of an animation)."""
     from torchvision.io import ImageReadMode, decode_image
 
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    # libwebp decodes colour only (and says so on stderr for every grey request): made grey below
+    grey = channels == 1 and not path.lower().endswith(".webp")
+    mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
     try:
         image = decode_image(path, mode=mode)
     except Exception as torchvision_error:  # noqa: BLE001 - BMP and odd files: PIL reads more formats
         image = _decode_with_pil(path, channels, torchvision_error)
-    return image[0] if image.dim() == 4 else image
+    image = image[0] if image.dim() == 4 else image  # an animation: its first frame
+    return _with_channels(_as_uint8(image), channels)
+
+
+def _as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """16-bit PNGs to 8 bits (the artifacts take pixels in [0, 255])."""
+    if image.dtype == torch.uint8:
+        return image
+    from torchvision.transforms.v2 import functional
+
+    return functional.to_dtype(image, torch.uint8, scale=True)
+
+
+def _with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """Decoders that ignore the requested mode (GIF) give 1, 3 or 4 channels: made ``channels``."""
+    from torchvision.transforms.v2 import functional
+
+    if image.shape[0] == 4:  # RGBA
+        image = image[:3]
+    if image.shape[0] == channels:
+        return image
+    if channels == 1:
+        return functional.rgb_to_grayscale(image)
+    return image.expand(3, -1, -1).contiguous()
 
 
 def _decode_with_pil(path: str, channels: int, first_error: Exception) -> torch.Tensor:
@@ -200,21 +227,27 @@ class ImageFolderData(DatasetApi):
         return kept, held
 
     def _settle_size(self) -> None:
-        """image_size and channels default to the first training image's."""
+        """image_size defaults to the first training image's; channels to 3 if any of a few images spread over
+        the classes has colour, else 1 (a folder of scans stays grey, a mixed one becomes RGB)."""
         if self.image_size is not None and self.channels is not None:
             return
-        first = self._items["train"][0][0]
         from PIL import Image
 
-        try:
-            with Image.open(first) as image:
-                width, height, bands = image.width, image.height, len(image.getbands())
-        except Exception as exc:  # noqa: BLE001 - the first image itself is unreadable
-            raise PipelineError(f"The image {first} cannot be read ({type(exc).__name__}: {exc}).",
-                                "Replace or remove that file, or set dataset.image_size=[H,W] and "
-                                "dataset.channels=1|3.") from exc
-        self.image_size = self.image_size or [height, width]
-        self.channels = self.channels or (1 if bands == 1 else 3)
+        train = self._items["train"]
+        looked_at = [train[i][0] for i in range(0, len(train), max(1, len(train) // CHANNEL_PROBES))]
+        bands = set()
+        for index, path in enumerate(looked_at):
+            try:
+                with Image.open(path) as image:
+                    if index == 0:
+                        size = [image.height, image.width]
+                    bands.add(image.mode)
+            except Exception as exc:  # noqa: BLE001 - an unreadable file is named
+                raise PipelineError(f"The image {path} cannot be read ({type(exc).__name__}: {exc}).",
+                                    "Replace or remove that file, or set dataset.image_size=[H,W] and "
+                                    "dataset.channels=1|3.") from exc
+        self.image_size = self.image_size or size
+        self.channels = self.channels or (1 if bands <= GREY_MODES else 3)
 
     # --- loaders ---
     def _files(self, split: str, augment: bool = False) -> ImageFiles:

@@ -11,7 +11,8 @@ inside the exported graph (``pipeline.preprocessing.TableEncoding``) with traini
 The artifacts take ``input`` [N, numeric columns] float32 in file order, or, when there are text
 columns, ``numeric`` (float32) and ``categorical`` (int64 ids) in file order. Missing cells follow
 ``dataset.missing``: ``error`` (naming column and lines), ``drop`` (those rows) or ``interpolate``
-(numeric columns linear between neighbouring rows; rows still incomplete are dropped).
+(numeric columns linear between neighbouring rows, rows still incomplete dropped; a missing category
+is the unknown one, id 0).
 """
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class TableData(InMemoryData):
         numeric = [c for c in self.features if c not in self._text_columns]
         text = [c for c in self.features if c in self._text_columns]
         x_num = frame[numeric].to_numpy(dtype=np.float32) if numeric else None
-        categories = {c: sorted({str(v) for v in frame[c].iloc[train]}) for c in text}
+        categories = {c: sorted({str(v) for v in frame[c].iloc[train].dropna()}) for c in text}
         x_cat = np.stack([_ids(frame[c], categories[c]) for c in text], axis=1) if text else None
         if inverse is not None:  # regression: scaled with the training rows' statistics
             mean, std = float(y[train].mean()), float(y[train].std() + 1e-8)
@@ -138,7 +139,9 @@ class TableData(InMemoryData):
                 if column not in self._text_columns and column != self.target and gaps[column].any():
                     numbers = pd.to_numeric(frame[column], errors="coerce")
                     frame[column] = numbers.interpolate(method="linear", limit_area="inside")
-        keep = frame.notna().all(axis=1).to_numpy()
+        # interpolate: a missing category is the unknown one (id 0); drop: its row goes
+        checked = [c for c in frame.columns if self.missing == "drop" or c not in self._text_columns]
+        keep = frame[checked].notna().all(axis=1).to_numpy()
         if not keep.any():
             raise PipelineError(f"Every row of {self.path} has a missing cell: nothing is left with "
                                 f"dataset.missing={self.missing}.", "Fill the missing cells in the file.")
@@ -269,9 +272,9 @@ def _check_numeric(column, path: Path, name: str) -> None:
 
 
 def _ids(column, values: list[str]) -> np.ndarray:
-    """Category ids: 1..K by the sorted training values, 0 for a value training never saw."""
+    """Category ids: 1..K by the sorted training values, 0 for a value training never saw (or a missing one)."""
     index = {value: i + 1 for i, value in enumerate(values)}
-    return np.array([index.get(str(v), 0) for v in column], dtype=np.int64)
+    return np.array([0 if v is None or v != v else index.get(str(v), 0) for v in column], dtype=np.int64)
 
 
 def _class_order(value):
