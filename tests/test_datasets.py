@@ -38,6 +38,13 @@ def write_digit_folder(root, mnist_root, per_class: int, split: bool, rgb: bool 
     return written
 
 
+def run_ok(run_dir, *overrides: str) -> dict:
+    """The CLI in this process; it must succeed. Returns report.json."""
+    outcome = run_in_process(*overrides, run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    return read_report(run_dir)
+
+
 def raw_pixels(paths, rgb: bool) -> np.ndarray:
     """Images as an app would read them (PIL, not the pipeline): float32 [N, C, H, W] in [0, 255]."""
     from PIL import Image
@@ -88,11 +95,9 @@ def test_image_folder_without_split_folders_is_split_per_class_and_rgb_follows_t
     folder = tmp_path / "digits"
     write_digit_folder(folder, mnist_root, per_class=30, split=False, rgb=True)
     run_dir = tmp_path / "run"
-    outcome = run_in_process("model=mnist_mlp", "dataset=image_folder", f"dataset.path={folder}",
-                             "dataset.image_size=[20,20]", "dataset.num_workers=0", "trainer.max_epochs=1",
-                             "stages=[train,export,check]", run_dir=run_dir)
-    assert outcome.code == 0, outcome.output[-3000:]
-    report = read_report(run_dir)
+    report = run_ok(run_dir, "model=mnist_mlp", "dataset=image_folder", f"dataset.path={folder}",
+                    "dataset.image_size=[20,20]", "dataset.num_workers=0", "trainer.max_epochs=1",
+                    "stages=[train,export,check]")
     assert report["data"]["inputs"][0]["shape"] == [3, 20, 20]  # channels from the files, size from the key
     assert report["data"]["images"]["test"] == 18 and report["data"]["images"]["train"] >= 60
 
@@ -162,11 +167,9 @@ def write_table(path, rows: int = 400, seed: int = 0):
 def test_a_csv_with_a_text_label_and_a_text_column_trains_and_its_onnx_takes_the_raw_columns(tmp_path):
     frame = write_table(tmp_path / "flowers.csv")
     run_dir = tmp_path / "run"
-    outcome = run_in_process("model=tabular_mlp", "model.output=logits", "dataset=table",
-                             f"dataset.path={tmp_path / 'flowers.csv'}", "dataset.target=species", "export=tflite",
-                             "trainer.max_epochs=8", run_dir=run_dir)
-    assert outcome.code == 0, outcome.output[-3000:]
-    report = read_report(run_dir)
+    report = run_ok(run_dir, "model=tabular_mlp", "model.output=logits", "dataset=table",
+                    f"dataset.path={tmp_path / 'flowers.csv'}", "dataset.target=species", "export=tflite",
+                    "trainer.max_epochs=8")
     numeric, categorical = report["data"]["inputs"]
     assert numeric["name"] == "numeric" and numeric["columns"] == ["sepal_length", "sepal_width", "petal_length"]
     assert categorical == {"name": "categorical", "shape": [1], "dtype": "int64", "layout": "NC",
@@ -198,11 +201,9 @@ def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_p
     frame["price"] = 1000 + 200 * x[:, 0] - 50 * x[:, 1] + rng.normal(0, 5, 300)
     frame.to_parquet(tmp_path / "prices.parquet")
     run_dir = tmp_path / "run"
-    outcome = run_in_process("model=tabular_mlp", "model.output=value", "dataset=table",
-                             f"dataset.path={tmp_path / 'prices.parquet'}", "dataset.target=price",
-                             "trainer.max_epochs=30", "stages=[train,export,check,parity]", run_dir=run_dir)
-    assert outcome.code == 0, outcome.output[-3000:]
-    report = read_report(run_dir)
+    report = run_ok(run_dir, "model=tabular_mlp", "model.output=value", "dataset=table",
+                    f"dataset.path={tmp_path / 'prices.parquet'}", "dataset.target=price",
+                    "trainer.max_epochs=30", "stages=[train,export,check,parity]")
     assert report["data"]["task"] == "regression" and report["model"]["from_data"]["num_classes"] == 1
     assert report["metrics"]["test_mae"] < 100  # dollars, against a spread of 200
 
@@ -234,11 +235,9 @@ def test_npz_arrays_train_with_class_names_and_a_pickled_file_is_refused(tmp_pat
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     np.savez(tmp_path / "data.npz", x=x, y=y)
     run_dir = tmp_path / "run"
-    outcome = run_in_process("model=tabular_mlp", "model.output=logits", "dataset=arrays",
-                             f"dataset.path={tmp_path / 'data.npz'}", "dataset.classes=[low,high]",
-                             "trainer.max_epochs=5", "export=tflite", run_dir=run_dir)
-    assert outcome.code == 0, outcome.output[-3000:]
-    report = read_report(run_dir)
+    report = run_ok(run_dir, "model=tabular_mlp", "model.output=logits", "dataset=arrays",
+                    f"dataset.path={tmp_path / 'data.npz'}", "dataset.classes=[low,high]",
+                    "trainer.max_epochs=5", "export=tflite")
     assert report["data"]["classes"] == ["low", "high"] and report["model"]["from_data"]["in_features"] == 8
     assert report["metrics"]["test_accuracy"] >= 0.9
     np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}] * 4, dtype=object), y=np.zeros(4))
