@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
+from pipeline.preprocessing import inner
 from pipeline.report import Report, sha256_of
 
 ONNX_NAME = "model.onnx"
@@ -170,7 +171,9 @@ class RunContext:
         if problem:
             raise PipelineError(f"{what} is not PyTorch weights: {problem}.", fix)
         net = self.new_net()
-        target = _weights_holder(net)
+        # A weights file holds the user's network (model.pt, a state_dict, a checkpoint's net.*), never the
+        # preprocessing in front of it, which the data gives.
+        target = inner(net)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -267,14 +270,6 @@ def read_onnx(path: Path):
         raise PipelineError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {_first_line(exc)[:200]}).",
                             "The file is corrupt or truncated: re-run the export stage (or pick another "
                             "from_run).") from exc
-
-
-def _weights_holder(net: torch.nn.Module) -> torch.nn.Module:
-    """What a weights file fills: the user's network (``model.pt`` and a state_dict of one are its own);
-    a Lightning checkpoint's ``net.net.*`` names are stripped to it by ``state_dict_of``."""
-    from pipeline.preprocessing import inner
-
-    return inner(net)
 
 
 def state_dict_of(loaded, net: torch.nn.Module) -> dict:

@@ -16,7 +16,7 @@ class TaskModule(pl.LightningModule):
 
     def __init__(self, net: nn.Module, output: str, optimizer: Callable, scheduler: Callable | None = None):
         super().__init__()
-        self.pre = getattr(net, "pre", None) if isinstance(net, Preprocessed) else None
+        self.pre = net.pre if isinstance(net, Preprocessed) else None
         self.net = inner(net)
         self.output = tasks.check_output_kind(output)
         self.optimizer_factory = optimizer
