@@ -58,11 +58,12 @@ class RunContext:
         if self._data is None:
             from pipeline.datasets.datamodule import as_dataset
 
-            self._data = as_dataset(_build(self.cfg.dataset, "dataset"))
-            self._data.setup("fit")
+            data = as_dataset(_build(self.cfg.dataset, "dataset"))
+            data.setup("fit")
             self.report.data["environment"]["data_files"] = {
-                str(Path(path).resolve()): sha256_of(path) for path in self._data.files()}
-            self.report.data["data"] = {**self._data.spec().as_report(), **self._data.report()}
+                str(Path(path).resolve()): sha256_of(path) for path in data.files()}
+            self.report.data["data"] = {**data.spec().as_report(), **data.report()}
+            self._data = data  # only once it reads: a data error is raised again by the next stage that asks
         return self._data
 
     @property
