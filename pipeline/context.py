@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
+from pipeline.preprocessing import inner
 from pipeline.report import Report, sha256_of
 
 ONNX_NAME = "model.onnx"
@@ -52,29 +53,67 @@ class RunContext:
 
     @property
     def data(self):
-        """The dataset module, loaded once on first use."""
+        """The dataset (``pipeline.datasets.base.DatasetApi``), built once on first use; a LightningDataModule
+        of the user's own is read through its loaders (``pipeline.datasets.datamodule``)."""
         if self._data is None:
-            self._data = _build(self.cfg.dataset, "dataset")
+            from pipeline.datasets.datamodule import as_dataset
+
+            data = as_dataset(_build(self.cfg.dataset, "dataset"))
+            data.setup("fit")
             self.report.data["environment"]["data_files"] = {
-                str(Path(path).resolve()): sha256_of(path) for path in self._data.splits.files}
+                str(Path(path).resolve()): sha256_of(path) for path in data.files()}
+            self.report.data["data"] = {**data.spec().as_report(), **data.report()}
+            self._data = data  # only once it reads: a data error is raised again by the next stage that asks
         return self._data
 
+    @property
+    def data_loaded(self) -> bool:
+        return self._data is not None
+
     def new_net(self) -> torch.nn.Module:
+        """model.net built (seeded), with the arguments the data determines (``pipeline.network``), behind
+        the dataset's preprocessing (``pipeline.preprocessing``) when it has one."""
+        from pipeline import network
+        from pipeline.preprocessing import wrap
+
+        net_cfg = self.cfg.model.net
+        filled = network.from_data(net_cfg, self.data.spec(), self.output_kind)
+        if filled:
+            self.report.data["model"]["from_data"] = filled
         # Seeded on every build, so that random weights (model.weights=init, a run without train)
         # are the same in every run of this config; the train stage seeds the same value first.
         torch.manual_seed(int(self.cfg.seed))
-        net = _build(self.cfg.model.net, "model.net")
+        pre = self.data.preprocessing()
+        try:
+            net = wrap(_build(network.net_config(net_cfg, filled), "model.net"), pre)
+        except PipelineError as exc:
+            if not filled or "could not be built" not in str(exc):
+                raise
+            raise self._does_not_fit(filled, exc) from exc
+        if pre is not None:
+            self.report.data["data"]["preprocessing"] = pre.describe()
         if any(torch.nn.parameter.is_lazy(t) for t in [*net.parameters(), *net.buffers()]):
             self._materialize(net)
         return net
+
+    def _does_not_fit(self, filled: dict, exc: PipelineError) -> PipelineError:
+        """A network that cannot be built with the arguments the data gave it: the data is named."""
+        from pipeline.network import dataset_name
+        from pipeline.preflight import model_hint
+
+        dataset = dataset_name(self.cfg)
+        given = ", ".join(f"model.net.{k}={v}" for k, v in filled.items())
+        return PipelineError(f"model={self.cfg.model.name} cannot take dataset={dataset}'s input: built with the "
+                             f"arguments the data gives it ({given}), {str(exc.message)[0].lower()}"
+                             f"{str(exc.message)[1:]}",
+                             f"For dataset={dataset}, {model_hint(dataset)}, or set those model.net.* keys yourself.")
 
     def _materialize(self, net: torch.nn.Module) -> None:
         """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``...) take their shapes on a first forward: one
         training sample in eval mode, right after the seeded build, so that every build of this config has
         the same weights and no stage meets an uninitialised parameter (counting, the optimizer, the export).
         A forward that fails is left to the preflight check, which names the input it could not take."""
-        x = self.data.splits.train[0]
-        sample = {n: t[:1] for n, t in x.items()} if isinstance(x, dict) else x[:1]
+        sample = self.data.head("train", 1)[0]
         training = net.training
         try:
             with torch.no_grad():
@@ -133,6 +172,9 @@ class RunContext:
         if problem:
             raise PipelineError(f"{what} is not PyTorch weights: {problem}.", fix)
         net = self.new_net()
+        # A weights file holds the user's network (model.pt, a state_dict, a checkpoint's net.*), never the
+        # preprocessing in front of it, which the data gives.
+        target = inner(net)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -146,11 +188,11 @@ class RunContext:
                 reason = f"{type(exc).__name__}: {_first_line(exc)[:300]}"
             raise PipelineError(f"{what} is unreadable as PyTorch weights: {reason}.", fix) from exc
         try:
-            net.load_state_dict(state_dict_of(state, net))
+            target.load_state_dict(state_dict_of(state, target))
         except Exception as exc:
             raise PipelineError(
                 f"{what}: the weights in {path} do not fit model={self.cfg.model.name} "
-                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, net, exc)}",
+                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, target, exc)}",
                 "Check that model= (and its model.net.* arguments) match the network that produced them "
                 "(with from_run, drop model= to use that run's model).",
             ) from exc
@@ -176,42 +218,35 @@ class RunContext:
 
     def held_out_inputs(self, count: int | None = None, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """The first ``count`` held-out inputs (all when None), by ONNX input name, as NumPy arrays."""
-        x = self.data.splits.test[0]
-        names = names or self.input_names
+        x = self.data.head("test", count)[0]
+        return self._by_name(x, names or self.input_names)
+
+    def _by_name(self, x, names: list[str]) -> dict[str, np.ndarray]:
         if isinstance(x, dict):
             missing = sorted(set(names) - set(x))
             if missing:
                 raise PipelineError(f"The dataset gives inputs {sorted(x)}; the model takes {names}.",
                                     "Name the dataset's inputs after the model's (dataset.inputs).")
-            return {name: x[name][:count].numpy().copy() for name in names}
-        return {names[0]: x[:count].numpy().copy()}  # copies: the caller's runtimes never change the split
+            return {name: x[name].numpy().copy() for name in names}
+        return {names[0]: x.numpy().copy()}  # copies: the caller's runtimes never change the split
 
     def calibration_inputs(self, count: int) -> dict[str, np.ndarray]:
         """``count`` training-split inputs by ONNX input name, drawn at random (seeded by ``seed``) so that a
         split stored in class or time order is represented as a whole: what quantization calibrates on,
         never the test split that parity measures on."""
         if count not in self._calibration:  # read once for every target that calibrates
-            inputs = self._drawn(self.data.splits.train[0], count)
+            inputs = self.data.draw("train", count, int(self.cfg.seed))
             if inputs is None:
                 raise PipelineError("The training split is empty: there is nothing to calibrate the quantized "
                                     "targets on.", "Use a dataset with training data, or drop the int8 targets.")
-            self._calibration[count] = inputs
+            self._calibration[count] = self._by_name(inputs, self.input_names)
         return self._calibration[count]
 
     def validation_inputs(self, count: int) -> dict[str, np.ndarray] | None:
         """``count`` validation-split inputs (drawn as ``calibration_inputs``), None when it is empty: data the
         calibration never saw, on which the per-layer quantization error is measured."""
-        return self._drawn(self.data.splits.val[0], count)
-
-    def _drawn(self, x, count: int) -> dict[str, np.ndarray] | None:
-        total = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-        if total == 0:
-            return None
-        rows = np.sort(np.random.default_rng(int(self.cfg.seed)).choice(total, min(int(count), total), replace=False))
-        index = torch.from_numpy(rows)
-        if isinstance(x, dict):
-            return {name: x[name][index].numpy() for name in self.input_names}
-        return {self.input_names[0]: x[index].numpy()}
+        inputs = self.data.draw("val", count, int(self.cfg.seed))
+        return None if inputs is None else self._by_name(inputs, self.input_names)
 
     def onnx_reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline import runtimes

@@ -107,9 +107,9 @@ def divergence(curves: dict[str, list[tuple[int, float]]], out: Path) -> Path | 
     return _save(fig, out)
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, out: Path, names: list[str] | None = None) -> Path:
     plt = _pyplot()
-    classes = int(max(labels.max(), predicted.max())) + 1
+    classes = max(int(max(labels.max(), predicted.max())) + 1, len(names or []))
     matrix = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(matrix, (labels.astype(int), predicted.astype(int)), 1)
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -119,6 +119,10 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, out: Path) -> Pa
                 color="white" if count > matrix.max() / 2 else "black")
     ax.set(title="Confusion matrix (PyTorch, test split)", xlabel="predicted class", ylabel="true class",
            xticks=range(classes), yticks=range(classes))
+    if names and classes <= 30:  # more names than that are unreadable on the axes
+        shown = [name[:12] for name in names] + [str(i) for i in range(len(names), classes)]
+        ax.set_xticklabels(shown, rotation=45, ha="right", fontsize=7)
+        ax.set_yticklabels(shown, fontsize=7)
     fig.colorbar(image, ax=ax, fraction=0.046)
     return _save(fig, out)
 

@@ -9,34 +9,37 @@ import torch
 
 from pipeline import tasks
 from pipeline.context import RunContext
+from pipeline.datasets.base import SPLITS
 from pipeline.errors import PipelineError
+from pipeline.network import dataset_name
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 BATCH = 16
 # Models made for each dataset (conf/model/*.yaml): suggested when a network does not fit.
 MODELS_FOR = {"mnist": "mnist_cnn or mnist_mlp", "synthetic_tabular": "tabular_mlp", "italy_power": "ts_cnn",
-              "series": "lstm_forecaster"}
+              "series": "lstm_forecaster", "image_folder": "mnist_cnn, mnist_mlp or torchvision",
+              "table": "tabular_mlp"}
 
 
 def check(ctx: RunContext, selected: list[str]) -> None:
     if not set(selected) & {"train", "export", "check", "parity"}:
         return  # convert alone reads model.onnx only
-    splits = ctx.data.splits
+    data = ctx.data
     dataset = dataset_name(ctx.cfg)
     for split in ("train", "test"):
-        x, y = getattr(splits, split)
-        tensors = list(x.values()) if isinstance(x, dict) else [x]  # several named inputs, or one
-        if len(tensors[0]) == 0:
+        if data.size(split) == 0:
             raise PipelineError(f"dataset={dataset} has an empty {split} split.",
                                 "Use more data, or lower dataset.val_fraction / dataset.test_fraction.")
-        for name, tensor in [*(("inputs", t) for t in tensors), ("targets", y)]:
+    x, y = data.head("train" if "train" in selected else "test", BATCH)
+    # In-memory data is checked whole; streamed data (read from disk per batch) on the batch checked here.
+    for split, (inputs, targets) in _checked_parts(data, x, y):
+        tensors = list(inputs.values()) if isinstance(inputs, dict) else [inputs]  # several named inputs, or one
+        for name, tensor in [*(("inputs", t) for t in tensors), ("targets", targets)]:
             if tensor is not None and torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise PipelineError(f"dataset={dataset}: the {split} {name} hold {bad} NaN or infinite value(s).",
                                     "Clean the data (or, for a CSV series, set dataset.missing=drop|interpolate "
                                     "for missing values).")
-    x, y = (splits.train if "train" in selected else splits.test)
-    x = {n: t[:BATCH] for n, t in x.items()} if isinstance(x, dict) else x[:BATCH]
     net = ctx.initial_net().eval()
     if "export" in selected:
         _check_exportable_size(ctx.cfg, net)
@@ -45,8 +48,7 @@ def check(ctx: RunContext, selected: list[str]) -> None:
         _check_deterministic(ctx, net, x, out)
     if y is None:  # generated inputs without labels: nothing to check the output against
         return
-    y = y[:BATCH]
-    labels = _all_targets(splits)  # a label beyond the network's classes in any split, not just the first batch
+    labels = _all_targets(data)  # a label beyond the network's classes in any split, not just the first batch
     check_output(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
     if "train" in selected:
         _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
@@ -74,11 +76,20 @@ def _check_nodes(cfg) -> None:
                             "every node through a launcher, e.g. hydra/launcher=submitit_slurm.")
 
 
-def _all_targets(splits) -> torch.Tensor:
+def _checked_parts(data, x, y):
+    """(split, (inputs, targets)) to check for NaN and inf: whole splits of in-memory data, else one batch."""
+    from pipeline.datasets.base import InMemoryData
+
+    if isinstance(data, InMemoryData):
+        return [(split, getattr(data.splits, split)) for split in ("train", "test")]
+    return [("first", (x, y))]
+
+
+def _all_targets(data) -> torch.Tensor:
     """The targets of every split, for checks of the label range (validation and test batches see them too)."""
-    parts = [pair[1].reshape(len(pair[1]), -1) for pair in (splits.train, splits.val, splits.test)
-             if pair[1] is not None and len(pair[1])]
-    return torch.cat(parts) if parts else splits.train[1]
+    found = [data.targets(split) for split in SPLITS]
+    parts = [t.reshape(len(t), -1) for t in found if t is not None and len(t)]
+    return torch.cat(parts) if parts else found[0]
 
 
 def _check_trainable(cfg, net: torch.nn.Module) -> None:
@@ -117,14 +128,7 @@ def _check_optimizer(cfg, net: torch.nn.Module) -> None:
                                 f"Check the {key}.* keys against that class's arguments.") from exc
 
 
-def dataset_name(cfg) -> str:
-    """``conf/dataset/<name>.yaml`` is named after its module: pipeline.datasets.<name>.Class."""
-    target = str(cfg.dataset.get("_target_", "?"))
-    parts = target.split(".")
-    return parts[-2] if len(parts) >= 2 else target
-
-
-def _model_hint(dataset: str) -> str:
+def model_hint(dataset: str) -> str:
     suggested = MODELS_FOR.get(dataset)
     return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
 
@@ -144,7 +148,7 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str, exporting: 
         raise PipelineError(
             f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
             f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            f"For dataset={dataset}, {_model_hint(dataset)}, or change model.net.* to fit that input.") from exc
+            f"For dataset={dataset}, {model_hint(dataset)}, or change model.net.* to fit that input.") from exc
     first = check_returned(ctx.cfg, out, exporting)
     _check_finite(ctx.cfg, first)
     return first
@@ -291,7 +295,7 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
         if not per_sample:
             raise PipelineError(f"model.output=value needs one value per sample ([N, 1]), but model.net returns "
                                 f"{shape}.",
-                                f"Make model.net return [N, 1] for dataset={dataset}, or {_model_hint(dataset)}.")
+                                f"Make model.net return [N, 1] for dataset={dataset}, or {model_hint(dataset)}.")
         return
     if not classes:
         raise PipelineError(f"model.output={kind} is for classification, but dataset={dataset} has real-valued "
@@ -324,7 +328,7 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
         raise PipelineError(f"model.net returns {out.shape[1]} class scores per sample, but dataset={dataset} has "
                             f"{classes_in_data} classes.",
                             f"Set the model's number of classes (e.g. model.net.num_classes={classes_in_data}), "
-                            f"or {_model_hint(dataset)}.")
+                            f"or {model_hint(dataset)}.")
     if kind == "log_probs":
         totals = out.double().exp().sum(dim=1)
         if not torch.allclose(totals, torch.ones_like(totals), atol=1e-3):
@@ -342,7 +346,7 @@ def _check_loss(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str
             f"model={cfg.model.name} (model.output={kind}, returns {list(out.shape)}) does not fit dataset={dataset}'s "
             f"targets (shape {list(y.shape)}, {_describe_targets(targets)}): {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            f"Make model.net's output match the targets (e.g. its number of classes), or {_model_hint(dataset)}.") \
+            f"Make model.net's output match the targets (e.g. its number of classes), or {model_hint(dataset)}.") \
             from exc
     if not torch.isfinite(loss):
         raise PipelineError(f"The loss of the first batch is {float(loss)} for model={cfg.model.name} "

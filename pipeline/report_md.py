@@ -21,6 +21,7 @@ LOAD_HINTS = {
     "onnx_int8": "`onnxruntime.InferenceSession(path)`; inputs and outputs as model.onnx's (names, dtypes)",
     "weights": "`model.load_state_dict(torch.load(path, weights_only=True))`",
     "checkpoint": "Lightning checkpoint: `from_run=<this dir>` resumes from it",
+    "labels": "class names, one per line, in output index order",
 }
 
 
@@ -58,6 +59,7 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         ["export", f"opset {cfg.export.opset}; targets: {', '.join(targets) or 'onnx only'}"],
         ["seed", cfg.seed], ["from_run", cfg.get("from_run")],
     ]), ""]
+    lines += data_section(report.get("data") or {})
     lines += ["## Stages", "", *_table(["stage", "status", "seconds", "reason"], [
         [name, s["status"], s["seconds"], s.get("reason", "")] for name, s in report["stages"].items()]), ""]
     if report["metrics"]:
@@ -117,6 +119,36 @@ def sizes_section(report: dict) -> list[str]:
                              for s in e["sizes"])] for e in entries]
     return [f"## Other input sizes (free axes: {described})", "",
             *_table(["runtime", *(f"{shape}: in tolerance, max abs err" for shape in shapes)], rows), ""]
+
+
+def data_section(data: dict) -> list[str]:
+    """What every artifact takes (raw values: the preprocessing is in the graph) and the classes it returns."""
+    if not data.get("inputs"):
+        return []
+    rows = []
+    for spec in data["inputs"]:
+        columns = spec.get("columns")
+        shown = ", ".join(columns[:8]) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "") \
+            if columns else "-"
+        categories = spec.get("categories")
+        rows.append([f"`{spec['name']}`", spec["shape"], spec["dtype"], spec.get("layout"),
+                     spec.get("value_range"), shown,
+                     "; ".join(f"{c}: {len(v) - 1} + unknown (0)" for c, v in categories.items()) if categories
+                     else "-"])
+    lines = ["## Data: what the artifacts take", "",
+             "Every artifact takes the data as stored (one sample's shape, without the batch axis); "
+             + (f"the preprocessing ({data['preprocessing']['formula']}) is part of the exported graph."
+                if data.get("preprocessing") else "no preprocessing is applied."), "",
+             *_table(["input", "shape", "dtype", "layout", "value range", "columns (in order)", "categories (ids)"],
+                     rows), ""]
+    if data.get("classes"):
+        shown = ", ".join(f"{i}: {name}" for i, name in enumerate(data["classes"][:50]))
+        lines += [f"Classes by output index ({len(data['classes'])}; also in `labels.txt`): {shown}"
+                  + (" ..." if len(data["classes"]) > 50 else ""), ""]
+    if data.get("skipped_files"):
+        lines += [f"Skipped as corrupt ({len(data['skipped_files'])}): "
+                  + ", ".join(f"`{f}`" for f in data["skipped_files"][:10]), ""]
+    return lines
 
 
 def quantized_section(report: dict, cfg: DictConfig) -> list[str]:

@@ -100,8 +100,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
             if name not in selected or (failure and not isinstance(failure, StageFailed)):
                 stage.update(status="skipped", reason="an earlier stage failed" if name in selected else "not selected")
                 continue
-            # The checks that need the data run as part of the first stage (it loads the data anyway).
-            checks = (lambda: preflight.check(ctx, selected)) if first else None
+            # What needs the data (the network follows it) runs as part of the first stage: it loads the data
+            # anyway, and a wait for the data (a download lock) shows as that stage running.
+            checks = (lambda: _before_first_stage(ctx, selected)) if first else None
             failure = _run_stage(ctx, name, stage, checks) or failure
             first = False
             report.save()
@@ -140,13 +141,12 @@ def report_early_end(cfg: DictConfig, run_dir: Path, status: str, reason: str) -
 
 
 def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
-    """from_run's artifacts and the model's size; a failure is reported as the first stage's."""
+    """from_run's artifacts; a failure is reported as the first stage's."""
     report = ctx.report
     report.save()  # the run is claimed: report.json says "running" from here on
     try:
         if ctx.cfg.get("from_run"):
             from_run.adopt_artifacts(ctx, from_run.load_source(ctx.cfg.from_run), selected)
-        report.data["model"]["parameters"] = count_parameters(ctx.new_net())
         _check_metric_available(ctx)
     except PipelineError as exc:
         report.data["stages"][selected[0]].update(status="failed", reason=f"before the stage started: {exc}")
@@ -159,6 +159,11 @@ def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
     finally:
         report.save()
     return None
+
+
+def _before_first_stage(ctx: RunContext, selected: list[str]) -> None:
+    ctx.report.data["model"]["parameters"] = count_parameters(ctx.new_net())
+    preflight.check(ctx, selected)
 
 
 def _check_metric_available(ctx: RunContext) -> None:
@@ -202,9 +207,10 @@ def draw_plots(ctx: RunContext) -> list[Path]:
             pass  # generated inputs: no task to plot
         elif predicted is not None:
             if predicted.ndim == 1:
-                drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png"))
+                drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png",
+                                                    ctx.data.spec().classes))
         else:
-            inverse = ctx.data.splits.inverse or (lambda v: v)
+            inverse = ctx.data.inverse or (lambda v: v)
             drawn.append(plots.forecast(inverse(labels.reshape(-1)), inverse(reference.reshape(-1)),
                                         ctx.run_dir / "forecast.png"))
     return [p for p in drawn if p is not None]
@@ -251,6 +257,8 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         raise
     finally:
         stage["seconds"] = round(time.perf_counter() - start, 3)
+        if ctx.data_loaded:  # what reading the data found (files skipped as corrupt...)
+            ctx.report.data["data"].update(ctx.data.report())
         ctx.report.save()
 
 

@@ -120,10 +120,10 @@ class OutputKind(StrEnum):
 
 
 class MissingValues(StrEnum):
-    """What a CSV series does with empty/NaN/"n/a" cells."""
+    """What a CSV series or table does with empty/NaN/"n/a" cells."""
 
     error = "error"  # refuse, naming the rows (the default: never guess silently)
-    drop = "drop"  # leave them out; no window spans a gap
+    drop = "drop"  # leave them out; no window spans a gap (series), those rows (table)
     interpolate = "interpolate"  # linear between the neighbours; leading/trailing gaps are cut off
 
 
@@ -372,6 +372,54 @@ class SyntheticDataConfig(DataConfig):
 
 
 @dataclass
+class ImageFolderDataConfig(DataConfig):
+    """A folder of labelled images (pipeline/datasets/image_folder.py)."""
+
+    _target_: str = "pipeline.datasets.image_folder.ImageFolderData"
+    path: str | None = ranged(None, a_path)
+    image_size: list[int] | None = None  # [H, W]
+    channels: int | None = ranged(None, one_of(1, 3))
+    augment: list[Any] = field(default_factory=list)  # torchvision.transforms.v2 configs, training only
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    num_workers: int = ranged(2, between(0, 256, integer=True))
+    skip_corrupt: bool = False
+    test_fraction: float = ranged(0.2, between(0, 1, low_open=True, high_open=True))
+
+
+class TableTask(StrEnum):
+    auto = "auto"  # text, true/false or few distinct integers: classification; other numbers: regression
+    classification = "classification"
+    regression = "regression"
+
+
+@dataclass
+class TableDataConfig(DataConfig):
+    """A CSV, TSV or Parquet table with a target column (pipeline/datasets/table.py)."""
+
+    _target_: str = "pipeline.datasets.table.TableData"
+    path: str | None = ranged(None, a_path)
+    target: str | None = None
+    features: list[str] | None = None  # null: every column but the target
+    categorical: list[str] = field(default_factory=list)  # columns read as categories even if they hold numbers
+    task: TableTask = TableTask.auto
+    missing: MissingValues = MissingValues.error
+    test_fraction: float = ranged(0.2, between(0, 1, low_open=True, high_open=True))
+
+
+@dataclass
+class ArraysDataConfig(DataConfig):
+    """Arrays in a .npz file (pipeline/datasets/arrays.py)."""
+
+    _target_: str = "pipeline.datasets.arrays.ArraysData"
+    path: str | None = ranged(None, a_path)
+    x: Any = "x"  # a key, or a list of keys (several named inputs)
+    y: str | None = "y"
+    classes: list[str] | None = None  # class names in label order
+    test_fraction: float = ranged(0.2, between(0, 1, low_open=True, high_open=True))
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     _partial_: bool = True  # the train stage passes the parameters
@@ -403,7 +451,8 @@ class OneCycleConfig:
 GROUP_SCHEMAS = {
     "dataset": {"mnist": MnistDataConfig, "italy_power": ItalyPowerDataConfig,
                 "synthetic_tabular": SyntheticTabularDataConfig, "series": SeriesDataConfig,
-                "synthetic": SyntheticDataConfig},
+                "synthetic": SyntheticDataConfig, "image_folder": ImageFolderDataConfig,
+                "table": TableDataConfig, "arrays": ArraysDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
     "scheduler": {"onecycle": OneCycleConfig},
 }

@@ -543,7 +543,8 @@ def test_existing_weights_convert_without_training(tmp_path):
     (("model=ts_cnn", "dataset=italy_power", "model.net.num_classes=1"), "model.output=probability"),
     (("model=ts_cnn", "dataset=italy_power", "model.output=value"), "Set model.output to what model.net returns"),
     (("model=ts_cnn", "dataset=italy_power", "model.output=log_probs"), "model.output=logits"),
-    (("model=tabular_mlp", "dataset=synthetic_tabular", "model.output=logits"), "model.output="),
+    (("model=tabular_mlp", "dataset=synthetic_tabular", "model.output=logits", "model.net.num_classes=1"),
+     "model.output="),
     (("model=ts_cnn", "dataset=italy_power", "model.weights=/no/such/file.pt"), "model.weights"),
 ])
 def test_a_model_that_does_not_fit_the_data_is_refused_before_any_work(tmp_path, overrides, expected):

@@ -97,7 +97,8 @@ def test_a_bad_config_value_is_refused_before_the_run_dir_exists(tmp_path, overr
 
 @pytest.mark.parametrize("overrides, expected", [
     ([*TABULAR, "model.output=value"], ["model.output=value", "class labels", "log_probs"]),
-    ([*TABULAR, "model.output=logits"], ["model.output=logits", "[16, 1]", "model.output=probability"]),
+    ([*TABULAR, "model.output=logits", "model.net.num_classes=1"],
+     ["model.output=logits", "[16, 1]", "model.output=probability"]),
     (["model=mnist_mlp", "model.output=log_probs"], ["model.output=log_probs", "model.output=logits"]),
     (["model.output=probability"], ["model.output=probability", "[16, 10]", "model.output=logits"]),
     (["dataset=italy_power"], ["model=mnist_cnn", "dataset=italy_power", "model=ts_cnn"]),
@@ -365,7 +366,7 @@ def test_from_run_command_line_keys_win_over_the_source(source_run, tmp_path):
                              run_dir=tmp_path / "b")
     assert outcome.code == 0, outcome.output[-3000:]
     report = strict_json(tmp_path / "b" / "report.json")
-    assert report["model"] == {"name": "tabular_mlp", "parameters": 20 * 8 + 8 + 8 + 1}
+    assert report["model"]["name"] == "tabular_mlp" and report["model"]["parameters"] == 20 * 8 + 8 + 8 + 1
     # An experiment sets groups and keys: those win too (seed002 has no scheduler; the source had one-cycle).
     outcome = run_in_process(f"from_run={source_run}", "experiment=seed002_tabular_mlp", "trainer.max_epochs=1",
                              "stages=[train]", run_dir=tmp_path / "c")
@@ -695,7 +696,7 @@ def _weights_files(folder: Path) -> dict[str, Path]:
     from hydra.utils import instantiate
 
     folder.mkdir()
-    state = instantiate(OmegaConf.load(ROOT / "conf" / "model" / "tabular_mlp.yaml").net).state_dict()
+    state = instantiate(OmegaConf.load(ROOT / "conf" / "model" / "tabular_mlp.yaml").net, in_features=20).state_dict()
     files = {"a directory": folder / "dir.pt", "an empty file": folder / "empty.pt", "a text file": folder / "text.pt",
              "a malicious pickle": folder / "evil.pt", "an ONNX model": folder / "model.onnx"}
     files["a directory"].mkdir()

@@ -14,7 +14,8 @@ def test_default_run_trains_to_97_percent_and_is_in_parity(default_run):
     assert report["status"] == "ok"
     assert set(report["stages"]) == set(STAGES)
     assert all(s["status"] == "ok" and s["seconds"] > 0 for s in report["stages"].values())
-    assert report["model"] == {"name": "mnist_cnn", "parameters": 431_080}
+    assert report["model"] == {"name": "mnist_cnn", "parameters": 431_080,
+                               "from_data": {"num_classes": 10, "input_shape": [1, 28, 28]}}
     assert report["metrics"]["test_accuracy"] >= 0.97
     ort_entry = next(e for e in report["parity"] if e["runtime"] == "onnxruntime")
     assert ort_entry["samples"] == 2000  # the whole held-out split
@@ -48,7 +49,7 @@ def test_exported_onnx_has_named_io_dynamic_batch_and_runs_at_batch_1_and_7(defa
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = datasets.MNIST(str(mnist_root), train=False, download=False).data[:7].numpy()
-    batch = ((images / 255.0 - 0.1307) / 0.3081).astype(np.float32)[:, None]
+    batch = images.astype(np.float32)[:, None]  # raw pixels: the normalisation is in the graph
     labels = datasets.MNIST(str(mnist_root), train=False, download=False).targets[:7].numpy()
     for size in (1, 7):
         out = session.run(None, {"input": batch[:size]})[0]

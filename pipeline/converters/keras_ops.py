@@ -284,7 +284,38 @@ def _keras_lstm_weights(w, r, b, hidden: int) -> list[np.ndarray]:
 BATCH_AWARE_OPS = {"Transpose", "Squeeze", "Gather", "LSTM"}
 
 
+# --- a tensor times or plus one constant value (the preprocessing in front of a grey image model) ---------
+
+def convert_mul(node, params, layers, lambda_func, node_name, keras_name):
+    _affine_or_default("Mul", node, params, layers, lambda_func, node_name, keras_name)
+
+
+def convert_add(node, params, layers, lambda_func, node_name, keras_name):
+    _affine_or_default("Add", node, params, layers, lambda_func, node_name, keras_name)
+
+
+def _affine_or_default(op: str, node, params, layers, lambda_func, node_name, keras_name):
+    """A tensor times or plus a constant with a single value as Keras' built-in ``Rescaling`` (onnx2keras
+    makes the constant a Lambda layer, which safe_mode refuses); anything else as onnx2keras does it."""
+    import keras
+    from onnx2keras.elementwise_layers import convert_elementwise_add, convert_elementwise_mul
+    from onnx2keras.utils import is_numpy
+
+    a, b = (layers[name] for name in node.input)
+    constant, tensor = (a, b) if is_numpy(a) and not is_numpy(b) else (b, a) if is_numpy(b) and not is_numpy(a) \
+        else (None, None)
+    if constant is None or constant.size == 0 or not np.all(constant == constant.flat[0]) \
+            or constant.ndim > len(tensor.shape):  # a constant that broadcasts the tensor to more axes
+        default = convert_elementwise_mul if op == "Mul" else convert_elementwise_add
+        return default(node, params, layers, lambda_func, node_name, keras_name)
+    value = float(constant.flat[0])
+    scale, offset = (value, 0.0) if op == "Mul" else (1.0, value)
+    layers[node_name] = keras.layers.Rescaling(scale, offset=offset, name=keras_name)(tensor)
+
+
 EXTRA_CONVERTERS = {
+    "Mul": convert_mul,
+    "Add": convert_add,
     "LogSoftmax": convert_log_softmax,
     "Softmax": convert_softmax,
     "Flatten": convert_flatten,

@@ -1,4 +1,7 @@
-"""MNIST through torchvision, normalised once and kept as tensors."""
+"""MNIST through torchvision, kept as tensors of raw pixels in [0, 255].
+
+The normalisation ``(x / 255 - mean) / std`` is part of the exported graph
+(``pipeline.preprocessing.ImageScaling``): the artifacts take pixels as an app has them."""
 import os
 import socket
 from contextlib import nullcontext
@@ -6,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.datasets.base import InMemoryData, Splits, split_off
+from pipeline.datasets.base import DataSpec, InMemoryData, InputSpec, Splits, split_off
 from pipeline.errors import PipelineError
 
 DOWNLOAD_TIMEOUT_S = 15
@@ -40,8 +43,16 @@ class MnistData(InMemoryData):
         return Splits(train=train_pair, val=val_pair, test=self._tensors(test), files=files)
 
     def _tensors(self, mnist) -> tuple[torch.Tensor, torch.Tensor]:
-        images = (mnist.data.float().div(255.0) - self.mean) / self.std
-        return images.unsqueeze(1).contiguous(), mnist.targets.long()
+        return mnist.data.float().unsqueeze(1).contiguous(), mnist.targets.long()
+
+    def spec(self) -> DataSpec:
+        return DataSpec([InputSpec("input", [1, 28, 28], "float32", layout="NCHW", value_range=[0.0, 255.0])],
+                        task="classification", classes=[str(digit) for digit in range(10)])
+
+    def preprocessing(self):
+        from pipeline.preprocessing import ImageScaling
+
+        return ImageScaling([self.mean], [self.std])
 
     def _read(self, train: bool):
         from torchvision import datasets

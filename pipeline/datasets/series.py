@@ -127,7 +127,7 @@ def read_csv_column(path: Path, column: str | None, missing: str = "error") -> n
     return _checked_values(frame[column], path, column, missing)
 
 
-def _read_csv(path: Path):
+def _read_csv(path: Path, separator: str = ","):
     import pandas as pd
 
     if path.is_dir():
@@ -140,7 +140,7 @@ def _read_csv(path: Path):
         raise PipelineError(f"dataset.path={str(path)!r} does not exist.", "Point dataset.path at a CSV file.")
     try:
         # An empty cell of a one-column file is a blank line: kept (as missing), never silently skipped.
-        frame = pd.read_csv(path, skip_blank_lines=False)
+        frame = pd.read_csv(path, sep=separator, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"dataset.path={str(path)!r} is empty.", "Point dataset.path at a CSV file with a "
                             "header line and one value per line.") from None

@@ -30,10 +30,10 @@ _NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|sup
 
 def run(ctx: RunContext) -> None:
     net = ctx.net.eval()
-    x = ctx.data.splits.test[0]
+    x = ctx.data.head("test", 1)[0]
     names = list(x) if isinstance(x, dict) else [INPUT_NAME]
     # Copies: a network that changes its input in place must not change the test split parity reads.
-    args = tuple(x[n][:1].clone() for n in names) if isinstance(x, dict) else (x[:1].clone(),)
+    args = tuple(x[n].clone() for n in names) if isinstance(x, dict) else (x.clone(),)
     requested = int(ctx.cfg.export.opset)
     outputs = output_names(net, args)
     free = free_axes.resolve(ctx.cfg.export.get("dynamic_axes"),
@@ -46,6 +46,19 @@ def run(ctx: RunContext) -> None:
     ctx.report.add_artifact("onnx", ctx.onnx_path, opset=opset, **extra)
     ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs,
                                  "dynamic_axes": {n: {str(a): label for a, label in axes[n].items()} for n in axes}}
+    write_labels(ctx)
+
+
+LABELS_NAME = "labels.txt"
+
+
+def write_labels(ctx: RunContext) -> None:
+    """The class names, one per line in output index order, beside the artifacts (what an app shows)."""
+    classes = ctx.data.spec().classes
+    if classes and ctx.output_kind != "value":
+        path = ctx.run_dir / LABELS_NAME
+        write_with(path, lambda tmp: tmp.write_text("".join(f"{name}\n" for name in classes)))
+        ctx.report.add_artifact("labels", path)
 
 
 def dynamic_axes(net, args: tuple, names: list[str], outputs: list[str], free: dict) -> dict:

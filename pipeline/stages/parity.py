@@ -146,7 +146,7 @@ def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quan
 def _held_out(ctx: RunContext, samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     feeds = ctx.held_out_inputs(None if samples is None else int(samples))
     count = len(next(iter(feeds.values())))
-    labels = ctx.data.splits.test[1]
+    labels = ctx.data.targets("test")
     return feeds, None if labels is None else labels[:count].numpy()
 
 
@@ -154,7 +154,7 @@ def _metric(ctx: RunContext, outputs: dict, labels) -> float | None:
     if labels is None:
         return None
     kind = ctx.output_kind
-    return tasks.evaluate(kind, outputs[ctx.output_names[0]], labels, ctx.data.splits.inverse)[tasks.metric_name(kind)]
+    return tasks.evaluate(kind, outputs[ctx.output_names[0]], labels, ctx.data.inverse)[tasks.metric_name(kind)]
 
 
 def _runtimes_under_test(ctx: RunContext):

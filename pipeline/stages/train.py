@@ -14,17 +14,18 @@ from pytorch_lightning.loggers import CSVLogger
 from pipeline import tasks
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
+from pipeline.datasets.base import length_of
 from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.lit_module import TaskModule
 from pipeline.preflight import check_finite_outputs
+from pipeline.preprocessing import inner
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
-    x, y = ctx.data.splits.train
-    if y is None or isinstance(x, dict):
-        raise PipelineError("This dataset has no labels (or several inputs): there is nothing to train on.",
+    if ctx.data.spec().task is None:
+        raise PipelineError("This dataset has no labels: there is nothing to train on.",
                             "Drop train from stages and give the weights: stages=[export,check,convert,parity] "
                             "model.weights=<state_dict or checkpoint> (model.weights=init: the constructor's own).")
     # The run dir is new (pipeline/run_dir.py), so Lightning's "logs directory exists ... will be deleted"
@@ -54,7 +55,7 @@ def run(ctx: RunContext) -> None:
         # every runtime are float32: the trained weights are kept in float32 (checkpoints keep their dtype).
         net.float()
     net.eval()
-    predictions = predict(net, ctx.data.splits.test[0])
+    predictions = predict(net, ctx.data.head("test")[0])
     ctx.report.data["metrics"].update(evaluate(ctx, net, predictions))
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -62,7 +63,8 @@ def run(ctx: RunContext) -> None:
     check_converged(ctx, net)
     check_finite_outputs(cfg, {"output": predictions}, "test")  # finite metrics can hide NaN predictions
     ctx.net = net
-    write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
+    # model.pt is the user's network's own state_dict: the preprocessing is rebuilt from the data
+    write_with(ctx.weights_path, lambda tmp: torch.save(inner(net).state_dict(), tmp))
     ctx.report.add_artifact("weights", ctx.weights_path)
     ctx.report.data["trainer"] = {
         # Under ddp_spawn the loop state stays in the workers: a finished fit ran max_epochs.
@@ -131,17 +133,23 @@ def _interrupted_message(ctx: RunContext) -> str:
             f"Resume with: python -m pipeline from_run={ctx.run_dir}")
 
 
-def predict(net: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Run the PyTorch network in eval mode over ``inputs`` in batches."""
+def predict(net: torch.nn.Module, inputs, batch_size: int = 512) -> np.ndarray:
+    """Run the PyTorch network in eval mode over ``inputs`` (a tensor, or a dict of them in input order) in
+    batches."""
     net.eval()
     with torch.inference_mode():
         # Copies: a network that changes its input in place must not change the test split.
-        outs = [flatten_outputs(net(inputs[i:i + batch_size].clone()))[0]  # the task's output: the first
-                for i in range(0, len(inputs), batch_size)]
+        outs = [flatten_outputs(net(*_rows(inputs, i, i + batch_size)))[0]  # the task's output: the first
+                for i in range(0, length_of(inputs), batch_size)]
     return torch.cat(outs).numpy()
 
 
+def _rows(inputs, start: int, stop: int) -> list[torch.Tensor]:
+    tensors = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
+    return [t[start:stop].clone() for t in tensors]
+
+
 def evaluate(ctx: RunContext, net: torch.nn.Module, predictions: np.ndarray | None = None) -> dict:
-    x, y = ctx.data.splits.test
+    x, y = ctx.data.head("test")
     predictions = predict(net, x) if predictions is None else predictions
-    return tasks.evaluate(ctx.output_kind, predictions, y.numpy(), ctx.data.splits.inverse)
+    return tasks.evaluate(ctx.output_kind, predictions, y.numpy(), ctx.data.inverse)

@@ -1,0 +1,293 @@
+"""The user's own data (pipeline/datasets/): image folders, tables, .npz arrays and a LightningDataModule, each
+trained, converted and compared on files written here, with artifacts that take the data as stored."""
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_report, run_in_process, tree
+
+DIGITS = {0: "zero", 1: "one", 7: "seven"}
+
+
+def write_digit_folder(root, mnist_root, per_class: int, split: bool, rgb: bool = False) -> dict:
+    """Real MNIST digits as PNG/JPEG files in class folders (DIR/<class>/ or DIR/train|test/<class>/)."""
+    from PIL import Image
+    from torchvision import datasets
+
+    mnist = datasets.MNIST(str(mnist_root), train=True, download=False)
+    written: dict = {}
+    counts = dict.fromkeys(DIGITS, 0)
+    for image, label in zip(mnist.data.numpy(), mnist.targets.numpy(), strict=True):
+        label = int(label)
+        if label not in DIGITS or counts[label] >= per_class:
+            continue
+        index = counts[label]
+        part = ("test" if index % 4 == 0 else "train") if split else ""
+        folder = root / part / DIGITS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{index}.{'png' if index % 2 else 'jpg'}"
+        picture = Image.fromarray(image)
+        (picture.convert("RGB") if rgb else picture).save(path, quality=95)
+        written.setdefault(part, []).append((path, DIGITS[label]))
+        counts[label] += 1
+    (root / ".DS_Store").write_bytes(b"\x00\x01 not an image")
+    (root / ("train" if split else "") / "zero" / "README.txt").write_text("notes, not an image")
+    return written
+
+
+def run_ok(run_dir, *overrides: str) -> dict:
+    """The CLI in this process; it must succeed. Returns report.json."""
+    outcome = run_in_process(*overrides, run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    return read_report(run_dir)
+
+
+def raw_pixels(paths, rgb: bool) -> np.ndarray:
+    """Images as an app would read them (PIL, not the pipeline): float32 [N, C, H, W] in [0, 255]."""
+    from PIL import Image
+
+    arrays = [np.asarray(Image.open(p).convert("RGB" if rgb else "L"), dtype=np.float32) for p in paths]
+    stacked = np.stack(arrays)
+    return stacked.transpose(0, 3, 1, 2) if rgb else stacked[:, None]
+
+
+def test_image_folder_trains_converts_and_its_artifacts_take_raw_pixels(tmp_path, mnist_root):
+    folder = tmp_path / "digits"
+    written = write_digit_folder(folder, mnist_root, per_class=80, split=True)
+    run_dir = tmp_path / "run"
+    outcome = run_in_process("model=mnist_cnn", "dataset=image_folder", f"dataset.path={folder}", "export=all",
+                             "trainer.max_epochs=4", "dataset.num_workers=1",
+                             "dataset.augment=[{_target_: torchvision.transforms.v2.RandomAffine, degrees: 5}]",
+                             run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    report = read_report(run_dir)
+    data = report["data"]
+    assert data["classes"] == ["one", "seven", "zero"]  # sorted folder names; .DS_Store and README.txt ignored
+    assert data["inputs"] == [{"name": "input", "shape": [1, 28, 28], "dtype": "float32", "layout": "NCHW",
+                               "value_range": [0.0, 255.0]}]
+    assert data["images"] == {"train": 162, "val": 18, "test": 60}  # val: 10 % of train/, per class
+    assert report["model"]["from_data"] == {"num_classes": 3, "input_shape": [1, 28, 28]}
+    assert (run_dir / "labels.txt").read_text().splitlines() == ["one", "seven", "zero"]
+    assert report["metrics"]["test_accuracy"] >= 0.9
+    assert all(e["in_tolerance"] for e in report["parity"]), report["parity"]
+    assert {e["runtime"] for e in report["parity"]} == {"onnxruntime", "keras", "tensorflow", "tflite"}
+    # The raw file contents, decoded by PIL, fed to model.onnx and model.tflite: the reported accuracy.
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    paths, names = zip(*written["test"], strict=True)
+    labels = np.array([data["classes"].index(n) for n in names])
+    pixels = raw_pixels(paths, rgb=False)
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_accuracy = float((session.run(None, {"input": pixels})[0].argmax(1) == labels).mean())
+    runner = Interpreter(model_path=str(run_dir / "model.tflite")).get_signature_runner()
+    tflite_accuracy = float((runner(input=pixels)["output"].argmax(1) == labels).mean())
+    metric = next(e["metric"] for e in report["parity"] if e["runtime"] == "onnxruntime")
+    assert onnx_accuracy == pytest.approx(metric, abs=1 / len(labels)) and tflite_accuracy == pytest.approx(metric,
+                                                                                                            abs=0.02)
+    assert "Data: what the artifacts take" in (run_dir / "report.md").read_text()
+
+
+def test_image_folder_without_split_folders_is_split_per_class_and_rgb_follows_the_files(tmp_path, mnist_root):
+    folder = tmp_path / "digits"
+    write_digit_folder(folder, mnist_root, per_class=30, split=False, rgb=True)
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, "model=mnist_mlp", "dataset=image_folder", f"dataset.path={folder}",
+                    "dataset.image_size=[20,20]", "dataset.num_workers=0", "trainer.max_epochs=1",
+                    "stages=[train,export,check]")
+    assert report["data"]["inputs"][0]["shape"] == [3, 20, 20]  # channels from the files, size from the key
+    assert report["data"]["images"]["test"] == 18 and report["data"]["images"]["train"] >= 60
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_corrupt_image_is_named_or_skipped(tmp_path, mnist_root, skip):
+    folder = tmp_path / "digits"
+    write_digit_folder(folder, mnist_root, per_class=20, split=False)
+    broken = folder / "seven" / "broken.png"
+    broken.write_bytes((folder / "seven" / "1.png").read_bytes()[:60])  # a truncated PNG
+    run_dir = tmp_path / "run"
+    before = tree(folder)
+    outcome = run_in_process("model=mnist_cnn", "dataset=image_folder", f"dataset.path={folder}",
+                             "dataset.num_workers=0", "trainer.max_epochs=1", "stages=[train,export]",
+                             f"dataset.skip_corrupt={str(skip).lower()}", run_dir=run_dir)
+    assert tree(folder) == before
+    assert "Traceback" not in outcome.output
+    if skip:
+        assert outcome.code == 0, outcome.output[-3000:]
+        assert read_report(run_dir)["data"]["skipped_files"] == [str(broken)]
+    else:
+        assert outcome.code == 1
+        assert "broken.png is corrupt or truncated" in outcome.output and "dataset.skip_corrupt=true" in outcome.output
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("empty_class", "holds no images"),
+    ("one_class", "a classifier needs at least two"),
+    ("no_classes", "no class sub-folders"),
+    ("missing", "is not a folder"),
+])
+def test_a_bad_image_folder_is_a_clear_error(tmp_path, mnist_root, layout, expected):
+    folder = tmp_path / "digits"
+    write_digit_folder(folder, mnist_root, per_class=4, split=False)
+    if layout == "empty_class":
+        (folder / "eight").mkdir()
+    elif layout == "one_class":
+        for name in ("one", "seven"):
+            for file in (folder / name).iterdir():
+                file.unlink()
+            (folder / name).rmdir()
+    elif layout == "no_classes":
+        folder = folder / "zero"
+        for file in folder.glob("*.txt"):
+            file.unlink()
+    elif layout == "missing":
+        folder = folder / "nope"
+    outcome = run_in_process("dataset=image_folder", f"dataset.path={folder}", "stages=[train]",
+                             run_dir=tmp_path / "run")
+    assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output
+
+
+def write_table(path, rows: int = 400, seed: int = 0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    species = rng.choice(["setosa", "versicolor", "virginica"], rows)
+    centre = {"setosa": (5.0, 3.4, 1.5), "versicolor": (5.9, 2.8, 4.3), "virginica": (6.6, 3.0, 5.5)}
+    values = np.array([centre[s] for s in species]) + rng.normal(0, 0.25, (rows, 3))
+    frame = pd.DataFrame(values, columns=["sepal_length", "sepal_width", "petal_length"])
+    frame.insert(1, "habitat", np.where(species == "setosa", "marsh", rng.choice(["field", "wood"], rows)))
+    frame["species"] = species
+    frame.to_csv(path, index=False) if path.suffix == ".csv" else frame.to_parquet(path)
+    return frame
+
+
+def test_a_csv_with_a_text_label_and_a_text_column_trains_and_its_onnx_takes_the_raw_columns(tmp_path):
+    frame = write_table(tmp_path / "flowers.csv")
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, "model=tabular_mlp", "model.output=logits", "dataset=table",
+                    f"dataset.path={tmp_path / 'flowers.csv'}", "dataset.target=species", "export=tflite",
+                    "trainer.max_epochs=8")
+    numeric, categorical = report["data"]["inputs"]
+    assert numeric["name"] == "numeric" and numeric["columns"] == ["sepal_length", "sepal_width", "petal_length"]
+    assert categorical == {"name": "categorical", "shape": [1], "dtype": "int64", "layout": "NC",
+                           "columns": ["habitat"], "categories": {"habitat": ["<unknown>", "field", "marsh", "wood"]}}
+    assert report["data"]["classes"] == ["setosa", "versicolor", "virginica"]
+    assert report["model"]["from_data"] == {"in_features": 6, "num_classes": 3}  # 3 numbers + 3 one-hot
+    assert report["metrics"]["test_accuracy"] >= 0.85
+    assert all(e["in_tolerance"] for e in report["parity"]), report["parity"]
+    # Every row of the file, as an app has it: raw numbers, category ids from report.json (unknown: 0).
+    import onnxruntime as ort
+
+    ids = {v: i for i, v in enumerate(categorical["categories"]["habitat"])}
+    feeds = {"numeric": frame[numeric["columns"]].to_numpy(np.float32),
+             "categorical": np.array([[ids.get(v, 0)] for v in frame["habitat"]], dtype=np.int64)}
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    predicted = session.run(None, feeds)[0].argmax(1)
+    truth = np.array([report["data"]["classes"].index(s) for s in frame["species"]])
+    assert (predicted == truth).mean() >= 0.85
+    unseen = {"numeric": feeds["numeric"][:2], "categorical": np.zeros((2, 1), dtype=np.int64)}  # unknown habitat
+    assert np.isfinite(session.run(None, unseen)[0]).all()
+
+
+def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["price"] = 1000 + 200 * x[:, 0] - 50 * x[:, 1] + rng.normal(0, 5, 300)
+    frame.to_parquet(tmp_path / "prices.parquet")
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, "model=tabular_mlp", "model.output=value", "dataset=table",
+                    f"dataset.path={tmp_path / 'prices.parquet'}", "dataset.target=price",
+                    "trainer.max_epochs=30", "stages=[train,export,check,parity]")
+    assert report["data"]["task"] == "regression" and report["model"]["from_data"]["num_classes"] == 1
+    assert report["metrics"]["test_mae"] < 100  # dollars, against a spread of 200
+
+
+@pytest.mark.parametrize("change, override, expected", [
+    (None, "dataset.target=colour", "dataset.target='colour' is not a column"),
+    ("one_class", "dataset.target=species", "has one value ('setosa')"),
+    ("mixed", "dataset.target=species", "Column 'sepal_width' of"),
+    ("missing", "dataset.target=species", "missing value(s): line 4"),
+])
+def test_a_bad_table_is_a_clear_error_naming_the_column(tmp_path, change, override, expected):
+    frame = write_table(tmp_path / "flowers.csv", rows=60)
+    if change == "one_class":
+        frame["species"] = "setosa"
+    elif change == "mixed":
+        frame["sepal_width"] = frame["sepal_width"].astype(object)
+        frame.loc[5, "sepal_width"] = "wide"
+    elif change == "missing":
+        frame.loc[2, "petal_length"] = np.nan
+    frame.to_csv(tmp_path / "flowers.csv", index=False)
+    outcome = run_in_process("model=tabular_mlp", "dataset=table", f"dataset.path={tmp_path / 'flowers.csv'}",
+                             override, run_dir=tmp_path / "run")
+    assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
+
+
+def test_npz_arrays_train_with_class_names_and_a_pickled_file_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, "model=tabular_mlp", "model.output=logits", "dataset=arrays",
+                    f"dataset.path={tmp_path / 'data.npz'}", "dataset.classes=[low,high]",
+                    "trainer.max_epochs=5", "export=tflite")
+    assert report["data"]["classes"] == ["low", "high"] and report["model"]["from_data"]["in_features"] == 8
+    assert report["metrics"]["test_accuracy"] >= 0.9
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}] * 4, dtype=object), y=np.zeros(4))
+    outcome = run_in_process("model=tabular_mlp", "dataset=arrays", f"dataset.path={tmp_path / 'objects.npz'}",
+                             run_dir=tmp_path / "run2")
+    assert outcome.code == 1 and "never unpickled" in outcome.output and "Traceback" not in outcome.output
+
+
+DATAMODULE = '''
+import torch
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class BlobsModule(pl.LightningDataModule):
+    """Two Gaussian blobs in 6-D, as a user's own DataModule would give them."""
+
+    classes = ["left", "right"]
+
+    def __init__(self, samples: int = 600, batch_size: int = 32):
+        super().__init__()
+        self.samples, self.batch_size = samples, batch_size
+
+    def setup(self, stage=None):
+        g = torch.Generator().manual_seed(0)
+        y = torch.randint(0, 2, (self.samples,), generator=g)
+        x = torch.randn(self.samples, 6, generator=g) + (y[:, None] * 2.0 - 1.0)
+        self.train_set = TensorDataset(x[:400], y[:400])
+        self.test_set = TensorDataset(x[400:], y[400:])
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def test_dataloader(self):
+        return DataLoader(self.test_set, batch_size=self.batch_size)
+'''
+
+
+def test_a_users_own_datamodule_trains_and_feeds_parity(tmp_path, monkeypatch):
+    (tmp_path / "user_blobs.py").write_text(textwrap.dedent(DATAMODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    outcome = run_in_process("model=tabular_mlp", "model.output=logits", "dataset=datamodule",
+                             "dataset._target_=user_blobs.BlobsModule", "+dataset.samples=600",
+                             "trainer.max_epochs=3", "export=keras", run_dir=run_dir)
+    sys.modules.pop("user_blobs", None)
+    assert outcome.code == 0, outcome.output[-3000:]
+    report = read_report(run_dir)
+    assert report["data"]["classes"] == ["left", "right"]
+    assert report["model"]["from_data"] == {"in_features": 6, "num_classes": 2}
+    assert report["reference"]["samples"] == 200 and report["metrics"]["test_accuracy"] >= 0.9
+    assert all(e["in_tolerance"] for e in report["parity"])
+    assert json.loads((run_dir / "report.json").read_text())["data"]["inputs"][0]["shape"] == [6]
