@@ -94,7 +94,7 @@ def saved_model_for(job) -> tuple[Path, dict]:
         folder = Path(tempfile.mkdtemp(prefix=f"pipeline_saved_model_{layout}_"))
         atexit.register(shutil.rmtree, folder, True)  # only the TFLite made from it is an artifact
         path = folder / "saved_model"
-        job.cache[key] = (path, write_saved_model(build_for(job), path, layout, job.sample))
+        job.cache[key] = (path, write_saved_model(build_for(job, loops=True), path, layout, job.sample))
     return job.cache[key]
 
 

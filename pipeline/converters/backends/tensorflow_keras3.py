@@ -11,7 +11,7 @@ def convert(job: ConvertJob) -> dict:
     from pipeline.converters.keras3 import build_for
 
     layout = io_layout.wanted(job)
-    perms = io_layout.write_saved_model(build_for(job), job.out_path, layout, job.sample)
+    perms = io_layout.write_saved_model(build_for(job, loops=True), job.out_path, layout, job.sample)
     job.cache[("saved_model_layout", str(job.out_path))] = perms  # what the TFLite targets convert from
     return {**perms, "signature": "serving_default",
             "load": "tf.saved_model.load(path).signatures['serving_default']"}
