@@ -193,6 +193,16 @@ def test_a_3_layer_bidirectional_lstm_over_512_steps_converts_to_tflite_in_parit
     assert time.perf_counter() - start < 90
 
 
+def test_gru_with_an_initial_state_and_a_relu_rnn_over_200_steps_in_tflite(tmp_path):
+    report = run_composed(model("RecurrentVariants"), "model.output=logits", "model.weights=init",
+                          "stages=[export,check,convert,parity]", "dataset=synthetic", "dataset.shape=[200,8]",
+                          "dataset.samples=8", "parity.latency_repeats=2", "export=[tflite,tflite_int8_dynamic]",
+                          "export.dynamic_axes=time", "parity.shapes=[[7,8],[300,8]]", run_dir=tmp_path / "run")
+    for name, entry in entries(report).items():
+        assert entry["in_tolerance"] and all(size["in_tolerance"] for size in entry["sizes"]), (name, entry)
+    assert entries(report)["tflite"]["allclose"] and all(s["allclose"] for s in entries(report)["tflite"]["sizes"])
+
+
 # --- refusals, by name -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("net, named", [
@@ -311,3 +321,20 @@ class StackedBiLSTM(nn.Module):
     def forward(self, x):
         out, _ = self.lstm(x)
         return self.head(out[:, -1])
+
+
+class RecurrentVariants(nn.Module):
+    """A 2-layer bidirectional GRU from a computed initial state, then a relu RNN, over [N, T, 8]."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.start = nn.Linear(8, 12)
+        self.gru = nn.GRU(8, 12, num_layers=2, bidirectional=True, batch_first=True)
+        self.rnn = nn.RNN(24, 6, nonlinearity="relu", batch_first=True)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        h0 = torch.tanh(self.start(x.mean(1))).unsqueeze(0).expand(4, -1, -1).contiguous()
+        out, _ = self.gru(x, h0)
+        out, last = self.rnn(out)
+        return self.head(last[0] + out.mean(1))
