@@ -9,7 +9,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
-from pipeline.preprocessing import inner
 from pipeline.report import Report, sha256_of
 
 ONNX_NAME = "model.onnx"
@@ -74,7 +73,7 @@ class RunContext:
         """model.net built (seeded), with the arguments the data determines (``pipeline.network``), behind
         the dataset's preprocessing (``pipeline.preprocessing``) when it has one."""
         from pipeline import network
-        from pipeline.preprocessing import wrap
+        from pipeline.preprocessing import attach
 
         net_cfg = self.cfg.model.net
         filled = network.from_data(net_cfg, self.data.spec(), self.output_kind)
@@ -85,7 +84,7 @@ class RunContext:
         torch.manual_seed(int(self.cfg.seed))
         pre = self.data.preprocessing()
         try:
-            net = wrap(_build(network.net_config(net_cfg, filled), "model.net"), pre)
+            net = attach(_build(network.net_config(net_cfg, filled), "model.net"), pre)
         except PipelineError as exc:
             if not filled or "could not be built" not in str(exc):
                 raise
@@ -172,9 +171,6 @@ class RunContext:
         if problem:
             raise PipelineError(f"{what} is not PyTorch weights: {problem}.", fix)
         net = self.new_net()
-        # A weights file holds the user's network (model.pt, a state_dict, a checkpoint's net.*), never the
-        # preprocessing in front of it, which the data gives.
-        target = inner(net)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -188,11 +184,11 @@ class RunContext:
                 reason = f"{type(exc).__name__}: {_first_line(exc)[:300]}"
             raise PipelineError(f"{what} is unreadable as PyTorch weights: {reason}.", fix) from exc
         try:
-            target.load_state_dict(state_dict_of(state, target))
+            net.load_state_dict(state_dict_of(state, net))
         except Exception as exc:
             raise PipelineError(
                 f"{what}: the weights in {path} do not fit model={self.cfg.model.name} "
-                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, target, exc)}",
+                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, net, exc)}",
                 "Check that model= (and its model.net.* arguments) match the network that produced them "
                 "(with from_run, drop model= to use that run's model).",
             ) from exc

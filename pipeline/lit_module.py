@@ -7,24 +7,20 @@ import torch
 from torch import nn
 
 from pipeline import tasks
-from pipeline.preprocessing import Preprocessed, apply, inner
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 
 class TaskModule(pl.LightningModule):
-    """Trains ``net`` (behind the dataset's preprocessing, if any: checkpoints hold ``net.*`` either way)."""
-
     def __init__(self, net: nn.Module, output: str, optimizer: Callable, scheduler: Callable | None = None):
         super().__init__()
-        self.pre = net.pre if isinstance(net, Preprocessed) else None
-        self.net = inner(net)
+        self.net = net
         self.output = tasks.check_output_kind(output)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
     def forward(self, x) -> torch.Tensor:
         # several named inputs come as a dict, in the dataset's (and the export's) input order
-        return apply(self.pre, self.net, list(x.values()) if isinstance(x, dict) else [x])
+        return self.net(*x.values()) if isinstance(x, dict) else self.net(x)
 
     def _step(self, batch, split: str) -> torch.Tensor:
         x, y = batch

@@ -9,34 +9,29 @@ cannot forget a normalisation that lives in the graph. The statistics are non-pe
 import torch
 from torch import nn
 
-
-class Preprocessed(nn.Module):
-    """``net`` behind the dataset's preprocessing; takes the dataset's raw inputs (positional, in order)."""
-
-    def __init__(self, pre: nn.Module, net: nn.Module):
-        super().__init__()
-        self.pre = pre
-        self.net = net
-
-    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
-        return apply(self.pre, self.net, [*inputs, *named.values()])
+# The attribute of model.net that holds the preprocessing (its ops are named after it in model.onnx).
+ATTRIBUTE = "pipeline_preprocessing"
 
 
-def apply(pre: nn.Module | None, net: nn.Module, inputs: list[torch.Tensor]):
-    """``net`` on the raw ``inputs`` (in the dataset's input order) through ``pre``."""
-    if pre is None:
-        return net(*inputs)
-    x = pre(*inputs)
-    return net(**x) if isinstance(x, dict) else net(x)
+def attach(net: nn.Module, pre: nn.Module | None) -> nn.Module:
+    """``net`` taking the dataset's raw inputs: ``pre`` becomes a child module (non-persistent buffers: the
+    state_dict is unchanged) run by a forward pre-hook, so that every name in the network, its weights
+    file and its exported graph stays the network's own, and training, export and parity all see it."""
+    if pre is not None:
+        net.add_module(ATTRIBUTE, pre)
+        net.register_forward_pre_hook(_preprocess, with_kwargs=True)
+    return net
 
 
-def inner(net: nn.Module) -> nn.Module:
-    """The user's own network inside a ``Preprocessed`` one (or ``net`` itself)."""
-    return net.net if isinstance(net, Preprocessed) else net
+def _preprocess(net: nn.Module, args: tuple, kwargs: dict):
+    """The hook: raw inputs (positional, or named in the dataset's input order) -> what model.net takes.
+    A module-level function, so that the network still pickles (DDP's spawned workers)."""
+    x = getattr(net, ATTRIBUTE)(*args, *kwargs.values())
+    return ((), x) if isinstance(x, dict) else ((x,), {})
 
 
-def wrap(net: nn.Module, pre: nn.Module | None) -> nn.Module:
-    return net if pre is None else Preprocessed(pre, net)
+def preprocessing_of(net: nn.Module) -> nn.Module | None:
+    return getattr(net, ATTRIBUTE, None)
 
 
 class ImageScaling(nn.Module):

@@ -18,7 +18,6 @@ from pipeline.datasets.base import length_of
 from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.lit_module import TaskModule
 from pipeline.preflight import check_finite_outputs
-from pipeline.preprocessing import inner
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 
@@ -63,8 +62,7 @@ def run(ctx: RunContext) -> None:
     check_converged(ctx, net)
     check_finite_outputs(cfg, {"output": predictions}, "test")  # finite metrics can hide NaN predictions
     ctx.net = net
-    # model.pt is the user's network's own state_dict: the preprocessing is rebuilt from the data
-    write_with(ctx.weights_path, lambda tmp: torch.save(inner(net).state_dict(), tmp))
+    write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
     ctx.report.add_artifact("weights", ctx.weights_path)
     ctx.report.data["trainer"] = {
         # Under ddp_spawn the loop state stays in the workers: a finished fit ran max_epochs.
