@@ -17,8 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from pipeline import foreign_config, schema
 from pipeline import run_dir as run_dirs
-from pipeline import schema
 from pipeline.context import ONNX_NAME, WEIGHTS_NAME, RunContext
 from pipeline.converters import TARGETS
 from pipeline.errors import PipelineError
@@ -79,7 +79,7 @@ class SourceRun:
 
     def unfinished_stages(self) -> list[str]:
         """The stages the source selected and did not finish, in run order."""
-        selected = self.config.get("stages") or list(STAGES)
+        selected = _raw(self.config, "stages") or list(STAGES)  # never resolved: the config is foreign
         return [s for s in STAGES if s in selected and self.stage_status(s) != "ok"]
 
 
@@ -147,12 +147,25 @@ def _not_a_run(report, config) -> str | None:
             return f"report.json {key} is not an object"
     if not isinstance(config, DictConfig):
         return f".hydra/config.yaml holds a {type(config).__name__}, not a mapping"
-    missing = [key for key in ("model", "dataset", "stages") if key not in config]
+    missing = [key for key in ("model", "dataset", "stages") if key not in config.keys()]
     if missing:
         return f".hydra/config.yaml has no {', '.join(missing)}"
-    if not isinstance(config._get_node("model"), DictConfig) or "net" not in config.model:
+    if not isinstance(config._get_node("model"), DictConfig) or "net" not in config._get_node("model").keys():
         return ".hydra/config.yaml model has no net"
+    stages = _raw(config, "stages")
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        return f".hydra/config.yaml stages is {stages!r}, not a list of stage names"
     return None
+
+
+def _raw(config: DictConfig, key: str):
+    """``config``'s value at a dotted key as written (interpolations never resolved), None if absent."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or part not in node.keys():
+            return None
+        node = node._get_node(part)
+    return _plain(node)
 
 
 # --- the config: the source's, then the command line's ---
@@ -204,13 +217,16 @@ def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) ->
     resuming = "stages" not in given
     adopted = RESUMED_KEYS if resuming else ADOPTED_KEYS
     # Copies: the adopted values below replace the nodes these were read from.
+    trusted = bool(cfg.get("from_run_trust"))
+    if not trusted:  # a run dir from elsewhere is data: it names no code and reads nothing of this machine
+        foreign_config.check(source.config, adopted, _given_again(given, deleted), str(source.path))
     kept = {key: _plain(OmegaConf.select(cfg, key, throw_on_missing=False)) for key in given
             if key.split(".")[0] in adopted and OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT}
     try:
         with open_dict(cfg):
             for key in adopted:
-                if key in source.config:
-                    _set_node(cfg, key, _plain(source.config._get_node(key)))
+                if key in source.config.keys():
+                    _set_node(cfg, key, _plain(source.config._get_node(key)), trusted, source)
             for key in sorted(kept, key=lambda k: k.count(".")):  # whole groups first, then single keys
                 if "." in key:
                     OmegaConf.update(cfg, key, kept[key], merge=False)
@@ -235,6 +251,16 @@ def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) ->
     _check_one_source_of_weights(cfg, source, given)
 
 
+def _given_again(given: set[str], deleted: set[str]):
+    """Whether the command line sets (or removes) a key or one of its parents: the source's value is not used."""
+    replaced = given | deleted
+
+    def overridden(key: str) -> bool:
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in replaced for i in range(1, len(parts) + 1))
+    return overridden
+
+
 def _check_one_source_of_weights(cfg: DictConfig, source: SourceRun, given: set[str]) -> None:
     """Without train, the weights come from the source's model.pt: a model.weights given on the command
     line as well would be ignored without a word."""
@@ -257,11 +283,17 @@ def _plain(node):
     return node._value() if hasattr(node, "_value") else node
 
 
-def _set_node(cfg: DictConfig, key: str, value) -> None:
+def _set_node(cfg: DictConfig, key: str, value, trusted: bool = True, source: SourceRun | None = None) -> None:
     """Replace ``cfg[key]``, keeping its schema (types and ranges still apply to the new value)."""
     if isinstance(value, dict):
         if key in TYPED_GROUPS:
             value = schema.typed_option(key, value)
+            if key == "dataset" and isinstance(value, dict) and not trusted and source is not None:
+                raise PipelineError(
+                    f"from_run={source.path}: its dataset (_target_={value.get('_target_')}) is not one of this "
+                    "project's datasets, so it would be adopted without types or ranges.",
+                    "Pick the dataset on the command line (e.g. dataset=mnist), or add from_run_trust=true if you "
+                    "trust that run dir.")
         elif is_dataclass(node_type := OmegaConf.get_type(cfg, key)):
             value = OmegaConf.merge(OmegaConf.structured(node_type), value)
     cfg[key] = value
@@ -327,7 +359,7 @@ def check_resumable(cfg: DictConfig, source: SourceRun) -> None:
     """A checkpoint resumes only the network and optimizer it was saved from."""
     for key in ("model.net", "model.output", "optimizer._target_"):
         ours = _plain(OmegaConf.select(cfg, key, default=None))
-        theirs = _plain(OmegaConf.select(source.config, key, default=None))
+        theirs = _raw(source.config, key)
         if str(ours) != str(theirs):
             raise PipelineError(
                 f"from_run={source.path} resumes its interrupted training, but {key} differs from that run's "

@@ -135,6 +135,8 @@ class ModelConfig:
     # Weights to start from instead of training's: a state_dict (.pt) or a Lightning checkpoint (.ckpt);
     # "init": the network as its constructor builds it. null: this run's train stage (or from_run).
     weights: str | None = ranged(None, a_path)
+    # A checkpoint holding several networks (net.*, ema.*): the key prefix of the one to load (e.g. ema).
+    weights_prefix: str | None = None
 
 
 PRECISIONS = ("32-true", "32", 32, "64-true", "64", 64, "16-mixed", "bf16-mixed", "16-true", "bf16-true",
@@ -276,6 +278,9 @@ class PipelineConfig:
     threads: int = ranged(0, between(0, 1024, integer=True))  # 0: the libraries' default
     print_config: bool = True
     from_run: str | None = ranged(None, a_path)
+    # Adopt a from_run source's config even where it names classes or ${resolver:...} interpolations that this
+    # project's configs do not (pipeline/foreign_config.py): only for a run dir whose author you trust.
+    from_run_trust: bool = False
     optimized_metric: str | None = None
 
 

@@ -1,0 +1,160 @@
+"""A run dir from elsewhere is data, never code (issue 23): a from_run source's config names no callable
+and reads nothing of this machine, links never carry files across a run's boundary, a checkpoint with two
+networks is never picked from by chance, and faults end in one paragraph.
+
+The source run dirs are crafted here (a composed config edited, a report saying every stage finished):
+each case asserts exit 1 (130 for signals), no traceback, the key named, that the hostile callable never
+ran, and that nothing that existed before changed.
+"""
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import ROOT, read_report, run_in_process, tree
+
+TABULAR = ("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
+           "trainer.limit_val_batches=2", "parity.samples=64", "parity.latency_repeats=2")
+STAGES = ("train", "export", "check", "convert", "parity")
+
+
+def assert_refused(outcome, *expected: str, code: int = 1) -> None:
+    assert outcome.code == code, f"exit {outcome.code}\n{outcome.output[-4000:]}"
+    assert "Traceback" not in outcome.output, outcome.output[-4000:]
+    for part in expected:
+        assert part in outcome.stderr, (part, outcome.stderr[-3000:])
+
+
+def composed(*overrides: str) -> dict:
+    """The config a run of ``overrides`` saves in .hydra/config.yaml (interpolations as written)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline import schema
+
+    schema.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=["print_config=false", *overrides])
+    GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def craft_source(where: Path, edit=None, status: str = "ok") -> Path:
+    """A run dir as a finished run leaves it (report.json, .hydra/config.yaml), its config edited by ``edit``."""
+    config = composed(*TABULAR)
+    if edit:
+        edit(config)
+    (where / ".hydra").mkdir(parents=True)
+    (where / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    report = {"status": status, "stages": {s: {"status": status} for s in STAGES}, "metrics": {}, "targets": {}}
+    (where / "report.json").write_text(json.dumps(report))
+    return where
+
+
+def run_dir_text(run_dir: Path) -> str:
+    """Every file a run left, as text: to prove a value never reached them."""
+    return "".join(p.read_bytes().decode("utf-8", "replace") for p in Path(run_dir).rglob("*") if p.is_file())
+
+
+# --- 1. a foreign config is data ---
+
+def _set(key: str, value):
+    def edit(config):
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return edit
+
+
+HOSTILE_TARGETS = [
+    ("model.net", lambda marker: {"_target_": "shutil.copyfile", "src": __file__, "dst": str(marker)}),
+    ("model.net", lambda marker: {"_target_": "os.system", "command": f"touch {marker}"}),
+    ("model.net", lambda marker: {"_target_": "models.tabular_mlp.TabularMLP", "in_features": 20,
+                                  "hidden": {"_target_": "pathlib.Path.touch", "self": str(marker)}}),
+    ("model.net", lambda marker: {"_target_": "models.tabular_mlp.torch.save", "obj": 1, "f": str(marker)}),
+    ("dataset", lambda marker: {"_target_": "shutil.copyfile", "src": __file__, "dst": str(marker)}),
+    ("optimizer", lambda marker: {"_target_": "builtins.open", "file": str(marker), "mode": "w"}),
+    ("trainer._target_", lambda marker: "distutils.spawn.spawn"),
+]
+
+
+@pytest.mark.parametrize("key, make", HOSTILE_TARGETS)
+@pytest.mark.parametrize("extra", [["stages=[export]"], []], ids=["stages", "resume"])
+def test_a_foreign_callable_in_a_source_config_is_refused_by_key_and_never_runs(tmp_path, key, make, extra):
+    marker = tmp_path / "marker"
+    source = craft_source(tmp_path / "source", _set(key, make(marker)), status="ok" if extra else "interrupted")
+    before = tree(source)
+    outcome = run_in_process(f"from_run={source}", *extra, run_dir=tmp_path / "run")
+    target_key = key if key.endswith("_target_") else f"{key}._target_"
+    assert_refused(outcome, f"from_run={source}", "from_run_trust=true")
+    assert target_key in outcome.stderr or "model.net.hidden._target_" in outcome.stderr, outcome.stderr
+    assert not marker.exists()
+    assert tree(source) == before
+
+
+def test_a_dataset_of_an_unknown_class_is_never_adopted_untyped(tmp_path):
+    source = craft_source(tmp_path / "source", _set("dataset._target_", "torch.nn.Linear"))
+    outcome = run_in_process(f"from_run={source}", "stages=[parity]", run_dir=tmp_path / "run")
+    assert_refused(outcome, "its dataset (_target_=torch.nn.Linear) is not one of this project's datasets",
+                   "dataset=mnist")
+
+
+def test_a_foreign_callable_given_again_on_the_command_line_is_not_adopted(tmp_path):
+    marker = tmp_path / "marker"
+    source = craft_source(tmp_path / "source", _set("model.net", HOSTILE_TARGETS[0][1](marker)))
+    outcome = run_in_process(f"from_run={source}", "model=tabular_mlp", "stages=[export]", run_dir=tmp_path / "run")
+    # The command line's model replaces the source's: what is left is the missing model.pt of this crafted source.
+    assert_refused(outcome, "has no model.pt")
+    assert "_target_" not in outcome.stderr and not marker.exists()
+
+
+def test_torch_classes_and_the_project_s_models_are_adopted(tmp_path):
+    from pipeline.foreign_config import allowed_target
+
+    for target in ("torch.nn.Linear", "torch.optim.AdamW", "torch.optim.lr_scheduler.StepLR",
+                   "models.mnist_cnn.MnistCNN", "models.torchvision.build", "torchvision.models.resnet18",
+                   "pipeline.datasets.mnist.MnistData",
+                   "pytorch_lightning.loggers.TensorBoardLogger"):
+        assert allowed_target(target), target
+    for target in ("torch.load", "torch.hub.load", "torch.nn.functional.relu", "models.mnist_cnn.torch.load",
+                   "pipeline.atomic.write_json", "numpy.load", "pandas.read_pickle", "os.symlink", "builtins.eval",
+                   "torch.nn.Linear.__init__.__globals__", "models.warmup.nn.Linear.x"):
+        assert not allowed_target(target), target
+
+
+@pytest.mark.parametrize("key, value", [
+    ("model.name", "${oc.env:PIPELINE_TEST_SECRET}"),
+    ("model.name", "x-${oc.env:PIPELINE_TEST_SECRET,none}"),
+    ("seed", "${oc.decode:${oc.env:PIPELINE_TEST_SECRET}}"),
+    ("dataset.samples", "${oc.env:PIPELINE_TEST_SECRET}"),
+])
+def test_an_env_interpolation_in_a_source_config_is_never_resolved_here(tmp_path, monkeypatch, key, value):
+    monkeypatch.setenv("PIPELINE_TEST_SECRET", "s3cr3t-t0ken")
+    source = craft_source(tmp_path / "source", _set(key, value))
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(f"from_run={source}", "stages=[export]", run_dir=run_dir)
+    assert_refused(outcome, f"{key}={value}", f"{key}=<value>", "from_run_trust=true")
+    assert "s3cr3t-t0ken" not in outcome.output
+    assert "s3cr3t-t0ken" not in run_dir_text(run_dir)
+    assert read_report(run_dir)["status"] == "failed"
+
+
+def test_the_project_s_own_interpolations_are_adopted_and_trust_is_explicit(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_TEST_SECRET", "s3cr3t-t0ken")
+    source = craft_source(tmp_path / "source", _set("model.name", "${oc.env:PIPELINE_TEST_SECRET}"))
+    # Trusted: adopted (and resolved) as before; this crafted source has no model.pt to export.
+    outcome = run_in_process(f"from_run={source}", "from_run_trust=true", "stages=[export]", run_dir=tmp_path / "a")
+    assert_refused(outcome, "has no model.pt")
+    # Given again on the command line: the source's value is not read.
+    outcome = run_in_process(f"from_run={source}", "model.name=mine", "stages=[export]", run_dir=tmp_path / "b")
+    assert_refused(outcome, "has no model.pt")
+    assert "s3cr3t-t0ken" not in run_dir_text(tmp_path / "b")
+    # An mnist source keeps ${oc.env:PIPELINE_MNIST_ROOT,data} (conf/dataset/mnist.yaml's own): adopted.
+    mnist = tmp_path / "mnist"
+    craft_source(mnist, lambda c: c.update(dataset=composed()["dataset"], model=composed()["model"]))
+    outcome = run_in_process(f"from_run={mnist}", "stages=[export]", run_dir=tmp_path / "c")
+    assert_refused(outcome, "has no model.pt")
