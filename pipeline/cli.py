@@ -126,7 +126,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         run_dirs.claim(run_dir, fresh=False)
         run_dirs.check_choices(hydra_cfg)  # a sweep's jobs: the guard checked a single run's before
         source = cfg.get("from_run")
-        if source and run_dirs.absolute(Path(str(source)).expanduser()) == run_dirs.absolute(run_dir):
+        if source and run_dirs.same_dir(Path(str(source)).expanduser(), run_dir):
             raise PipelineError(f"from_run={source} is this run's own dir: a run cannot take its artifacts from "
                                 "itself.", "Point from_run at an earlier run's dir, and let this run write into a "
                                 "new one (drop hydra.run.dir).")

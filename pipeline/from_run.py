@@ -11,6 +11,7 @@ can itself be a ``from_run`` source.
 """
 import functools
 import json
+import os
 import shutil
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
@@ -64,7 +65,38 @@ class SourceRun:
                 f"from_run={self.path}: its {name} is not a {'file' if expected_file else 'directory'} ({found}), "
                 "so it is not what the run wrote.",
                 "Pick another run dir, or re-run the stage that makes it (add it to stages=[...]).")
+        self.check_inside(path, name)
         return path
+
+    def check_inside(self, path: Path, name: str) -> None:
+        """Refuse ``path`` (and, for a folder, everything in it) if a link leads out of the source run dir or it
+        holds something that is not a file or folder: nothing outside the source is ever read or copied."""
+        self._check_one_inside(path, name)
+        if path.is_dir():  # not a link out (checked above): walk it
+            for folder, dirs, files in os.walk(path):  # links are not followed: each is checked here
+                for entry in [*dirs, *files]:
+                    inner = Path(folder) / entry
+                    self._check_one_inside(inner, f"{name}/{inner.relative_to(path)}")
+                    if inner.is_symlink() and inner.is_dir():  # copying would follow it, maybe in a loop
+                        raise PipelineError(f"from_run={self.path}: its {name}/{inner.relative_to(path)} is a link "
+                                            "to a folder, which a run never writes; nothing was copied.",
+                                            "Pick a run dir whose files are its own, or re-run the stage that "
+                                            "makes it (add it to stages=[...]).")
+
+    def _check_one_inside(self, path: Path, name: str) -> None:
+        if path.is_symlink() and not self._inside(Path(os.path.realpath(path))):
+            raise PipelineError(
+                f"from_run={self.path}: its {name} is a link to {os.readlink(path)}, outside that run dir; a run's "
+                "files are read from inside it only, so nothing was read or copied.",
+                "Pick a run dir whose files are its own (copy the real files in place of the links), or re-run "
+                "the stage that makes it (add it to stages=[...]).")
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise PipelineError(f"from_run={self.path}: its {name} is not a regular file or folder (a device, a pipe "
+                                "or a socket), so it is not what the run wrote.",
+                                "Pick another run dir, or re-run the stage that makes it (add it to stages=[...]).")
+
+    def _inside(self, real: Path) -> bool:
+        return real == self.path or self.path in real.parents
 
     @property
     def training_finished(self) -> bool:
@@ -73,8 +105,11 @@ class SourceRun:
     def resume_checkpoint(self) -> Path | None:
         # An epoch-end checkpoint resumes cleanly (the data order is not resumable mid-epoch).
         for name in ("last.ckpt", "interrupted.ckpt"):
-            if (self.path / "checkpoints" / name).is_file():
-                return self.path / "checkpoints" / name
+            path = self.path / "checkpoints" / name
+            if path.is_file() or path.is_symlink():
+                self.check_inside(path, f"checkpoints/{name}")
+                if path.is_file():
+                    return path
         return None
 
     def unfinished_stages(self) -> list[str]:
@@ -103,6 +138,9 @@ def load_source(path: str) -> SourceRun:
                 if jobs else "Point from_run at a dir under outputs/ or multirun/ written by a run.")
         raise PipelineError(f"from_run={path} is not a pipeline run dir (it needs report.json and .hydra/config.yaml).",
                             hint)
+    source = SourceRun(run, {}, DictConfig({}))
+    for name in (REPORT_NAME, ".hydra", ".hydra/config.yaml"):
+        source.check_inside(run / name, name)
     try:
         report = json.loads(report_path.read_text(), parse_constant=_not_json)
         config = OmegaConf.load(config_path)
@@ -114,7 +152,7 @@ def load_source(path: str) -> SourceRun:
     if problem:
         raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is not a pipeline run's ({problem}).",
                             "Pick another run dir (one written by python -m pipeline).")
-    source = SourceRun(run, report, config)
+    source.report, source.config = report, config
     if report.get("status") == "running":
         holder = run_dirs.owner(run)
         if holder:
@@ -335,12 +373,21 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
         refused = {target: entry for target, entry in (source.report.get("targets") or {}).items()
                    if isinstance(entry, dict) and entry.get("status") == "refused" and target in TARGETS}
         _check_converted(ctx.cfg, source, {**converted, **refused})  # a refused target has nothing to measure
+        picked = _selected_targets(ctx.cfg)  # export=keras measures keras only, not every target of the source
+        converted = {t: e for t, e in converted.items() if t in picked}
+        refused = {t: e for t, e in refused.items() if t in picked}
         ctx.report.data["targets"].update(refused)
         for target, target_entry in converted.items():
             out = ctx.run_dir / TARGETS[target].artifact
             _copy(source.artifact(TARGETS[target].artifact, "parity"), out, ctx, target)
             ctx.report.data["targets"][target] = target_entry
             ctx.converted[target] = out
+
+
+def _selected_targets(cfg: DictConfig) -> list[str]:
+    from pipeline.stages.convert import selected_targets
+
+    return selected_targets(cfg)
 
 
 def _check_converted(cfg: DictConfig, source: SourceRun, converted: dict) -> None:

@@ -158,3 +158,137 @@ def test_the_project_s_own_interpolations_are_adopted_and_trust_is_explicit(tmp_
     craft_source(mnist, lambda c: c.update(dataset=composed()["dataset"], model=composed()["model"]))
     outcome = run_in_process(f"from_run={mnist}", "stages=[export]", run_dir=tmp_path / "c")
     assert_refused(outcome, "has no model.pt")
+
+
+# --- 2. links never carry files across a run's boundary ---
+
+SECRET = "outside-secret-0451"
+
+
+def source_with_artifacts(tmp_path: Path, targets=("keras", "tflite")) -> Path:
+    """A crafted finished source holding (placeholder) artifacts: what from_run copies before any stage reads them."""
+    source = craft_source(tmp_path / "source", lambda c: c["export"]["targets"].update({t: True for t in targets}))
+    report = json.loads((source / "report.json").read_text())
+    report["targets"] = {t: {"status": "ok"} for t in targets}
+    (source / "report.json").write_text(json.dumps(report))
+    for name in ("model.pt", "model.onnx", "model.keras", "model.tflite"):
+        (source / name).write_bytes(b"PK placeholder")
+    (source / "saved_model" / "variables").mkdir(parents=True)
+    (source / "saved_model" / "saved_model.pb").write_bytes(b"placeholder")
+    return source
+
+
+def outside_file(tmp_path: Path) -> Path:
+    outside = tmp_path / "elsewhere" / "private.txt"
+    outside.parent.mkdir()
+    outside.write_text(SECRET)
+    return outside
+
+
+@pytest.mark.parametrize("link, extra", [
+    ("model.pt", ["stages=[export]"]),
+    ("model.onnx", ["stages=[check]"]),
+    ("model.keras", ["stages=[parity]", "export=keras"]),
+    ("saved_model/variables/variables.data-00000-of-00001", ["stages=[parity]", "export=tensorflow"]),
+    ("report.json", ["stages=[export]"]),
+    (".hydra/config.yaml", ["stages=[export]"]),
+])
+def test_a_link_out_of_the_source_is_refused_by_name_before_anything_is_copied(tmp_path, link, extra):
+    source = source_with_artifacts(tmp_path, targets=("keras", "tensorflow"))
+    (source / link).unlink(missing_ok=True)
+    (source / link).symlink_to(outside_file(tmp_path))
+    before, run_dir = tree(source), tmp_path / "run"
+    outcome = run_in_process(f"from_run={source}", *extra, run_dir=run_dir)
+    assert_refused(outcome, f"its {link} is a link to", "outside that run dir")
+    assert tree(source) == before
+    assert SECRET not in run_dir_text(run_dir)
+    assert not (run_dir / "saved_model").exists()
+    if link.startswith("model"):
+        assert not (run_dir / link).exists()
+
+
+def test_a_link_to_a_folder_inside_a_saved_model_is_refused(tmp_path):
+    source = source_with_artifacts(tmp_path, targets=("tensorflow",))
+    (source / "saved_model" / "assets").symlink_to(source / "saved_model")  # a loop when followed
+    outcome = run_in_process(f"from_run={source}", "stages=[parity]", "export=tensorflow", run_dir=tmp_path / "run")
+    assert_refused(outcome, "saved_model/assets is a link to a folder")
+    assert not (tmp_path / "run" / "saved_model").exists()
+
+
+def test_a_run_dir_through_a_link_into_another_run_is_refused_before_anything_is_written(tmp_path):
+    other = craft_source(tmp_path / "other")
+    (other / "empty").mkdir()
+    (tmp_path / "link").symlink_to(other / "empty")  # the run dir itself: a link to a folder of another run
+    (tmp_path / "up").symlink_to(other / "empty")  # a folder above the run dir: the same
+    before = tree(other)
+    for run_dir in (tmp_path / "link", tmp_path / "up" / "new"):
+        outcome = run_in_process(*TABULAR, run_dir=run_dir)
+        assert_refused(outcome, f"hydra.run.dir={run_dir} is inside the run dir {other}", "through a link")
+    assert tree(other) == before and not list((other / "empty").iterdir())
+
+
+def test_parity_from_a_source_measures_only_the_picked_target(tmp_path):
+    source = source_with_artifacts(tmp_path, targets=("keras", "tflite"))
+    run_dir = tmp_path / "run"
+    run_in_process(f"from_run={source}", "stages=[parity]", "export=keras", run_dir=run_dir)
+    assert not (run_dir / "model.tflite").exists()
+    assert set(read_report(run_dir)["targets"]) <= {"keras"}
+
+
+# --- the reproducer CLI (python -m pipeline.diagnose) reads its folder only ---
+
+def reproducer(folder: Path, **manifest) -> Path:
+    """A reproducer folder as parity writes it: a one-node ONNX model, its input, a manifest."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(folder / "subgraph.onnx"))
+    np.save(folder / "input_0.npy", np.ones((2, 4), np.float32))
+    (folder / "manifest.json").write_text(json.dumps({
+        "runtime": "onnxruntime", "node": "relu", "op_type": "Relu", "inputs": {"x": "input_0.npy"},
+        "constants": {}, "outputs": ["y"], "backends": {}, "float64_reference": False, "rtol": 1e-3, "atol": 1e-5,
+        "options": {}, **manifest}))
+    return folder
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: reproducer(d, inputs={"x": "../../../../../../etc/hostname"}), "leads outside the folder"),
+    (lambda d: reproducer(d, inputs={"x": "/etc/hostname"}), "leads outside the folder"),
+    (lambda d: reproducer(d, runtime="my_runtime"), "runtime 'my_runtime' is not one of"),
+    (lambda d: reproducer(d, outputs="y"), "no valid 'outputs'"),
+    ("pickled", "holds Python objects, which are never unpickled"),
+    ("linked", "leads outside the folder"),
+    ("not json", "manifest.json is unreadable"),
+])
+def test_a_crafted_reproducer_is_a_one_paragraph_error(tmp_path, capsys, make, expected):
+    import numpy as np
+
+    from pipeline import diagnose
+
+    folder = tmp_path / "repro"
+    if callable(make):
+        make(folder)
+    else:
+        reproducer(folder)
+        if make == "pickled":
+            np.save(folder / "input_0.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        elif make == "linked":
+            (folder / "input_0.npy").unlink()
+            (folder / "input_0.npy").symlink_to(outside_file(tmp_path))
+        else:
+            (folder / "manifest.json").write_text("{")
+    assert diagnose.main([str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "pipeline.diagnose failed" in err and expected in err and "Traceback" not in err, err
+
+
+def test_an_intact_reproducer_still_runs(tmp_path, capsys):
+    from pipeline import diagnose
+
+    assert diagnose.main([str(reproducer(tmp_path / "repro"))]) == 0
+    assert "no drift on this node alone" in capsys.readouterr().out
