@@ -292,3 +292,36 @@ def test_an_intact_reproducer_still_runs(tmp_path, capsys):
 
     assert diagnose.main([str(reproducer(tmp_path / "repro"))]) == 0
     assert "no drift on this node alone" in capsys.readouterr().out
+
+
+# --- 3. deterministic weights ---
+
+def test_a_checkpoint_with_two_networks_is_refused_and_model_weights_prefix_picks_one(tmp_path):
+    import torch
+
+    from models.tabular_mlp import TabularMLP
+
+    torch.manual_seed(0)
+    net, ema = TabularMLP(20, [50, 50]).state_dict(), TabularMLP(20, [50, 50]).state_dict()
+    path = tmp_path / "two.ckpt"
+    torch.save({"state_dict": {**{f"net.{k}": v for k, v in net.items()}, **{f"ema.{k}": v for k, v in ema.items()}}},
+               path)
+    before = path.read_bytes()
+    outcome = run_in_process(*TABULAR, f"model.weights={path}", "stages=[export]", run_dir=tmp_path / "a")
+    assert_refused(outcome, f"model.weights={path}", "2 networks that fit (ema.*, net.*)", "model.weights_prefix=")
+    outcome = run_in_process(*TABULAR, f"model.weights={path}", "model.weights_prefix=nope", "stages=[export]",
+                             run_dir=tmp_path / "b")
+    assert_refused(outcome, "model.weights_prefix=nope names no weights", "ema, net")
+    outcome = run_in_process(*TABULAR, f"model.weights={path}", "model.weights_prefix=ema", "stages=[export]",
+                             run_dir=tmp_path / "c")
+    assert outcome.code == 0, outcome.output[-3000:]
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    exported = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "c" / "model.onnx")).graph.initializer]
+    weight = next(v.numpy() for v in ema.values() if v.dim() == 2)  # the picked network's, not net's
+    unpicked = next(v.numpy() for v in net.values() if v.dim() == 2)
+    assert any(np.array_equal(a, weight) or np.array_equal(a, weight.T) for a in exported)
+    assert not any(np.array_equal(a, unpicked) or np.array_equal(a, unpicked.T) for a in exported)
+    assert path.read_bytes() == before
