@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline import interrupts, schema
+from pipeline import disk, interrupts, schema
 from pipeline import run_dir as run_dirs
 from pipeline.atomic import write_with
 from pipeline.errors import PipelineError, RunInterrupted, explain
@@ -46,6 +46,10 @@ def _report_hydra_errors() -> None:
             except CompactHydraException:
                 raise  # Hydra prints these itself, in one paragraph
             except Exception as exc:
+                if interrupts.stopping():  # Hydra's own state cut short by a signal (a sweep's first second)
+                    print(explain("Interrupted by a signal before the run started or after it ended.", "",
+                                  verb="interrupted"), file=sys.stderr)
+                    sys.exit(EXIT_INTERRUPTED)
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 import yaml
@@ -87,6 +91,9 @@ _report_hydra_errors()
 def main() -> None:
     """The console script and ``python -m pipeline``: Hydra, with interrupts and run-dir locks handled."""
     interrupts.install()
+    # A log handler that cannot write (a full disk) must not print a traceback per record on the console:
+    # the error that caused it is reported once, as one paragraph.
+    logging.raiseExceptions = False
     logging.captureWarnings(True)  # library warnings go to pipeline.log, not the console (conf/config.yaml)
     sys.argv[1:] = [_group_deletion(arg) for arg in sys.argv[1:]]
     if any(arg.split("=")[0] in ("--config-name", "-cn", "--config-path", "-cp") for arg in sys.argv[1:]):
@@ -146,16 +153,22 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(EXIT_FAILED)
     except (RunInterrupted, KeyboardInterrupt) as exc:
-        runner.report_early_end(cfg, run_dir, "interrupted", str(exc) or "Interrupted")
-        if multirun:  # the sweep stops here: Hydra calls no further callback, so the summary is written now
-            _write_sweep_summary(Path(hydra_cfg.sweep.dir))
-        _explain(str(exc) or "Interrupted.", "", run_dir, verb="interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        _end_interrupted(cfg, run_dir, hydra_cfg, str(exc) or "Interrupted")
     except Exception as exc:  # outside any stage (the run dir became unwritable, the disk is full, a bug)
+        if interrupts.stopping():  # a signal cut Hydra's or OmegaConf's work short: that is all that happened
+            logfile.error("Error while stopping after a signal", exc_info=exc)
+            _end_interrupted(cfg, run_dir, hydra_cfg, "Interrupted by a signal.")
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         logfile.error("Unexpected error", exc_info=exc)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if disk.is_full(exc):  # e.g. report.json could not be written: the report may still say "running"
+            full = disk.full_error(run_dir, "the run wrote its report")
+            runner.report_early_end(cfg, run_dir, "failed", full.message)
+            _explain(full.message, full.hint, run_dir)
+            if multirun:
+                return None
+            sys.exit(EXIT_FAILED)
         _explain(f"{type(exc).__name__}: {text}", "Check that the run dir is writable and the disk has space; "
                  "the full traceback is in pipeline.log (report it as a bug if the cause is not there).", run_dir)
         if multirun:
@@ -163,6 +176,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     console.print_summary(report.data, run_dir)
     return runner.optimized_metric(cfg, report.data)
+
+
+def _end_interrupted(cfg: DictConfig, run_dir: Path, hydra_cfg, reason: str) -> None:
+    """The report says interrupted (a sweep writes its summary), then exit 130."""
+    from pipeline import runner
+
+    runner.report_early_end(cfg, run_dir, "interrupted", reason)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep stops here: Hydra calls no further callback
+        _write_sweep_summary(Path(hydra_cfg.sweep.dir))
+    _explain(reason, "", run_dir, verb="interrupted")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _write_sweep_summary(sweep_dir: Path) -> None:

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 
@@ -95,6 +96,15 @@ class SourceRun:
                                 "or a socket), so it is not what the run wrote.",
                                 "Pick another run dir, or re-run the stage that makes it (add it to stages=[...]).")
 
+    def _check_intact(self, path: Path, name: str) -> None:
+        """A checkpoint is a torch.save zip archive: a truncated one (a full disk, a copy cut short) is named."""
+        if not zipfile.is_zipfile(path):
+            raise PipelineError(f"from_run={self.path}: its {name} is damaged ({path.stat().st_size} bytes, not a "
+                                "complete torch.save archive: truncated by a full disk or an interrupted copy?), so "
+                                "its training cannot resume from it.",
+                                "Train anew (a new run without from_run), or resume from a copy of that run dir "
+                                "without the damaged checkpoint.")
+
     def _inside(self, real: Path) -> bool:
         return real == self.path or self.path in real.parents
 
@@ -109,6 +119,7 @@ class SourceRun:
             if path.is_file() or path.is_symlink():
                 self.check_inside(path, f"checkpoints/{name}")
                 if path.is_file():
+                    self._check_intact(path, f"checkpoints/{name}")
                     return path
         return None
 

@@ -217,6 +217,12 @@ def exit_on_error(action) -> None:
         print(explain(exc.message, exc.hint), file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
+        from pipeline import interrupts
+
+        if interrupts.stopping():  # a signal cut the check short: nothing was written, the run stops as asked
+            print(explain("Interrupted by a signal before the run started; nothing was written.", "",
+                          verb="interrupted"), file=sys.stderr)
+            sys.exit(130)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         text = " ".join(str(exc).split())[:300]

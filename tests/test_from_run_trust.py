@@ -325,3 +325,151 @@ def test_a_checkpoint_with_two_networks_is_refused_and_model_weights_prefix_pick
     assert any(np.array_equal(a, weight) or np.array_equal(a, weight.T) for a in exported)
     assert not any(np.array_equal(a, unpicked) or np.array_equal(a, unpicked.T) for a in exported)
     assert path.read_bytes() == before
+
+
+# --- 4. faults end cleanly ---
+
+def _no_space(path=None):
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) if path else None)
+
+
+def assert_disk_full(outcome, run_dir: Path) -> None:
+    assert_refused(outcome, f"The disk holding {run_dir}", "is full (No space left on device)", "free there",
+                   f"from_run={run_dir}")
+    assert "Logging error" not in outcome.output and "report it as a bug" not in outcome.output
+    assert "export.opset" not in outcome.stderr
+
+
+def test_a_full_disk_while_training_is_one_paragraph_and_no_checkpoint_is_truncated(tmp_path, monkeypatch):
+    from pipeline.stages import train
+
+    real = train.write_with
+
+    def full_for_checkpoints(path, writer):
+        if Path(path).suffix == ".ckpt":
+            raise _no_space(path)
+        return real(path, writer)
+
+    monkeypatch.setattr(train, "write_with", full_for_checkpoints)
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, "stages=[train]", run_dir=run_dir)
+    assert_disk_full(outcome, run_dir / "checkpoints")
+    assert "more is needed" in outcome.stderr  # the checkpoint's size is known
+    assert read_report(run_dir)["status"] == "failed"
+    assert not list((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").exists() else True
+
+
+def test_a_full_disk_while_converting_names_the_disk_not_an_opset(tmp_path, monkeypatch):
+    from pipeline.converters.backends import keras_keras3
+
+    def full(path, writer):
+        raise _no_space(path)
+
+    monkeypatch.setattr(keras_keras3, "write_with", full)
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, "stages=[train,export,convert]", "export=keras", run_dir=run_dir)
+    assert_disk_full(outcome, run_dir)
+    report = read_report(run_dir)
+    assert report["status"] == "failed" and report["stages"]["convert"]["status"] == "failed"
+
+
+def test_a_full_disk_wrapped_by_a_converter_library_is_still_recognised():
+    from pipeline import disk
+    from pipeline.errors import ConversionError
+
+    wrapped = ConversionError("onnx-tf failed: InternalError: write failed: No space left on device",
+                              "Try another export.opset, or another target.")
+    assert disk.is_full(wrapped)
+    chained = RuntimeError("failed")
+    chained.__cause__ = _no_space()
+    assert disk.is_full(chained) and not disk.is_full(ValueError("bad value"))
+
+
+def test_a_full_disk_while_writing_the_report_is_one_paragraph(tmp_path, monkeypatch):
+    from pipeline import report
+
+    real, calls = report.write_json, []
+
+    def full_after_a_while(path, data):
+        calls.append(path)
+        if len(calls) > 3:
+            raise _no_space(path)
+        return real(path, data)
+
+    monkeypatch.setattr(report, "write_json", full_after_a_while)
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, "stages=[train]", run_dir=run_dir)
+    assert_disk_full(outcome, run_dir)
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from pipeline import disk
+    from pipeline.stages.train import AtomicCheckpointIO
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1}, path)
+    before = path.read_bytes()
+    real = Path.write_bytes
+
+    def half_then_full(self, data):
+        real(self, bytes(data)[: len(data) // 2])
+        raise _no_space(self)
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(disk.DiskFull, match="more is needed"):
+        io.save_checkpoint({"epoch": 2, "big": list(range(1000))}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert io.load_checkpoint(path)["epoch"] == 1
+
+
+def test_a_damaged_checkpoint_in_a_source_is_named_as_such(tmp_path):
+    source = craft_source(tmp_path / "source", status="interrupted")
+    (source / "checkpoints").mkdir()
+    (source / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # truncated by a full disk
+    before = tree(source)
+    outcome = run_in_process(f"from_run={source}", run_dir=tmp_path / "run")
+    assert_refused(outcome, "its checkpoints/last.ckpt is damaged", "Train anew")
+    assert tree(source) == before
+
+
+def test_a_signal_as_a_stage_starts_says_interrupted_not_skipped(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from pipeline import runner
+
+    real = runner.log.info
+
+    def hangup_at_train(message, *args):
+        if message == "stage %s" and args == ("train",):
+            os.kill(os.getpid(), signal.SIGHUP)
+        return real(message, *args)
+
+    monkeypatch.setattr(runner.log, "info", hangup_at_train)
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, "stages=[train,export]", run_dir=run_dir)
+    assert_refused(outcome, "SIGHUP", code=130)
+    report = read_report(run_dir)
+    assert report["status"] == "interrupted"
+    assert report["stages"]["train"]["status"] == "interrupted"
+    assert report["stages"]["export"]["status"] == "skipped"
+
+
+def test_an_error_inside_hydra_while_a_sweep_stops_for_a_signal_exits_130(tmp_path, monkeypatch):
+    from pipeline import cli, interrupts
+
+    def cut_short(hydra_cfg):  # what a SIGTERM in a sweep's first second leaves: Hydra's state half-built
+        interrupts._stopping = True
+        raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+
+    monkeypatch.setattr(cli.run_dirs, "check_choices", cut_short)
+    outcome = run_in_process(*TABULAR, "stages=[train]", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                             multirun=True)
+    assert_refused(outcome, "Interrupted by a signal", code=130)
+    assert "_invalidate_flags_cache" not in outcome.output
+    assert read_report(tmp_path / "sweep" / "0")["status"] == "interrupted"
