@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from pipeline import foreign_config, schema
+from pipeline import foreign_config, limits, schema
 from pipeline import run_dir as run_dirs
 from pipeline.context import ONNX_NAME, WEIGHTS_NAME, RunContext
 from pipeline.converters import TARGETS
@@ -377,7 +377,9 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
         if set(selected) & {"export", "check", "convert", "parity"}:
             _copy(source.artifact(WEIGHTS_NAME, "export/parity"), ctx.weights_path, ctx, "weights")
     if "export" not in selected and set(selected) & {"check", "convert", "parity"}:
-        _copy(source.artifact(ONNX_NAME, "check/convert/parity"), ctx.onnx_path, ctx, "onnx")
+        onnx_model = source.artifact(ONNX_NAME, "check/convert/parity")
+        _check_onnx(onnx_model, source)
+        _copy(onnx_model, ctx.onnx_path, ctx, "onnx")
     if "convert" not in selected and "parity" in selected:
         converted = {target: entry for target, entry in (source.report.get("targets") or {}).items()
                      if isinstance(entry, dict) and entry.get("status") == "ok" and target in TARGETS}
@@ -390,9 +392,21 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
         ctx.report.data["targets"].update(refused)
         for target, target_entry in converted.items():
             out = ctx.run_dir / TARGETS[target].artifact
-            _copy(source.artifact(TARGETS[target].artifact, "parity"), out, ctx, target)
+            artifact = source.artifact(TARGETS[target].artifact, "parity")
+            if artifact.suffix == ".onnx":
+                _check_onnx(artifact, source)
+            _copy(artifact, out, ctx, target)
             ctx.report.data["targets"][target] = target_entry
             ctx.converted[target] = out
+
+
+def _check_onnx(path: Path, source: SourceRun) -> None:
+    """A source's ONNX model within limits.* (file size, the tensors it declares), read from its file only."""
+    from pipeline.context import read_onnx
+
+    key = f"from_run={source.path}'s {path.name}"
+    limits.check_file(path, key)
+    limits.check_onnx(read_onnx(path), key)
 
 
 def _selected_targets(cfg: DictConfig) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import disk, from_run, interrupts, preflight, quiet, schema, tasks, threads
+from pipeline import disk, from_run, interrupts, limits, preflight, quiet, schema, tasks, threads
 from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
@@ -82,6 +82,7 @@ def count_parameters(net) -> int:
 def run(cfg: DictConfig, run_dir: Path) -> Report:
     """Run the pipeline into ``run_dir``; raises the first PipelineError after the report is saved."""
     selected = validate(cfg)
+    limits.configure(cfg)
     report = Report(run_dir, cfg.model.name)
     if report.path.exists():  # the run-dir guard refuses this earlier; never overwrite a report
         raise PipelineError(f"{run_dir} already holds a run (report.json exists); it is left untouched.",

@@ -259,6 +259,14 @@ class ParityConfig:
     quantized: QuantizedParityConfig = field(default_factory=QuantizedParityConfig)
 
 
+@dataclass
+class LimitsConfig:
+    """Sizes above which a file or a tensor it declares is refused before it is read (pipeline/limits.py)."""
+
+    max_file_bytes: int = ranged(512 * 2**20, at_least(1, integer=True))  # one data file, decompressed
+    max_tensor_bytes: int = ranged(2 * 2**30, at_least(1, integer=True))  # one tensor a file declares (ONNX)
+
+
 # seed_everything takes an unsigned 32-bit seed (and silently picks a random one otherwise).
 MAX_SEED = 2**32 - 1
 
@@ -281,6 +289,7 @@ class PipelineConfig:
     # Adopt a from_run source's config even where it names classes or ${resolver:...} interpolations that this
     # project's configs do not (pipeline/foreign_config.py): only for a run dir whose author you trust.
     from_run_trust: bool = False
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     optimized_metric: str | None = None
 
 

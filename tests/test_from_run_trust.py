@@ -473,3 +473,50 @@ def test_an_error_inside_hydra_while_a_sweep_stops_for_a_signal_exits_130(tmp_pa
     assert_refused(outcome, "Interrupted by a signal", code=130)
     assert "_invalidate_flags_cache" not in outcome.output
     assert read_report(tmp_path / "sweep" / "0")["status"] == "interrupted"
+
+
+# --- 5. limits for hostile sizes ---
+
+def _constant_of_shape_model(shape: list[int]):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims = numpy_helper.from_array(__import__("numpy").array(shape, dtype="int64"), "dims")
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["dims"], ["big"], name="alloc"),
+                               helper.make_node("Add", ["x", "x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 20])], [dims])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_source_model_asking_for_256_gib_is_refused_before_it_is_copied_or_run(tmp_path):
+    import onnx
+
+    source = source_with_artifacts(tmp_path)
+    onnx.save(_constant_of_shape_model([1 << 22, 1 << 14]), str(source / "model.onnx"))  # 256 GiB of float32
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(f"from_run={source}", "stages=[check]", run_dir=run_dir)
+    assert_refused(outcome, "model.onnx: node 'alloc' (ConstantOfShape", "256.0 GiB", "limits.max_tensor_bytes=")
+    assert not (run_dir / "model.onnx").exists()
+
+
+def test_a_gzip_csv_that_expands_past_the_limit_is_refused_before_it_is_read(tmp_path):
+    import gzip
+
+    bomb = tmp_path / "series.csv.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as handle:
+        handle.write(b"value\n" + b"1\n" * 6_000_000)  # 12 MB of text in a few KB
+    assert bomb.stat().st_size < 100_000
+    outcome = run_in_process("model=lstm_forecaster", "dataset=series", f"dataset.path={bomb}", "stages=[train]",
+                             "limits.max_file_bytes=10000000", run_dir=tmp_path / "run")
+    assert_refused(outcome, f"dataset.path={bomb} once decompressed", "limits.max_file_bytes=10000000")
+
+
+def test_an_npz_whose_arrays_exceed_the_limit_is_refused_before_they_are_extracted(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "data.npz"
+    np.savez_compressed(path, x=np.zeros((3000, 1000), np.float32), y=np.zeros(3000, np.int64))
+    outcome = run_in_process("dataset=arrays", f"dataset.path={path}", "model=tabular_mlp", "stages=[train]",
+                             "limits.max_file_bytes=1000000", run_dir=tmp_path / "run")
+    assert_refused(outcome, f"dataset.path={path} once extracted", "limits.max_file_bytes=")
