@@ -33,7 +33,7 @@ def _report_hydra_errors() -> None:
     composed config against the schema before printing it."""
     from hydra._internal import hydra as hydra_internal
     from hydra._internal import utils as hydra_utils
-    from hydra.errors import CompactHydraException
+    from hydra.errors import CompactHydraException, OverrideParseException
 
     if getattr(hydra_utils.run_and_report, "pipeline", False):
         return
@@ -43,6 +43,15 @@ def _report_hydra_errors() -> None:
         def guarded():
             try:
                 return func()
+            except OverrideParseException as exc:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _needs_quotes(exc.override):
+                    raise  # Hydra's own paragraph says it
+                key, _, value = exc.override.partition("=")
+                print(explain(f"the override {exc.override} cannot be parsed ({str(exc).splitlines()[0]}): its value "
+                              "holds spaces or characters of Hydra's override grammar.",
+                              f"Quote the value for Hydra inside the shell's quotes: \"{key}='{value}'\"."),
+                      file=sys.stderr)
+                sys.exit(EXIT_FAILED)
             except CompactHydraException:
                 raise  # Hydra prints these itself, in one paragraph
             except Exception as exc:
@@ -96,6 +105,10 @@ def main() -> None:
     logging.raiseExceptions = False
     logging.captureWarnings(True)  # library warnings go to pipeline.log, not the console (conf/config.yaml)
     sys.argv[1:] = [_group_deletion(arg) for arg in sys.argv[1:]]
+    split = _split_by_the_shell(sys.argv[1:])
+    if split:
+        print(explain(*split), file=sys.stderr)
+        sys.exit(EXIT_FAILED)
     if any(arg.split("=")[0] in ("--config-name", "-cn", "--config-path", "-cp") for arg in sys.argv[1:]):
         # A saved config (.hydra/config.yaml) has no hydra section: keep the run-dir guard anyway.
         sys.argv.append(GUARD_OVERRIDE)
@@ -109,6 +122,31 @@ def main() -> None:
         run_dirs.release_all()
         logging.captureWarnings(False)
         interrupts.ignore()  # the process is ending: a late signal must not turn exit 130 into 143
+
+
+def _needs_quotes(override: str | None) -> bool:
+    """A key=value whose value has what Hydra's grammar reads as syntax (spaces, parentheses, quotes...)."""
+    value = (override or "").partition("=")[2]
+    return bool(value) and any(c.isspace() or c in "()[]{}'\"\\:,=" for c in value) and not value.startswith(("'", '"'))
+
+
+def _split_by_the_shell(args: list[str]) -> tuple[str, str] | None:
+    """``hydra.run.dir=/data/my runs`` unquoted reaches us as two arguments; Hydra's own error ("missing
+    EQUAL") does not say why. Returns (message, fix) for words that follow a ``key=value`` without one."""
+    for index in range(1, len(args)):
+        previous, word = args[index - 1], args[index]
+        if "=" in word or word.startswith(("-", "~")) or "=" not in previous or previous.startswith("-"):
+            continue
+        words = [word]
+        for following in args[index + 1:]:
+            if "=" in following or following.startswith(("-", "~")):
+                break
+            words.append(following)
+        whole = " ".join([previous, *words])
+        return (f"{word!r} is not an override (key=value): it follows {previous}, so a value with spaces was "
+                "probably split by the shell.",
+                f"Quote the whole override: '{whole}' (or use a path without spaces).")
+    return None
 
 
 def _group_deletion(arg: str) -> str:

@@ -520,3 +520,21 @@ def test_an_npz_whose_arrays_exceed_the_limit_is_refused_before_they_are_extract
     outcome = run_in_process("dataset=arrays", f"dataset.path={path}", "model=tabular_mlp", "stages=[train]",
                              "limits.max_file_bytes=1000000", run_dir=tmp_path / "run")
     assert_refused(outcome, f"dataset.path={path} once extracted", "limits.max_file_bytes=")
+
+
+# --- 6. the smaller items ---
+
+@pytest.mark.parametrize("dtype, options", [("float64", ""), ("int64", ",distribution:integers,low:0,high:5")])
+def test_a_generated_input_of_another_dtype_names_the_dataset_s_dtype(tmp_path, dtype, options):
+    outcome = run_in_process("model=tabular_mlp", "dataset=synthetic", "dataset.samples=64", "model.weights=init",
+                             f"dataset.inputs={{x:{{shape:[20],dtype:{dtype}{options}}}}}", "stages=[export]",
+                             run_dir=tmp_path / "run")
+    assert_refused(outcome, f"as {dtype} (dataset.inputs.x.dtype)", "Set dataset.inputs.x.dtype=float32")
+
+
+def test_a_run_dir_with_spaces_gets_the_hint_to_quote_it(tmp_path):
+    outcome = run_in_process("stages=[train]", f"hydra.run.dir={tmp_path}/my", "runs")
+    assert_refused(outcome, "'runs' is not an override", f"'hydra.run.dir={tmp_path}/my runs'")
+    outcome = run_in_process("stages=[train]", f"hydra.run.dir={tmp_path}/run (1)")
+    assert_refused(outcome, "cannot be parsed", f"\"hydra.run.dir='{tmp_path}/run (1)'\"")
+    assert not list(tmp_path.iterdir())
