@@ -239,8 +239,9 @@ def _write_sweep_summary(sweep_dir: Path) -> None:
 def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
     """What the composed config leaves to the run: adopt a from_run source's config, name the model.
     Returns whether the config now differs from what Hydra saved."""
-    from pipeline import from_run
+    from pipeline import from_run, limits
 
+    limits.configure(cfg)  # a source's files are read here, before the runner starts
     adopted = bool(cfg.get("from_run"))
     if adopted:
         from_run.load_source.cache_clear()  # a source read by an earlier job of this process may have changed

@@ -152,8 +152,11 @@ def load_source(path: str) -> SourceRun:
     source = SourceRun(run, {}, DictConfig({}))
     for name in (REPORT_NAME, ".hydra", ".hydra/config.yaml"):
         source.check_inside(run / name, name)
+    limits.check_file(report_path, f"from_run={path}'s {REPORT_NAME}")
+    limits.check_file(config_path, f"from_run={path}'s .hydra/config.yaml")
     try:
         report = json.loads(report_path.read_text(), parse_constant=_not_json)
+        _refuse_yaml_aliases(config_path)
         config = OmegaConf.load(config_path)
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
@@ -172,6 +175,15 @@ def load_source(path: str) -> SourceRun:
                                 "and resume from it.")
         source.killed = True
     return source
+
+
+def _refuse_yaml_aliases(path: Path) -> None:
+    """A saved config never holds YAML anchors and aliases; nested ones can expand to billions of nodes."""
+    import yaml
+
+    for event in yaml.parse(path.read_text()):
+        if isinstance(event, yaml.AliasEvent):
+            raise ValueError(f"it uses a YAML alias (*{event.anchor}), which a saved config never holds")
 
 
 def _not_json(constant: str):

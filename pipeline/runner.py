@@ -235,6 +235,8 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         stage["status"] = "ok"
         return None
     except PipelineError as exc:
+        if disk.is_full(exc) and not isinstance(exc, disk.DiskFull):  # a stage's own wording ("export failed")
+            exc = _crashed(name, exc, ctx.run_dir)
         stage.update(status="failed", reason=str(exc))
         return exc
     except (KeyboardInterrupt, RunInterrupted) as exc:  # record it honestly, then let it propagate

@@ -112,6 +112,17 @@ def test_a_foreign_callable_given_again_on_the_command_line_is_not_adopted(tmp_p
     assert "_target_" not in outcome.stderr and not marker.exists()
 
 
+def test_a_yaml_alias_bomb_in_a_source_config_is_refused_unexpanded(tmp_path):
+    source = craft_source(tmp_path / "source")
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(8))
+    config = source / ".hydra" / "config.yaml"
+    config.write_text(config.read_text() + laughs)
+    outcome = run_in_process(f"from_run={source}", "stages=[export]", run_dir=tmp_path / "run")
+    assert_refused(outcome, "unreadable", "YAML alias")
+
+
 def test_torch_classes_and_the_project_s_models_are_adopted(tmp_path):
     from pipeline.foreign_config import allowed_target
 
@@ -374,6 +385,19 @@ def test_a_full_disk_while_converting_names_the_disk_not_an_opset(tmp_path, monk
     assert_disk_full(outcome, run_dir)
     report = read_report(run_dir)
     assert report["status"] == "failed" and report["stages"]["convert"]["status"] == "failed"
+
+
+def test_a_full_disk_while_exporting_is_named_as_such(tmp_path, monkeypatch):
+    from pipeline.stages import export
+
+    def full(path, writer):
+        raise _no_space(path)
+
+    monkeypatch.setattr(export, "write_with", full)
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, "model.weights=init", "stages=[export]", run_dir=run_dir)
+    assert_disk_full(outcome, run_dir)
+    assert "torch.onnx.export failed" not in outcome.stderr
 
 
 def test_a_full_disk_wrapped_by_a_converter_library_is_still_recognised():
