@@ -109,7 +109,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
             report.save()
     except BaseException as exc:  # an interrupt or a bug: the report never stays "running"
         interrupted = isinstance(exc, KeyboardInterrupt | RunInterrupted)
-        if interrupted:  # a signal as a stage starts (before it says "running"): that stage was interrupted
+        statuses = [stage["status"] for stage in report.data["stages"].values()]
+        if interrupted and "interrupted" not in statuses:  # a signal as a stage starts (before it says "running")
             starting = next((n for n in selected if report.data["stages"][n]["status"] in ("pending", "running")),
                             None)
             if starting:
