@@ -277,10 +277,10 @@ def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) ->
     given, deleted = command_line_keys(command_line)
     resuming = "stages" not in given
     adopted = RESUMED_KEYS if resuming else ADOPTED_KEYS
-    # Copies: the adopted values below replace the nodes these were read from.
     trusted = bool(cfg.get("from_run_trust"))
     if not trusted:  # a run dir from elsewhere is data: it names no code and reads nothing of this machine
         foreign_config.check(source.config, adopted, _given_again(given, deleted), str(source.path))
+    # Copies: the adopted values below replace the nodes these were read from.
     kept = {key: _plain(OmegaConf.select(cfg, key, throw_on_missing=False)) for key in given
             if key.split(".")[0] in adopted and OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT}
     try:
