@@ -182,8 +182,11 @@ def source_with_artifacts(tmp_path: Path, targets=("keras", "tflite")) -> Path:
     report = json.loads((source / "report.json").read_text())
     report["targets"] = {t: {"status": "ok"} for t in targets}
     (source / "report.json").write_text(json.dumps(report))
-    for name in ("model.pt", "model.onnx", "model.keras", "model.tflite"):
+    for name in ("model.pt", "model.keras", "model.tflite"):
         (source / name).write_bytes(b"PK placeholder")
+    import onnx
+
+    onnx.save(_constant_of_shape_model([2, 3]), str(source / "model.onnx"))  # small: within limits
     (source / "saved_model" / "variables").mkdir(parents=True)
     (source / "saved_model" / "saved_model.pb").write_bytes(b"placeholder")
     return source
