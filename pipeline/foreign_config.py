@@ -14,6 +14,9 @@ A ``${name:...}`` resolver interpolation (``oc.env``, ``oc.decode``...) is adopt
 is in ``conf/`` (``${oc.env:PIPELINE_MNIST_ROOT,data}``), so that it resolves as this project's own config
 would; plain references to other keys (``${seed}``) are data. Anything else is refused, naming the key,
 unless the command line gives that key again or opts in with ``from_run_trust=true``.
+
+A source's SavedModel is a graph whose functions run when it is loaded and called: one holding ops that read
+or write files or call Python (``check_saved_model``) is refused before it is copied.
 """
 import functools
 import importlib
@@ -168,3 +171,50 @@ def _torch_class(target: str) -> bool:
         name = target.rsplit(".", 1)[-1]
         return callable(found) and name in torchvision.models.list_models()
     return False
+
+
+# --- a SavedModel from elsewhere: a graph whose functions run when it loads and is called ---
+
+# TensorFlow ops that read or write files, or call Python, by a path or function named in the graph itself. A
+# model converted by this pipeline never holds them (the loader restores its variables itself).
+FILE_OR_PYTHON_OPS = frozenset({
+    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "WholeFileReader", "WholeFileReaderV2", "TextLineReader", "TextLineReaderV2", "FixedLengthRecordReader",
+    "FixedLengthRecordReaderV2", "TFRecordReader", "TFRecordReaderV2", "LMDBReader", "TextLineDataset",
+    "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2",
+    "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset", "ExperimentalSqlDataset", "LMDBDataset",
+    "ExperimentalLMDBDataset", "SaveDataset", "SaveDatasetV2", "LoadDataset", "SnapshotDataset",
+    "SnapshotDatasetV2", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "InitializeTableFromTextFile",
+    "InitializeTableFromTextFileV2", "CreateSummaryFileWriter", "DebugIdentityV2", "DebugIdentityV3",
+    "PrintV2", "DecodeProtoV2", "EncodeProto",
+})
+
+
+def saved_model_ops(path: Path) -> set[str]:
+    """The op types of a SavedModel's graph and of every function in its library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    ops = set()
+    for meta_graph in proto.meta_graphs:
+        graph = meta_graph.graph_def
+        ops |= {node.op for node in graph.node}
+        for function in graph.library.function:
+            ops |= {node.op for node in function.node_def}
+    return ops
+
+
+def check_saved_model(path: Path, key: str) -> None:
+    """Refuse a SavedModel whose graph reads or writes files or calls Python (it would run on load or call)."""
+    try:
+        found = sorted(saved_model_ops(path) & FILE_OR_PYTHON_OPS)
+    except Exception as exc:  # noqa: BLE001 - a damaged saved_model.pb: named here, never loaded
+        raise PipelineError(f"{key}: its saved_model.pb is unreadable ({type(exc).__name__}: "
+                            f"{str(exc).strip()[:200]}).",
+                            "Pick another run dir, or convert again (add convert to stages=[...]).") from None
+    if found:
+        raise PipelineError(f"{key}: its graph holds {', '.join(found)}, ops that read or write files or call "
+                            "Python when the model is loaded or run; a model converted by this pipeline never does, "
+                            "and a model from elsewhere is never run with them.",
+                            "Convert again here (add convert to stages=[...]) instead of taking that run's SavedModel.")

@@ -407,6 +407,8 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
             artifact = source.artifact(TARGETS[target].artifact, "parity")
             if artifact.suffix == ".onnx":
                 _check_onnx(artifact, source)
+            elif artifact.is_dir():  # a SavedModel: its graph must not read or write files
+                foreign_config.check_saved_model(artifact, f"from_run={source.path}'s {artifact.name}")
             _copy(artifact, out, ctx, target)
             ctx.report.data["targets"][target] = target_entry
             ctx.converted[target] = out

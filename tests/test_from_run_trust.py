@@ -7,6 +7,8 @@ each case asserts exit 1 (130 for signals), no traceback, the key named, that th
 ran, and that nothing that existed before changed.
 """
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,6 +229,35 @@ def test_a_link_to_a_folder_inside_a_saved_model_is_refused(tmp_path):
     outcome = run_in_process(f"from_run={source}", "stages=[parity]", "export=tensorflow", run_dir=tmp_path / "run")
     assert_refused(outcome, "saved_model/assets is a link to a folder")
     assert not (tmp_path / "run" / "saved_model").exists()
+
+
+WRITER_SAVED_MODEL = """
+import sys
+import tensorflow as tf
+
+class Writer(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 20], tf.float32)])
+    def serve(self, x):
+        tf.io.write_file(sys.argv[2], "pwned")
+        return {"y": x}
+
+module = Writer()
+tf.saved_model.save(module, sys.argv[1], signatures={"serving_default": module.serve})
+"""
+
+
+def test_a_saved_model_whose_graph_writes_files_is_refused_before_it_is_loaded(tmp_path):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "marker"
+    source = source_with_artifacts(tmp_path, targets=("tensorflow",))
+    shutil.rmtree(source / "saved_model")
+    subprocess.run([sys.executable, "-c", WRITER_SAVED_MODEL, str(source / "saved_model"), str(marker)], check=True,
+                   capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
+    outcome = run_in_process(f"from_run={source}", "stages=[parity]", "export=tensorflow", run_dir=tmp_path / "run")
+    assert_refused(outcome, "saved_model: its graph holds WriteFile", "add convert to stages")
+    assert not marker.exists() and not (tmp_path / "run" / "saved_model").exists()
 
 
 def test_a_run_dir_through_a_link_into_another_run_is_refused_before_anything_is_written(tmp_path):
