@@ -27,13 +27,14 @@ def is_full(exc: BaseException | None) -> bool:
     return False
 
 
-def full_error(folder: Path, doing: str, needed: int | None = None) -> DiskFull:
-    """The message for a full disk while ``doing`` (e.g. "the train stage wrote its checkpoint") in ``folder``."""
+def full_error(folder: Path, doing: str, needed: int | None = None, run_dir: Path | None = None) -> DiskFull:
+    """The message for a full disk while ``doing`` (e.g. "the train stage wrote its checkpoint") in ``folder``
+    (of the run in ``run_dir``, when it is another folder)."""
     need = f"; about {_size(needed)} more is needed" if needed else ""
     return DiskFull(f"The disk holding {folder} is full (No space left on device) while {doing}: "
-                         f"{_free(folder)} free there{need}.",
-                         "Free space on that disk (or give the run a folder on another disk with hydra.run.dir=...), "
-                         f"then resume with: python -m pipeline from_run={folder}")
+                    f"{_free(folder)} free there{need}.",
+                    "Free space on that disk (or give the run a folder on another disk with hydra.run.dir=...), "
+                    f"then resume with: python -m pipeline from_run={run_dir or folder}")
 
 
 def _free(folder: Path) -> str:

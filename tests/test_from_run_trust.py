@@ -381,9 +381,9 @@ def _no_space(path=None):
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) if path else None)
 
 
-def assert_disk_full(outcome, run_dir: Path) -> None:
-    assert_refused(outcome, f"The disk holding {run_dir}", "is full (No space left on device)", "free there",
-                   f"from_run={run_dir}")
+def assert_disk_full(outcome, run_dir: Path, folder: Path | None = None) -> None:
+    assert_refused(outcome, f"The disk holding {folder or run_dir}", "is full (No space left on device)",
+                   "free there", f"from_run={run_dir}\n")
     assert "Logging error" not in outcome.output and "report it as a bug" not in outcome.output
     assert "export.opset" not in outcome.stderr
 
@@ -401,10 +401,38 @@ def test_a_full_disk_while_training_is_one_paragraph_and_no_checkpoint_is_trunca
     monkeypatch.setattr(train, "write_with", full_for_checkpoints)
     run_dir = tmp_path / "run"
     outcome = run_in_process(*TABULAR, "stages=[train]", run_dir=run_dir)
-    assert_disk_full(outcome, run_dir / "checkpoints")
+    assert_disk_full(outcome, run_dir, run_dir / "checkpoints")
     assert "more is needed" in outcome.stderr  # the checkpoint's size is known
     assert read_report(run_dir)["status"] == "failed"
     assert not list((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").exists() else True
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs), where this machine lets the test mount one (root)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small filesystem needs root: the simulated ENOSPC tests cover this")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_really_full_disk_during_training_ends_in_one_paragraph(small_disk):
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"0" * (free - 60 * 1024))  # room for the config and log, not a checkpoint
+    run_dir = small_disk / "run"
+    outcome = run_in_process(*TABULAR, run_dir=run_dir)
+    assert_disk_full(outcome, run_dir, run_dir / "checkpoints")
+    assert read_report(run_dir)["stages"]["train"]["status"] == "failed"
+    assert not list((run_dir / "checkpoints").iterdir())  # no truncated checkpoint to resume from
 
 
 def test_a_full_disk_while_converting_names_the_disk_not_an_opset(tmp_path, monkeypatch):
@@ -468,7 +496,7 @@ def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     from pipeline.stages.train import AtomicCheckpointIO
 
     path = tmp_path / "checkpoints" / "last.ckpt"
-    io = AtomicCheckpointIO()
+    io = AtomicCheckpointIO(tmp_path)
     io.save_checkpoint({"epoch": 1}, path)
     before = path.read_bytes()
     real = Path.write_bytes

@@ -96,7 +96,7 @@ def _trainer(ctx: RunContext) -> pl.Trainer:
     loggers = _loggers(ctx)
     try:
         return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(ctx.run_dir),
-                           plugins=[AtomicCheckpointIO()])
+                           plugins=[AtomicCheckpointIO(ctx.run_dir)])
     except InstantiationException as exc:
         reason = str(exc.__cause__ or exc).strip().splitlines()[0]
         trainer = ctx.cfg.trainer
@@ -111,6 +111,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (Lightning's own rewrites last.ckpt in place, so a full disk or a kill left it truncated for the resume).
     Loaded as tensors and plain containers only; a damaged one is named as such."""
 
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -122,7 +126,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as exc:
             if disk.is_full(exc):
                 raise disk.full_error(path.parent, f"the train stage wrote {path.name}",
-                                      needed=buffer.getbuffer().nbytes) from exc
+                                      needed=buffer.getbuffer().nbytes, run_dir=self.run_dir) from exc
             raise
         return None
 
