@@ -118,6 +118,13 @@ def main() -> None:
         print(explain(f"{exc or 'Interrupted'} before the run started or after it ended.", "", verb="interrupted"),
               file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception:
+        if not interrupts.stopping():
+            raise
+        # Hydra's own state cut short by the signal (outside the job): the stop is all that happened.
+        print(explain("Interrupted by a signal before the run started or after it ended.", "", verb="interrupted"),
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         run_dirs.release_all()
         logging.captureWarnings(False)
