@@ -375,7 +375,7 @@ def _resume_stages(source: SourceRun) -> list[str]:
 def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> None:
     """Copy what the unselected stages would have made; set the checkpoint to resume from."""
     entry = {"path": str(source.path), "adopted_config": list(source.adopted), "source_status": source.status,
-             "stages": selected}
+             "stages": selected, "trusted": bool(ctx.cfg.get("from_run_trust"))}
     ctx.report.data["from_run"] = entry
     if "train" in selected:
         if not source.training_finished and source.resume_checkpoint():

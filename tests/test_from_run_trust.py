@@ -162,6 +162,7 @@ def test_the_project_s_own_interpolations_are_adopted_and_trust_is_explicit(tmp_
     # Trusted: adopted (and resolved) as before; this crafted source has no model.pt to export.
     outcome = run_in_process(f"from_run={source}", "from_run_trust=true", "stages=[export]", run_dir=tmp_path / "a")
     assert_refused(outcome, "has no model.pt")
+    assert read_report(tmp_path / "a")["from_run"]["trusted"] is True  # the opt-in is on record
     # Given again on the command line: the source's value is not read.
     outcome = run_in_process(f"from_run={source}", "model.name=mine", "stages=[export]", run_dir=tmp_path / "b")
     assert_refused(outcome, "has no model.pt")
