@@ -135,6 +135,8 @@ class ModelConfig:
     # Weights to start from instead of training's: a state_dict (.pt) or a Lightning checkpoint (.ckpt);
     # "init": the network as its constructor builds it. null: this run's train stage (or from_run).
     weights: str | None = ranged(None, a_path)
+    # A checkpoint holding several networks (net.*, ema.*): the key prefix of the one to load (e.g. ema).
+    weights_prefix: str | None = None
 
 
 PRECISIONS = ("32-true", "32", 32, "64-true", "64", 64, "16-mixed", "bf16-mixed", "16-true", "bf16-true",
@@ -281,6 +283,14 @@ class ParityConfig:
     quantized: QuantizedParityConfig = field(default_factory=QuantizedParityConfig)
 
 
+@dataclass
+class LimitsConfig:
+    """Sizes above which a file or a tensor it declares is refused before it is read (pipeline/limits.py)."""
+
+    max_file_bytes: int = ranged(512 * 2**20, at_least(1, integer=True))  # one data file, decompressed
+    max_tensor_bytes: int = ranged(2 * 2**30, at_least(1, integer=True))  # one tensor a file declares (ONNX)
+
+
 # seed_everything takes an unsigned 32-bit seed (and silently picks a random one otherwise).
 MAX_SEED = 2**32 - 1
 
@@ -300,6 +310,10 @@ class PipelineConfig:
     threads: int = ranged(0, between(0, 1024, integer=True))  # 0: the libraries' default
     print_config: bool = True
     from_run: str | None = ranged(None, a_path)
+    # Adopt a from_run source's config even where it names classes or ${resolver:...} interpolations that this
+    # project's configs do not (pipeline/foreign_config.py): only for a run dir whose author you trust.
+    from_run_trust: bool = False
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     optimized_metric: str | None = None
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import quantized
+from pipeline import disk, quantized
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, io_layout, onnx_layout, prepare_tensorflow
 from pipeline.errors import ConversionError, NotApplicable, PipelineError, StageFailed
@@ -144,12 +144,14 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
         return None
     start = time.perf_counter()
     try:
-        return candidate.convert(job) or {}
+        return _convert(candidate, job)
     except ConversionError as exc:  # NotApplicable: the target does not apply to this model, by design
         attempt.update(status="refused" if isinstance(exc, NotApplicable) else "failed", reason=str(exc),
                        unsupported_op=exc.unsupported_op)
     except ImportError as exc:
         attempt.update(status="skipped", reason=f"not installed ({exc})")
+    except disk.DiskFull:  # every backend would fail the same way: the stage stops
+        raise
     except Exception as exc:  # noqa: BLE001 - a converter library's own error: the next backend may do better
         log.debug("backend %s raised", candidate.name, exc_info=True)
         attempt.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
@@ -158,6 +160,18 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
         attempt["seconds"] = round(time.perf_counter() - start, 3)
     _remove(job.out_path)
     return None
+
+
+def _convert(candidate: Backend, job: ConvertJob) -> dict:
+    """One backend's conversion; a full disk stops the stage (every backend would fail the same way), named
+    as such, never as the converter's failure ("try another export.opset")."""
+    try:
+        return candidate.convert(job) or {}
+    except Exception as exc:
+        if disk.is_full(exc):
+            _remove(job.out_path)
+            raise disk.full_error(job.out_path.parent, f"the convert stage wrote {job.out_path.name}") from exc
+        raise
 
 
 def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict, out_path: Path) -> bool:
