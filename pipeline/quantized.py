@@ -42,14 +42,16 @@ def relative_rmse(out: np.ndarray, ref: np.ndarray) -> float:
     return float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
 
 
-def sanity(outputs: dict, reference: dict, kind: str) -> dict:
-    """The convert stage's check of a quantized artifact against onnxruntime on a few held-out samples."""
+def sanity(outputs: dict, reference: dict, kind: str, against: str = "onnxruntime") -> dict:
+    """The convert stage's check of a quantized artifact against onnxruntime on a few held-out samples (parity's
+    at another size of a free axis: ``against`` PyTorch)."""
     samples = len(next(iter(reference.values())))
     worst = 0.0
     for index, (name, ref) in enumerate(reference.items()):
         out = outputs[name]
         if out.shape != ref.shape:
-            return {"ok": False, "reason": f"output {name} has shape {list(out.shape)}, ONNX gives {list(ref.shape)}"}
+            return {"ok": False, "reason": f"output {name} has shape {list(out.shape)}, {against} gives "
+                    f"{list(ref.shape)}"}
         if not np.all(np.isfinite(out)):
             return {"ok": False, "reason": f"output {name} has non-finite values"}
         worst = max(worst, float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0)
@@ -57,12 +59,12 @@ def sanity(outputs: dict, reference: dict, kind: str) -> dict:
         if labels is not None:
             agreement = float((tasks.predictions(kind, out) == labels).mean())
             if agreement < SANITY_MIN_AGREEMENT:
-                return {"ok": False, "reason": f"output {name}: top-1 agreement with onnxruntime {agreement:.2f} on "
+                return {"ok": False, "reason": f"output {name}: top-1 agreement with {against} {agreement:.2f} on "
                         f"{samples} held-out samples (a quantized artifact needs >= {SANITY_MIN_AGREEMENT})"}
             continue
         error = relative_rmse(out, ref)
         if error > SANITY_MAX_RELATIVE_RMSE:
-            return {"ok": False, "reason": f"output {name}: relative RMSE {error:.3g} against onnxruntime on {samples} "
+            return {"ok": False, "reason": f"output {name}: relative RMSE {error:.3g} against {against} on {samples} "
                     f"held-out samples (a quantized artifact needs <= {SANITY_MAX_RELATIVE_RMSE})"}
     return {"ok": True, "max_abs_err": worst, "samples": samples, "rule": "quantized (shapes, finite, loose)"}
 

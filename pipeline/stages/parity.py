@@ -131,7 +131,8 @@ def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quan
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot take the size fails parity there
             verdict = {"in_tolerance": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
         else:
-            verdict = quantized.sanity(got, expected, kind) if is_quantized else compare(got, expected, kind, settings)
+            verdict = quantized.sanity(got, expected, kind, "PyTorch") if is_quantized else \
+                compare(got, expected, kind, settings)
             verdict["in_tolerance"] = verdict.pop("ok", verdict.get("in_tolerance"))
         entry["sizes"].append({"shapes": {n: list(s[1:]) for n, s in shapes.items()}, **verdict})
         if not verdict["in_tolerance"] and not entry.get("size_failure"):
