@@ -2,6 +2,7 @@
 import importlib
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -224,7 +225,7 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
     try:
         if before is not None:
             before()
-        with quiet.recorded_warnings(stage), _native_output(name):
+        with quiet.recorded_warnings(stage), _native_output(name), _preloading(ctx, name):
             importlib.import_module(f"pipeline.stages.{name}").run(ctx)
         stage["status"] = "ok"
         return None
@@ -273,6 +274,22 @@ def _crashed(stage: str, exc: Exception) -> StageCrashed:
                                "as a bug with that log.")
     crashed.__cause__ = exc
     return crashed
+
+
+@contextmanager
+def _preloading(ctx: RunContext, stage: str):
+    """While the train stage runs, TensorFlow and matplotlib are imported in the background for the later
+    stages (``pipeline.preload``); the stage ends when that import does, so that nothing overlaps it."""
+    if stage != "train":
+        yield
+        return
+    from pipeline import preload
+
+    background = preload.during_training(ctx.cfg, schema.check_stages(ctx.cfg.stages))
+    try:
+        yield
+    finally:
+        background.wait()
 
 
 def _native_output(stage: str):
