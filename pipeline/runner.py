@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import from_run, interrupts, preflight, quiet, schema, tasks, threads
+from pipeline import from_run, interrupts, preflight, quiet, runtimes, schema, tasks, threads
 from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
@@ -116,6 +116,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
             report.data["status"] = "interrupted" if interrupted else "failed"
         report.save()
         raise
+    finally:
+        runtimes.forget()  # adapters convert kept for parity
     report.data["status"] = "failed" if failure else "ok"
     report.save()
     write_human_report(ctx)

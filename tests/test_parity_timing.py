@@ -1,4 +1,6 @@
-"""Parity's timing is a budget, not a count: bounded batch-1 calls, a throughput batch that fits the samples."""
+"""Parity's timing is a budget, not a count: bounded batch-1 calls, a throughput batch that fits the samples;
+the artifacts convert verified are not loaded again."""
+import os
 import time
 
 import numpy as np
@@ -85,3 +87,35 @@ def test_the_report_says_how_many_calls_each_figure_rests_on(tmp_path):
                            run_dir=tmp_path / "untimed")
     assert untimed["status"] == "ok" and untimed["parity"][0]["latency_ms_batch1"] is None
     assert (tmp_path / "untimed" / "report.md").is_file()
+
+
+def test_parity_runs_the_artifact_convert_verified_without_loading_it_again(tmp_path, monkeypatch):
+    from pipeline.runtimes import keras_runtime
+
+    loads = []
+    original = keras_runtime.load
+    monkeypatch.setattr(keras_runtime, "load", lambda *a, **k: loads.append(a[0]) or original(*a, **k))
+    report = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "dataset.samples=400",
+                          "model.weights=init", "stages=[export,check,convert,parity]", "export=keras",
+                          run_dir=tmp_path / "run")
+    assert report["status"] == "ok" and [e["runtime"] for e in report["parity"]] == ["onnxruntime", "keras"]
+    assert len(loads) == 1  # convert's verification loaded model.keras; parity took that adapter
+
+
+def test_a_kept_adapter_is_handed_over_once_and_never_for_a_rewritten_file(tmp_path):
+    import torch
+
+    from pipeline import runtimes
+
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(path), input_names=["input"],
+                      output_names=["output"], dynamo=False)
+    io = (["input"], ["output"])
+    kept = runtimes.load("onnxruntime", path, *io, keep=True)
+    assert runtimes.load("onnxruntime", path, *io) is kept
+    assert runtimes.load("onnxruntime", path, *io) is not kept  # handed over once
+    again = runtimes.load("onnxruntime", path, *io, keep=True)
+    stat = path.stat()  # rewritten (a later modification time): never the old adapter
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert runtimes.load("onnxruntime", path, *io) is not again
+    runtimes.forget()
