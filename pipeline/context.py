@@ -15,6 +15,7 @@ ONNX_NAME = "model.onnx"
 WEIGHTS_NAME = "model.pt"
 # model.weights=init: the network as its constructor builds it (random, or weights it loads itself).
 INIT_WEIGHTS = "init"
+TRAINED = "trained"  # what the shared network holds once the train stage has had it
 
 
 @dataclass
@@ -35,6 +36,13 @@ class RunContext:
     divergence_curves: dict = field(default_factory=dict)
     _data: object = None
     _net: torch.nn.Module | None = None
+    # model.net as constructed: once per run, shared by the parameter count, preflight, train and the later
+    # stages (a large network is built, warmed up and held in memory once). ``_built_holds`` says whose
+    # weights it holds now: INIT_WEIGHTS (the constructor's), a weights file's resolved path, TRAINED, or
+    # None while a load is under way (a failed load leaves it unknown).
+    _built: torch.nn.Module | None = None
+    _built_holds: str | None = None
+    _rng_after_build: torch.Tensor | None = None  # torch's random state right after the construction
     _onnx_io: tuple | None = None
     _calibration: dict = field(default_factory=dict)  # calibration inputs by count
 
@@ -70,6 +78,13 @@ class RunContext:
         return self._data is not None
 
     def new_net(self) -> torch.nn.Module:
+        """model.net with its constructor's weights: the run's one construction (``_construct``), shared;
+        built again only if the shared one holds other weights by now (no stage of a run asks for that)."""
+        if self._built is None or self._built_holds != INIT_WEIGHTS:
+            self._built, self._built_holds = self._construct(), INIT_WEIGHTS
+        return self._built
+
+    def _construct(self) -> torch.nn.Module:
         """model.net built (seeded), with the arguments the data determines (``pipeline.network``), behind
         the dataset's preprocessing (``pipeline.preprocessing``) when it has one."""
         from pipeline import network
@@ -93,6 +108,7 @@ class RunContext:
             self.report.data["data"]["preprocessing"] = pre.describe()
         if any(torch.nn.parameter.is_lazy(t) for t in [*net.parameters(), *net.buffers()]):
             self._materialize(net)
+        self._rng_after_build = torch.get_rng_state()
         return net
 
     def _does_not_fit(self, filled: dict, exc: PipelineError) -> PipelineError:
@@ -120,6 +136,16 @@ class RunContext:
         except Exception:  # noqa: BLE001, S110 - preflight runs the same forward and reports it
             pass
         net.train(training)
+
+    def net_to_train(self) -> torch.nn.Module:
+        """``initial_net()`` for the train stage, which changes its weights in place: from here on the shared
+        network holds the trained weights (preflight is done with it; the later stages export those)."""
+        net = self.initial_net().train()  # preflight left it in eval mode, and so does a weights load
+        self._built_holds = TRAINED
+        # Training draws (shuffling, dropout) from the random state right after the seeded build, as when the
+        # train stage built the network itself: a config trains to the same weights as before the build moved.
+        torch.set_rng_state(self._rng_after_build)
+        return net
 
     def initial_net(self) -> torch.nn.Module:
         """The network before this run trains it: built, with ``model.weights`` loaded when given."""
@@ -170,7 +196,11 @@ class RunContext:
         problem = _not_torch_file(path)
         if problem:
             raise PipelineError(f"{what} is not PyTorch weights: {problem}.", fix)
-        net = self.new_net()
+        holds = str(path.resolve())
+        if self._built is not None and self._built_holds == holds:
+            return self._built.eval()  # loaded once: preflight's network is the one train and export get
+        net = self._built if self._built is not None else self.new_net()
+        self._built_holds = None  # a load that fails half way leaves weights of neither kind
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -196,6 +226,7 @@ class RunContext:
                 "Check that model= (and its model.net.* arguments) match the network that produced them "
                 "(with from_run, drop model= to use that run's model).",
             ) from exc
+        self._built_holds = holds
         return net.eval()
 
     # --- the ONNX model's inputs and outputs, and real inputs for them ---------------------------------

@@ -53,7 +53,7 @@ def check(ctx: RunContext, selected: list[str]) -> None:
     if "train" in selected:
         _check_loss(ctx.cfg, str(ctx.cfg.model.output), out, y, dataset, labels)
         _check_trainable(ctx.cfg, net)
-        _check_optimizer(ctx.cfg, ctx.new_net())
+        _check_optimizer(ctx.cfg, net)  # it only reads the parameters: the same network will do
         _check_nodes(ctx.cfg)
 
 

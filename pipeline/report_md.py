@@ -78,7 +78,7 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         ref = report.get("reference") or {}
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
-                      f"throughput {round(ref['throughput_per_s'])}/s.", ""]
+                      f"throughput {_fmt(_rounded(ref['throughput_per_s']))}/s.", ""]
     lines += sizes_section(report)
     lines += quantized_section(report, cfg)
     diagnosed = [e for e in report["parity"] if e.get("divergence")]

@@ -2,11 +2,12 @@
 import importlib
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import disk, from_run, interrupts, limits, preflight, quiet, schema, tasks, threads
+from pipeline import disk, from_run, interrupts, limits, preflight, quiet, runtimes, schema, tasks, threads
 from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
@@ -122,6 +123,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
             report.data["status"] = "interrupted" if interrupted else "failed"
         report.save()
         raise
+    finally:
+        runtimes.forget()  # adapters convert kept for parity
     report.data["status"] = "failed" if failure else "ok"
     report.save()
     write_human_report(ctx)
@@ -231,7 +234,7 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
     try:
         if before is not None:
             before()
-        with quiet.recorded_warnings(stage), _native_output(name):
+        with quiet.recorded_warnings(stage), _native_output(name), _preloading(ctx, name):
             importlib.import_module(f"pipeline.stages.{name}").run(ctx)
         stage["status"] = "ok"
         return None
@@ -286,6 +289,22 @@ def _crashed(stage: str, exc: Exception, run_dir: Path | None = None) -> Pipelin
                                "as a bug with that log.")
     crashed.__cause__ = exc
     return crashed
+
+
+@contextmanager
+def _preloading(ctx: RunContext, stage: str):
+    """While the train stage runs, TensorFlow and matplotlib are imported in the background for the later
+    stages (``pipeline.preload``); the stage ends when that import does, so that nothing overlaps it."""
+    if stage != "train":
+        yield
+        return
+    from pipeline import preload
+
+    background = preload.during_training(ctx.cfg, schema.check_stages(ctx.cfg.stages))
+    try:
+        yield
+    finally:
+        background.wait()
 
 
 def _native_output(stage: str):

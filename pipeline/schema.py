@@ -272,8 +272,10 @@ class ParityConfig:
     atol: float = ranged(1e-5, at_least(0))
     min_top1_agreement: float = ranged(0.999, between(0, 1))
     samples: int | None = ranged(None, at_least(1, integer=True))  # null: the whole test split
-    batch_size: int = ranged(256, at_least(1, integer=True))
-    latency_repeats: int = ranged(50, between(1, 100_000, integer=True))
+    batch_size: int = ranged(256, at_least(1, integer=True))  # at most the samples compared
+    timing: bool = True  # false: outputs only, no latency or throughput
+    latency_repeats: int = ranged(50, between(1, 100_000, integer=True))  # the most batch-1 calls timed
+    latency_budget_s: float | None = ranged(1.0, at_least(0))  # per runtime; null: latency_repeats calls
     diagnose: bool | None = None  # locate the first diverging node: null = for drifting runtimes only
     diagnose_samples: int = ranged(4, between(1, 10_000, integer=True))
     # Other input sizes every runtime is run at too, with free axes (export.dynamic_axes): null = two derived

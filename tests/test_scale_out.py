@@ -36,3 +36,28 @@ def test_ddp_cpu_trains_on_two_processes_and_rank_zero_reports(tmp_path, mnist_r
     assert report["trainer"]["world_size"] == 2 and report["trainer"]["strategy"] == "ddp_spawn"
     assert report["metrics"]["test_accuracy"] > 0.9
     assert report["status"] == "ok" and report["parity"][0]["allclose"]
+
+
+RAY_LOCAL = ("hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+             "+hydra.launcher.ray.init.include_dashboard=false")
+
+
+def test_ray_launcher_runs_a_two_job_sweep_on_a_local_ray(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert_ok(run_cli(*RAY_LOCAL, "seed=1,2", *TABULAR, "stages=[train]", f"hydra.sweep.dir={sweep}", multirun=True,
+                      env={"RAY_AUTH_MODE": "disabled"}))  # a local Ray for this test only: no token file to write
+    rows = _summary(sweep)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert read_report(sweep / "0")["environment"]["threads"] == 1  # 2 CPUs / 2 Ray jobs of 1 CPU each
+
+
+def test_a_matrix_runs_its_rows_in_parallel_and_merges_them_into_one_table(tmp_path):
+    sweep, table = tmp_path / "sweep", tmp_path / "model-zoo.md"
+    assert_ok(run_cli("+matrix=zoo", "experiment=zoo/conv1d_bn,zoo/gru_classifier", "export=onnx",
+                      "stages=[export,check,parity]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      f"hydra.callbacks.sweep_summary.matrix_path={table}", f"hydra.sweep.dir={sweep}",
+                      multirun=True))
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and "zoo/" in line]
+    assert [row.split(" | ")[1] for row in rows] == ["zoo/conv1d_bn", "zoo/gru_classifier"]  # the sweep's order
+    assert all("✅" in row for row in rows)
+    assert read_report(sweep / "1")["environment"]["threads"] == 1  # the two rows ran at once

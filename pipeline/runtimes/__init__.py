@@ -4,6 +4,7 @@ taking NHWC) records its per-tensor axis orders, and the adapter transposes on t
 """
 import importlib
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -88,10 +89,39 @@ def from_layout(array: np.ndarray, perm, name: str = "", runtime: str = "") -> n
     return np.ascontiguousarray(np.transpose(array, np.argsort(perm)))
 
 
-def load(name: str, artifact, inputs: list[str], outputs: list[str], **options) -> Adapter:
-    """Load ``artifact`` (a path, or the network for torch) into the runtime adapter ``name``."""
+# Adapters kept by ``load(..., keep=True)`` for the next load of the same artifact file with the same options:
+# convert verifies each artifact and parity runs it next, so a SavedModel or a .keras file is read (and its
+# graph traced) once per run. Handed over once; ``forget()`` drops the rest when the run ends.
+_kept: dict[tuple, Adapter] = {}
+
+
+def load(name: str, artifact, inputs: list[str], outputs: list[str], keep: bool = False, **options) -> Adapter:
+    """Load ``artifact`` (a path, or the network for torch) into the runtime adapter ``name``; ``keep``: hold
+    it for the next load of the same file (unchanged since: same inode and modification time)."""
+    key = _artifact_key(name, artifact, inputs, outputs, options)
+    if key in _kept:
+        return _kept.pop(key)
     if name not in ("torch", "onnxruntime"):
         from pipeline import tf_env
 
         tf_env.prepare()
-    return importlib.import_module(ADAPTERS[name]).load(artifact, inputs, outputs, **options)
+    adapter = importlib.import_module(ADAPTERS[name]).load(artifact, inputs, outputs, **options)
+    if keep and key is not None:
+        _kept[key] = adapter
+    return adapter
+
+
+def forget() -> None:
+    """Drop the adapters kept for a later load (the run that kept them has ended)."""
+    _kept.clear()
+
+
+def _artifact_key(name: str, artifact, inputs: list[str], outputs: list[str], options: dict) -> tuple | None:
+    if not isinstance(artifact, str | Path):
+        return None  # the torch network itself: nothing to load
+    try:
+        stat = Path(artifact).stat()
+    except OSError:
+        return None
+    return (name, str(Path(artifact).resolve()), stat.st_ino, stat.st_mtime_ns, tuple(inputs), tuple(outputs),
+            repr(sorted(options.items())))

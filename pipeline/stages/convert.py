@@ -213,7 +213,8 @@ def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, r
 
     settings = ctx.cfg.export.verify
     try:
-        adapter = runtimes.load(TARGETS[target].runtime, path, ctx.input_names, ctx.output_names,
+        # kept: parity runs this artifact next and takes the loaded adapter instead of loading it again
+        adapter = runtimes.load(TARGETS[target].runtime, path, ctx.input_names, ctx.output_names, keep=True,
                                 input_perms=info.get("input_perms"), output_perms=info.get("output_perms"),
                                 threads=ctx.threads)
         outputs = adapter.predict(sample)

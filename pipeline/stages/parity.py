@@ -206,23 +206,43 @@ def _rows(feeds: dict, start: int, stop: int) -> dict:
 
 
 def _measure(adapter, feeds: dict, settings, timed: bool = True) -> tuple[dict, dict]:
-    """Outputs over ``feeds`` in batches, the batched throughput, and the batch-1 latency median."""
-    batch = int(settings.batch_size)
+    """Outputs over ``feeds`` in batches and, when ``timed`` and unless ``parity.timing=false``, the batched
+    throughput and the batch-1 latency median, each with the number of calls it rests on. The timing is
+    bounded: the comparison pass itself is the throughput run, and the batch-1 calls stop at
+    ``latency_budget_s`` seconds. Untimed (the other input sizes): outputs only, no timing keys."""
     count = len(next(iter(feeds.values())))
-    if timed:
-        adapter.predict(_rows(feeds, 0, batch))  # warm-up: graph tracing and allocation are not throughput
+    batch = max(1, min(int(settings.batch_size), count))  # 64 samples: the throughput at batch 64, not 256
+    if not timed or not settings.get("timing", True):
+        parts = [adapter.predict(_rows(feeds, i, i + batch)) for i in range(0, count, batch)]
+        untimed = {"latency_ms_batch1": None, "throughput_per_s": None, "throughput_batch_size": batch,
+                   "latency_calls": 0, "throughput_calls": 0}
+        return _joined(parts), untimed if timed else {}
+    first = adapter.predict(_rows(feeds, 0, batch))  # warm-up (graph tracing, allocation): not throughput
+    starts = list(range(batch, count, batch)) or [0]  # a single batch is timed once more
     start = time.perf_counter()
-    parts = [adapter.predict(_rows(feeds, i, i + batch)) for i in range(0, count, batch)]
+    timed_parts = [adapter.predict(_rows(feeds, i, i + batch)) for i in starts]
     elapsed = time.perf_counter() - start
-    out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    if not timed:
-        return out, {}
+    timed_rows = sum(min(i + batch, count) - i for i in starts)
+    out = _joined([first, *timed_parts] if count > batch else [first])
+    latencies = _batch1_latencies(adapter, feeds, int(settings.latency_repeats), settings.get("latency_budget_s"))
+    return out, {"latency_ms_batch1": float(np.median(latencies) * 1e3),
+                 "throughput_per_s": float(timed_rows / elapsed), "throughput_batch_size": batch,
+                 "latency_calls": len(latencies), "throughput_calls": len(timed_parts)}
+
+
+def _batch1_latencies(adapter, feeds: dict, most: int, budget_s: float | None) -> list[float]:
+    """Seconds per batch-1 call, after a warm-up: ``most`` calls, fewer when ``budget_s`` runs out first
+    (a large model on a slow runtime takes seconds per call; the median needs a handful)."""
     single = adapter.prepare(_rows(feeds, 0, 1))
     adapter.invoke(single)
-    latencies = []
-    for _ in range(int(settings.latency_repeats)):
+    latencies, spent = [], 0.0
+    while len(latencies) < most and (budget_s is None or spent < float(budget_s) or not latencies):
         tick = time.perf_counter()
         adapter.invoke(single)
         latencies.append(time.perf_counter() - tick)
-    return out, {"latency_ms_batch1": float(np.median(latencies) * 1e3),
-                 "throughput_per_s": float(count / elapsed), "throughput_batch_size": batch}
+        spent += latencies[-1]
+    return latencies
+
+
+def _joined(parts: list[dict]) -> dict:
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

@@ -34,7 +34,7 @@ def run(ctx: RunContext) -> None:
     # is a false alarm: the CSV logger shares the run dir with .hydra/ and pipeline.log.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     pl.seed_everything(cfg.seed, workers=True)
-    net = ctx.initial_net()
+    net = ctx.net_to_train()  # the run's one network (preflight checked it), trained in place
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer), scheduler)
     trainer = _trainer(ctx)
