@@ -206,6 +206,8 @@ def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_p
                     "trainer.max_epochs=30", "stages=[train,export,check,parity]")
     assert report["data"]["task"] == "regression" and report["model"]["from_data"]["num_classes"] == 1
     assert report["metrics"]["test_mae"] < 100  # dollars, against a spread of 200
+    scaling = report["data"]["target_scaling"]  # what an app multiplies the artifacts' output back with
+    assert scaling["column"] == "price" and abs(scaling["mean"] - 1000) < 30 and 150 < scaling["std"] < 250
 
 
 @pytest.mark.parametrize("change, override, expected", [

@@ -47,6 +47,7 @@ class TableData(InMemoryData):
         self.task, self.missing, self.test_fraction = task, str(missing), test_fraction
         self._spec: DataSpec | None = None
         self._encoding = None
+        self._target_scaling: dict | None = None
 
     # --- reading and checking ---
     def load(self) -> Splits:
@@ -64,6 +65,9 @@ class TableData(InMemoryData):
             mean, std = float(y[train].mean()), float(y[train].std() + 1e-8)
             y = ((y - mean) / std).astype(np.float32)[:, None]
             inverse = _unscale(mean, std)
+            # the network learns (and its artifacts return) the scaled target: an app multiplies back
+            self._target_scaling = {"column": self.target, "mean": mean, "std": std,
+                                    "original": "output * std + mean"}
         self._make_encoding(x_num, train, numeric, categories)
         self._spec = DataSpec(self._input_specs(numeric, x_num, categories), task=task, classes=classes,
                               model_input_shape=[self._encoding.width])
@@ -219,6 +223,10 @@ class TableData(InMemoryData):
     def preprocessing(self):
         self.splits  # noqa: B018
         return self._encoding
+
+    def report(self) -> dict:
+        self.splits  # noqa: B018
+        return {"target_scaling": self._target_scaling} if self._target_scaling else {}
 
 
 def read_table(path: Path):
