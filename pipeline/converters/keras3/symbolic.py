@@ -106,7 +106,9 @@ class Builder:
                     np.size(measured) == len(items) else False
             elif isinstance(built, Sym):
                 dims = [d.at(probe, run) if isinstance(d, Dim) else int(d) for d in built.dims]
-                ok = tuple(dims) == tuple(np.shape(measured))
+                static = tuple(np.shape(built.keras))  # what Keras knows of the shape must agree
+                ok = tuple(dims) == tuple(np.shape(measured)) and len(static) == len(dims) and all(
+                    k is None or isinstance(d, Dim) or k == d for k, d in zip(static, built.dims, strict=True))
             else:
                 ok = np.array_equal(np.asarray(built), measured)
             if not ok:
@@ -485,9 +487,10 @@ class Builder:
         x = x if isinstance(x, Sym) else Sym(self.as_keras(x), self.dims_of(x))
         dims = self.broadcast(x.dims, shape.items)
         dtype = self.dtype(node.output[0])
-        ones = self.ones([d if not (isinstance(o, int | np.integer) and o == 1) or isinstance(d, Dim) and
-                          not isinstance(o, Dim) else 1 for d, o in
-                          zip(dims, [1] * (len(dims) - len(x.dims)) + list(x.dims), strict=True)], dtype)
+        padded = [1] * (len(dims) - len(x.dims)) + list(x.dims)
+        # Ones where x has a single entry to broadcast; elsewhere x already has the size.
+        ones = self.ones([d if isinstance(o, int | np.integer) and o == 1 else 1 for d, o in
+                          zip(dims, padded, strict=True)], dtype if dtype != "bool" else "float32")
         from keras import ops
 
         return Sym(ops.multiply(x.keras, ones) if dtype != "bool" else ops.logical_and(x.keras, ops.cast(

@@ -93,7 +93,10 @@ def _batch_materialize(ctx, index: int) -> Tensor:
     if size_a != multiple * n_a or size_b != multiple * n_b:
         raise ctx.fail(f"input {name} depends on the batch size in a way only a fixed batch could express.")
     row = np.take(a, [0], axis=axis)
-    if _same_rows(a, row) and _same_rows(b, np.take(b, [0], axis=axis)):
+    row_b = np.take(b, [0], axis=axis)
+    # The same row at both probe runs: a value that changes with a free axis' size, not with the batch
+    # (``torch.full((N,), T)``), is not this constant row.
+    if _same_rows(a, row) and _same_rows(b, row_b) and row_b.shape == row.shape and _same_rows(row_b, row):
         if row.dtype == bool:  # no multiplication of bools: built in float
             value = ops.cast(ctx.c.batch_ones(shape) * row.astype(np.float32), "bool")
         else:
