@@ -218,6 +218,30 @@ def test_an_op_that_pins_a_free_axis_is_refused_at_export_by_name(tmp_path, net,
     assert "leave that axis out of export.dynamic_axes" in caught.value.hint
 
 
+def test_positions_and_a_causal_mask_built_from_the_free_time_axis(tmp_path):
+    """A positional table sliced to T, ``arange(T)`` positions and causal masks (``triu`` of ``ones(T, T)``,
+    SDPA ``is_causal``) are rebuilt in Keras from the input's size (keras3 ``symbolic.py``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    run = tmp_path / "run"
+    report = run_composed(model("CausalText"), "model.output=logits", "model.weights=init",
+                          "stages=[export,check,convert,parity]", "dataset=synthetic", "dataset.shape=[12]",
+                          "dataset.distribution=integers", "dataset.high=40", "dataset.samples=16",
+                          "parity.latency_repeats=2", "export=all", "export.dynamic_axes=time", run_dir=run)
+    for name in ("onnxruntime", "keras", "tensorflow", "tflite"):
+        entry = entries(report)[name]
+        assert [size["shapes"] for size in entry["sizes"]] == [{"input": [24]}, {"input": [36]}]
+        assert entry["in_tolerance"] and all(size["max_abs_err"] < 1e-5 for size in entry["sizes"]), entry
+    # Another size than parity's (7 steps, not a multiple of 12), against onnxruntime.
+    import onnxruntime as ort
+
+    ids = np.random.default_rng(0).integers(0, 40, size=(2, 7)).astype(np.int64)
+    expected = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": ids})[0]
+    got = Interpreter(model_path=str(run / "model.tflite")).get_signature_runner()(input=ids)["output"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_a_positional_table_of_fixed_length_is_named(tmp_path):
     with pytest.raises(PipelineError) as caught:
         run_composed("model=transformer_classifier", "model.weights=init", "stages=[export]", "dataset=synthetic",
@@ -338,3 +362,27 @@ class RecurrentVariants(nn.Module):
         out, _ = self.gru(x, h0)
         out, last = self.rnn(out)
         return self.head(last[0] + out.mean(1))
+
+
+class CausalText(nn.Module):
+    """Token ids [N, T] -> embedding + a table sliced to T + an embedding of arange(T) -> attention under a
+    triu mask of ones(T, T), then SDPA with is_causal -> mean -> classes."""
+
+    def __init__(self, num_classes=3, vocab=40, dim=16, max_length=64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.table = nn.Parameter(torch.randn(1, max_length, dim) * 0.5)
+        self.pos = nn.Embedding(max_length, dim)
+        self.qkv = nn.ModuleList([nn.Linear(dim, 3 * dim) for _ in range(2)])
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids):
+        t = ids.shape[1]
+        h = self.embed(ids) + self.table[:, :t] + self.pos(torch.arange(t, device=ids.device))
+        q, k, v = (x.unflatten(-1, (2, -1)).transpose(1, 2) for x in self.qkv[0](h).chunk(3, dim=-1))
+        mask = torch.triu(torch.ones(t, t, device=ids.device), 1).bool()
+        a = ((q @ k.transpose(-2, -1)) / 8 ** 0.5).masked_fill(mask, float("-inf")).softmax(-1) @ v
+        h = h + a.transpose(1, 2).flatten(2)
+        q, k, v = (x.unflatten(-1, (2, -1)).transpose(1, 2) for x in self.qkv[1](h).chunk(3, dim=-1))
+        h = h + torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).flatten(2)
+        return self.head(h.mean(1))

@@ -57,6 +57,24 @@ def operands(ctx, indices=None) -> tuple[list, tuple[int, ...]]:
 
 
 def materialize(ctx, index: int) -> Tensor:
+    """A value computed from shapes only that changes between the probe's runs, as a Keras tensor in ONNX
+    order: one that follows the batch (``_batch_materialize``), else one rebuilt from the symbolic shape of a
+    free axis (``symbolic``: a positional table sliced to the sequence length, ``arange(T)``, a causal mask).
+    """
+    from pipeline.converters.keras3 import symbolic
+    from pipeline.errors import ConversionError
+
+    try:
+        return _batch_materialize(ctx, index)
+    except ConversionError as batch_error:
+        try:
+            return symbolic.build(ctx.c, ctx.input_names[index])
+        except ConversionError as free_error:
+            raise ConversionError(f"{batch_error.message} Nor from a free axis' size: {free_error.message}",
+                                  batch_error.hint, batch_error.unsupported_op) from None
+
+
+def _batch_materialize(ctx, index: int) -> Tensor:
     """A batch-dependent value that is constant along its batch axis (zeros sized by the batch, say) as a
     Keras tensor in ONNX order; anything else would need a fixed batch size and is refused. The axis may
     be a multiple of the batch (batch x heads, as attention merges them) when every row is the same."""
@@ -75,7 +93,10 @@ def materialize(ctx, index: int) -> Tensor:
     if size_a != multiple * n_a or size_b != multiple * n_b:
         raise ctx.fail(f"input {name} depends on the batch size in a way only a fixed batch could express.")
     row = np.take(a, [0], axis=axis)
-    if _same_rows(a, row) and _same_rows(b, np.take(b, [0], axis=axis)):
+    row_b = np.take(b, [0], axis=axis)
+    # The same row at both probe runs: a value that changes with a free axis' size, not with the batch
+    # (``torch.full((N,), T)``), is not this constant row.
+    if _same_rows(a, row) and _same_rows(b, row_b) and row_b.shape == row.shape and _same_rows(row_b, row):
         if row.dtype == bool:  # no multiplication of bools: built in float
             value = ops.cast(ctx.c.batch_ones(shape) * row.astype(np.float32), "bool")
         else:
