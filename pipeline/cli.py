@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline import interrupts, schema
+from pipeline import disk, interrupts, schema
 from pipeline import run_dir as run_dirs
 from pipeline.atomic import write_with
 from pipeline.errors import PipelineError, RunInterrupted, explain
@@ -33,7 +33,7 @@ def _report_hydra_errors() -> None:
     composed config against the schema before printing it."""
     from hydra._internal import hydra as hydra_internal
     from hydra._internal import utils as hydra_utils
-    from hydra.errors import CompactHydraException
+    from hydra.errors import CompactHydraException, OverrideParseException
 
     if getattr(hydra_utils.run_and_report, "pipeline", False):
         return
@@ -43,9 +43,22 @@ def _report_hydra_errors() -> None:
         def guarded():
             try:
                 return func()
+            except OverrideParseException as exc:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _needs_quotes(exc.override):
+                    raise  # Hydra's own paragraph says it
+                key, _, value = exc.override.partition("=")
+                print(explain(f"the override {exc.override} cannot be parsed ({str(exc).splitlines()[0]}): its value "
+                              "holds spaces or characters of Hydra's override grammar.",
+                              f"Quote the value for Hydra inside the shell's quotes: \"{key}='{value}'\"."),
+                      file=sys.stderr)
+                sys.exit(EXIT_FAILED)
             except CompactHydraException:
                 raise  # Hydra prints these itself, in one paragraph
             except Exception as exc:
+                if interrupts.stopping():  # Hydra's own state cut short by a signal (a sweep's first second)
+                    print(explain("Interrupted by a signal before the run started or after it ended.", "",
+                                  verb="interrupted"), file=sys.stderr)
+                    sys.exit(EXIT_INTERRUPTED)
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 import yaml
@@ -87,8 +100,15 @@ _report_hydra_errors()
 def main() -> None:
     """The console script and ``python -m pipeline``: Hydra, with interrupts and run-dir locks handled."""
     interrupts.install()
+    # A log handler that cannot write (a full disk) must not print a traceback per record on the console:
+    # the error that caused it is reported once, as one paragraph.
+    logging.raiseExceptions = False
     logging.captureWarnings(True)  # library warnings go to pipeline.log, not the console (conf/config.yaml)
     sys.argv[1:] = [_group_deletion(arg) for arg in sys.argv[1:]]
+    split = _split_by_the_shell(sys.argv[1:])
+    if split:
+        print(explain(*split), file=sys.stderr)
+        sys.exit(EXIT_FAILED)
     if any(arg.split("=")[0] in ("--config-name", "-cn", "--config-path", "-cp") for arg in sys.argv[1:]):
         # A saved config (.hydra/config.yaml) has no hydra section: keep the run-dir guard anyway.
         sys.argv.append(GUARD_OVERRIDE)
@@ -98,10 +118,42 @@ def main() -> None:
         print(explain(f"{exc or 'Interrupted'} before the run started or after it ended.", "", verb="interrupted"),
               file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception:
+        if not interrupts.stopping():
+            raise
+        # Hydra's own state cut short by the signal (outside the job): the stop is all that happened.
+        print(explain("Interrupted by a signal before the run started or after it ended.", "", verb="interrupted"),
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         run_dirs.release_all()
         logging.captureWarnings(False)
         interrupts.ignore()  # the process is ending: a late signal must not turn exit 130 into 143
+
+
+def _needs_quotes(override: str | None) -> bool:
+    """A key=value whose value has what Hydra's grammar reads as syntax (spaces, parentheses, quotes...)."""
+    value = (override or "").partition("=")[2]
+    return bool(value) and any(c.isspace() or c in "()[]{}'\"\\:,=" for c in value) and not value.startswith(("'", '"'))
+
+
+def _split_by_the_shell(args: list[str]) -> tuple[str, str] | None:
+    """``hydra.run.dir=/data/my runs`` unquoted reaches us as two arguments; Hydra's own error ("missing
+    EQUAL") does not say why. Returns (message, fix) for words that follow a ``key=value`` without one."""
+    for index in range(1, len(args)):
+        previous, word = args[index - 1], args[index]
+        if "=" in word or word.startswith(("-", "~")) or "=" not in previous or previous.startswith("-"):
+            continue
+        words = [word]
+        for following in args[index + 1:]:
+            if "=" in following or following.startswith(("-", "~")):
+                break
+            words.append(following)
+        whole = " ".join([previous, *words])
+        return (f"{word!r} is not an override (key=value): it follows {previous}, so a value with spaces was "
+                "probably split by the shell.",
+                f"Quote the whole override: '{whole}' (or use a path without spaces).")
+    return None
 
 
 def _group_deletion(arg: str) -> str:
@@ -126,7 +178,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         run_dirs.claim(run_dir, fresh=False)
         run_dirs.check_choices(hydra_cfg)  # a sweep's jobs: the guard checked a single run's before
         source = cfg.get("from_run")
-        if source and run_dirs.absolute(Path(str(source)).expanduser()) == run_dirs.absolute(run_dir):
+        if source and run_dirs.same_dir(Path(str(source)).expanduser(), run_dir):
             raise PipelineError(f"from_run={source} is this run's own dir: a run cannot take its artifacts from "
                                 "itself.", "Point from_run at an earlier run's dir, and let this run write into a "
                                 "new one (drop hydra.run.dir).")
@@ -146,16 +198,22 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(EXIT_FAILED)
     except (RunInterrupted, KeyboardInterrupt) as exc:
-        runner.report_early_end(cfg, run_dir, "interrupted", str(exc) or "Interrupted")
-        if multirun:  # the sweep stops here: Hydra calls no further callback, so the summary is written now
-            _write_sweep_summary(Path(hydra_cfg.sweep.dir))
-        _explain(str(exc) or "Interrupted.", "", run_dir, verb="interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        _end_interrupted(cfg, run_dir, hydra_cfg, str(exc) or "Interrupted")
     except Exception as exc:  # outside any stage (the run dir became unwritable, the disk is full, a bug)
+        if interrupts.stopping():  # a signal cut Hydra's or OmegaConf's work short: that is all that happened
+            logfile.error("Error while stopping after a signal", exc_info=exc)
+            _end_interrupted(cfg, run_dir, hydra_cfg, "Interrupted by a signal.")
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         logfile.error("Unexpected error", exc_info=exc)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if disk.is_full(exc):  # e.g. report.json could not be written: the report may still say "running"
+            full = disk.full_error(run_dir, "the run wrote its report")
+            runner.report_early_end(cfg, run_dir, "failed", full.message)
+            _explain(full.message, full.hint, run_dir)
+            if multirun:
+                return None
+            sys.exit(EXIT_FAILED)
         _explain(f"{type(exc).__name__}: {text}", "Check that the run dir is writable and the disk has space; "
                  "the full traceback is in pipeline.log (report it as a bug if the cause is not there).", run_dir)
         if multirun:
@@ -163,6 +221,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     console.print_summary(report.data, run_dir)
     return runner.optimized_metric(cfg, report.data)
+
+
+def _end_interrupted(cfg: DictConfig, run_dir: Path, hydra_cfg, reason: str) -> None:
+    """The report says interrupted (a sweep writes its summary), then exit 130."""
+    from pipeline import runner
+
+    runner.report_early_end(cfg, run_dir, "interrupted", reason)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep stops here: Hydra calls no further callback
+        _write_sweep_summary(Path(hydra_cfg.sweep.dir))
+    _explain(reason, "", run_dir, verb="interrupted")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _write_sweep_summary(sweep_dir: Path) -> None:
@@ -177,8 +246,9 @@ def _write_sweep_summary(sweep_dir: Path) -> None:
 def prepare(cfg: DictConfig, overrides: list[str]) -> bool:
     """What the composed config leaves to the run: adopt a from_run source's config, name the model.
     Returns whether the config now differs from what Hydra saved."""
-    from pipeline import from_run
+    from pipeline import from_run, limits
 
+    limits.configure(cfg)  # a source's files are read here, before the runner starts
     adopted = bool(cfg.get("from_run"))
     if adopted:
         from_run.load_source.cache_clear()  # a source read by an earlier job of this process may have changed

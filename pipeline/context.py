@@ -213,12 +213,16 @@ class RunContext:
             else:
                 reason = f"{type(exc).__name__}: {_first_line(exc)[:300]}"
             raise PipelineError(f"{what} is unreadable as PyTorch weights: {reason}.", fix) from exc
+        # model.weights_prefix picks a network of model.weights' file; the pipeline's own model.pt has one.
+        prefix = self.cfg.model.get("weights_prefix") if key and key.startswith("model.weights") else None
         try:
-            net.load_state_dict(state_dict_of(state, net))
+            net.load_state_dict(state_dict_of(state, net, prefix))
+        except PipelineError as exc:  # several networks in one checkpoint: named, with the key that picks one
+            raise PipelineError(f"{what}: {exc.message}", exc.hint) from None
         except Exception as exc:
             raise PipelineError(
                 f"{what}: the weights in {path} do not fit model={self.cfg.model.name} "
-                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, net, exc)}",
+                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, net, exc, prefix)}",
                 "Check that model= (and its model.net.* arguments) match the network that produced them "
                 "(with from_run, drop model= to use that run's model).",
             ) from exc
@@ -300,9 +304,11 @@ def read_onnx(path: Path):
                             "from_run).") from exc
 
 
-def state_dict_of(loaded, net: torch.nn.Module) -> dict:
+def state_dict_of(loaded, net: torch.nn.Module, prefix: str | None = None) -> dict:
     """A plain state_dict from what torch.load returned: a state_dict, or a Lightning checkpoint whose
-    keys carry the LightningModule's attribute prefix (``net.``, ``model.``)."""
+    keys carry the LightningModule's attribute prefix (``net.``, ``model.``). ``prefix`` (model.weights_prefix)
+    picks one; without it, a checkpoint in which several prefixes fit (``net.`` and ``ema.``) is refused,
+    never picked from by chance."""
     if not isinstance(loaded, dict):
         raise TypeError(f"expected a state_dict (a dict of tensors), got {type(loaded).__name__}")
     state = loaded.get("state_dict", loaded)
@@ -314,14 +320,31 @@ def state_dict_of(loaded, net: torch.nn.Module) -> dict:
         raise TypeError(f"expected a state_dict (names -> tensors), but {len(odd)} of its entries "
                         f"{'is' if len(odd) == 1 else 'are'} not: {', '.join(map(repr, odd[:3]))}"
                         f"{', ...' if len(odd) > 3 else ''}")
+    if prefix:
+        picked = _under_prefix(state, prefix.rstrip(".") + ".")
+        if not picked:
+            found = sorted({key.split(".", 1)[0] for key in state if "." in key})
+            raise PipelineError(f"model.weights_prefix={prefix} names no weights in it (its prefixes: "
+                                f"{', '.join(found) or 'none'}).",
+                                "Set model.weights_prefix to one of those, or drop it for a plain state_dict.")
+        return picked
     expected = set(net.state_dict())
     if set(state) == expected:
         return state
-    for prefix in {key.split(".", 1)[0] + "." for key in state if "." in key}:
-        stripped = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-        if set(stripped) == expected:
-            return stripped
-    return state
+    prefixes = sorted({key.split(".", 1)[0] + "." for key in state if "." in key})
+    fitting = [p for p in prefixes if set(_under_prefix(state, p)) == expected]
+    if len(fitting) > 1:
+        names = ", ".join(f"{p}*" for p in fitting)
+        raise PipelineError(f"it holds {len(fitting)} networks that fit ({names}); which one to load is not "
+                            "guessed.",
+                            f"Pick one with model.weights_prefix=<prefix>, e.g. model.weights_prefix="
+                            f"{fitting[0].rstrip('.')}.")
+    return _under_prefix(state, fitting[0]) if fitting else state
+
+
+def _under_prefix(state: dict, prefix: str) -> dict:
+    """The entries of ``state`` whose names start with ``prefix``, without it."""
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def _truncated_zip(path: Path) -> bool:
@@ -350,10 +373,10 @@ def _not_torch_file(path: Path) -> str | None:
     return "it is neither a torch.save zip archive nor a pickle (first bytes " + repr(head) + ")"
 
 
-def _mismatch(state, net: torch.nn.Module, exc: Exception) -> str:
+def _mismatch(state, net: torch.nn.Module, exc: Exception, prefix: str | None = None) -> str:
     """What does not fit, in one line: missing and unexpected names, shapes that differ."""
     try:
-        state = state_dict_of(state, net)
+        state = state_dict_of(state, net, prefix)
     except TypeError as type_error:
         return str(type_error)
     ours = net.state_dict()

@@ -15,6 +15,7 @@ runs that node alone:
 """
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -274,9 +275,9 @@ def reproduce(directory: Path) -> dict:
     from pipeline.converters.keras3.probe import intermediates
 
     directory = Path(directory)
-    manifest = json.loads((directory / MANIFEST).read_text())
-    model = onnx.load(str(directory / "subgraph.onnx"))
-    feeds = {name: np.load(directory / file) for name, file in manifest["inputs"].items()}
+    manifest = read_manifest(directory)
+    model = onnx.load(str(_inside(directory, "subgraph.onnx", "subgraph.onnx")), load_external_data=False)
+    feeds = {name: _load_array(directory, file, f"inputs.{name}") for name, file in manifest["inputs"].items()}
     expected = {name: intermediates(model, feeds)[name] for name in manifest["outputs"]}
     runtime = manifest["runtime"]
     if runtime == "onnxruntime":
@@ -297,12 +298,85 @@ def reproduce(directory: Path) -> dict:
             "max_abs_err": max(e for e, _ in errors.values()), "drift": not all(ok for _, ok in errors.values())}
 
 
+# --- a reproducer folder may come from elsewhere: its manifest is data, its files stay inside it ---
+
+MANIFEST_KEYS = {"runtime": str, "node": str, "op_type": str, "inputs": dict, "outputs": list, "backends": dict,
+                 "rtol": (int, float), "atol": (int, float)}
+
+
+def _refuse(directory: Path, problem: str):
+    from pipeline.errors import PipelineError
+
+    raise PipelineError(f"{directory} is not a reproducer this pipeline wrote: {problem}.",
+                        "Point python -m pipeline.diagnose at a <run dir>/diagnose/<runtime> folder written by a "
+                        "parity run (parity.diagnose=true), unchanged.")
+
+
+def read_manifest(directory: Path) -> dict:
+    """manifest.json, checked: the keys and types written by ``write_reproducer``, a known runtime."""
+    from pipeline.converters import TARGETS
+
+    try:
+        manifest = json.loads(_inside(directory, MANIFEST, MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        _refuse(directory, f"{MANIFEST} is unreadable ({type(exc).__name__}: {str(exc)[:200]})")
+    if not isinstance(manifest, dict):
+        _refuse(directory, f"{MANIFEST} holds a {type(manifest).__name__}, not an object")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            _refuse(directory, f"{MANIFEST} has no valid {key!r}")
+    runtimes = ["onnxruntime", *TARGETS]
+    if manifest["runtime"] not in runtimes:
+        _refuse(directory, f"its runtime {manifest['runtime']!r} is not one of {', '.join(runtimes)}")
+    if not all(isinstance(v, str) for v in [*manifest["inputs"].values(), *manifest["outputs"]]):
+        _refuse(directory, f"{MANIFEST} inputs/outputs must name files and tensors")
+    return manifest
+
+
+def _inside(directory: Path, name: str, what: str) -> Path:
+    """``directory/name``, refused if it leads out of ``directory`` (``..``, an absolute path, a link)."""
+    folder = Path(os.path.realpath(directory))
+    path = Path(os.path.realpath(directory / name))
+    if folder not in path.parents:
+        _refuse(directory, f"{what}={name} leads outside the folder")
+    if not path.is_file():
+        _refuse(directory, f"{what}={name} is not a file in it")
+    return path
+
+
+def _load_array(directory: Path, name: str, what: str) -> np.ndarray:
+    """A saved input: plain numbers only (``allow_pickle=False``: a pickled .npy could run code)."""
+    path = _inside(directory, name, what)
+    if path.suffix != ".npy":
+        _refuse(directory, f"{what}={name} is not a .npy file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        reason = "it holds Python objects, which are never unpickled" if "allow_pickle" in str(exc) else \
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        _refuse(directory, f"{what}={name} is not a NumPy array file ({reason})")
+
+
+def _failed(message: str, hint: str) -> int:
+    print(f"pipeline.diagnose failed: {message}\nHow to fix: {hint}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import PipelineError
+
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not (Path(args[0]) / MANIFEST).is_file():
         print("usage: python -m pipeline.diagnose <run dir>/diagnose/<runtime>", file=sys.stderr)
         return 2
-    result = reproduce(Path(args[0]))
+    try:
+        result = reproduce(Path(args[0]))
+    except PipelineError as exc:
+        return _failed(exc.message, exc.hint)
+    except Exception as exc:  # noqa: BLE001 - a reproducer that does not run: one paragraph, not a traceback
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return _failed(f"the reproducer in {args[0]} could not run: {type(exc).__name__}: {text}",
+                       "Re-run the parity stage with parity.diagnose=true to write it again.")
     verdict = "drift reproduced" if result["drift"] else "no drift on this node alone"
     against = "onnxruntime"
     if result["runtime"] == "onnxruntime":

@@ -11,14 +11,16 @@ can itself be a ``from_run`` source.
 """
 import functools
 import json
+import os
 import shutil
+import zipfile
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from pipeline import foreign_config, limits, schema
 from pipeline import run_dir as run_dirs
-from pipeline import schema
 from pipeline.context import ONNX_NAME, WEIGHTS_NAME, RunContext
 from pipeline.converters import TARGETS
 from pipeline.errors import PipelineError
@@ -64,7 +66,47 @@ class SourceRun:
                 f"from_run={self.path}: its {name} is not a {'file' if expected_file else 'directory'} ({found}), "
                 "so it is not what the run wrote.",
                 "Pick another run dir, or re-run the stage that makes it (add it to stages=[...]).")
+        self.check_inside(path, name)
         return path
+
+    def check_inside(self, path: Path, name: str) -> None:
+        """Refuse ``path`` (and, for a folder, everything in it) if a link leads out of the source run dir or it
+        holds something that is not a file or folder: nothing outside the source is ever read or copied."""
+        self._check_one_inside(path, name)
+        if path.is_dir():  # not a link out (checked above): walk it
+            for folder, dirs, files in os.walk(path):  # links are not followed: each is checked here
+                for entry in [*dirs, *files]:
+                    inner = Path(folder) / entry
+                    self._check_one_inside(inner, f"{name}/{inner.relative_to(path)}")
+                    if inner.is_symlink() and inner.is_dir():  # copying would follow it, maybe in a loop
+                        raise PipelineError(f"from_run={self.path}: its {name}/{inner.relative_to(path)} is a link "
+                                            "to a folder, which a run never writes; nothing was copied.",
+                                            "Pick a run dir whose files are its own, or re-run the stage that "
+                                            "makes it (add it to stages=[...]).")
+
+    def _check_one_inside(self, path: Path, name: str) -> None:
+        if path.is_symlink() and not self._inside(Path(os.path.realpath(path))):
+            raise PipelineError(
+                f"from_run={self.path}: its {name} is a link to {os.readlink(path)}, outside that run dir; a run's "
+                "files are read from inside it only, so nothing was read or copied.",
+                "Pick a run dir whose files are its own (copy the real files in place of the links), or re-run "
+                "the stage that makes it (add it to stages=[...]).")
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise PipelineError(f"from_run={self.path}: its {name} is not a regular file or folder (a device, a pipe "
+                                "or a socket), so it is not what the run wrote.",
+                                "Pick another run dir, or re-run the stage that makes it (add it to stages=[...]).")
+
+    def _check_intact(self, path: Path, name: str) -> None:
+        """A checkpoint is a torch.save zip archive: a truncated one (a full disk, a copy cut short) is named."""
+        if not zipfile.is_zipfile(path):
+            raise PipelineError(f"from_run={self.path}: its {name} is damaged ({path.stat().st_size} bytes, not a "
+                                "complete torch.save archive: truncated by a full disk or an interrupted copy?), so "
+                                "its training cannot resume from it.",
+                                "Train anew (a new run without from_run), or resume from a copy of that run dir "
+                                "without the damaged checkpoint.")
+
+    def _inside(self, real: Path) -> bool:
+        return real == self.path or self.path in real.parents
 
     @property
     def training_finished(self) -> bool:
@@ -73,13 +115,17 @@ class SourceRun:
     def resume_checkpoint(self) -> Path | None:
         # An epoch-end checkpoint resumes cleanly (the data order is not resumable mid-epoch).
         for name in ("last.ckpt", "interrupted.ckpt"):
-            if (self.path / "checkpoints" / name).is_file():
-                return self.path / "checkpoints" / name
+            path = self.path / "checkpoints" / name
+            if path.is_file() or path.is_symlink():
+                self.check_inside(path, f"checkpoints/{name}")
+                if path.is_file():
+                    self._check_intact(path, f"checkpoints/{name}")
+                    return path
         return None
 
     def unfinished_stages(self) -> list[str]:
         """The stages the source selected and did not finish, in run order."""
-        selected = self.config.get("stages") or list(STAGES)
+        selected = _raw(self.config, "stages") or list(STAGES)  # never resolved: the config is foreign
         return [s for s in STAGES if s in selected and self.stage_status(s) != "ok"]
 
 
@@ -103,8 +149,14 @@ def load_source(path: str) -> SourceRun:
                 if jobs else "Point from_run at a dir under outputs/ or multirun/ written by a run.")
         raise PipelineError(f"from_run={path} is not a pipeline run dir (it needs report.json and .hydra/config.yaml).",
                             hint)
+    source = SourceRun(run, {}, DictConfig({}))
+    for name in (REPORT_NAME, ".hydra", ".hydra/config.yaml"):
+        source.check_inside(run / name, name)
+    limits.check_file(report_path, f"from_run={path}'s {REPORT_NAME}")
+    limits.check_file(config_path, f"from_run={path}'s .hydra/config.yaml")
     try:
         report = json.loads(report_path.read_text(), parse_constant=_not_json)
+        _refuse_yaml_aliases(config_path)
         config = OmegaConf.load(config_path)
     except Exception as exc:
         text = " ".join(str(exc).split())[:300]
@@ -114,7 +166,7 @@ def load_source(path: str) -> SourceRun:
     if problem:
         raise PipelineError(f"from_run={path}: report.json or .hydra/config.yaml is not a pipeline run's ({problem}).",
                             "Pick another run dir (one written by python -m pipeline).")
-    source = SourceRun(run, report, config)
+    source.report, source.config = report, config
     if report.get("status") == "running":
         holder = run_dirs.owner(run)
         if holder:
@@ -123,6 +175,15 @@ def load_source(path: str) -> SourceRun:
                                 "and resume from it.")
         source.killed = True
     return source
+
+
+def _refuse_yaml_aliases(path: Path) -> None:
+    """A saved config never holds YAML anchors and aliases; nested ones can expand to billions of nodes."""
+    import yaml
+
+    for event in yaml.parse(path.read_text()):
+        if isinstance(event, yaml.AliasEvent):
+            raise ValueError(f"it uses a YAML alias (*{event.anchor}), which a saved config never holds")
 
 
 def _not_json(constant: str):
@@ -147,12 +208,25 @@ def _not_a_run(report, config) -> str | None:
             return f"report.json {key} is not an object"
     if not isinstance(config, DictConfig):
         return f".hydra/config.yaml holds a {type(config).__name__}, not a mapping"
-    missing = [key for key in ("model", "dataset", "stages") if key not in config]
+    missing = [key for key in ("model", "dataset", "stages") if key not in config.keys()]
     if missing:
         return f".hydra/config.yaml has no {', '.join(missing)}"
-    if not isinstance(config._get_node("model"), DictConfig) or "net" not in config.model:
+    if not isinstance(config._get_node("model"), DictConfig) or "net" not in config._get_node("model").keys():
         return ".hydra/config.yaml model has no net"
+    stages = _raw(config, "stages")
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        return f".hydra/config.yaml stages is {stages!r}, not a list of stage names"
     return None
+
+
+def _raw(config: DictConfig, key: str):
+    """``config``'s value at a dotted key as written (interpolations never resolved), None if absent."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or part not in node.keys():
+            return None
+        node = node._get_node(part)
+    return _plain(node)
 
 
 # --- the config: the source's, then the command line's ---
@@ -203,14 +277,17 @@ def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) ->
     given, deleted = command_line_keys(command_line)
     resuming = "stages" not in given
     adopted = RESUMED_KEYS if resuming else ADOPTED_KEYS
+    trusted = bool(cfg.get("from_run_trust"))
+    if not trusted:  # a run dir from elsewhere is data: it names no code and reads nothing of this machine
+        foreign_config.check(source.config, adopted, _given_again(given, deleted), str(source.path))
     # Copies: the adopted values below replace the nodes these were read from.
     kept = {key: _plain(OmegaConf.select(cfg, key, throw_on_missing=False)) for key in given
             if key.split(".")[0] in adopted and OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT}
     try:
         with open_dict(cfg):
             for key in adopted:
-                if key in source.config:
-                    _set_node(cfg, key, _plain(source.config._get_node(key)))
+                if key in source.config.keys():
+                    _set_node(cfg, key, _plain(source.config._get_node(key)), trusted, source)
             for key in sorted(kept, key=lambda k: k.count(".")):  # whole groups first, then single keys
                 if "." in key:
                     OmegaConf.update(cfg, key, kept[key], merge=False)
@@ -235,6 +312,16 @@ def adopt_config(cfg: DictConfig, source: SourceRun, command_line: list[str]) ->
     _check_one_source_of_weights(cfg, source, given)
 
 
+def _given_again(given: set[str], deleted: set[str]):
+    """Whether the command line sets (or removes) a key or one of its parents: the source's value is not used."""
+    replaced = given | deleted
+
+    def overridden(key: str) -> bool:
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in replaced for i in range(1, len(parts) + 1))
+    return overridden
+
+
 def _check_one_source_of_weights(cfg: DictConfig, source: SourceRun, given: set[str]) -> None:
     """Without train, the weights come from the source's model.pt: a model.weights given on the command
     line as well would be ignored without a word."""
@@ -257,11 +344,17 @@ def _plain(node):
     return node._value() if hasattr(node, "_value") else node
 
 
-def _set_node(cfg: DictConfig, key: str, value) -> None:
+def _set_node(cfg: DictConfig, key: str, value, trusted: bool = True, source: SourceRun | None = None) -> None:
     """Replace ``cfg[key]``, keeping its schema (types and ranges still apply to the new value)."""
     if isinstance(value, dict):
         if key in TYPED_GROUPS:
             value = schema.typed_option(key, value)
+            if key == "dataset" and isinstance(value, dict) and not trusted and source is not None:
+                raise PipelineError(
+                    f"from_run={source.path}: its dataset (_target_={value.get('_target_')}) is not one of this "
+                    "project's datasets, so it would be adopted without types or ranges.",
+                    "Pick the dataset on the command line (e.g. dataset=mnist), or add from_run_trust=true if you "
+                    "trust that run dir.")
         elif is_dataclass(node_type := OmegaConf.get_type(cfg, key)):
             value = OmegaConf.merge(OmegaConf.structured(node_type), value)
     cfg[key] = value
@@ -282,7 +375,7 @@ def _resume_stages(source: SourceRun) -> list[str]:
 def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> None:
     """Copy what the unselected stages would have made; set the checkpoint to resume from."""
     entry = {"path": str(source.path), "adopted_config": list(source.adopted), "source_status": source.status,
-             "stages": selected}
+             "stages": selected, "trusted": bool(ctx.cfg.get("from_run_trust"))}
     ctx.report.data["from_run"] = entry
     if "train" in selected:
         if not source.training_finished and source.resume_checkpoint():
@@ -296,19 +389,44 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
         if set(selected) & {"export", "check", "convert", "parity"}:
             _copy(source.artifact(WEIGHTS_NAME, "export/parity"), ctx.weights_path, ctx, "weights")
     if "export" not in selected and set(selected) & {"check", "convert", "parity"}:
-        _copy(source.artifact(ONNX_NAME, "check/convert/parity"), ctx.onnx_path, ctx, "onnx")
+        onnx_model = source.artifact(ONNX_NAME, "check/convert/parity")
+        _check_onnx(onnx_model, source)
+        _copy(onnx_model, ctx.onnx_path, ctx, "onnx")
     if "convert" not in selected and "parity" in selected:
         converted = {target: entry for target, entry in (source.report.get("targets") or {}).items()
                      if isinstance(entry, dict) and entry.get("status") == "ok" and target in TARGETS}
         refused = {target: entry for target, entry in (source.report.get("targets") or {}).items()
                    if isinstance(entry, dict) and entry.get("status") == "refused" and target in TARGETS}
         _check_converted(ctx.cfg, source, {**converted, **refused})  # a refused target has nothing to measure
+        picked = _selected_targets(ctx.cfg)  # export=keras measures keras only, not every target of the source
+        converted = {t: e for t, e in converted.items() if t in picked}
+        refused = {t: e for t, e in refused.items() if t in picked}
         ctx.report.data["targets"].update(refused)
         for target, target_entry in converted.items():
             out = ctx.run_dir / TARGETS[target].artifact
-            _copy(source.artifact(TARGETS[target].artifact, "parity"), out, ctx, target)
+            artifact = source.artifact(TARGETS[target].artifact, "parity")
+            if artifact.suffix == ".onnx":
+                _check_onnx(artifact, source)
+            elif artifact.is_dir():  # a SavedModel: its graph must not read or write files
+                foreign_config.check_saved_model(artifact, f"from_run={source.path}'s {artifact.name}")
+            _copy(artifact, out, ctx, target)
             ctx.report.data["targets"][target] = target_entry
             ctx.converted[target] = out
+
+
+def _check_onnx(path: Path, source: SourceRun) -> None:
+    """A source's ONNX model within limits.* (file size, the tensors it declares), read from its file only."""
+    from pipeline.context import read_onnx
+
+    key = f"from_run={source.path}'s {path.name}"
+    limits.check_file(path, key)
+    limits.check_onnx(read_onnx(path), key)
+
+
+def _selected_targets(cfg: DictConfig) -> list[str]:
+    from pipeline.stages.convert import selected_targets
+
+    return selected_targets(cfg)
 
 
 def _check_converted(cfg: DictConfig, source: SourceRun, converted: dict) -> None:
@@ -327,7 +445,7 @@ def check_resumable(cfg: DictConfig, source: SourceRun) -> None:
     """A checkpoint resumes only the network and optimizer it was saved from."""
     for key in ("model.net", "model.output", "optimizer._target_"):
         ours = _plain(OmegaConf.select(cfg, key, default=None))
-        theirs = _plain(OmegaConf.select(source.config, key, default=None))
+        theirs = _raw(source.config, key)
         if str(ours) != str(theirs):
             raise PipelineError(
                 f"from_run={source.path} resumes its interrupted training, but {key} differs from that run's "

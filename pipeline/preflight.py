@@ -133,6 +133,34 @@ def model_hint(dataset: str) -> str:
     return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
 
 
+DTYPE_ERRORS = ("dtype", "scalar type", "Double", "Long", "Int", "Half")
+
+
+def _dtype_mismatch(x, dataset: str, exc: Exception) -> PipelineError | None:
+    """A forward that fails on the input's dtype (float64 or int64 generated inputs into float32 layers): the
+    dataset's dtype key is what to change, not model.net."""
+    inputs = x if isinstance(x, dict) else {None: x}
+    odd = {name: t.dtype for name, t in inputs.items() if t.dtype != torch.float32}
+    if not odd or not any(word in str(exc) for word in DTYPE_ERRORS):
+        return None
+    name, dtype = next(iter(odd.items()))
+    shown = str(dtype).replace("torch.", "")
+    if name is not None:
+        key = f"dataset.inputs.{name}.dtype"
+        what, fix = f"input {name!r} as {shown} ({key})", f"Set {key}=float32 (with a normal or uniform distribution)"
+    else:
+        what = f"its input as {shown} (the dataset's dtype)"
+        fix = "Give the dataset float32 inputs (dataset.distribution=normal or uniform for generated ones)"
+    return PipelineError(f"dataset={dataset} gives {what}, but model.net computes in float32: "
+                         f"{type(exc).__name__}: {_first_line(exc)}",
+                         f"{fix}; integer inputs suit only a network that embeds them (token ids).")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
 def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str, exporting: bool = True) -> torch.Tensor:
     """The network (with model.weights loaded when given) on a batch; its first output."""
     shape = {n: list(t.shape) for n, t in x.items()} if isinstance(x, dict) else list(x.shape)
@@ -145,6 +173,9 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str, exporting: 
                             "Remove the exit from model.net's forward, or point model.net._target_ at another "
                             "class.") from None
     except Exception as exc:
+        mismatch = _dtype_mismatch(x, dataset, exc)
+        if mismatch:
+            raise mismatch from exc
         raise PipelineError(
             f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
             f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",

@@ -12,6 +12,11 @@ split (``parity.quantized``):
 Max abs error and ``allclose`` are reported, not gating. Without labels (synthetic data) classifiers
 are judged by top-1 agreement alone, and regressors are not judged (``judged: false``).
 
+Every other output (an embedding, a ``logdet``, a mask; matched by name) is judged against PyTorch's too
+(``judge_outputs``): a float output by its relative RMSE (at most ``max_output_relative_rmse``, default
+0.2), an integer or bool one (indices) by the share of equal elements (at least ``min_top1_agreement``).
+The entry's ``outputs`` lists each output's ``judgement``; a failure names the output.
+
 Before that, the convert stage checks each quantized artifact loosely (``sanity``): the reference's
 shapes, finite values, and, on the few verify samples, top-1 agreement >= 50 % (classifiers, first
 output) or a relative RMSE <= 0.5 against onnxruntime (other outputs): enough to catch a wrong
@@ -37,14 +42,16 @@ def relative_rmse(out: np.ndarray, ref: np.ndarray) -> float:
     return float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
 
 
-def sanity(outputs: dict, reference: dict, kind: str) -> dict:
-    """The convert stage's check of a quantized artifact against onnxruntime on a few held-out samples."""
+def sanity(outputs: dict, reference: dict, kind: str, against: str = "onnxruntime") -> dict:
+    """The convert stage's check of a quantized artifact against onnxruntime on a few held-out samples (parity's
+    at another size of a free axis: ``against`` PyTorch)."""
     samples = len(next(iter(reference.values())))
     worst = 0.0
     for index, (name, ref) in enumerate(reference.items()):
         out = outputs[name]
         if out.shape != ref.shape:
-            return {"ok": False, "reason": f"output {name} has shape {list(out.shape)}, ONNX gives {list(ref.shape)}"}
+            return {"ok": False, "reason": f"output {name} has shape {list(out.shape)}, {against} gives "
+                    f"{list(ref.shape)}"}
         if not np.all(np.isfinite(out)):
             return {"ok": False, "reason": f"output {name} has non-finite values"}
         worst = max(worst, float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0)
@@ -52,19 +59,21 @@ def sanity(outputs: dict, reference: dict, kind: str) -> dict:
         if labels is not None:
             agreement = float((tasks.predictions(kind, out) == labels).mean())
             if agreement < SANITY_MIN_AGREEMENT:
-                return {"ok": False, "reason": f"output {name}: top-1 agreement with onnxruntime {agreement:.2f} on "
+                return {"ok": False, "reason": f"output {name}: top-1 agreement with {against} {agreement:.2f} on "
                         f"{samples} held-out samples (a quantized artifact needs >= {SANITY_MIN_AGREEMENT})"}
             continue
         error = relative_rmse(out, ref)
         if error > SANITY_MAX_RELATIVE_RMSE:
-            return {"ok": False, "reason": f"output {name}: relative RMSE {error:.3g} against onnxruntime on {samples} "
+            return {"ok": False, "reason": f"output {name}: relative RMSE {error:.3g} against {against} on {samples} "
                     f"held-out samples (a quantized artifact needs <= {SANITY_MAX_RELATIVE_RMSE})"}
     return {"ok": True, "max_abs_err": worst, "samples": samples, "rule": "quantized (shapes, finite, loose)"}
 
 
-def judge(entry: dict, reference_metric: float | None, kind: str, settings, target: dict) -> None:
+def judge(entry: dict, reference_metric: float | None, kind: str, settings, target: dict,
+          outputs: dict | None = None, reference: dict | None = None) -> None:
     """Sets ``in_tolerance`` of a quantized target's parity entry by ``parity.quantized``; adds
-    ``metric_delta`` (absolute), ``metric_change`` (relative), the size and the verdict's reasons."""
+    ``metric_delta`` (absolute), ``metric_change`` (relative), the size and the verdict's reasons. With
+    ``outputs`` and PyTorch's ``reference`` (by name), every output after the first is judged too."""
     entry["quantized"] = True
     for key in ("bytes", "float32_bytes", "size_ratio", "size_ratio_to"):
         if target.get(key) is not None:
@@ -96,6 +105,18 @@ def judge(entry: dict, reference_metric: float | None, kind: str, settings, targ
         if change > limit + 1e-12:
             failures.append(f"MSE {100 * change:+.1f} % ({metric:.4g} vs PyTorch's {reference_metric:.4g}; "
                             f"parity.quantized.max_mse_increase={limit})")
+    task_failed = bool(failures)
+    task_judgement = "; ".join(failures) if failures else (", ".join(checks) or "no labels: not judged")
+    if outputs is not None and reference is not None:
+        per_output = judge_outputs(outputs, reference, settings)
+        first = next(iter(reference))
+        per_output[first] = {"judged_by": "task", "in_tolerance": not task_failed, "judgement": task_judgement}
+        _merge_outputs(entry, per_output)
+        for name, verdict in per_output.items():
+            if name != first:
+                checks.append(f"output {name}: {verdict['judgement']}")
+                if not verdict["in_tolerance"]:
+                    failures.append(f"output {name}: {verdict['judgement']}")
     entry["judged"] = bool(checks)
     entry["in_tolerance"] = not failures
     entry["judgement"] = "; ".join(failures) if failures else (", ".join(checks) or "no labels: not judged")
@@ -103,13 +124,56 @@ def judge(entry: dict, reference_metric: float | None, kind: str, settings, targ
         kept = set(target.get("float_fallback") or [])
         quantized = [layer for layer in target["worst_layers"] if layer["layer"] not in kept
                      and layer.get("relative_rmse", 0) > 0]
-        gaining = [layer for layer in quantized if (layer.get("output_gain") or 0) > 0]
+        # output_gain is measured on the task's output: it ranks only when that output is the one that failed
+        gaining = [layer for layer in quantized if (layer.get("output_gain") or 0) > 0] if task_failed else []
         entry["worst_layers"] = [layer["layer"] for layer in (gaining or quantized)][:LAYERS_NAMED]
         entry["worst_layer_ops"] = [layer["op"] for layer in (gaining or quantized)][:LAYERS_NAMED]
         entry["float_fallback"] = list(target.get("float_fallback") or [])
         gains = [layer["output_gain"] for layer in quantized if layer.get("output_gain") is not None]
-        if gains:
+        if gains and task_failed:
             entry["best_layer_gain"] = max(gains)
+
+
+def judge_outputs(outputs: dict, reference: dict, settings) -> dict:
+    """Each output after the first (the task's) against PyTorch's, by name: float outputs by relative RMSE,
+    integer and bool ones (indices, masks) by the share of equal elements."""
+    verdicts = {}
+    for name, ref in list(reference.items())[1:]:
+        out = outputs.get(name)
+        if out is None or out.shape != ref.shape:
+            shape = None if out is None else list(out.shape)
+            verdicts[name] = {"judged_by": "shape", "in_tolerance": False,
+                              "judgement": f"shape {shape}, PyTorch gives {list(ref.shape)}"}
+        elif np.issubdtype(ref.dtype, np.floating):
+            verdicts[name] = _by_relative_rmse(out, ref, float(settings.max_output_relative_rmse))
+        else:
+            verdicts[name] = _by_agreement(out, ref, float(settings.min_top1_agreement))
+    return verdicts
+
+
+def _by_relative_rmse(out: np.ndarray, ref: np.ndarray, limit: float) -> dict:
+    error = relative_rmse(out, ref)
+    ok = bool(np.isfinite(error)) and error <= limit + 1e-12
+    sign = "<=" if ok else ">"
+    return {"judged_by": "relative_rmse", "relative_rmse": error, "in_tolerance": ok,
+            "judgement": f"relative RMSE {error:.3g} against PyTorch ({sign} "
+                         f"parity.quantized.max_output_relative_rmse={limit})"}
+
+
+def _by_agreement(out: np.ndarray, ref: np.ndarray, minimum: float) -> dict:
+    agreement = float((out == ref).mean()) if ref.size else 1.0
+    ok = agreement >= minimum
+    sign = ">=" if ok else "<"
+    return {"judged_by": "agreement", "agreement": agreement, "in_tolerance": ok,
+            "judgement": f"{agreement:.4f} of its elements equal to PyTorch's ({sign} "
+                         f"parity.quantized.min_top1_agreement={minimum})"}
+
+
+def _merge_outputs(entry: dict, verdicts: dict) -> None:
+    """Each output's verdict beside its errors in ``entry['outputs']`` (kept for a single output too)."""
+    outputs = entry.setdefault("outputs", {})
+    for name, verdict in verdicts.items():
+        outputs.setdefault(name, {}).update(verdict)
 
 
 def describe(entry: dict, target: str) -> str:

@@ -79,6 +79,7 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
                       f"throughput {_fmt(_rounded(ref['throughput_per_s']))}/s.", ""]
+    lines += sizes_section(report)
     lines += quantized_section(report, cfg)
     diagnosed = [e for e in report["parity"] if e.get("divergence")]
     if diagnosed:
@@ -101,6 +102,23 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def sizes_section(report: dict) -> list[str]:
+    """Free axes (export.dynamic_axes): every runtime at the other sizes of parity.shapes."""
+    free = {name: {axis: label for axis, label in axes.items() if axis != "0"}
+            for name, axes in (report.get("export") or {}).get("dynamic_axes", {}).items()}
+    free = {name: axes for name, axes in free.items() if axes}
+    entries = [e for e in report["parity"] if e.get("sizes")]
+    if not free or not entries:
+        return []
+    shapes = [", ".join(f"{n} {s}" for n, s in size["shapes"].items()) for size in entries[0]["sizes"]]
+    described = "; ".join(f"{name} axes " + ", ".join(f"{a} ({label})" for a, label in axes.items())
+                          for name, axes in free.items())
+    rows = [[e["runtime"], *(("yes" if s["in_tolerance"] else "**no**") + f", {_fmt(s.get('max_abs_err'))}"
+                             for s in e["sizes"])] for e in entries]
+    return [f"## Other input sizes (free axes: {described})", "",
+            *_table(["runtime", *(f"{shape}: in tolerance, max abs err" for shape in shapes)], rows), ""]
 
 
 def data_section(data: dict) -> list[str]:
@@ -160,6 +178,11 @@ def quantized_section(report: dict, cfg: DictConfig) -> list[str]:
         target = report["targets"].get(e["runtime"], {})
         if not e["in_tolerance"]:
             lines.append(f"- **{e['runtime']}**: {e.get('error') or e.get('judgement')}")
+        judged = {name: o for name, o in (e.get("outputs") or {}).items() if o.get("judgement")}
+        if len(judged) > 1:  # every output's own verdict, the task's first
+            each = "; ".join(f"`{name}` {'ok' if o['in_tolerance'] else '**no**'} ({o['judgement']})"
+                             for name, o in judged.items())
+            lines.append(f"- {e['runtime']}, each output: {each}")
         if target.get("worst_layers"):
             worst = ", ".join(f"`{layer['layer']}` ({layer['op']}, {_gain(layer)})"
                               for layer in target["worst_layers"][:5])
@@ -190,8 +213,15 @@ def _load_hint(key: str, report: dict) -> str:
 
     runtime = TARGETS[key].runtime if key in TARGETS else key
     hint = LOAD_HINTS.get(key) or LOAD_HINTS.get({"onnxruntime": "onnx"}.get(runtime, runtime), "")
-    layout = report["targets"].get(key, {}).get("input_layout")
-    return f"{hint}; input layout **{layout}**" if layout else hint
+    target = report["targets"].get(key, {})
+    layout = target.get("input_layout")
+    text = f"{hint}; input layout **{layout}**" if layout else hint
+    layouts = target.get("io_layouts")
+    if layouts:  # every input's and output's layout (export.layout)
+        each = ", ".join(f"`{name}` {value}" for name, value in layouts["inputs"].items())
+        out = ", ".join(f"`{name}` {value}" for name, value in layouts["outputs"].items())
+        text += f" (inputs: {each}; outputs: {out})"
+    return text
 
 
 def write(run_dir: Path, report: dict, cfg: DictConfig, plots: list[Path]) -> Path:

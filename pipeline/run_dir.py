@@ -35,6 +35,11 @@ def absolute(run_dir) -> Path:
     return Path(os.path.abspath(run_dir))
 
 
+def same_dir(one, other) -> bool:
+    """Whether two paths name one dir, as written or through links."""
+    return absolute(one) == absolute(other) or os.path.realpath(one) == os.path.realpath(other)
+
+
 def owner(run_dir: Path) -> dict | None:
     """Who holds ``run_dir``'s lock now (pid, host, started, command), or None if no live process does."""
     path = absolute(run_dir)
@@ -111,10 +116,13 @@ def _check_unused(path: Path, key: str) -> None:
 
 
 def _check_not_inside_a_run(path: Path, key: str) -> None:
-    """A dir inside another run's dir would add files to that run (a sweep's own jobs are claimed apart)."""
-    for ancestor in path.parents:
+    """A dir inside another run's dir would add files to that run (a sweep's own jobs are claimed apart). Real
+    paths too: a link (the dir itself or a folder above it) may lead into another run."""
+    real = Path(os.path.realpath(path))
+    for ancestor in dict.fromkeys([*path.parents, *real.parents]):
         if (ancestor / REPORT_NAME).is_file() or ((ancestor / LOCK_NAME).is_file() and owner(ancestor)):
-            raise PipelineError(f"{key}={path} is inside the run dir {ancestor}, which it would change.",
+            through = "" if ancestor in path.parents else f" (through a link: its real path is {real})"
+            raise PipelineError(f"{key}={path} is inside the run dir {ancestor}{through}, which it would change.",
                                 f"Set {key} to a path outside other runs' dirs.")
 
 
@@ -209,6 +217,12 @@ def exit_on_error(action) -> None:
         print(explain(exc.message, exc.hint), file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
+        from pipeline import interrupts
+
+        if interrupts.stopping():  # a signal cut the check short: nothing was written, the run stops as asked
+            print(explain("Interrupted by a signal before the run started; nothing was written.", "",
+                          verb="interrupted"), file=sys.stderr)
+            sys.exit(130)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         text = " ".join(str(exc).split())[:300]

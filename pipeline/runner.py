@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import from_run, interrupts, preflight, quiet, runtimes, schema, tasks, threads
+from pipeline import disk, from_run, interrupts, limits, preflight, quiet, runtimes, schema, tasks, threads
 from pipeline import run_dir as run_dirs
 from pipeline.context import RunContext
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
@@ -83,6 +83,7 @@ def count_parameters(net) -> int:
 def run(cfg: DictConfig, run_dir: Path) -> Report:
     """Run the pipeline into ``run_dir``; raises the first PipelineError after the report is saved."""
     selected = validate(cfg)
+    limits.configure(cfg)
     report = Report(run_dir, cfg.model.name)
     if report.path.exists():  # the run-dir guard refuses this earlier; never overwrite a report
         raise PipelineError(f"{run_dir} already holds a run (report.json exists); it is left untouched.",
@@ -109,6 +110,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Report:
             report.save()
     except BaseException as exc:  # an interrupt or a bug: the report never stays "running"
         interrupted = isinstance(exc, KeyboardInterrupt | RunInterrupted)
+        statuses = [stage["status"] for stage in report.data["stages"].values()]
+        if interrupted and "interrupted" not in statuses:  # a signal as a stage starts (before it says "running")
+            starting = next((n for n in selected if report.data["stages"][n]["status"] in ("pending", "running")),
+                            None)
+            if starting:
+                report.data["stages"][starting].update(status="interrupted", reason=f"{type(exc).__name__}: {exc}")
         for stage in report.data["stages"].values():
             if stage["status"] in ("pending", "running"):
                 stage.update(status="skipped", reason="the run stopped before this stage")
@@ -156,7 +163,7 @@ def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
         return exc
     except Exception as exc:  # noqa: BLE001 - e.g. model.net's own code: one paragraph, the traceback in the log
         logfile.error("Preparing the %s stage raised:", selected[0], exc_info=exc)
-        crashed = _crashed(selected[0], exc)
+        crashed = _crashed(selected[0], exc, ctx.run_dir)
         report.data["stages"][selected[0]].update(status="failed", reason=f"before the stage started: {crashed}")
         return crashed
     finally:
@@ -232,6 +239,8 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         stage["status"] = "ok"
         return None
     except PipelineError as exc:
+        if disk.is_full(exc) and not isinstance(exc, disk.DiskFull):  # a stage's own wording ("export failed")
+            exc = _crashed(name, exc, ctx.run_dir)
         stage.update(status="failed", reason=str(exc))
         return exc
     except (KeyboardInterrupt, RunInterrupted) as exc:  # record it honestly, then let it propagate
@@ -240,7 +249,7 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         raise
     except Exception as exc:  # not an input we check for yet: one paragraph, the traceback in pipeline.log
         logfile.error("The %s stage raised:", name, exc_info=exc)
-        crashed = _crashed(name, exc)
+        crashed = _crashed(name, exc, ctx.run_dir)
         stage.update(status="failed", reason=str(crashed))
         return crashed
     except SystemExit as exc:  # sys.exit() in model code or a library: a failure of this stage, not an exit code
@@ -265,7 +274,11 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         ctx.report.save()
 
 
-def _crashed(stage: str, exc: Exception) -> StageCrashed:
+def _crashed(stage: str, exc: Exception, run_dir: Path | None = None) -> PipelineError:
+    if disk.is_full(exc):  # the machine's fault, not the model's: never "report it as a bug" or "another opset"
+        full = disk.full_error(run_dir or Path.cwd(), f"the {stage} stage wrote its files")
+        full.__cause__ = exc
+        return full
     if type(exc).__module__.startswith("torch.onnx"):  # torch.onnx.errors: an op or opset the exporter lacks
         crashed = StageCrashed(f"torch.onnx cannot export model.net: {_first_line(exc)}",
                                "Pick another export.opset (7 to 20) if the message names one, or replace that op "

@@ -135,6 +135,8 @@ class ModelConfig:
     # Weights to start from instead of training's: a state_dict (.pt) or a Lightning checkpoint (.ckpt);
     # "init": the network as its constructor builds it. null: this run's train stage (or from_run).
     weights: str | None = ranged(None, a_path)
+    # A checkpoint holding several networks (net.*, ema.*): the key prefix of the one to load (e.g. ema).
+    weights_prefix: str | None = None
 
 
 PRECISIONS = ("32-true", "32", 32, "64-true", "64", 64, "16-mixed", "bf16-mixed", "16-true", "bf16-true",
@@ -186,6 +188,18 @@ class OnnxInt8Mode(StrEnum):
     dynamic = "dynamic"  # int8 weights, activation ranges computed per call
 
 
+class IOLayout(StrEnum):
+    """The layout a TensorFlow or TFLite artifact takes and returns (pipeline/converters/io_layout.py)."""
+
+    nchw = "nchw"  # PyTorch's, channels first (the signature transposes at the boundary)
+    nhwc = "nhwc"  # channels last: image tensors [N, H, W, C] in and out, no transpose at the boundary
+
+
+@dataclass
+class LayoutOptions(TargetOptions):
+    layout: IOLayout | None = None  # null: export.layout
+
+
 @dataclass
 class FloatFallbackOptions(TargetOptions):
     """Layers of a quantized model kept in float32 (pipeline/converters/tflite_quantize.py)."""
@@ -195,7 +209,7 @@ class FloatFallbackOptions(TargetOptions):
 
 
 @dataclass
-class TFLiteInt8Options(FloatFallbackOptions):
+class TFLiteInt8Options(FloatFallbackOptions, LayoutOptions):
     int8_io: bool = False  # int8 input and output tensors (the runtime quantizes and dequantizes around them)
 
 
@@ -207,7 +221,8 @@ class OnnxInt8Options(FloatFallbackOptions):
 FullIntegerOptions = TFLiteInt8Options  # its first name
 
 # Targets with options beyond the backend; the others take TargetOptions.
-TARGET_OPTIONS = {"tflite_int8": TFLiteInt8Options, "onnx_int8": OnnxInt8Options}
+TARGET_OPTIONS = {"tflite_int8": TFLiteInt8Options, "onnx_int8": OnnxInt8Options,
+                  **{t: LayoutOptions for t in ("tensorflow", "tflite", "tflite_fp16", "tflite_int8_dynamic")}}
 
 
 @dataclass
@@ -233,6 +248,11 @@ class ExportConfig(_ExportBase):
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     # Training-split inputs that calibrate tflite_int8 and onnx_int8 (static): their activation ranges.
     calibration_samples: int = ranged(200, between(1, 100_000, integer=True))
+    # Input axes besides the batch left free in every artifact (pipeline/free_axes.py): null (the batch
+    # only), spatial, time, or {input: {axis: name}}.
+    dynamic_axes: Any = None
+    # The layout of the tensorflow and TFLite targets' inputs and outputs (export.<target>.layout overrides).
+    layout: IOLayout = IOLayout.nchw
 
 
 @dataclass
@@ -242,6 +262,8 @@ class QuantizedParityConfig:
     max_accuracy_drop: float = ranged(0.01, between(0, 1))  # classifiers: PyTorch's accuracy minus its own
     min_top1_agreement: float = ranged(0.98, between(0, 1))  # classifiers: predictions equal to PyTorch's
     max_mse_increase: float = ranged(0.10, at_least(0))  # regressors: relative (0.10 = MSE at most 10 % higher)
+    # every output after the first (the task's): its RMS error over PyTorch's RMS, at most this
+    max_output_relative_rmse: float = ranged(0.20, at_least(0))
 
 
 @dataclass
@@ -256,7 +278,19 @@ class ParityConfig:
     latency_budget_s: float | None = ranged(1.0, at_least(0))  # per runtime; null: latency_repeats calls
     diagnose: bool | None = None  # locate the first diverging node: null = for drifting runtimes only
     diagnose_samples: int = ranged(4, between(1, 10_000, integer=True))
+    # Other input sizes every runtime is run at too, with free axes (export.dynamic_axes): null = two derived
+    # (the free axes at 2x and 3x), [] = none, or a list of per-sample shapes ([[3,48,64]] or [{ids: [40]}]).
+    shapes: Any = None
+    shapes_samples: int = ranged(16, between(1, 100_000, integer=True))  # held-out samples run at each
     quantized: QuantizedParityConfig = field(default_factory=QuantizedParityConfig)
+
+
+@dataclass
+class LimitsConfig:
+    """Sizes above which a file or a tensor it declares is refused before it is read (pipeline/limits.py)."""
+
+    max_file_bytes: int = ranged(512 * 2**20, at_least(1, integer=True))  # one data file, decompressed
+    max_tensor_bytes: int = ranged(2 * 2**30, at_least(1, integer=True))  # one tensor a file declares (ONNX)
 
 
 # seed_everything takes an unsigned 32-bit seed (and silently picks a random one otherwise).
@@ -278,6 +312,10 @@ class PipelineConfig:
     threads: int = ranged(0, between(0, 1024, integer=True))  # 0: the libraries' default
     print_config: bool = True
     from_run: str | None = ranged(None, a_path)
+    # Adopt a from_run source's config even where it names classes or ${resolver:...} interpolations that this
+    # project's configs do not (pipeline/foreign_config.py): only for a run dir whose author you trust.
+    from_run_trust: bool = False
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     optimized_metric: str | None = None
 
 

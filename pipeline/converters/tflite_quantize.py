@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_with
-from pipeline.converters import ConvertJob, layer_errors, recurrent_ops
+from pipeline.converters import ConvertJob, io_layout, layer_errors, recurrent_ops
 from pipeline.converters.layer_errors import LAYERS_REPORTED
 from pipeline.errors import ConversionError, NotApplicable
 from pipeline.quantized import ABSURD_RANGE
@@ -38,8 +38,8 @@ def convert(job: ConvertJob, mode: str) -> dict:
     """``job.out_path`` <- the quantized flatbuffer; returns the report entry (sizes, settings, layers)."""
     import onnx
 
-    saved_model = job.artifacts["tensorflow"]
-    info: dict = {"converted_from": "tensorflow", "quantization": DESCRIBED[mode], "load": LOAD}
+    saved_model, layout = io_layout.saved_model_for(job)  # export.<target>.layout: nchw or nhwc
+    info: dict = {**layout, "converted_from": "tensorflow", "quantization": DESCRIBED[mode], "load": LOAD}
     if mode == "int8":
         recurrent = recurrent_ops(onnx.load(str(job.onnx_path), load_external_data=False))
         if recurrent:
@@ -95,7 +95,8 @@ def _convert(saved_model: Path, configure) -> bytes:
 def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
     import tensorflow as tf
 
-    calibration = job.calibration_inputs()
+    # Calibration, per-layer statistics and TFLite runs take the artifact's layout (nhwc: channels last).
+    calibration = io_layout.to_artifact(job.calibration_inputs(), info.get("input_perms"))
     samples = len(next(iter(calibration.values())))
     int8_io = bool(job.options.get("int8_io", False))
     info.update(calibration_samples=samples, int8_io=int8_io, float_fallback=[])
@@ -125,7 +126,7 @@ def _full_integer(job: ConvertJob, saved_model: Path, info: dict) -> bytes:
     try:  # diagnostic: a failure here never fails the conversion
         calibrated = calibrated or _convert(saved_model, lambda c: full_integer(c, calibrate_only=True))
         inputs, info["layers_measured_on"] = job.layer_error_inputs()
-        layers = ranked_layers(job, calibrated, inputs, kept)
+        layers = ranked_layers(job, calibrated, inputs, kept, info)
     except Exception as exc:  # noqa: BLE001
         log.warning("tflite_int8: per-layer statistics failed: %s", exc)
         info["layers_error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
@@ -197,19 +198,22 @@ def _refuse_unrepresentable_ranges(flatbuffer: bytes, named: list[str] | None = 
 
 
 def ranked_layers(job: ConvertJob, calibrated: bytes, inputs: dict[str, np.ndarray],
-                  kept: list[str] | None = None) -> list[dict]:
+                  kept: list[str] | None = None, layout: dict | None = None) -> list[dict]:
     """The quantized layers by their own error, then ranked by what keeping each in float gains at the output
-    (``kept``: tensors every quantization keeps in float)."""
+    (``kept``: tensors every quantization keeps in float; ``layout``: the artifact's input/output perms,
+    ``inputs`` being in ONNX layout)."""
     from pipeline import runtimes
 
-    kept = list(kept or [])
-    layers = [layer for layer in layer_statistics(calibrated, inputs, kept) if layer["node"] not in kept]
+    kept, layout = list(kept or []), layout or {}
+    stored = io_layout.to_artifact(inputs, layout.get("input_perms"))
+    layers = [layer for layer in layer_statistics(calibrated, stored, kept) if layer["node"] not in kept]
     names = list(inputs)
     onnx = runtimes.load("onnxruntime", job.onnx_path, names, _output_names(job.onnx_path))
     reference = onnx.predict(inputs)
 
     def error(flatbuffer: bytes) -> float:
-        return layer_errors.output_error(run(flatbuffer, inputs, list(reference)), reference, job.output_kind)
+        outputs = io_layout.from_artifact(run(flatbuffer, stored, list(reference)), layout.get("output_perms"))
+        return layer_errors.output_error(outputs, reference, job.output_kind)
 
     def without(layer: dict) -> float:
         return error(quantize(calibrated, False, denylisted=[*kept, layer["node"]]))

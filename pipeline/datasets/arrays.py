@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import limits
 from pipeline.datasets.base import DataSpec, InMemoryData, Splits, split_off
 from pipeline.errors import PipelineError
 
@@ -53,6 +54,7 @@ class ArraysData(InMemoryData):
     def _read(self) -> dict[str, np.ndarray]:
         if not self.path.is_file():
             raise PipelineError(f"dataset.path={str(self.path)!r} is not a file.", "Point dataset.path at a .npz file.")
+        limits.check_file(self.path, "dataset.path")  # the arrays' declared sizes, before any is extracted
         try:
             with np.load(self.path, allow_pickle=False) as loaded:
                 if not hasattr(loaded, "files"):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import limits
 from pipeline.datasets.base import InMemoryData, Splits
 from pipeline.errors import PipelineError
 
@@ -138,6 +139,7 @@ def _read_csv(path: Path, separator: str = ","):
                             "Point dataset.path at a CSV file.")
     if not path.is_file():
         raise PipelineError(f"dataset.path={str(path)!r} does not exist.", "Point dataset.path at a CSV file.")
+    limits.check_file(path, "dataset.path")  # a gzip bomb is refused before pandas expands it
     try:
         # An empty cell of a one-column file is a blank line: kept (as missing), never silently skipped.
         frame = pd.read_csv(path, sep=separator, skip_blank_lines=False)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import quantized
+from pipeline import disk, quantized
 from pipeline.context import RunContext
-from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, onnx_layout, prepare_tensorflow
+from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, io_layout, onnx_layout, prepare_tensorflow
 from pipeline.errors import ConversionError, NotApplicable, PipelineError, StageFailed
 from pipeline.report import size_of
 
@@ -82,8 +82,7 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
     entry = {"status": "failed", "artifact": spec.artifact, "input_layout": default_layout, "backend": None,
              "attempts": attempts}
     ctx.report.data["targets"][target] = entry
-    job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted),
-                     dict(ctx.cfg.export.get(target) or {}), cache,
+    job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted), _options(ctx.cfg, target), cache,
                      calibration=lambda: ctx.calibration_inputs(int(ctx.cfg.export.calibration_samples)),
                      validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
     kept = None  # (attempt, info, parked path) of the first artifact that drifted
@@ -116,6 +115,14 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
     return _give_up(target, entry, attempts)
 
 
+def _options(cfg, target: str) -> dict:
+    """export.<target>, its layout defaulting to export.layout."""
+    options = dict(cfg.export.get(target) or {})
+    if options.get("layout") is None:
+        options["layout"] = str(cfg.export.get("layout") or "nchw")
+    return options
+
+
 def _give_up(target: str, entry: dict, attempts: list[dict]) -> bool:
     """No artifact: the reasons of every backend tried, and the first op one of them named. Returns
     whether the run may still succeed (the target was refused by design, not failed)."""
@@ -137,12 +144,14 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
         return None
     start = time.perf_counter()
     try:
-        return candidate.convert(job) or {}
+        return _convert(candidate, job)
     except ConversionError as exc:  # NotApplicable: the target does not apply to this model, by design
         attempt.update(status="refused" if isinstance(exc, NotApplicable) else "failed", reason=str(exc),
                        unsupported_op=exc.unsupported_op)
     except ImportError as exc:
         attempt.update(status="skipped", reason=f"not installed ({exc})")
+    except disk.DiskFull:  # every backend would fail the same way: the stage stops
+        raise
     except Exception as exc:  # noqa: BLE001 - a converter library's own error: the next backend may do better
         log.debug("backend %s raised", candidate.name, exc_info=True)
         attempt.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
@@ -153,9 +162,24 @@ def _attempt(candidate: Backend, job: ConvertJob, attempt: dict) -> dict | None:
     return None
 
 
+def _convert(candidate: Backend, job: ConvertJob) -> dict:
+    """One backend's conversion; a full disk stops the stage (every backend would fail the same way), named
+    as such, never as the converter's failure ("try another export.opset")."""
+    try:
+        return candidate.convert(job) or {}
+    except Exception as exc:
+        if disk.is_full(exc):
+            _remove(job.out_path)
+            raise disk.full_error(job.out_path.parent, f"the convert stage wrote {job.out_path.name}") from exc
+        raise
+
+
 def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict, out_path: Path) -> bool:
     entry.update(info, status="ok", backend=backend)
     entry.pop("reason", None)
+    entry["io_layouts"] = io_layout.describe(entry, *_ranks(ctx))  # every tensor's layout, by name
+    if TARGETS[target].runtime in ("tensorflow", "tflite"):  # what an app passes and reads, by ONNX name
+        entry["signature_names"] = _signature_names(ctx)
     if TARGETS[target].quantized:  # its size against the float32 model of the same format
         entry["bytes"] = size_of(out_path)
         if entry.get("float32_bytes"):
@@ -165,6 +189,22 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
     ctx.report.add_artifact(target, out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
     return True
+
+
+def _signature_names(ctx: RunContext) -> dict:
+    """The serving_default signature's key of every input and output (the ONNX name, made an identifier)."""
+    from pipeline.runtimes import signature_key
+
+    return {"inputs": {name: signature_key(name) for name in ctx.input_names},
+            "outputs": {name: signature_key(name) for name in ctx.output_names}}
+
+
+def _ranks(ctx: RunContext) -> tuple[dict[str, int], dict[str, int]]:
+    from pipeline.context import read_onnx
+
+    graph = read_onnx(ctx.onnx_path).graph
+    return ({i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name in ctx.input_names},
+            {o.name: len(o.type.tensor_type.shape.dim) for o in graph.output})
 
 
 def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, reference: dict) -> dict:

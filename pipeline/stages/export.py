@@ -1,4 +1,5 @@
-"""export: torch.onnx.export with named inputs/outputs, a dynamic batch axis and the lowest opset that works.
+"""export: torch.onnx.export with named inputs/outputs, a dynamic batch axis (and the free axes of
+``export.dynamic_axes``, ``pipeline.free_axes``) and the lowest opset that works.
 
 The export starts at ``export.opset``; when an op needs a newer opset (``scaled_dot_product_attention``
 needs 14), it is raised to the one the exporter names, up to the newest it supports. Inputs are named
@@ -12,6 +13,7 @@ import warnings
 
 import torch
 
+from pipeline import free_axes
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
 from pipeline.converters import torch_symbolics
@@ -34,10 +36,16 @@ def run(ctx: RunContext) -> None:
     args = tuple(x[n].clone() for n in names) if isinstance(x, dict) else (x.clone(),)
     requested = int(ctx.cfg.export.opset)
     outputs = output_names(net, args)
-    opset = write_with_opset(net, args, names, outputs, ctx, requested)
+    free = free_axes.resolve(ctx.cfg.export.get("dynamic_axes"),
+                             {n: tuple(a.shape) for n, a in zip(names, args, strict=True)})
+    axes = dynamic_axes(net, args, names, outputs, free)
+    opset = write_with_opset(net, args, names, outputs, ctx, requested, axes)
+    if free:  # before any converter: a graph that pins a free axis is refused here, by name
+        free_axes.check_export(net, ctx.onnx_path, args, names, free)
     extra = {"requested_opset": requested} if opset != requested else {}
     ctx.report.add_artifact("onnx", ctx.onnx_path, opset=opset, **extra)
-    ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs}
+    ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs,
+                                 "dynamic_axes": {n: {str(a): label for a, label in axes[n].items()} for n in axes}}
     write_labels(ctx)
 
 
@@ -51,6 +59,24 @@ def write_labels(ctx: RunContext) -> None:
         path = ctx.run_dir / LABELS_NAME
         write_with(path, lambda tmp: tmp.write_text("".join(f"{name}\n" for name in classes)))
         ctx.report.add_artifact("labels", path)
+
+
+def dynamic_axes(net, args: tuple, names: list[str], outputs: list[str], free: dict) -> dict:
+    """torch.onnx.export's ``dynamic_axes``: the batch and ``free`` axes of the inputs, and the axes of the
+    outputs that change with them (measured by running the network at another size)."""
+    inputs = free_axes.onnx_axes(free, names)
+    if not free:
+        return {**inputs, **{name: {0: "batch"} for name in outputs}}
+    trained = {n: tuple(a.shape) for n, a in zip(names, args, strict=True)}
+    other = free_axes.other_shapes(free, trained)[0]
+    feeds = {n: free_axes.tiled(a.numpy(), other[n]) for n, a in zip(names, args, strict=True)}
+    at_other = free_axes.torch_outputs(net, feeds, names, free, trained)
+    at_trained = free_axes.torch_outputs(net, {n: a.numpy() for n, a in zip(names, args, strict=True)}, names,
+                                         free, trained)
+    changed = free_axes.output_axes({n: o.shape for n, o in zip(outputs, at_trained, strict=True)},
+                                    {n: o.shape for n, o in zip(outputs, at_other, strict=True)},
+                                    free_axes.size_labels(free, trained, other))
+    return {**inputs, **changed}
 
 
 def output_names(net: torch.nn.Module, args: tuple) -> list[str]:
@@ -68,7 +94,8 @@ def max_opset() -> int:
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
 
 
-def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx: RunContext, opset: int) -> int:
+def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx: RunContext, opset: int,
+                     axes: dict | None = None) -> int:
     """Export at ``opset``, raising it to what the exporter asks for; returns the opset used."""
     highest = max_opset()
     if not 7 <= opset <= highest:
@@ -76,7 +103,7 @@ def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx
                             f"Set export.opset between 7 and {highest} (13 is the default).")
     while True:
         try:
-            write_with(ctx.onnx_path, lambda tmp, o=opset: export_onnx(net, args, tmp, o, names, outputs))
+            write_with(ctx.onnx_path, lambda tmp, o=opset: export_onnx(net, args, tmp, o, names, outputs, axes))
             return opset
         except Exception as exc:  # noqa: BLE001 - torch raises many types; the message says what it needs
             needed = required_opset(exc)
@@ -136,7 +163,8 @@ def _register_symbolics() -> None:
         _SYMBOLICS_REGISTERED = True
 
 
-def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None) -> None:
+def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, output_names_=None,
+                axes: dict | None = None) -> None:
     """torch.onnx.export (TorchScript). Its TracerWarnings (a branch or a Python number frozen into the
     graph) go on to the stage's recorder (report.json stages.export.warnings). Ops the exporter gets wrong
     or refuses are written by ``pipeline.converters.torch_symbolics``."""
@@ -145,7 +173,7 @@ def export_onnx(net: torch.nn.Module, args, path, opset: int, input_names=None, 
     args = args if isinstance(args, tuple) else (args,)
     input_names = input_names or [INPUT_NAME]
     output_names_ = output_names_ or [OUTPUT_NAME]
-    axes = {name: {0: "batch"} for name in [*input_names, *output_names_]}
+    axes = axes or {name: {0: "batch"} for name in [*input_names, *output_names_]}
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which cannot target the low
         # opsets onnx-tf needs: that says nothing about this model.

@@ -5,15 +5,17 @@ rtol/atol, top-1 agreement (classifiers, on the first output), the task metric, 
 (median) and batched throughput. Outputs are matched by ONNX name and brought back to the ONNX
 layout by the runtime adapters; a shape that does not match is a parity failure of that runtime.
 The stage fails after the report is written if any runtime drifts. Quantized and half-precision
-targets are judged by the task metric and top-1 agreement instead (``pipeline.quantized``,
-``parity.quantized``); their max abs error is reported, not gating.
+targets are judged by the task metric and top-1 agreement on the first output, and every other output
+by its error against PyTorch's, by name (``pipeline.quantized``, ``parity.quantized``); their max abs
+error is reported, not gating. With free axes (``export.dynamic_axes``) every runtime also runs at the
+other sizes of ``parity.shapes`` (``sizes`` in its entry): a miss there takes it out of tolerance.
 """
 import logging
 import time
 
 import numpy as np
 
-from pipeline import diagnose, quantized, runtimes, tasks
+from pipeline import diagnose, free_axes, quantized, runtimes, tasks
 from pipeline.context import RunContext
 from pipeline.converters import TARGETS
 from pipeline.errors import ParityError
@@ -32,11 +34,16 @@ def run(ctx: RunContext) -> None:
     samples = len(next(iter(feeds.values())))
     ctx.report.data["reference"] = {"runtime": "torch", "samples": samples, "metric": _metric(ctx, ref_out, labels),
                                     **ref_timing}
+    sizes = _other_sizes(ctx, feeds, reference, settings)
+    if sizes:
+        ctx.report.data["reference"]["shapes"] = [free_axes.describe(shapes) for shapes, _, _ in sizes]
     entries = []
     for name, load in _runtimes_under_test(ctx):
         entry = {"runtime": name, "samples": samples}
+        adapter = None
         try:  # an artifact that does not even load (a flatbuffer with a bad tensor) fails parity, named
-            out, timing = _measure(load(), feeds, settings)
+            adapter = load()
+            out, timing = _measure(adapter, feeds, settings)
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the data fails parity, clearly
             entry.update(failure_entry(f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
         else:
@@ -44,9 +51,12 @@ def run(ctx: RunContext) -> None:
             entry.update(compare(out, ref_out, ctx.output_kind, settings))
             entry["metric"] = _metric(ctx, out, labels) if entry.get("error") is None else None
             entry.update(timing)
-        if name in TARGETS and TARGETS[name].quantized:
+        is_quantized = name in TARGETS and TARGETS[name].quantized
+        if is_quantized:
             quantized.judge(entry, ctx.report.data["reference"]["metric"], ctx.output_kind, settings.quantized,
-                            ctx.report.data["targets"].get(name, {}))
+                            ctx.report.data["targets"].get(name, {}), ctx.outputs.get(name), ref_out)
+        if sizes and adapter is not None:
+            _judge_sizes(entry, adapter, sizes, ctx.output_kind, settings, is_quantized)
         entries.append(entry)
         log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
@@ -66,8 +76,11 @@ def run(ctx: RunContext) -> None:
             remedies += ["calibrate on more samples (export.calibration_samples)"] if any(
                 targets.get(e["runtime"], {}).get("calibration_samples") for e in missed) else []
             remedies += ["use another quantized target"] if not remedies else []
+            task = ctx.output_names[0]  # the remark is about class scores: only when those failed
             ties = (" (random or barely trained weights give near-tied class scores, whose top-1 int8 flips)"
-                    if any(e.get("top1_agreement") is not None for e in missed) else "")
+                    if any(e.get("top1_agreement") is not None
+                           and not e.get("outputs", {}).get(task, {}).get("in_tolerance", False) for e in missed)
+                    else "")
             hints += [f"{', '.join(remedies)}, or loosen parity.quantized.* if the loss is acceptable{ties}"]
         raise ParityError(" ".join(parts), f"Inspect report.json parity; {'; '.join(hints)}.")
 
@@ -77,10 +90,58 @@ def _describe(entry: dict) -> str:
         return f"{entry['runtime']}: {entry['error']}"
     if entry.get("quantized"):
         return f"{entry['runtime']}: {entry.get('judgement', 'out of tolerance')}"
+    if entry.get("allclose") and entry.get("size_failure"):  # in tolerance at the trained size only
+        return f"{entry['runtime']}: {entry['size_failure']}"
     where = entry.get("divergence", {})
     first = f", first diverges at node {where['node']} ({where['op_type']})" if where.get("node") else ""
+    other = f"; {entry['size_failure']}" if entry.get("size_failure") else ""
     return (f"{entry['runtime']}: max_abs_err={entry['max_abs_err']:.3g}, "
-            f"top1_agreement={entry['top1_agreement']}{first}")
+            f"top1_agreement={entry['top1_agreement']}{first}{other}")
+
+
+def _other_sizes(ctx: RunContext, feeds: dict, reference, settings) -> list[tuple[dict, dict, dict]]:
+    """(shapes, inputs, PyTorch's outputs) at each other size of the free axes (``parity.shapes``), on
+    ``parity.shapes_samples`` held-out samples brought to that size by repetition."""
+    from pipeline.context import read_onnx
+
+    free = free_axes.of_onnx(read_onnx(ctx.onnx_path))
+    if not free:
+        if settings.get("shapes"):
+            raise ParityError(f"parity.shapes={settings.shapes} needs free axes, and the model has none.",
+                              "Set export.dynamic_axes (e.g. spatial or time), or drop parity.shapes.")
+        return []
+    few = _rows(feeds, 0, int(settings.shapes_samples))
+    trained = {name: value.shape for name, value in few.items()}
+    result = []
+    for shapes in free_axes.parity_shapes(settings.get("shapes"), free, trained):
+        inputs = free_axes.feeds_at(few, shapes)
+        outputs, _ = _measure(reference, inputs, settings, timed=False)
+        result.append((shapes, inputs, outputs))
+    return result
+
+
+def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quantized: bool) -> None:
+    """The runtime at each other size against PyTorch there: allclose (quantized targets: the loose sanity
+    rule, shapes and finite values). ``entry['sizes']`` lists each; a miss takes the entry out of tolerance."""
+    entry["sizes"] = []
+    for shapes, inputs, expected in sizes:
+        where = f"at {free_axes.describe(shapes)}"
+        try:
+            got, _ = _measure(adapter, inputs, settings, timed=False)
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot take the size fails parity there
+            verdict = {"in_tolerance": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+        else:
+            verdict = quantized.sanity(got, expected, kind, "PyTorch") if is_quantized else \
+                compare(got, expected, kind, settings)
+            verdict["in_tolerance"] = verdict.pop("ok", verdict.get("in_tolerance"))
+        entry["sizes"].append({"shapes": {n: list(s[1:]) for n, s in shapes.items()}, **verdict})
+        if not verdict["in_tolerance"] and not entry.get("size_failure"):
+            reason = verdict.get("error") or verdict.get("reason") or (
+                f"max_abs_err={verdict['max_abs_err']:.3g}, top1_agreement={verdict.get('top1_agreement')}")
+            entry["size_failure"] = f"{where}: {reason}"
+            entry["in_tolerance"] = False
+            if is_quantized:
+                entry["judgement"] = f"{entry.get('judgement', '')}; {where}: {reason}".lstrip("; ")
 
 
 def _held_out(ctx: RunContext, samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -144,27 +205,29 @@ def _rows(feeds: dict, start: int, stop: int) -> dict:
     return {name: value[start:stop] for name, value in feeds.items()}
 
 
-def _measure(adapter, feeds: dict, settings) -> tuple[dict, dict]:
-    """Outputs over ``feeds`` in batches and, unless ``parity.timing=false``, the batched throughput and the
-    batch-1 latency median, each with the number of calls it rests on. The timing is bounded: the comparison
-    pass itself is the throughput run, and the batch-1 calls stop at ``latency_budget_s`` seconds."""
+def _measure(adapter, feeds: dict, settings, timed: bool = True) -> tuple[dict, dict]:
+    """Outputs over ``feeds`` in batches and, when ``timed`` and unless ``parity.timing=false``, the batched
+    throughput and the batch-1 latency median, each with the number of calls it rests on. The timing is
+    bounded: the comparison pass itself is the throughput run, and the batch-1 calls stop at
+    ``latency_budget_s`` seconds. Untimed (the other input sizes): outputs only, no timing keys."""
     count = len(next(iter(feeds.values())))
     batch = max(1, min(int(settings.batch_size), count))  # 64 samples: the throughput at batch 64, not 256
-    if not settings.get("timing", True):
+    if not timed or not settings.get("timing", True):
         parts = [adapter.predict(_rows(feeds, i, i + batch)) for i in range(0, count, batch)]
-        return _joined(parts), {"latency_ms_batch1": None, "throughput_per_s": None, "throughput_batch_size": batch,
-                                "latency_calls": 0, "throughput_calls": 0}
+        untimed = {"latency_ms_batch1": None, "throughput_per_s": None, "throughput_batch_size": batch,
+                   "latency_calls": 0, "throughput_calls": 0}
+        return _joined(parts), untimed if timed else {}
     first = adapter.predict(_rows(feeds, 0, batch))  # warm-up (graph tracing, allocation): not throughput
     starts = list(range(batch, count, batch)) or [0]  # a single batch is timed once more
     start = time.perf_counter()
-    timed = [adapter.predict(_rows(feeds, i, i + batch)) for i in starts]
+    timed_parts = [adapter.predict(_rows(feeds, i, i + batch)) for i in starts]
     elapsed = time.perf_counter() - start
     timed_rows = sum(min(i + batch, count) - i for i in starts)
-    out = _joined([first, *timed] if count > batch else [first])
+    out = _joined([first, *timed_parts] if count > batch else [first])
     latencies = _batch1_latencies(adapter, feeds, int(settings.latency_repeats), settings.get("latency_budget_s"))
     return out, {"latency_ms_batch1": float(np.median(latencies) * 1e3),
                  "throughput_per_s": float(timed_rows / elapsed), "throughput_batch_size": batch,
-                 "latency_calls": len(latencies), "throughput_calls": len(timed)}
+                 "latency_calls": len(latencies), "throughput_calls": len(timed_parts)}
 
 
 def _batch1_latencies(adapter, feeds: dict, most: int, budget_s: float | None) -> list[float]:

@@ -1,17 +1,20 @@
 """train: PyTorch Lightning fits the network on the dataset, then evaluates it on the test split."""
+import io
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from pipeline import tasks
+from pipeline import disk, tasks
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
 from pipeline.datasets.base import length_of
@@ -90,7 +93,8 @@ def _trainer(ctx: RunContext) -> pl.Trainer:
                  OnExceptionCheckpoint(dirpath=folder, filename="interrupted")]
     loggers = _loggers(ctx)
     try:
-        return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(ctx.run_dir))
+        return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(ctx.run_dir),
+                           plugins=[AtomicCheckpointIO(ctx.run_dir)])
     except InstantiationException as exc:
         reason = str(exc.__cause__ or exc).strip().splitlines()[0]
         trainer = ctx.cfg.trainer
@@ -98,6 +102,43 @@ def _trainer(ctx: RunContext) -> pl.Trainer:
                             f"devices={trainer.devices}, strategy={trainer.strategy}, "
                             f"precision={trainer.precision}): {reason}",
                             "Pick settings this machine supports: trainer=default runs on the CPU.") from exc
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all: serialised in memory, written under a temporary name, renamed
+    (Lightning's own rewrites last.ckpt in place, so a full disk or a kill left it truncated for the resume).
+    Loaded as tensors and plain containers only; a damaged one is named as such."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        path = Path(path)
+        try:
+            write_with(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+        except OSError as exc:
+            if disk.is_full(exc):
+                raise disk.full_error(path.parent, f"the train stage wrote {path.name}",
+                                      needed=buffer.getbuffer().nbytes, run_dir=self.run_dir) from exc
+            raise
+        return None
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        try:
+            where = {} if map_location is None else {"map_location": map_location}
+            return super().load_checkpoint(path, weights_only=True, **where)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise PipelineError(f"The checkpoint {path} is damaged or not a Lightning checkpoint "
+                                f"({type(exc).__name__}: {str(exc).strip()[:200]}), so training cannot resume "
+                                "from it.",
+                                "Resume from another run, or train anew (a new run without from_run).") from exc
 
 
 def check_converged(ctx: RunContext, net: torch.nn.Module) -> None:

@@ -15,7 +15,10 @@ ONNX_TF_MAX_OPSET = 13
 
 @backend("tensorflow", "onnx-tf", order=20)
 def convert(job: ConvertJob) -> dict:
-    """onnx-tf 1.10 (archived) through our compat layer; models above opset 13 converted down."""
+    """onnx-tf 1.10 (archived) through our compat layer; models above opset 13 converted down. Its
+    SavedModel takes the ONNX layout (nchw) whatever export.layout asks: the TFLite targets then convert
+    from a SavedModel of their own layout (io_layout), and the entry says so."""
+    job.cache.pop(("saved_model_layout", str(job.out_path)), None)  # a keras3 attempt's record, if any
     return convert_file(job.onnx_path, job.out_path, job.debug_outputs)
 
 

@@ -16,8 +16,12 @@ _RECURRENT_LAYER = re.compile(r"/((?:\w*_)?(LSTM|GRU|RNN)(?:_\d+)?)_d\d")
 
 @backend("tflite", "tf-converter", order=10, needs="tensorflow")
 def convert(job: ConvertJob) -> dict:
-    """TFLiteConverter.from_saved_model on the tensorflow target's artifact; builtin ops only."""
-    return convert_file(job.artifacts["tensorflow"], job.out_path)
+    """TFLiteConverter.from_saved_model on the tensorflow target's artifact (or a SavedModel of the layout
+    export.tflite.layout asks, io_layout); builtin ops only."""
+    from pipeline.converters import io_layout
+
+    saved_model, layout = io_layout.saved_model_for(job)
+    return {**layout, **convert_file(saved_model, job.out_path)}
 
 
 def convert_file(saved_model: Path, out_path: Path, configure=None) -> dict:
@@ -46,9 +50,10 @@ def explain(exc: Exception) -> ConversionError:
         return ConversionError(
             f"TFLite's builtin ops cannot run a recurrent layer kept as a loop with a dynamic batch "
             f"({layer.group(1) if layer else 'an LSTM/GRU/RNN'}): keras3 unrolls sequences of up to "
-            f"{UNROLL_MAX_STEPS} steps only, longer ones stay a loop (TensorList ops, TF Select only).",
+            f"{UNROLL_MAX_STEPS} steps only; longer ones, and a free time axis (export.dynamic_axes), stay a loop "
+            "(TensorList ops, TF Select only).",
             f"Shorten the sequence the recurrent layer sees to {UNROLL_MAX_STEPS} steps or fewer (e.g. a strided "
-            "Conv1d or pooling before it), or drop the tflite targets.",
+            "Conv1d or pooling before it) and keep its time axis fixed, or drop the tflite targets.",
             unsupported_op=layer.group(2) if layer else "TensorListReserve")
     match = _SELECT_OPS.search(str(exc))
     no_kernel = list(dict.fromkeys(_NO_KERNEL.findall(str(exc))))

@@ -38,8 +38,10 @@ class Conversion:
 
 
 class Converter:
-    def __init__(self, model: onnx.ModelProto, probe: Probe, extra_outputs: list[str] | None = None):
+    def __init__(self, model: onnx.ModelProto, probe: Probe, extra_outputs: list[str] | None = None,
+                 loops: bool = False):
         self.extra_outputs = list(extra_outputs or [])  # intermediate tensors to expose too (diagnosis)
+        self.loops = loops  # recurrent layers that are not unrolled as TFLite-runnable while loops (SavedModel)
         self.model = model
         self.graph = model.graph
         self.probe = probe

@@ -1,9 +1,10 @@
 """Run the ONNX model once in onnxruntime with every tensor marked as an output, at two batch sizes.
 
 The probe tells the converter, for every tensor: its static shape (an axis whose size changes with
-the batch is dynamic), and, for values computed from constants and shapes only, whether they are
-constants (the same at both batch sizes) or depend on the batch. It also gives the reference value
-of every intermediate tensor, which the divergence diagnosis compares against.
+the batch, or with a free axis of ``export.dynamic_axes``, grown 2x in the second run, is dynamic),
+and, for values computed from constants and shapes only, whether they are constants (the same in both
+runs) or depend on the batch. It also gives the reference value of every intermediate tensor, which
+the divergence diagnosis compares against.
 """
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class Probe:
 
 def run(model: onnx.ModelProto, sample: dict[str, np.ndarray]) -> Probe:
     feeds = [_batch_of(sample, size) for size in PROBE_BATCHES]
+    feeds[1] = _free_axes_grown(model, feeds[1])
     try:
         runs = [intermediates(model, feed) for feed in feeds]
     except Exception as exc:
@@ -134,6 +136,20 @@ def _mark_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
                 marked.graph.output.append(onnx.ValueInfoProto(name=name))
                 known.add(name)
     return marked
+
+
+def _free_axes_grown(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The second probe's inputs with every free axis (export.dynamic_axes) at twice its size: a tensor
+    whose size follows a free axis is then dynamic (None) too, like one that follows the batch."""
+    from pipeline import free_axes
+
+    free = free_axes.of_onnx(model)
+    if not free:
+        return feeds
+    shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+    grown = {name: tuple(d * 2 if axis in free.get(name, {}) else d for axis, d in enumerate(shape))
+             for name, shape in shapes.items()}
+    return free_axes.feeds_at(feeds, grown)
 
 
 def _batch_of(sample: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -137,8 +137,11 @@ def transposed_conv(ctx, source, weight, bias, strides, dilations, pads, in_size
     result = ops.concatenate(results, axis=-1) if group > 1 else results[0]
     index, extra = [slice(None)], []
     for axis, (size, k, s, out) in enumerate(zip(in_sizes, kernel, strides, out_sizes, strict=True)):
-        if size is None or out is None:
-            raise ctx.fail("a transposed convolution over a dynamic spatial axis is not supported.")
+        if size is None or out is None:  # a free axis: Keras' output minus what ONNX crops, for any size
+            begin, tail = _free_transposed_crop(ctx, axis, k, s, pads)
+            index.append(slice(begin, -tail if tail > 0 else None))
+            extra.append((0, max(-tail, 0)))
+            continue
         keras_size = size * s + max(k - s, 0)
         begin = pads[axis][0] if pads else max((size - 1) * s + k - out, 0) // 2
         index.append(slice(begin, min(begin + out, keras_size)))
@@ -149,6 +152,18 @@ def transposed_conv(ctx, source, weight, bias, strides, dilations, pads, in_size
     if bias is not None:
         result = add(result, const_in_perm(bias.reshape(1, -1, *[1] * n), n + 2, layout.channels_last(n + 2)))
     return result
+
+
+def _free_transposed_crop(ctx, axis: int, k: int, s: int, pads) -> tuple[int, int]:
+    """(begin, end) to crop from Keras' transposed output along a free axis (negative end: to pad). Keras
+    gives size * s + max(k - s, 0); ONNX (size - 1) * s + k + output_padding - pads: the difference does
+    not depend on the size."""
+    if pads is None:
+        raise ctx.fail("a transposed convolution with output_shape over a free axis (export.dynamic_axes) is "
+                       "not supported.", "Give ConvTranspose padding/output_padding instead of output_size.")
+    output_padding = list(ctx.attr("output_padding", [0] * len(pads)))[axis]
+    begin, end = pads[axis]
+    return begin, s + max(k - s, 0) - k - output_padding + end
 
 
 @op("Col2Im")

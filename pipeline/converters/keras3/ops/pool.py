@@ -16,12 +16,43 @@ def _window(ctx, x):
     in_sizes = ctx.c.probe.shape(ctx.input_names[0])[2:]
     out_sizes = ctx.out_shape()[2:]
     if None in in_sizes or None in out_sizes:
-        raise ctx.fail("pooling over a dynamic spatial axis is not supported.")
+        return _free_window(ctx, kernel, strides, dilations)
     pads = spatial_pads(ctx, in_sizes, kernel, strides, dilations)
     # ceil_mode: windows may run past the end padding; pad far enough for the measured output size.
     full = [(b, max(e, (o - 1) * s + (k - 1) * d + 1 - i - b)) for (b, e), i, o, s, k, d in
             zip(pads, in_sizes, out_sizes, strides, kernel, dilations, strict=True)]
     return kernel, strides, dilations, in_sizes, out_sizes, pads, full
+
+
+def _free_window(ctx, kernel, strides, dilations):
+    """A window over a free axis (export.dynamic_axes). Keras' valid pooling is ONNX's for any size when
+    nothing is padded (floor mode, no dilation); a max pool's padding is too, as copies of the edge (exact
+    while every window that reaches a padded position also holds the edge: pads below the kernel, as
+    PyTorch's). Average pools' padded windows, ceil_mode and dilation depend on the size: refused."""
+    n = len(kernel)
+    pads = list(ctx.attr("pads", [0] * 2 * n))
+    full = [(int(pads[i]), int(pads[i + n])) for i in range(n)]
+    padded_max = ctx.op_type == "MaxPool" and all(max(b, e) < k for (b, e), k in zip(full, kernel, strict=True))
+    if (any(pads) and not padded_max) or ctx.attr("ceil_mode", 0) or \
+            ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "") or any(d != 1 for d in dilations):
+        raise ctx.fail("pooling over a free axis (export.dynamic_axes) is supported without ceil_mode and dilation, "
+                       "and padded for max pooling only: the windows at the edges depend on the size.",
+                       "Pool without ceil_mode (and, for an average, without padding), or leave that axis out "
+                       "of export.dynamic_axes.")
+    none = [None] * n
+    return kernel, strides, dilations, none, none, full, full
+
+
+def _repeat_edge_slices(source, full):
+    """Each spatial axis of a channels-last tensor extended by copies of its first and last slice, taken by
+    slicing from the ends, so that any size works."""
+    from keras import ops
+
+    for axis, (begin, end) in enumerate(full, start=1):
+        first = source[(slice(None),) * axis + (slice(0, 1),)]
+        last = source[(slice(None),) * axis + (slice(-1, None),)]
+        source = ops.concatenate([*[first] * begin, source, *[last] * end], axis=axis) if begin or end else source
+    return source
 
 
 def _taps(x, kernel, strides, dilations, out_sizes):
@@ -59,8 +90,12 @@ def max_pool(ctx):
                 layout.channels_last(x.rank))
         return
     # Keras' "same" max pooling skips the padding, as ONNX's -inf padding does.
-    same = any(b or e for b, e in full) and is_same_padding(full, in_sizes, kernel, strides, [1] * n)
-    source = source if same else _max_pad(ctx, source, full, in_sizes, kernel, strides, dilations, out_sizes)
+    same = None not in in_sizes and any(b or e for b, e in full) and \
+        is_same_padding(full, in_sizes, kernel, strides, [1] * n)
+    if None in in_sizes:  # a free axis: the edge copied, whatever the size
+        source = _repeat_edge_slices(source, full)
+    elif not same:
+        source = _max_pad(ctx, source, full, in_sizes, kernel, strides, dilations, out_sizes)
     result = _pool_layer(n, "Max")(kernel, strides=strides, padding="same" if same else "valid",
                                    name=ctx.name())(source)
     ctx.set(_crop(result, out_sizes), layout.channels_last(x.rank))
@@ -130,6 +165,9 @@ def average_pool(ctx):
     else:
         result = _crop(_pool_layer(n, "Average")(kernel, strides=strides, padding="valid", name=ctx.name())(source),
                        out_sizes)
+    if None in in_sizes:  # unpadded over a free axis: every window is whole
+        ctx.set(result, layout.channels_last(x.rank))
+        return
     # Keras divides by the whole window; ONNX by the elements inside the input (or input + pads).
     counted = np.zeros([i + b + e for i, (b, e) in zip(in_sizes, full, strict=True)], np.float32)
     inner = pads if ctx.attr("count_include_pad", 0) else [(0, 0)] * n
@@ -147,7 +185,7 @@ def average_pool(ctx):
 
 def _crop(result, out_sizes):
     shape = result.shape[1:-1]
-    if all(s == o for s, o in zip(shape, out_sizes, strict=True)):
+    if None in out_sizes or all(s == o for s, o in zip(shape, out_sizes, strict=True)):
         return result
     return result[(slice(None), *(slice(0, o) for o in out_sizes), slice(None))]
 

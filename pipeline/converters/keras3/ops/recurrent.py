@@ -14,7 +14,9 @@ DEFAULT_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "
 # (Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu) are refused by name.
 KERAS_ACTIVATIONS = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "softsign": "softsign",
                      "softplus": "softplus"}
-# Longer sequences keep a loop; shorter ones are unrolled, which every TFLite runtime runs natively.
+# Longer sequences (and a free time axis) keep a loop; shorter ones are unrolled, which every TFLite runtime
+# runs natively. For the SavedModel and TFLite the loop is ``loop_rnn.LoopRecurrence`` (TFLite's WHILE op),
+# for model.keras Keras' own layer (it loads with safe_mode).
 UNROLL_MAX_STEPS = 128
 
 
@@ -105,8 +107,14 @@ def _layer(ctx, kind: str, backwards: bool, direction: int, steps, activations: 
     import keras
 
     hidden = int(ctx.attr("hidden_size"))
+    unroll = steps is not None and steps <= UNROLL_MAX_STEPS
+    if ctx.c.loops and not unroll:  # SavedModel/TFLite: one while loop TFLite runs, for any number of steps
+        from pipeline.converters.keras3.loop_rnn import LoopRecurrence
+
+        return LoopRecurrence(kind, hidden, reset_after=kind == "GRU" and bool(ctx.attr("linear_before_reset", 0)),
+                              go_backwards=backwards, name=ctx.name(f"d{direction}_loop"), **activations)
     options = {**activations, "return_sequences": True, "return_state": True, "go_backwards": backwards,
-               "unroll": steps is not None and steps <= UNROLL_MAX_STEPS, "name": ctx.name(f"d{direction}")}
+               "unroll": unroll, "name": ctx.name(f"d{direction}")}
     if kind == "LSTM":
         return keras.layers.LSTM(hidden, **options)
     if kind == "GRU":

@@ -1,7 +1,10 @@
 """Resize and Upsample, axis by axis: gathers at indices (and blend weights) computed here with ONNX's
 own coordinate rules, so every mode (nearest, linear, cubic; half_pixel, align_corners...) is exact."""
+import functools
+
 import numpy as np
 
+from pipeline.converters.keras3 import layout
 from pipeline.converters.keras3.ops import op
 
 CUBIC_TAPS = (-1, 0, 1, 2)
@@ -18,6 +21,9 @@ def resize(ctx):
         raise ctx.fail(f"antialias / {coordinate} resizing is not supported.")
     in_shape, out_shape = ctx.c.probe.shape(ctx.input_names[0]), ctx.out_shape()
     scales = _scales(ctx, in_shape, out_shape)
+    if any(size is None for size in in_shape[1:]):  # a free axis (export.dynamic_axes): no per-size indices
+        ctx.set(_free_upsample(ctx, x, scales, mode, coordinate), layout.channels_last(x.rank))
+        return
     result = x.keras
     for axis, (size, out, scale) in enumerate(zip(in_shape, out_shape, scales, strict=True)):
         if size == out and scale == 1.0:
@@ -36,6 +42,83 @@ def resize(ctx):
         except (ValueError, KeyError) as exc:
             raise ctx.fail(f"resize with mode={mode!r}, coordinate_transformation_mode={coordinate!r}: {exc}") from exc
     ctx.set(result, x.perm)
+
+
+def _free_upsample(ctx, x, scales, mode: str, coordinate: str):
+    """Upsampling by integer factors of a tensor with a free axis (export.dynamic_axes), as a transposed
+    convolution whose kernel does not depend on the size, with an identity over the channels (x * weight
+    plus zeros; TFLite sizes it, which a reshape-based repeat of a free-sized tensor defeats):
+
+    - nearest (asymmetric/floor, or half-pixel source coordinates, which never fall on a half at an integer
+      scale): each element repeated, a kernel of ones of the factors' size;
+    - linear with half-pixel coordinates (``F.interpolate(..., mode="bilinear", align_corners=False)``):
+      the edges repeated once (ONNX clamps the source coordinate there), then the triangle kernel of the
+      factor, cropped by a constant at each end.
+
+    Other modes (align_corners, cubic, a fractional scale) take their weights from the size: refused."""
+    import keras
+
+    n = x.rank - 2
+    factors = [float(f) for f in scales[2:]]
+    nearest = mode == "nearest" and (
+        (coordinate == "asymmetric" and ctx.attr("nearest_mode", "round_prefer_floor") == "floor")
+        or coordinate in ("half_pixel", "pytorch_half_pixel"))
+    linear = mode == "linear" and coordinate in ("half_pixel", "pytorch_half_pixel")
+    if not ((nearest or linear) and n in (1, 2, 3) and list(scales[:2]) == [1.0, 1.0]
+            and all(f >= 1 and f.is_integer() for f in factors)):
+        raise ctx.fail(f"resizing a free axis (export.dynamic_axes) with mode={mode!r}, coordinate_transformation_"
+                       f"mode={coordinate!r}, scales {[float(f) for f in scales]}: only nearest, or linear with "
+                       "half-pixel coordinates (align_corners=False), upsampling of the spatial axes by integer "
+                       "factors is size-independent here.",
+                       "Upsample with mode='nearest' or 'bilinear' (align_corners=False) and an integer scale_factor "
+                       "(or a ConvTranspose), or leave that axis out of export.dynamic_axes.")
+    strides = [int(f) for f in factors]
+    taps = [_nearest_kernel(f) if nearest else _linear_kernel(f) for f in strides]
+    source = ctx.to_perm(x, layout.channels_last(x.rank))
+    if linear:
+        source = _repeat_edges(source, [f > 1 for f in strides])
+    channels = ctx.in_shape(0)[1]
+    kernel = functools.reduce(np.multiply.outer, [weights for weights, _ in taps])
+    layer = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}[n](
+        channels, list(kernel.shape), strides=strides, padding="valid", use_bias=False, name=ctx.name(mode))
+    result = layer(source)
+    weight = np.zeros((*kernel.shape, channels, channels), np.float32)  # Keras: [k..., out, in]
+    weight[..., np.arange(channels), np.arange(channels)] = kernel.astype(np.float32)[..., None]
+    layer.set_weights([weight])
+    crops = [slice(begin, -end if end else None) for _, (begin, end) in taps]
+    return result[(slice(None), *crops, slice(None))]
+
+
+def _nearest_kernel(factor: int) -> tuple[np.ndarray, tuple[int, int]]:
+    return np.ones(factor), (0, 0)
+
+
+def _linear_kernel(factor: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The weights input ``q`` gives output ``factor * q + d`` (half-pixel: 1 - |src - q|), over the ``d``
+    where they are not zero, and the (begin, end) crop of the transposed convolution of the input padded by
+    one repeated edge: output ``i`` is its element ``i + factor - d_min``; it is ``factor + len - begin``
+    longer than ``factor`` times the input at the end."""
+    if factor == 1:
+        return np.ones(1), (0, 0)
+    span = np.arange(-2 * factor, 2 * factor + 1)
+    weights = np.maximum(0.0, 1.0 - np.abs((span + 0.5) / factor - 0.5))
+    kept = span[weights > 0]
+    kernel = weights[weights > 0]
+    begin = factor - int(kept[0])
+    return kernel, (begin, factor + len(kernel) - begin)
+
+
+def _repeat_edges(x, axes: list[bool]):
+    """A channels-last tensor with its first and last slice repeated once along the flagged spatial axes
+    (slices from the ends, so that any size works)."""
+    from keras import ops
+
+    for axis, flagged in enumerate(axes, start=1):
+        if flagged:
+            first = x[(slice(None),) * axis + (slice(0, 1),)]
+            last = x[(slice(None),) * axis + (slice(-1, None),)]
+            x = ops.concatenate([first, x, last], axis=axis)
+    return x
 
 
 def _scales(ctx, in_shape, out_shape) -> list[float]:

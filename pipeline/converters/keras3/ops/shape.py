@@ -32,9 +32,24 @@ def reshape(ctx, x: Tensor, in_name: str, out_index: int = 0) -> None:
         out_perm = list(range(len(out_shape)))
         source = ctx.to_perm(x, layout.identity(x.rank))
     target = [-1 if out_shape[axis] in ("B", None) else int(out_shape[axis]) for axis in out_perm]
+    source_first = x.perm[0] if order is not None else 0
+    if target.count(-1) == 2 and target[0] == -1 and target[1:].count(-1) == 1 and \
+            _same_sizes(ctx, in_name, source_first, ctx.node.output[out_index], out_perm[0]):
+        # Two dynamic axes (a free time axis and the batch): the first kept as it is, the other inferred.
+        import keras
+
+        ctx.set(keras.layers.Reshape(target[1:], name=ctx.name("reshape"))(source), out_perm, out_index)
+        return
     if target.count(-1) > 1:
         raise ctx.fail(f"a reshape to {ctx.out_shape(out_index)} with several batch-dependent axes is not supported.")
     ctx.set(ops.reshape(source, target), out_perm, out_index)
+
+
+def _same_sizes(ctx, in_name: str, in_axis: int, out_name: str, out_axis: int) -> bool:
+    """Whether an input axis and an output axis had the same size in both probe runs (the same dimension)."""
+    values = ctx.c.probe.values
+    return all(np.shape(a)[in_axis] == np.shape(b)[out_axis] for a, b in zip(values[in_name], values[out_name],
+                                                                               strict=True))
 
 
 def _group_order(groups, physical: list[int]):
