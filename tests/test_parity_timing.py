@@ -54,9 +54,7 @@ def test_several_batches_reuse_the_warm_up_as_the_first_batch():
 
 def test_batch1_latency_stops_at_the_budget():
     adapter = SlowAdapter(seconds=0.02)
-    start = time.perf_counter()
-    _, timing = _measure(adapter, FEEDS, _settings(latency_budget_s=0.1))
-    assert time.perf_counter() - start < 0.5
+    _, timing = _measure(adapter, FEEDS, _settings(latency_budget_s=0.1))  # at most 50 calls without the budget
     assert 2 <= timing["latency_calls"] <= 7 and timing["latency_ms_batch1"] >= 15
 
 
