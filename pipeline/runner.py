@@ -2,7 +2,6 @@
 import importlib
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -234,7 +233,7 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
     try:
         if before is not None:
             before()
-        with quiet.recorded_warnings(stage), _native_output(name), _preloading(ctx, name):
+        with quiet.recorded_warnings(stage), _native_output(name):
             importlib.import_module(f"pipeline.stages.{name}").run(ctx)
         stage["status"] = "ok"
         return None
@@ -289,22 +288,6 @@ def _crashed(stage: str, exc: Exception, run_dir: Path | None = None) -> Pipelin
                                "as a bug with that log.")
     crashed.__cause__ = exc
     return crashed
-
-
-@contextmanager
-def _preloading(ctx: RunContext, stage: str):
-    """While the train stage runs, TensorFlow and matplotlib are imported in the background for the later
-    stages (``pipeline.preload``); the stage ends when that import does, so that nothing overlaps it."""
-    if stage != "train":
-        yield
-        return
-    from pipeline import preload
-
-    background = preload.during_training(ctx.cfg, schema.check_stages(ctx.cfg.stages))
-    try:
-        yield
-    finally:
-        background.wait()
 
 
 def _native_output(stage: str):
