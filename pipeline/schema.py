@@ -546,7 +546,8 @@ def check_keys(cfg: DictConfig) -> None:
             missing.append(str(key))
         elif isinstance(node, DictConfig) and not node._is_none():
             try:
-                missing += [f"{key}.{k}" for k in OmegaConf.missing_keys(node)]
+                # missing_keys names a child node's keys from the root already (dataset._target_)
+                missing += [k if k.startswith(f"{key}.") else f"{key}.{k}" for k in OmegaConf.missing_keys(node)]
             except Exception:  # noqa: BLE001 - an interpolation that does not resolve: check_ranges names it
                 pass
     for key in ("model", "dataset"):

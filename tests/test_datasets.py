@@ -246,6 +246,15 @@ def test_npz_arrays_train_with_class_names_and_a_pickled_file_is_refused(tmp_pat
     outcome = run_in_process("model=tabular_mlp", "dataset=arrays", f"dataset.path={tmp_path / 'objects.npz'}",
                              run_dir=tmp_path / "run2")
     assert outcome.code == 1 and "never unpickled" in outcome.output and "Traceback" not in outcome.output
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")  # a table given as arrays: not called a pickle
+    outcome = run_in_process("model=tabular_mlp", "dataset=arrays", f"dataset.path={tmp_path / 'table.csv'}",
+                             run_dir=tmp_path / "run3")
+    assert outcome.code == 1 and "not a .npz archive" in outcome.output and "dataset=table" in outcome.output
+
+
+def test_a_datamodule_without_its_class_names_the_key(tmp_path):
+    outcome = run_in_process("dataset=datamodule", "stages=[train]", run_dir=tmp_path / "run")
+    assert outcome.code == 1 and "dataset._target_ is not set" in outcome.output and "Traceback" not in outcome.output
 
 
 DATAMODULE = '''

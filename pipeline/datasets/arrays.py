@@ -54,6 +54,13 @@ class ArraysData(InMemoryData):
     def _read(self) -> dict[str, np.ndarray]:
         if not self.path.is_file():
             raise PipelineError(f"dataset.path={str(self.path)!r} is not a file.", "Point dataset.path at a .npz file.")
+        with open(self.path, "rb") as handle:
+            head = handle.read(6)
+        if not head.startswith(b"PK"):  # numpy would read any other file as a pickle, and refuse it as one
+            kind = "a single .npy array" if head == b"\x93NUMPY" else f"not a zip archive (it starts with {head!r})"
+            raise PipelineError(f"dataset.path={str(self.path)!r} is not a .npz archive of named arrays: {kind}.",
+                                "Save the arrays with numpy.savez(path, x=..., y=...); a CSV or Parquet table is "
+                                "dataset=table.")
         limits.check_file(self.path, "dataset.path")  # the arrays' declared sizes, before any is extracted
         try:
             with np.load(self.path, allow_pickle=False) as loaded:
