@@ -1,6 +1,7 @@
 """Preprocessing learned from the training split, as modules that sit in front of ``model.net``.
 
-The network that is trained, exported and compared is ``Preprocessed(pre, net)``: every artifact
+The network that is trained, exported and compared is model.net with the preprocessing attached
+(``attach``: a child module run by a forward pre-hook): every artifact
 (ONNX, Keras, SavedModel, TFLite) then takes the data as it is stored (pixels in [0, 255], raw table
 columns, category ids), and parity feeds all of them the raw values, proving the whole path. An app
 cannot forget a normalisation that lives in the graph. The statistics are non-persistent buffers:
@@ -28,10 +29,6 @@ def _preprocess(net: nn.Module, args: tuple, kwargs: dict):
     A module-level function, so that the network still pickles (DDP's spawned workers)."""
     x = getattr(net, ATTRIBUTE)(*args, *kwargs.values())
     return ((), x) if isinstance(x, dict) else ((x,), {})
-
-
-def preprocessing_of(net: nn.Module) -> nn.Module | None:
-    return getattr(net, ATTRIBUTE, None)
 
 
 class ImageScaling(nn.Module):
