@@ -8,11 +8,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from pipeline.artifacts import ArtifactStore
 from pipeline.errors import PipelineError
 from pipeline.report import Report, sha256_of
 
-ONNX_NAME = "model.onnx"
-WEIGHTS_NAME = "model.pt"
 # model.weights=init: the network as its constructor builds it (random, or weights it loads itself).
 INIT_WEIGHTS = "init"
 TRAINED = "trained"  # what the shared network holds once the train stage has had it
@@ -50,13 +49,16 @@ class RunContext:
     def output_kind(self) -> str:
         return str(self.cfg.model.output)  # a plain string: it is pickled into DDP workers
 
+    def __post_init__(self):
+        self.store = ArtifactStore(self.run_dir, self.report.data["artifacts"])
+
     @property
     def onnx_path(self) -> Path:
-        return self.run_dir / ONNX_NAME
+        return self.store.path("onnx")
 
     @property
     def weights_path(self) -> Path:
-        return self.run_dir / WEIGHTS_NAME
+        return self.store.path("weights")
 
     @property
     def data(self):
@@ -121,7 +123,7 @@ class RunContext:
         return PipelineError(f"model={self.cfg.model.name} cannot take dataset={dataset}'s input: built with the "
                              f"arguments the data gives it ({given}), {str(exc.message)[0].lower()}"
                              f"{str(exc.message)[1:]}",
-                             f"For dataset={dataset}, {model_hint(dataset)}, or set those model.net.* keys yourself.")
+                             f"For dataset={dataset}, {model_hint(self.cfg)}, or set those model.net.* keys yourself.")
 
     def _materialize(self, net: torch.nn.Module) -> None:
         """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``...) take their shapes on a first forward: one

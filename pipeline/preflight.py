@@ -15,14 +15,9 @@ from pipeline.network import dataset_name
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 BATCH = 16
-# Models made for each dataset (conf/model/*.yaml): suggested when a network does not fit.
-MODELS_FOR = {"mnist": "mnist_cnn or mnist_mlp", "synthetic_tabular": "tabular_mlp", "italy_power": "ts_cnn",
-              "series": "lstm_forecaster", "image_folder": "mnist_cnn, mnist_mlp or torchvision",
-              "table": "tabular_mlp"}
-
-
-def check(ctx: RunContext, selected: list[str]) -> None:
-    if not set(selected) & {"train", "export", "check", "parity"}:
+def check(ctx: RunContext, selected: list[str], needs_network: bool = True) -> None:
+    """``needs_network``: a selected stage builds model.net (the stage contracts say which)."""
+    if not needs_network:
         return  # convert alone reads model.onnx only
     data = ctx.data
     dataset = dataset_name(ctx.cfg)
@@ -128,8 +123,14 @@ def _check_optimizer(cfg, net: torch.nn.Module) -> None:
                                 f"Check the {key}.* keys against that class's arguments.") from exc
 
 
-def model_hint(dataset: str) -> str:
-    suggested = MODELS_FOR.get(dataset)
+def model_hint(cfg) -> str:
+    """The models made for the dataset (its class's ``suggested_models``), for a network that does not fit."""
+    from hydra.utils import get_class
+
+    try:
+        suggested = getattr(get_class(str(cfg.dataset._target_)), "suggested_models", None)
+    except Exception:  # noqa: BLE001 - a dataset class that cannot be imported: no suggestion
+        suggested = None
     return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
 
 
@@ -179,7 +180,7 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str, exporting: 
         raise PipelineError(
             f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
             f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            f"For dataset={dataset}, {model_hint(dataset)}, or change model.net.* to fit that input.") from exc
+            f"For dataset={dataset}, {model_hint(ctx.cfg)}, or change model.net.* to fit that input.") from exc
     first = check_returned(ctx.cfg, out, exporting)
     _check_finite(ctx.cfg, first)
     return first
@@ -326,7 +327,7 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
         if not per_sample:
             raise PipelineError(f"model.output=value needs one value per sample ([N, 1]), but model.net returns "
                                 f"{shape}.",
-                                f"Make model.net return [N, 1] for dataset={dataset}, or {model_hint(dataset)}.")
+                                f"Make model.net return [N, 1] for dataset={dataset}, or {model_hint(cfg)}.")
         return
     if not classes:
         raise PipelineError(f"model.output={kind} is for classification, but dataset={dataset} has real-valued "
@@ -359,7 +360,7 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
         raise PipelineError(f"model.net returns {out.shape[1]} class scores per sample, but dataset={dataset} has "
                             f"{classes_in_data} classes.",
                             f"Set the model's number of classes (e.g. model.net.num_classes={classes_in_data}), "
-                            f"or {model_hint(dataset)}.")
+                            f"or {model_hint(cfg)}.")
     if kind == "log_probs":
         totals = out.double().exp().sum(dim=1)
         if not torch.allclose(totals, torch.ones_like(totals), atol=1e-3):
@@ -377,7 +378,7 @@ def _check_loss(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str
             f"model={cfg.model.name} (model.output={kind}, returns {list(out.shape)}) does not fit dataset={dataset}'s "
             f"targets (shape {list(y.shape)}, {_describe_targets(targets)}): {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            f"Make model.net's output match the targets (e.g. its number of classes), or {model_hint(dataset)}.") \
+            f"Make model.net's output match the targets (e.g. its number of classes), or {model_hint(cfg)}.") \
             from exc
     if not torch.isfinite(loss):
         raise PipelineError(f"The loss of the first batch is {float(loss)} for model={cfg.model.name} "

@@ -6,9 +6,11 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.atomic import write_json
+from pipeline.contracts import STAGES  # noqa: F401 - report.json has an entry per stage
 
 REPORT_NAME = "report.json"
-STAGES = ("train", "export", "check", "convert", "parity")
+# report.json's layout: raised when a key is removed or changes meaning (keys are only ever added).
+SCHEMA_VERSION = 1
 TRACKED_PACKAGES = (
     "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "numpy", "onnx",
     "onnxruntime", "onnx-tf", "onnx2keras", "tensorflow", "keras", "ai-edge-litert", "aeon",
@@ -64,6 +66,7 @@ class Report:
     def __init__(self, run_dir: Path, model_name: str):
         self.run_dir = Path(run_dir)
         self.data = {
+            "schema_version": SCHEMA_VERSION,
             "status": "running",
             "model": {"name": model_name, "parameters": None},
             "stages": {name: {"status": "pending", "seconds": None} for name in STAGES},

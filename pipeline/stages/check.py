@@ -3,9 +3,12 @@ import numpy as np
 import onnx
 
 from pipeline.context import RunContext
+from pipeline.contracts import StageContract
 from pipeline.errors import PipelineError
 
 CHECK_BATCH_SIZES = (1, 7)
+
+CONTRACT = StageContract("check", needs=("onnx",), uses=("weights",))
 
 
 def run(ctx: RunContext) -> None:

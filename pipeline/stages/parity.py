@@ -17,22 +17,27 @@ import numpy as np
 
 from pipeline import diagnose, free_axes, quantized, runtimes, tasks
 from pipeline.context import RunContext
-from pipeline.converters import TARGETS
+from pipeline.contracts import TARGETS as CONVERTED_TARGETS
+from pipeline.contracts import StageContract
 from pipeline.errors import ParityError
 from pipeline.preflight import check_finite_outputs
+from pipeline.runtimes import ONNX_RUNTIME, REFERENCE
+from pipeline.targets import TARGETS
 
 log = logging.getLogger(__name__)
+
+CONTRACT = StageContract("parity", needs=("weights", "onnx"), uses=(CONVERTED_TARGETS,))
 
 
 def run(ctx: RunContext) -> None:
     settings = ctx.cfg.parity
     feeds, labels = _held_out(ctx, settings.samples)
-    reference = runtimes.load("torch", ctx.net, ctx.input_names, ctx.output_names)
+    reference = runtimes.load(REFERENCE, ctx.net, ctx.input_names, ctx.output_names)
     ref_out, ref_timing = _measure(reference, feeds, settings)
     check_finite_outputs(ctx.cfg, ref_out, "held-out")
-    ctx.outputs["torch"], ctx.held_out_targets = ref_out, labels
+    ctx.outputs[REFERENCE], ctx.held_out_targets = ref_out, labels
     samples = len(next(iter(feeds.values())))
-    ctx.report.data["reference"] = {"runtime": "torch", "samples": samples, "metric": _metric(ctx, ref_out, labels),
+    ctx.report.data["reference"] = {"runtime": REFERENCE, "samples": samples, "metric": _metric(ctx, ref_out, labels),
                                     **ref_timing}
     sizes = _other_sizes(ctx, feeds, reference, settings)
     if sizes:
@@ -51,10 +56,11 @@ def run(ctx: RunContext) -> None:
             entry.update(compare(out, ref_out, ctx.output_kind, settings))
             entry["metric"] = _metric(ctx, out, labels) if entry.get("error") is None else None
             entry.update(timing)
-        is_quantized = name in TARGETS and TARGETS[name].quantized
+        target = TARGETS.get(name.split("@")[0])
+        is_quantized = target is not None and target.quantized
         if is_quantized:
             quantized.judge(entry, ctx.report.data["reference"]["metric"], ctx.output_kind, settings.quantized,
-                            ctx.report.data["targets"].get(name, {}), ctx.outputs.get(name), ref_out)
+                            ctx.report.data["targets"].get(target.name, {}), ctx.outputs.get(name), ref_out)
         if sizes and adapter is not None:
             _judge_sizes(entry, adapter, sizes, ctx.output_kind, settings, is_quantized)
         entries.append(entry)
@@ -159,15 +165,20 @@ def _metric(ctx: RunContext, outputs: dict, labels) -> float | None:
 
 
 def _runtimes_under_test(ctx: RunContext):
-    """(name, loader) per runtime: loaded inside parity's try, so a load failure is that runtime's."""
-    threads = ctx.threads
+    """(name, loader) per runtime: loaded inside parity's try, so a load failure is that runtime's. Each
+    artifact runs on the runtime its target names, and on the alternatives ``parity.runtimes`` picks
+    (reported as ``<target>@<runtime>``)."""
     names = (ctx.input_names, ctx.output_names)
-    yield "onnxruntime", lambda: runtimes.load("onnxruntime", ctx.onnx_path, *names, threads=threads)
-    for target, path in ctx.converted.items():
-        entry = ctx.report.data["targets"].get(target, {})
-        yield target, lambda t=target, p=path, e=entry: runtimes.load(
-            TARGETS[t].runtime, p, *names, threads=threads, input_perms=e.get("input_perms"),
-            output_perms=e.get("output_perms"))
+    chosen = list(ctx.cfg.parity.get("runtimes") or [])
+    artifacts = [(ONNX_RUNTIME, ONNX_RUNTIME, ctx.onnx_path, {})]
+    artifacts += [(target, TARGETS[target].runtime, path, ctx.report.data["targets"].get(target, {}))
+                  for target, path in ctx.converted.items()]
+    for label, runtime, path, entry in artifacts:
+        options = {"threads": ctx.threads, "input_perms": entry.get("input_perms"),
+                   "output_perms": entry.get("output_perms")}
+        yield label, lambda r=runtime, p=path, o=options: runtimes.load(r, p, *names, **o)
+        for other in runtimes.alternatives(runtime, chosen):
+            yield f"{label}@{other.name}", lambda r=other.name, p=path, o=options: runtimes.load(r, p, *names, **o)
 
 
 def failure_entry(error: str) -> dict:
