@@ -435,7 +435,7 @@ def _adopt_targets(ctx: RunContext, source: SourceRun) -> None:
 
 def _check_onnx(path: Path, source: SourceRun) -> None:
     """A source's ONNX model within limits.* (file size, the tensors it declares), read from its file only."""
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     key = f"from_run={source.path}'s {path.name}"
     limits.check_file(path, key)

@@ -11,7 +11,7 @@ from pipeline import tasks
 from pipeline.context import RunContext
 from pipeline.datasets.base import SPLITS
 from pipeline.errors import PipelineError
-from pipeline.network import dataset_name
+from pipeline.network import dataset_name, model_hint
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 BATCH = 16
@@ -121,17 +121,6 @@ def _check_optimizer(cfg, net: torch.nn.Module) -> None:
             raise PipelineError(f"{key}={node.get('_target_')} cannot be built from {key}.*: "
                                 f"{type(cause).__name__}: {text}",
                                 f"Check the {key}.* keys against that class's arguments.") from exc
-
-
-def model_hint(cfg) -> str:
-    """The models made for the dataset (its class's ``suggested_models``), for a network that does not fit."""
-    from hydra.utils import get_class
-
-    try:
-        suggested = getattr(get_class(str(cfg.dataset._target_)), "suggested_models", None)
-    except Exception:  # noqa: BLE001 - a dataset class that cannot be imported: no suggestion
-        suggested = None
-    return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
 
 
 DTYPE_ERRORS = ("dtype", "scalar type", "Double", "Long", "Int", "Half")

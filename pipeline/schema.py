@@ -367,7 +367,8 @@ ExportConfig, PipelineConfig = _with_targets()
 def register() -> None:
     """The schema into Hydra's ConfigStore, for the targets registered by now."""
     global ExportConfig, PipelineConfig
-    if [f.name for f in fields(ExportConfig) if f.name in TARGETS] != list(TARGETS):
+    settings = {f.name for f in fields(ExportSettings)}
+    if [f.name for f in fields(ExportConfig) if f.name not in settings] != list(TARGETS):
         ExportConfig, PipelineConfig = _with_targets()
     store = ConfigStore.instance()
     store.store(name="schema", node=PipelineConfig)

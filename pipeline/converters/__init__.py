@@ -80,6 +80,11 @@ def backend(target: str, name: str, order: int, needs: str | None = None):
     return register
 
 
+def remove_backend(target: str, name: str) -> None:
+    """Unregister a backend (a plugin tried out, a test's own)."""
+    _BACKENDS[:] = [b for b in _BACKENDS if (b.target, b.name) != (target, name)]
+
+
 def backends_for(target: str) -> list[Backend]:
     """The target's backends, in the order ``auto`` tries them."""
     global _discovered

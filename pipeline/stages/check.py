@@ -5,6 +5,7 @@ import onnx
 from pipeline.context import RunContext
 from pipeline.contracts import StageContract
 from pipeline.errors import PipelineError
+from pipeline.onnx_model import opset_of
 
 CHECK_BATCH_SIZES = (1, 7)
 
@@ -75,10 +76,6 @@ def onnxruntime_session(path):
     except Exception as exc:
         raise PipelineError(f"onnxruntime cannot load {path}: {exc}",
                             "Re-run the export stage; try another export.opset.") from exc
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _value_info(value) -> dict:

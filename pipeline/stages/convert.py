@@ -37,7 +37,7 @@ CONTRACT = StageContract("convert", needs=("onnx",), uses=("weights",), makes=(C
 
 
 def run(ctx: RunContext) -> None:
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     model = read_onnx(ctx.onnx_path)
     targets = selected_targets(ctx.cfg)
@@ -180,7 +180,7 @@ def _signature_names(ctx: RunContext) -> dict:
 
 
 def _ranks(ctx: RunContext) -> tuple[dict[str, int], dict[str, int]]:
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     graph = read_onnx(ctx.onnx_path).graph
     return ({i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name in ctx.input_names},

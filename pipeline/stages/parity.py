@@ -108,7 +108,7 @@ def _describe(entry: dict) -> str:
 def _other_sizes(ctx: RunContext, feeds: dict, reference, settings) -> list[tuple[dict, dict, dict]]:
     """(shapes, inputs, PyTorch's outputs) at each other size of the free axes (``parity.shapes``), on
     ``parity.shapes_samples`` held-out samples brought to that size by repetition."""
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     free = free_axes.of_onnx(read_onnx(ctx.onnx_path))
     if not free:
