@@ -26,8 +26,8 @@ class RunContext:
     report: Report
     # Intra-op threads for torch/onnxruntime/TensorFlow (0 = library default); see pipeline.threads.
     threads: int = 0
-    # Converted artifacts that parity runs: target name -> path.
-    converted: dict[str, Path] = field(default_factory=dict)
+    # Converted artifacts that parity runs: target name -> pipeline.results.Converted.
+    converted: dict = field(default_factory=dict)
     # A checkpoint of an unfinished run to resume training from (from_run).
     resume_from: Path | None = None
     # Parity's outputs on the held-out data, per runtime ("torch" is the reference): {output name: array}.
@@ -171,7 +171,7 @@ class RunContext:
         """The network to export: from the train stage, this run dir's weights, or ``model.weights``."""
         if self._net is None:
             trained = self.weights_path.is_file() or not self.cfg.model.get("weights")
-            copied = (self.report.data.get("artifacts", {}).get("weights") or {}).get("copied_from")
+            copied = (self.store.records.get("weights") or {}).get("copied_from")
             key = f"from_run={self.cfg.get('from_run')}'s {Path(copied).name}" if copied else None
             self._net = self.load_weights(self.weights_path, key) if trained else self.initial_net().eval()
         return self._net

@@ -26,6 +26,7 @@ from pipeline.context import RunContext
 from pipeline.contracts import TARGETS as CONVERTED_TARGETS
 from pipeline.errors import PipelineError
 from pipeline.report import REPORT_NAME, STAGES
+from pipeline.results import Converted
 from pipeline.targets import TARGETS
 
 # Adopted from the source run: what its artifacts and checkpoints were made with.
@@ -430,7 +431,7 @@ def _adopt_targets(ctx: RunContext, source: SourceRun) -> None:
         if target in picked:
             _adopt(ctx, source, target, "parity")
             ctx.report.data["targets"][target] = target_entry
-            ctx.converted[target] = ctx.store.path(target)
+            ctx.converted[target] = Converted(target, ctx.store.path(target), target_entry)
 
 
 def _check_onnx(path: Path, source: SourceRun) -> None:

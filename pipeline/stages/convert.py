@@ -26,6 +26,7 @@ from pipeline.contracts import StageContract
 from pipeline.converters import Backend, ConvertJob, chain, io_layout, onnx_layout, prepare_tensorflow, selected_targets
 from pipeline.errors import ConversionError, NotApplicable, StageFailed
 from pipeline.report import size_of
+from pipeline.results import Converted
 from pipeline.targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ def run(ctx: RunContext) -> None:
 
 def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, reference, cache) -> bool:
     spec = TARGETS[target]
-    out_path = ctx.run_dir / spec.artifact
+    out_path = ctx.store.path(target)
     attempts: list[dict] = []
     entry = {"status": "failed", "artifact": spec.artifact, "input_layout": default_layout, "backend": None,
              "attempts": attempts}
     ctx.report.data["targets"][target] = entry
-    job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted), _options(ctx.cfg, target), cache,
+    made = {name: converted.path for name, converted in ctx.converted.items()}  # what later backends convert from
+    job = ConvertJob(target, ctx.onnx_path, out_path, sample, made, _options(ctx.cfg, target), cache,
                      calibration=lambda: ctx.calibration_inputs(int(ctx.cfg.export.calibration_samples)),
                      validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
     kept = None  # (attempt, info, parked path) of the first artifact that drifted
@@ -165,7 +167,7 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
         if entry.get("float32_bytes"):
             entry["size_ratio"] = entry["bytes"] / entry["float32_bytes"]
             entry["size_ratio_to"] = entry.get("float32_artifact")
-    ctx.converted[target] = out_path
+    ctx.converted[target] = Converted(target, out_path, entry)
     ctx.store.put(target, "convert", out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
     return True

@@ -60,7 +60,7 @@ def run(ctx: RunContext) -> None:
         is_quantized = target is not None and target.quantized
         if is_quantized:
             quantized.judge(entry, ctx.report.data["reference"]["metric"], ctx.output_kind, settings.quantized,
-                            ctx.report.data["targets"].get(target.name, {}), ctx.outputs.get(name), ref_out)
+                            ctx.converted[target.name].facts, ctx.outputs.get(name), ref_out)
         if sizes and adapter is not None:
             _judge_sizes(entry, adapter, sizes, ctx.output_kind, settings, is_quantized)
         entries.append(entry)
@@ -77,7 +77,7 @@ def run(ctx: RunContext) -> None:
         parts += [f"Quantized target {quantized.describe(e, e['runtime'])}." for e in missed]
         hints = ["loosen parity.rtol/atol only if the drift is acceptable"] if drifted else []
         if missed:  # only what applies to the targets that missed: a dynamic target has no calibration
-            targets = ctx.report.data["targets"]
+            targets = {name: converted.facts for name, converted in ctx.converted.items()}
             remedies = ["keep the named layers in float"] if any(e.get("worst_layers") for e in missed) else []
             remedies += ["calibrate on more samples (export.calibration_samples)"] if any(
                 targets.get(e["runtime"], {}).get("calibration_samples") for e in missed) else []
@@ -170,12 +170,12 @@ def _runtimes_under_test(ctx: RunContext):
     (reported as ``<target>@<runtime>``)."""
     names = (ctx.input_names, ctx.output_names)
     chosen = list(ctx.cfg.parity.get("runtimes") or [])
-    artifacts = [(ONNX_RUNTIME, ONNX_RUNTIME, ctx.onnx_path, {})]
-    artifacts += [(target, TARGETS[target].runtime, path, ctx.report.data["targets"].get(target, {}))
-                  for target, path in ctx.converted.items()]
-    for label, runtime, path, entry in artifacts:
-        options = {"threads": ctx.threads, "input_perms": entry.get("input_perms"),
-                   "output_perms": entry.get("output_perms")}
+    artifacts = [(ONNX_RUNTIME, ONNX_RUNTIME, ctx.onnx_path, None)]
+    artifacts += [(target, TARGETS[target].runtime, converted.path, converted)
+                  for target, converted in ctx.converted.items()]
+    for label, runtime, path, converted in artifacts:
+        options = {"threads": ctx.threads, "input_perms": converted and converted.input_perms,
+                   "output_perms": converted and converted.output_perms}
         yield label, lambda r=runtime, p=path, o=options: runtimes.load(r, p, *names, **o)
         for other in runtimes.alternatives(runtime, chosen):
             yield f"{label}@{other.name}", lambda r=other.name, p=path, o=options: runtimes.load(r, p, *names, **o)
