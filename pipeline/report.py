@@ -11,6 +11,17 @@ from pipeline.contracts import STAGES  # noqa: F401 - report.json has an entry p
 REPORT_NAME = "report.json"
 # report.json's layout: raised when a key is removed or changes meaning (keys are only ever added).
 SCHEMA_VERSION = 1
+# Its top-level keys and who writes them (docs/report-schema.md describes every key below them).
+TOP_LEVEL_KEYS = {
+    "schema_version": "this layout's version", "status": "the run: running, ok, failed, interrupted",
+    "model": "name, parameters, constructor arguments from the data", "data": "what the artifacts take",
+    "stages": "each stage's status, seconds, reason, warnings", "metrics": "the train stage's test metrics",
+    "parity": "per runtime: errors, agreement, metric, timing", "reference": "PyTorch on the held-out data",
+    "targets": "each export target's conversion", "artifacts": "the artifact store: path, sha256, bytes",
+    "export": "opset, inputs, outputs, free axes", "check": "the ONNX model as checked",
+    "trainer": "epochs, devices, strategy", "plots": "the images report.md shows",
+    "from_run": "the source run, for from_run", "environment": "versions, threads, data files",
+}
 TRACKED_PACKAGES = (
     "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "numpy", "onnx",
     "onnxruntime", "onnx-tf", "onnx2keras", "tensorflow", "keras", "ai-edge-litert", "aeon",

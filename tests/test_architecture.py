@@ -67,3 +67,19 @@ def test_the_package_has_no_import_cycle():
                                             ("runtime", "pipeline/runtimes/__init__.py")])
 def test_each_concept_is_registered_through_one_registry(concept, where):
     assert f'Registry("{concept}"' in (ROOT / where).read_text()
+
+
+def test_report_keys_are_held_by_the_code_and_documented():
+    from pipeline import report
+
+    documented = (ROOT / "docs" / "report-schema.md").read_text()
+    assert all(f'"{key}"' in documented for key in report.TOP_LEVEL_KEYS)
+    written = set()
+    for path in MODULES.values():  # every report.data["<key>"] = ... in the package
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+                    and isinstance(node.slice, ast.Constant) and ast.unparse(node.value).endswith("report.data")):
+                written.add(node.slice.value)
+    assert written and written <= set(report.TOP_LEVEL_KEYS), written - set(report.TOP_LEVEL_KEYS)
+    fresh = report.Report(ROOT, "m").data
+    assert set(fresh) <= set(report.TOP_LEVEL_KEYS) and fresh["schema_version"] == report.SCHEMA_VERSION
