@@ -2,7 +2,6 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -45,7 +44,7 @@ class RunContext:
     _built_holds: str | None = None
     _rng_after_build: torch.Tensor | None = None  # torch's random state right after the construction
     _onnx_io: tuple | None = None
-    _calibration: dict = field(default_factory=dict)  # calibration inputs by count
+    _samples: object = None
 
     @property
     def output_kind(self) -> str:
@@ -224,44 +223,14 @@ class RunContext:
     def output_names(self) -> list[str]:
         return self._io()[1]
 
-    def held_out_inputs(self, count: int | None = None, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The first ``count`` held-out inputs (all when None), by ONNX input name, as NumPy arrays."""
-        x = self.data.head("test", count)[0]
-        return self._by_name(x, names or self.input_names)
+    @property
+    def samples(self):
+        """Real inputs for the runtimes, by ONNX input name (``pipeline.samples``)."""
+        if self._samples is None:
+            from pipeline.samples import Samples
 
-    def _by_name(self, x, names: list[str]) -> dict[str, np.ndarray]:
-        if isinstance(x, dict):
-            missing = sorted(set(names) - set(x))
-            if missing:
-                raise PipelineError(f"The dataset gives inputs {sorted(x)}; the model takes {names}.",
-                                    "Name the dataset's inputs after the model's (dataset.inputs).")
-            return {name: x[name].numpy().copy() for name in names}
-        return {names[0]: x.numpy().copy()}  # copies: the caller's runtimes never change the split
-
-    def calibration_inputs(self, count: int) -> dict[str, np.ndarray]:
-        """``count`` training-split inputs by ONNX input name, drawn at random (seeded by ``seed``) so that a
-        split stored in class or time order is represented as a whole: what quantization calibrates on,
-        never the test split that parity measures on."""
-        if count not in self._calibration:  # read once for every target that calibrates
-            inputs = self.data.draw("train", count, int(self.cfg.seed))
-            if inputs is None:
-                raise PipelineError("The training split is empty: there is nothing to calibrate the quantized "
-                                    "targets on.", "Use a dataset with training data, or drop the int8 targets.")
-            self._calibration[count] = self._by_name(inputs, self.input_names)
-        return self._calibration[count]
-
-    def validation_inputs(self, count: int) -> dict[str, np.ndarray] | None:
-        """``count`` validation-split inputs (drawn as ``calibration_inputs``), None when it is empty: data the
-        calibration never saw, on which the per-layer quantization error is measured."""
-        inputs = self.data.draw("val", count, int(self.cfg.seed))
-        return None if inputs is None else self._by_name(inputs, self.input_names)
-
-    def onnx_reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline import runtimes
-
-        session = runtimes.load("onnxruntime", self.onnx_path, self.input_names, self.output_names,
-                                threads=self.threads)
-        return session.predict(feeds)
+            self._samples = Samples(self.data, self.input_names, int(self.cfg.seed))
+        return self._samples
 
 
 def _build(node, key: str):

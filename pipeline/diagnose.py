@@ -60,7 +60,7 @@ def localise(ctx, runtime: str) -> tuple[dict, list[tuple[int, float]]]:
 
     model = onnx.load(str(ctx.onnx_path))
     settings = ctx.cfg.parity
-    feeds = ctx.held_out_inputs(int(settings.get("diagnose_samples", 4)))
+    feeds = ctx.samples.held_out(int(settings.get("diagnose_samples", 4)))
     tensors = traced_tensors(model)
     onnx_values = {**feeds, **intermediates(model, feeds)}
     float64 = False

@@ -130,7 +130,7 @@ def test_calibration_inputs_are_drawn_from_the_training_split_and_never_the_test
 
     cfg = OmegaConf.load(default_run / ".hydra" / "config.yaml")
     ctx = RunContext(cfg=cfg, run_dir=default_run, report=Report(default_run, "mnist_cnn"))
-    drawn = ctx.calibration_inputs(200)["input"]
+    drawn = ctx.samples.calibration(200)["input"]
     assert drawn.shape == (200, 1, 28, 28)
 
     def rows(a):
@@ -140,8 +140,8 @@ def test_calibration_inputs_are_drawn_from_the_training_split_and_never_the_test
     assert rows(drawn) <= rows(splits.train[0].numpy())
     assert not rows(drawn) & rows(splits.test[0].numpy())
     assert not np.array_equal(drawn, splits.train[0][:200].numpy())  # drawn across the split, not its head
-    assert np.array_equal(drawn, ctx.calibration_inputs(200)["input"])  # seeded
-    assert rows(ctx.validation_inputs(64)["input"]) <= rows(splits.val[0].numpy())
+    assert np.array_equal(drawn, ctx.samples.calibration(200)["input"])  # seeded
+    assert rows(ctx.samples.validation(64)["input"]) <= rows(splits.val[0].numpy())
 
 
 def test_int8_io_quantizes_inputs_and_dequantizes_outputs_with_the_tensors_scales(default_run, tmp_path):

@@ -22,7 +22,7 @@ def run(ctx: RunContext) -> None:
         raise PipelineError(f"{path} is not a valid ONNX model: {exc}",
                             "Re-run the export stage; try another export.opset.") from exc
     session = onnxruntime_session(path)
-    feeds = ctx.held_out_inputs(max(CHECK_BATCH_SIZES), [i.name for i in session.get_inputs()])
+    feeds = ctx.samples.held_out(max(CHECK_BATCH_SIZES), [i.name for i in session.get_inputs()])
     shapes = {}
     for batch in CHECK_BATCH_SIZES:
         outs = session.run(None, {name: value[:batch] for name, value in feeds.items()})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import disk, quantized
+from pipeline import disk, quantized, runtimes
 from pipeline.context import RunContext
 from pipeline.contracts import TARGETS as CONVERTED_TARGETS
 from pipeline.contracts import StageContract
@@ -27,6 +27,7 @@ from pipeline.converters import Backend, ConvertJob, chain, io_layout, onnx_layo
 from pipeline.errors import ConversionError, NotApplicable, StageFailed
 from pipeline.report import size_of
 from pipeline.results import Converted
+from pipeline.runtimes import ONNX_RUNTIME
 from pipeline.targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ def run(ctx: RunContext) -> None:
     if any(TARGETS[t].needs_tensorflow for t in targets):
         prepare_tensorflow()
     default_layout = onnx_layout(model)
-    sample = ctx.held_out_inputs(int(ctx.cfg.export.verify.samples))
-    reference = ctx.onnx_reference(sample)
+    sample = ctx.samples.held_out(int(ctx.cfg.export.verify.samples))
+    reference = runtimes.load(ONNX_RUNTIME, ctx.onnx_path, ctx.input_names, ctx.output_names,
+                              threads=ctx.threads).predict(sample)
     cache: dict = {}
     failed = [t for t in targets
               if not _convert_target(ctx, t, default_layout, sample, reference, cache)]
@@ -65,8 +67,8 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
     ctx.report.data["targets"][target] = entry
     made = {name: converted.path for name, converted in ctx.converted.items()}  # what later backends convert from
     job = ConvertJob(target, ctx.onnx_path, out_path, sample, made, _options(ctx.cfg, target), cache,
-                     calibration=lambda: ctx.calibration_inputs(int(ctx.cfg.export.calibration_samples)),
-                     validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
+                     calibration=lambda: ctx.samples.calibration(int(ctx.cfg.export.calibration_samples)),
+                     validation=lambda: ctx.samples.validation(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
     kept = None  # (attempt, info, parked path) of the first artifact that drifted
     for candidate in chain(ctx.cfg, target):
         attempt = {"backend": candidate.name}
@@ -191,8 +193,6 @@ def _ranks(ctx: RunContext) -> tuple[dict[str, int], dict[str, int]]:
 
 def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, reference: dict) -> dict:
     """The artifact run on ``sample`` by its runtime adapter, against onnxruntime: shapes, then values."""
-    from pipeline import runtimes
-
     settings = ctx.cfg.export.verify
     try:
         # kept: parity runs this artifact next and takes the loaded adapter instead of loading it again

@@ -151,7 +151,7 @@ def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quan
 
 
 def _held_out(ctx: RunContext, samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    feeds = ctx.held_out_inputs(None if samples is None else int(samples))
+    feeds = ctx.samples.held_out(None if samples is None else int(samples))
     count = len(next(iter(feeds.values())))
     labels = ctx.data.targets("test")
     return feeds, None if labels is None else labels[:count].numpy()
