@@ -517,7 +517,7 @@ class Overflowing(torch.nn.Module):
 def test_a_diverging_training_fails_the_train_stage_and_the_report_stays_strict_json(tmp_path):
     run_dir = tmp_path / "run"
     outcome = run_in_process("model=lstm_forecaster", "dataset=series",
-                             "model.net._target_=tests.test_bad_inputs.Overflowing", "optimizer=sgd", "optimizer.lr=1",
+                             "model.net._target_=tests.test_cli_errors.Overflowing", "optimizer=sgd", "optimizer.lr=1",
                              "scheduler=null", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
                              "stages=[train,export]", run_dir=run_dir)
     assert_refused(outcome, "Training diverged", "optimizer.lr")
@@ -645,13 +645,13 @@ class TooBigToExport(Tabular):
 
 
 def _target(cls) -> str:
-    return f"model.net._target_=tests.test_bad_inputs.{cls}"
+    return f"model.net._target_=tests.test_cli_errors.{cls}"
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ([_target("NotAModule")], ["model.net._target_=tests.test_bad_inputs.NotAModule", "not a torch.nn.Module"]),
+    ([_target("NotAModule")], ["model.net._target_=tests.test_cli_errors.NotAModule", "not a torch.nn.Module"]),
     ([_target("builds_a_tensor")], ["built a torch.Tensor, not a torch.nn.Module"]),
-    ([_target("CtorExits")], ["model.net._target_=tests.test_bad_inputs.CtorExits", "sys.exit(4)"]),
+    ([_target("CtorExits")], ["model.net._target_=tests.test_cli_errors.CtorExits", "sys.exit(4)"]),
     ([_target("ForwardExits")], ["model=ForwardExits", "sys.exit(3)", "model.net"]),
     ([_target("ReturnsNone")], ["returns None", "tensor, or a tuple, list or dict of tensors", "model.net"]),
     ([_target("ReturnsText")], ["returns a str", "model.net"]),
@@ -1075,7 +1075,7 @@ def test_a_tracer_warning_is_shown_on_the_console_not_only_in_report_json(tmp_pa
     outcome = run_in_process(*TABULAR, _target("BranchOnFirstSample"), "stages=[train,export]", run_dir=run_dir)
     assert outcome.code == 0, outcome.output[-3000:]
     assert "export warning: TracerWarning: Converting a tensor to a Python boolean" in outcome.stderr
-    assert "test_bad_inputs.py:" in outcome.stderr  # where: the line of the branch
+    assert "test_cli_errors.py:" in outcome.stderr  # where: the line of the branch
     assert strict_json(run_dir / "report.json")["stages"]["export"]["warnings"]
 
 

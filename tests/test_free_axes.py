@@ -104,7 +104,7 @@ IMAGE = ("model.output=logits", "model.weights=init", "stages=[export,check,conv
 
 
 def model(name: str) -> str:
-    return f"model.net._target_=tests.test_dynamic_axes.{name}"
+    return f"model.net._target_=tests.test_free_axes.{name}"
 
 
 def entries(report: dict) -> dict:
