@@ -34,16 +34,12 @@ from pipeline.ranges import (  # noqa: F401 - the checks are part of the schema'
     ranged,
 )
 from pipeline.targets import TARGETS, IOLayout
+from pipeline.tasks import TASKS
 
 # --- the schema ---
 
-class OutputKind(StrEnum):
-    """What the network returns; picks the loss and the metric (see pipeline/tasks.py)."""
-
-    log_probs = "log_probs"  # class log-probabilities [N, C]: NLL loss, accuracy
-    logits = "logits"  # class scores [N, C]: cross-entropy, accuracy
-    probability = "probability"  # one sigmoid probability per sample [N, 1]: BCE, accuracy at 0.5
-    value = "value"  # one regression value per sample [N, 1]: MSE, MSE/MAE in original units
+# What the network returns (model.output): one per task (pipeline/tasks.py), which picks the loss and metric.
+OutputKind = StrEnum("OutputKind", {name: name for name in TASKS})
 
 
 class MissingValues(StrEnum):
