@@ -12,6 +12,7 @@ from pipeline.artifacts import ArtifactStore
 from pipeline.errors import PipelineError
 from pipeline.onnx_model import io_names
 from pipeline.report import Report, sha256_of
+from pipeline.results import RunResults
 
 # model.weights=init: the network as its constructor builds it (random, or weights it loads itself).
 INIT_WEIGHTS = "init"
@@ -25,15 +26,8 @@ class RunContext:
     report: Report
     # Intra-op threads for torch/onnxruntime/TensorFlow (0 = library default); see pipeline.threads.
     threads: int = 0
-    # Converted artifacts that parity runs: target name -> pipeline.results.Converted.
-    converted: dict = field(default_factory=dict)
-    # A checkpoint of an unfinished run to resume training from (from_run).
-    resume_from: Path | None = None
-    # Parity's outputs on the held-out data, per runtime ("torch" is the reference): {output name: array}.
-    outputs: dict = field(default_factory=dict)
-    held_out_targets: object = None
-    # Per diagnosed runtime: [(node index, max abs error)] along the graph (pipeline.diagnose).
-    divergence_curves: dict = field(default_factory=dict)
+    # What one stage hands the next (pipeline.results): the only mutable state besides the report.
+    results: RunResults = field(default_factory=RunResults)
     _data: object = None
     _net: torch.nn.Module | None = None
     # model.net as constructed: once per run, shared by the parameter count, preflight, train and the later

@@ -181,10 +181,10 @@ def as_float64(model):
 def converted_values(ctx, target: str, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
     """The tensors ``names`` as the target's runtime computes them, from a copy of its artifact made by
     the same backends with those tensors exposed as outputs."""
-    converted = ctx.converted[target]
+    converted = ctx.results.converted[target]
     work = Path(tempfile.mkdtemp(prefix=".diagnose.", dir=ctx.run_dir))
     try:
-        backends = {t: c.backend for t, c in ctx.converted.items()}
+        backends = {t: c.backend for t, c in ctx.results.converted.items()}
         path, info = rebuild(ctx.onnx_path, target, backends, names, feeds, work)
         exposed = artifact_outputs(target, path, info)
         return run_artifact(target, path, info, ctx.input_names, exposed, feeds, converted.input_perms)
@@ -264,7 +264,7 @@ def write_reproducer(ctx, model, runtime: str, node, data_inputs: list[str], val
     for index, name in enumerate(batched):
         files[name] = f"input_{index}.npy"
         np.save(directory / files[name], values[name])
-    backends = {t: c.backend for t, c in ctx.converted.items()}
+    backends = {t: c.backend for t, c in ctx.results.converted.items()}
     write_json(directory / MANIFEST, {
         "runtime": runtime, "node": node.name, "op_type": node.op_type, "inputs": files, "constants": constants,
         "outputs": outputs,

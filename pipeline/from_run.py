@@ -387,8 +387,8 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
     if "train" in selected:
         if not source.training_finished and source.resume_checkpoint():
             check_resumable(ctx.cfg, source)
-            ctx.resume_from = source.resume_checkpoint()
-            entry["resumed_from"] = str(ctx.resume_from)
+            ctx.results.resume_from = source.resume_checkpoint()
+            entry["resumed_from"] = str(ctx.results.resume_from)
     else:
         ctx.report.data["metrics"].update(source.report.get("metrics", {}))  # the model's, measured there
         if "trainer" in source.report:
@@ -431,7 +431,7 @@ def _adopt_targets(ctx: RunContext, source: SourceRun) -> None:
         if target in picked:
             _adopt(ctx, source, target, "parity")
             ctx.report.data["targets"][target] = target_entry
-            ctx.converted[target] = Converted(target, ctx.store.path(target), target_entry)
+            ctx.results.converted[target] = Converted(target, ctx.store.path(target), target_entry)
 
 
 def _check_onnx(path: Path, source: SourceRun) -> None:

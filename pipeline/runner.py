@@ -207,14 +207,14 @@ def draw_plots(ctx: RunContext) -> list[Path]:
     from pipeline import plots
 
     drawn = [plots.training_curves(ctx.run_dir / "metrics.csv", ctx.run_dir / "training_curves.png")]
-    if ctx.outputs:
+    if ctx.results.outputs:
         first = ctx.output_names[0]  # the output the task metric is computed on
-        reference = ctx.outputs["torch"][first]
-        others = {k: v[first] for k, v in ctx.outputs.items() if k != "torch"}
+        reference = ctx.results.outputs["torch"][first]
+        others = {k: v[first] for k, v in ctx.results.outputs.items() if k != "torch"}
         drawn.append(plots.parity(reference, others, ctx.run_dir / "parity.png"))
-        if ctx.divergence_curves:
-            drawn.append(plots.divergence(ctx.divergence_curves, ctx.run_dir / "divergence.png"))
-        labels = ctx.held_out_targets
+        if ctx.results.divergence_curves:
+            drawn.append(plots.divergence(ctx.results.divergence_curves, ctx.run_dir / "divergence.png"))
+        labels = ctx.results.held_out_targets
         predicted = tasks.predictions(ctx.output_kind, reference)
         if labels is None:
             pass  # generated inputs: no task to plot

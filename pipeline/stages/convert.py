@@ -65,7 +65,8 @@ def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, r
     entry = {"status": "failed", "artifact": spec.artifact, "input_layout": default_layout, "backend": None,
              "attempts": attempts}
     ctx.report.data["targets"][target] = entry
-    made = {name: converted.path for name, converted in ctx.converted.items()}  # what later backends convert from
+    # the artifacts converted so far: what a later target's backend converts from (tflite <- tensorflow)
+    made = {name: converted.path for name, converted in ctx.results.converted.items()}
     job = ConvertJob(target, ctx.onnx_path, out_path, sample, made, _options(ctx.cfg, target), cache,
                      calibration=lambda: ctx.samples.calibration(int(ctx.cfg.export.calibration_samples)),
                      validation=lambda: ctx.samples.validation(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
@@ -169,7 +170,7 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
         if entry.get("float32_bytes"):
             entry["size_ratio"] = entry["bytes"] / entry["float32_bytes"]
             entry["size_ratio_to"] = entry.get("float32_artifact")
-    ctx.converted[target] = Converted(target, out_path, entry)
+    ctx.results.converted[target] = Converted(target, out_path, entry)
     ctx.store.put(target, "convert", out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
     return True

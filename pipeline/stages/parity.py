@@ -35,7 +35,7 @@ def run(ctx: RunContext) -> None:
     reference = runtimes.load(REFERENCE, ctx.net, ctx.input_names, ctx.output_names)
     ref_out, ref_timing = _measure(reference, feeds, settings)
     check_finite_outputs(ctx.cfg, ref_out, "held-out")
-    ctx.outputs[REFERENCE], ctx.held_out_targets = ref_out, labels
+    ctx.results.outputs[REFERENCE], ctx.results.held_out_targets = ref_out, labels
     samples = len(next(iter(feeds.values())))
     ctx.report.data["reference"] = {"runtime": REFERENCE, "samples": samples, "metric": _metric(ctx, ref_out, labels),
                                     **ref_timing}
@@ -52,7 +52,7 @@ def run(ctx: RunContext) -> None:
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the data fails parity, clearly
             entry.update(failure_entry(f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
         else:
-            ctx.outputs[name] = out
+            ctx.results.outputs[name] = out
             entry.update(compare(out, ref_out, ctx.output_kind, settings))
             entry["metric"] = _metric(ctx, out, labels) if entry.get("error") is None else None
             entry.update(timing)
@@ -60,14 +60,14 @@ def run(ctx: RunContext) -> None:
         is_quantized = target is not None and target.quantized
         if is_quantized:
             quantized.judge(entry, ctx.report.data["reference"]["metric"], ctx.output_kind, settings.quantized,
-                            ctx.converted[target.name].facts, ctx.outputs.get(name), ref_out)
+                            ctx.results.converted[target.name].facts, ctx.results.outputs.get(name), ref_out)
         if sizes and adapter is not None:
             _judge_sizes(entry, adapter, sizes, ctx.output_kind, settings, is_quantized)
         entries.append(entry)
         log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
     ctx.report.save()  # the measurements stand even if the diagnosis below is interrupted
-    ctx.divergence_curves = diagnose.run(ctx, entries)  # not the quantized targets: their report names layers
+    ctx.results.divergence_curves = diagnose.run(ctx, entries)  # not the quantized targets: their report names layers
     drifted = [e for e in entries if not e["in_tolerance"] and not e.get("quantized")]
     missed = [e for e in entries if not e["in_tolerance"] and e.get("quantized")]
     if drifted or missed:
@@ -77,7 +77,7 @@ def run(ctx: RunContext) -> None:
         parts += [f"Quantized target {quantized.describe(e, e['runtime'])}." for e in missed]
         hints = ["loosen parity.rtol/atol only if the drift is acceptable"] if drifted else []
         if missed:  # only what applies to the targets that missed: a dynamic target has no calibration
-            targets = {name: converted.facts for name, converted in ctx.converted.items()}
+            targets = {name: converted.facts for name, converted in ctx.results.converted.items()}
             remedies = ["keep the named layers in float"] if any(e.get("worst_layers") for e in missed) else []
             remedies += ["calibrate on more samples (export.calibration_samples)"] if any(
                 targets.get(e["runtime"], {}).get("calibration_samples") for e in missed) else []
@@ -172,7 +172,7 @@ def _runtimes_under_test(ctx: RunContext):
     chosen = list(ctx.cfg.parity.get("runtimes") or [])
     artifacts = [(ONNX_RUNTIME, ONNX_RUNTIME, ctx.onnx_path, None)]
     artifacts += [(target, TARGETS[target].runtime, converted.path, converted)
-                  for target, converted in ctx.converted.items()]
+                  for target, converted in ctx.results.converted.items()]
     for label, runtime, path, converted in artifacts:
         options = {"threads": ctx.threads, "input_perms": converted and converted.input_perms,
                    "output_perms": converted and converted.output_perms}

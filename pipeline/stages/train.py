@@ -41,8 +41,9 @@ def run(ctx: RunContext) -> None:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer), scheduler)
     trainer = _trainer(ctx)
+    resume = ctx.results.resume_from
     try:
-        trainer.fit(module, datamodule=ctx.data, ckpt_path=str(ctx.resume_from) if ctx.resume_from else None)
+        trainer.fit(module, datamodule=ctx.data, ckpt_path=str(resume) if resume else None)
     except MisconfigurationException as exc:
         raise PipelineError(f"Lightning rejected the training setup: {exc}", "Adjust the trainer.* keys "
                             "(e.g. trainer.max_epochs above a resumed checkpoint's epoch).") from exc
