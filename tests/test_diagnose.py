@@ -9,6 +9,7 @@ import pytest
 from pipeline import diagnose
 from pipeline.converters.keras3.ops import HANDLERS
 from pipeline.errors import ParityError
+from pipeline.results import Converted, RunResults
 from tests.conftest import ROOT, mnist_root_override, run_composed
 
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2",
@@ -137,7 +138,8 @@ def test_a_reproducer_input_without_a_batch_axis_goes_in_as_a_constant(tmp_path)
     rng = np.random.default_rng(0)
     values = {"mask": rng.random((4, 12)) < 0.3, "x": rng.normal(size=(4, 12)).astype(np.float32),
               "fill": np.float32(-1e4)}
-    ctx = SimpleNamespace(report=SimpleNamespace(data={"targets": {"tensorflow": {"backend": "keras3"}}}),
+    converted = {"tensorflow": Converted("tensorflow", tmp_path / "saved_model", {"backend": "keras3"})}
+    ctx = SimpleNamespace(results=RunResults(converted=converted),
                           cfg=OmegaConf.create({"parity": {"rtol": 0.0, "atol": 1e-9}, "export": {}}))
     directory = tmp_path / "tensorflow"
     diagnose.write_reproducer(ctx, model, "tensorflow", model.graph.node[1], ["mask", "fill", "x"], values,
