@@ -4,9 +4,9 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 
-def read_onnx(path: Path):
-    """The ONNX model at ``path`` (external data not loaded); a missing, truncated or foreign file is a
-    PipelineError naming it."""
+def read_onnx(path: Path, external_data: bool = False):
+    """The ONNX model at ``path`` (its external data too with ``external_data``); a missing, truncated or
+    foreign file is a PipelineError naming it."""
     import onnx
 
     path = Path(path)
@@ -14,7 +14,7 @@ def read_onnx(path: Path):
         raise PipelineError(f"No ONNX model at {path} (or it is not a file).",
                             "Run the export stage first (or pick a from_run whose export finished).")
     try:
-        return onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # protobuf DecodeError on a truncated or foreign file
         raise PipelineError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {_first_line(exc)[:200]}).",
                             "The file is corrupt or truncated: re-run the export stage (or pick another "

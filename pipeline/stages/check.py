@@ -5,7 +5,7 @@ import onnx
 from pipeline.context import RunContext
 from pipeline.contracts import StageContract
 from pipeline.errors import PipelineError
-from pipeline.onnx_model import opset_of
+from pipeline.onnx_model import opset_of, read_onnx
 
 CHECK_BATCH_SIZES = (1, 7)
 
@@ -14,7 +14,7 @@ CONTRACT = StageContract("check", needs=("onnx",), uses=("weights",))
 
 def run(ctx: RunContext) -> None:
     path = ctx.onnx_path
-    model = load_onnx(path)
+    model = read_onnx(path, external_data=True)
     try:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -56,16 +56,6 @@ def _not_finite(ctx: RunContext, feeds: dict, batch: int) -> PipelineError:
                              "Re-train with a lower optimizer.lr (or scheduler.max_lr), and check the data.")
     return PipelineError(f"onnxruntime returns NaN or inf for a batch of {batch} where PyTorch's outputs are finite.",
                          "Re-run the export stage; try another export.opset.")
-
-
-def load_onnx(path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise PipelineError(f"No ONNX model at {path}.", "Run the export stage first.")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError on a truncated or foreign file
-        raise PipelineError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}).",
-                            "The file is corrupt or truncated: re-run the export stage.") from exc
 
 
 def onnxruntime_session(path):
