@@ -383,6 +383,7 @@ def test_from_run_command_line_keys_win_over_the_source(source_run, tmp_path):
     ("a list as report", [], ["is not a pipeline run's"]),
     ("truncated report", [], ["report.json or .hydra/config.yaml is unreadable"]),
 ])
+@pytest.mark.tf
 def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, make, extra, expected):
     source = source_run
     if make != "finished":
@@ -397,6 +398,7 @@ def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, m
     assert tree(source) == before
 
 
+@pytest.mark.tf
 def test_a_run_interrupted_during_convert_resumes_with_its_targets_without_retraining(tmp_path):
     run_dir, resumed = tmp_path / "run", tmp_path / "resumed"
     proc = _start(run_dir, *TABULAR, "export=keras")
@@ -526,6 +528,7 @@ def test_a_diverging_training_fails_the_train_stage_and_the_report_stays_strict_
     assert None in report["metrics"].values() and not (run_dir / "model.pt").exists()
 
 
+@pytest.mark.tf
 def test_libraries_logging_through_the_root_logger_stay_off_the_console(tmp_path, capsys):
     """onnxruntime.quantization calls logging.warning() ("Please consider pre-processing ..."); the job
     logging of conf/config.yaml keeps such records in pipeline.log and the pipeline's own on the console."""
@@ -781,6 +784,7 @@ def _broken_source(source_run: Path, tmp_path: Path, make: str) -> Path:
     ("stages that are not entries", ["is not a pipeline run's", "stages"]),
     ("an empty config", ["is not a pipeline run's", "config.yaml", "no model"]),
 ])
+@pytest.mark.tf
 def test_from_run_of_a_broken_source_is_refused_and_not_resumed_from_scratch(source_run, tmp_path, make, expected):
     source = _broken_source(source_run, tmp_path, make)
     before = tree(source_run)
@@ -894,6 +898,7 @@ def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path):
     ("onnx is a dir", ["stages=[check]"], ["its model.onnx is not a file (a directory)"]),
     ("weights link to a dir", ["stages=[export]"], ["its model.pt is not a file (a directory via a symlink)"]),
 ])
+@pytest.mark.tf
 def test_from_run_with_damaged_artifacts_is_named_and_nothing_outside_is_copied(source_run, tmp_path, damage, extra,
                                                                                 expected):
     import shutil
@@ -1042,6 +1047,7 @@ def test_a_failed_mnist_download_leaves_nothing_behind(tmp_path):
      ["export.tflite_int8.int8_io is set", "does not select the tflite_int8 target", "export=[keras,tflite_int8]"]),
     (["export.tflite.backend=tf-converter"], ["export.tflite.backend is set", "export=[tflite]"]),
 ])
+@pytest.mark.tf
 def test_an_option_of_a_target_that_is_not_selected_is_refused_not_ignored(tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
     assert_refused(run_in_process(*TABULAR, "stages=[train]", *overrides, run_dir=run_dir), *expected)

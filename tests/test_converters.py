@@ -16,6 +16,8 @@ from torch import nn
 from pipeline.errors import PipelineError
 from tests.conftest import mnist_root_override, run_composed
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 TARGETS = ("keras", "tensorflow", "tflite")
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2", "parity.samples=200")
 

@@ -12,6 +12,8 @@ from pipeline.errors import ParityError
 from pipeline.results import Converted, RunResults
 from tests.conftest import ROOT, mnist_root_override, run_composed
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2",
          "parity.samples=200", "parity.latency_repeats=3")
 

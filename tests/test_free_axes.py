@@ -9,6 +9,8 @@ from pipeline import free_axes
 from pipeline.errors import PipelineError
 from tests.conftest import run_composed
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 
 class FullyConvClassifier(nn.Module):
     """Convolutions, an unpadded max pool and a global average pool: any height and width."""

@@ -1,10 +1,13 @@
 """Channels-last I/O (export.layout, pipeline/converters/io_layout.py, issue 22 item 2): SavedModel and the
 TFLite targets take and return [N, H, W, C] with no transpose at the boundary, in parity."""
 import numpy as np
+import pytest
 import torch
 
 from pipeline.converters import io_layout
 from tests.conftest import run_composed
+
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
 
 IMAGE = ("model.net._target_=tests.test_free_axes.TinyUNet", "model.output=logits", "model.weights=init",
          "stages=[export,check,convert,parity]", "dataset=synthetic", "dataset.shape=[3,16,16]", "dataset.samples=32",

@@ -15,6 +15,8 @@ from pipeline.converters.keras3 import build
 from pipeline.errors import ConversionError
 from pipeline.stages.export import export_onnx
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 
 class Lambda(nn.Module):
     def __init__(self, function, *modules):

@@ -17,6 +17,8 @@ from pipeline import quantized
 from pipeline.matrix import render
 from tests.conftest import MNIST_ROOT, read_report, run_in_process
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 QUANTIZED = ("tflite_fp16", "tflite_int8_dynamic", "tflite_int8", "onnx_int8")
 TABULAR = ("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=3", "parity.latency_repeats=5")
 

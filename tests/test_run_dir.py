@@ -23,6 +23,7 @@ SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limi
     ("model.output=bogus", ["model.output", "log_probs, logits, probability, value"]),
     ("dataset.batch_size=0", ["dataset.batch_size", "integer >= 1"]),
 ])
+@pytest.mark.tf
 def test_bad_config_fails_before_any_work_naming_the_key_and_the_choices(tmp_path, override, expected):
     run_dir = tmp_path / "run"
     proc = run_cli(override, run_dir=run_dir)

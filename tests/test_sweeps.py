@@ -2,6 +2,8 @@
 import csv
 import shutil
 
+import pytest
+
 from tests.conftest import assert_ok, mnist_root_override, read_report, run_cli
 
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2",
@@ -45,6 +47,7 @@ def test_same_seed_gives_byte_identical_onnx_and_metrics_and_the_saved_config_re
     assert read_report(rerun)["artifacts"]["onnx"]["sha256"] == a["artifacts"]["onnx"]["sha256"]
 
 
+@pytest.mark.tf
 def test_from_run_converts_without_training_and_leaves_the_source_alone(tmp_path, mnist_root):
     source, later = tmp_path / "source", tmp_path / "later"
     assert_ok(run_cli("model=mnist_mlp", "export=onnx", mnist_root_override(), *SHORT, run_dir=source))
@@ -61,6 +64,7 @@ def test_from_run_converts_without_training_and_leaves_the_source_alone(tmp_path
     assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.tf
 def test_from_run_without_the_needed_artifact_says_which(tmp_path, mnist_root):
     source = tmp_path / "source"
     assert_ok(run_cli("model=mnist_mlp", "stages=[train]", mnist_root_override(), *SHORT, run_dir=source))
