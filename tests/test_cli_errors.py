@@ -324,6 +324,7 @@ def test_two_runs_started_together_into_one_dir_one_is_refused_naming_the_owner(
     assert len(list((run_dir / ".hydra").iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_a_live_run_is_refused_a_killed_one_is_recognised_and_resumed(tmp_path, mnist_root):
     run_dir, resumed = tmp_path / "run", tmp_path / "resumed"
     # A 3-epoch schedule killed after its first epoch; the resume runs 4 epochs, which made torch's
@@ -399,6 +400,7 @@ def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, m
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_a_run_interrupted_during_convert_resumes_with_its_targets_without_retraining(tmp_path):
     run_dir, resumed = tmp_path / "run", tmp_path / "resumed"
     proc = _start(run_dir, *TABULAR, "export=keras")
@@ -479,6 +481,7 @@ def test_report_json_is_strict_json_even_for_nan_and_numpy_values(tmp_path):
     assert strict_json(path) == {"metrics": {"test_mse": None, "inf": None, "f32": 0.5}}
 
 
+@pytest.mark.slow
 def test_the_console_shows_no_library_noise_and_pipeline_log_keeps_it(default_run):
     console = (default_run.parent / "console.txt").read_text()
     for noise in ("cuInit", "Could not find cuda drivers", "will be deleted", "absl::InitializeLog", "Traceback",
@@ -667,6 +670,7 @@ def _target(cls) -> str:
                                                                             "2 GiB protobuf", "stages="]),
     (["optimizer=null"], ["optimizer is not set", "optimizer=adam"]),
 ])
+@pytest.mark.slow
 def test_a_model_that_cannot_work_is_named_before_training(tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
     assert_refused(run_in_process(*TABULAR, *overrides, run_dir=run_dir), *expected)

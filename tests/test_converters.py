@@ -235,6 +235,7 @@ USER_MODELS = {
 
 
 @pytest.mark.parametrize("name", USER_MODELS)
+@pytest.mark.slow
 def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_path, mnist_root):
     dataset, short = USER_MODELS[name]
     report = run_composed(f"model.net._target_=tests.test_converters.{name}",
@@ -399,6 +400,7 @@ def test_a_packed_sequence_is_refused_by_name_at_export(tmp_path):
     assert "padded [N, T, F] tensor" in info.value.hint
 
 
+@pytest.mark.slow
 def test_zoo_rows_torchvision_and_a_4d_output_convert_without_a_dataset(tmp_path):
     """Two rows of +matrix=zoo: a torchvision model on generated inputs, and a UNet whose per-pixel
     output comes back channels-last from Keras and is compared in PyTorch's layout."""

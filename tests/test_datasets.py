@@ -55,6 +55,7 @@ def raw_pixels(paths, rgb: bool) -> np.ndarray:
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_image_folder_trains_converts_and_its_artifacts_take_raw_pixels(tmp_path, mnist_root):
     folder = tmp_path / "digits"
     written = write_digit_folder(folder, mnist_root, per_class=80, split=True)
@@ -166,6 +167,7 @@ def write_table(path, rows: int = 400, seed: int = 0):
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_a_csv_with_a_text_label_and_a_text_column_trains_and_its_onnx_takes_the_raw_columns(tmp_path):
     frame = write_table(tmp_path / "flowers.csv")
     run_dir = tmp_path / "run"
@@ -194,6 +196,7 @@ def test_a_csv_with_a_text_label_and_a_text_column_trains_and_its_onnx_takes_the
     assert np.isfinite(session.run(None, unseen)[0]).all()
 
 
+@pytest.mark.slow
 def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_path):
     import pandas as pd
 

@@ -26,6 +26,7 @@ def _wrong_relu(ctx):
     ctx.set(ops.relu(x.keras) * np.float32(1.05), x.perm)
 
 
+@pytest.mark.slow
 def test_an_injected_wrong_op_is_found_in_keras_tensorflow_and_tflite(tmp_path, mnist_root, monkeypatch):
     monkeypatch.setitem(HANDLERS, "Relu", _wrong_relu)
     run_dir = tmp_path / "run"
@@ -50,6 +51,7 @@ def test_an_injected_wrong_op_is_found_in_keras_tensorflow_and_tflite(tmp_path, 
     assert "Where parity drifts" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_reproduces_it(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     with pytest.raises(ParityError):
@@ -63,6 +65,7 @@ def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_r
     assert proc.returncode == 1 and "drift reproduced" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_diagnose_on_demand_and_off(tmp_path):
     on = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
                         "parity.diagnose=true", "parity.latency_repeats=3", run_dir=tmp_path / "on")

@@ -86,6 +86,7 @@ HOSTILE_TARGETS = [
 
 @pytest.mark.parametrize("key, make", HOSTILE_TARGETS)
 @pytest.mark.parametrize("extra", [["stages=[export]"], []], ids=["stages", "resume"])
+@pytest.mark.slow
 def test_a_foreign_callable_in_a_source_config_is_refused_by_key_and_never_runs(tmp_path, key, make, extra):
     marker = tmp_path / "marker"
     source = craft_source(tmp_path / "source", _set(key, make(marker)), status="ok" if extra else "interrupted")
@@ -250,6 +251,7 @@ tf.saved_model.save(module, sys.argv[1], signatures={"serving_default": module.s
 
 
 @pytest.mark.tf
+@pytest.mark.slow
 def test_a_saved_model_whose_graph_writes_files_is_refused_before_it_is_loaded(tmp_path):
     import subprocess
     import sys
