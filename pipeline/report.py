@@ -102,5 +102,14 @@ class Report:
             **extra,
         }
 
+    def record(self, result) -> None:
+        """A stage's typed result (``pipeline.results``) into its report sections (metrics are merged: a
+        from_run source's stay where this run measures none)."""
+        for key, value in result.sections().items():
+            if key == "metrics":
+                self.data["metrics"].update(value)
+            else:
+                self.data[key] = value
+
     def save(self) -> None:
         write_json(self.path, self.data)

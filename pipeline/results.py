@@ -1,7 +1,37 @@
-"""What one stage hands the next, typed: the stages talk through these and the artifact store, never by
-reading report.json back (the report is written from them)."""
-from dataclasses import dataclass, field
+"""What the stages return and hand each other, typed: the stages talk through these and the artifact store,
+never by reading report.json back. ``report.Report.record`` writes a stage's result into report.json
+(each result names its sections there). Convert and parity write their entries as they go instead, so
+that a target or runtime that fails leaves what the others measured (train too: a diverged training's
+metrics); their typed hand-over is ``Converted``.
+"""
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class ExportResult:
+    opset: int
+    requested_opset: int
+    inputs: list[str]
+    outputs: list[str]
+    dynamic_axes: dict  # {tensor: {axis: name}}
+
+    def sections(self) -> dict:
+        return {"export": asdict(self)}
+
+
+@dataclass
+class CheckResult:
+    opset: int
+    ir_version: int
+    bytes: int
+    nodes: int
+    inputs: list[dict]
+    outputs: list[dict]
+    onnxruntime_output_shapes: dict
+
+    def sections(self) -> dict:
+        return {"check": asdict(self)}
 
 
 @dataclass

@@ -238,7 +238,9 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         if before is not None:
             before()
         with quiet.recorded_warnings(stage), _native_output(name):
-            stages.module(name).run(ctx)
+            result = stages.module(name).run(ctx)
+        if result is not None:  # a typed result (pipeline.results): its report sections
+            ctx.report.record(result)
         stage["status"] = "ok"
         return None
     except PipelineError as exc:

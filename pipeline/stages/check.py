@@ -6,13 +6,14 @@ from pipeline.context import RunContext
 from pipeline.contracts import StageContract
 from pipeline.errors import PipelineError
 from pipeline.onnx_model import opset_of, read_onnx
+from pipeline.results import CheckResult
 
 CHECK_BATCH_SIZES = (1, 7)
 
 CONTRACT = StageContract("check", needs=("onnx",), uses=("weights",))
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext) -> CheckResult:
     path = ctx.onnx_path
     model = read_onnx(path, external_data=True)
     try:
@@ -34,15 +35,9 @@ def run(ctx: RunContext) -> None:
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise _not_finite(ctx, {name: value[:batch] for name, value in feeds.items()}, batch)
         shapes[str(batch)] = list(outs[0].shape)
-    ctx.report.data["check"] = {
-        "opset": opset_of(model),
-        "ir_version": model.ir_version,
-        "bytes": path.stat().st_size,
-        "nodes": len(model.graph.node),
-        "inputs": [_value_info(v) for v in inferred.graph.input],
-        "outputs": [_value_info(v) for v in inferred.graph.output],
-        "onnxruntime_output_shapes": shapes,
-    }
+    return CheckResult(opset=opset_of(model), ir_version=model.ir_version, bytes=path.stat().st_size,
+                       nodes=len(model.graph.node), inputs=[_value_info(v) for v in inferred.graph.input],
+                       outputs=[_value_info(v) for v in inferred.graph.output], onnxruntime_output_shapes=shapes)
 
 
 def _not_finite(ctx: RunContext, feeds: dict, batch: int) -> PipelineError:

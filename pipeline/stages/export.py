@@ -19,6 +19,7 @@ from pipeline.context import RunContext
 from pipeline.contracts import StageContract
 from pipeline.converters import torch_symbolics
 from pipeline.errors import PipelineError
+from pipeline.results import ExportResult
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 INPUT_NAME = "input"
@@ -31,7 +32,7 @@ _NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|sup
 CONTRACT = StageContract("export", needs=("weights",), makes=("onnx", "labels"))
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext) -> ExportResult:
     net = ctx.net.eval()
     x = ctx.data.head("test", 1)[0]
     names = list(x) if isinstance(x, dict) else [INPUT_NAME]
@@ -47,9 +48,9 @@ def run(ctx: RunContext) -> None:
         free_axes.check_export(net, ctx.onnx_path, args, names, free)
     extra = {"requested_opset": requested} if opset != requested else {}
     ctx.store.put("onnx", "export", opset=opset, **extra)
-    ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs,
-                                 "dynamic_axes": {n: {str(a): label for a, label in axes[n].items()} for n in axes}}
     write_labels(ctx)
+    return ExportResult(opset, requested, names, outputs,
+                        {n: {str(a): label for a, label in axes[n].items()} for n in axes})
 
 
 LABELS_NAME = "labels.txt"
