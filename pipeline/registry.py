@@ -34,12 +34,18 @@ class Registry(Generic[Spec]):
 
     @contextmanager
     def temporarily(self, spec: Spec):
-        """``spec`` registered inside the block (a plugin tried out, a test's own target)."""
-        self.add(spec)
+        """``spec`` registered inside the block (a plugin tried out, a test's own target), in place of the
+        spec of that name if there is one (restored after)."""
+        self._discover()
+        previous = self._specs.get(spec.name)
+        self._specs[spec.name] = spec
         try:
             yield spec
         finally:
-            self.remove(spec.name)
+            if previous is None:
+                self.remove(spec.name)
+            else:
+                self._specs[spec.name] = previous
 
     def __getitem__(self, name: str) -> Spec:
         self._discover()

@@ -89,15 +89,18 @@ def test_the_report_says_how_many_calls_each_figure_rests_on(tmp_path):
 
 
 @pytest.mark.tf
-def test_parity_runs_the_artifact_convert_verified_without_loading_it_again(tmp_path, monkeypatch):
-    from pipeline.runtimes import keras_runtime
+def test_parity_runs_the_artifact_convert_verified_without_loading_it_again(tmp_path):
+    from dataclasses import replace
+
+    from pipeline.runtimes import RUNTIMES
 
     loads = []
-    original = keras_runtime.load
-    monkeypatch.setattr(keras_runtime, "load", lambda *a, **k: loads.append(a[0]) or original(*a, **k))
-    report = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "dataset.samples=400",
-                          "model.weights=init", "stages=[export,check,convert,parity]", "export=keras",
-                          run_dir=tmp_path / "run")
+    keras = RUNTIMES["keras"]
+    counting = replace(keras, load=lambda *a, **k: loads.append(a[0]) or keras.load(*a, **k))
+    with RUNTIMES.temporarily(counting):
+        report = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "dataset.samples=400",
+                              "model.weights=init", "stages=[export,check,convert,parity]", "export=keras",
+                              run_dir=tmp_path / "run")
     assert report["status"] == "ok" and [e["runtime"] for e in report["parity"]] == ["onnxruntime", "keras"]
     assert len(loads) == 1  # convert's verification loaded model.keras; parity took that adapter
 
