@@ -87,6 +87,7 @@ def run_in_process(*overrides: str, run_dir: Path | None = None, multirun: bool 
     argv = ["pipeline", *flags, *(["-m"] if multirun else []), "print_config=false", *overrides]
     if run_dir is not None:
         argv.append(f"hydra.run.dir={run_dir}")
+    _unbind_absl_handler()
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     saved_argv, code = sys.argv, 0
     GlobalHydra.instance().clear()
@@ -108,6 +109,15 @@ def run_in_process(*overrides: str, run_dir: Path | None = None, multirun: bool 
     return Outcome(code, output["stdout"], output["stderr"])
 
 
+def _unbind_absl_handler() -> None:
+    """absl's log handler (TensorFlow imports it) keeps the sys.stderr it was made with, and closes it when
+    Hydra's logging setup shuts every handler down while sys.stderr is another stream: pytest's capture file,
+    when a test imported TensorFlow. Pointed at the process's own stderr, it is never closed."""
+    absl = sys.modules.get("absl.logging")
+    if absl is not None:
+        absl.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
 @contextmanager
 def _captured():
     """Capture file descriptors 1 and 2 (Python and native writers alike) into strings."""
@@ -119,12 +129,14 @@ def _captured():
     saved_streams = sys.stdout, sys.stderr
     for fd, file in files.items():
         os.dup2(file.fileno(), fd)
-    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
-    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+    ours = [open(fd, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace") for fd in (1, 2)]
+    sys.stdout, sys.stderr = ours
     try:
         yield output
     finally:
-        for stream in (sys.stdout, sys.stderr):
+        # only the streams opened here are closed: code under test may have swapped sys.stdout/stderr for
+        # others (a library restoring what it saw at import: pytest's own), which must stay open
+        for stream in ours:
             stream.flush()
             stream.close()
         sys.stdout, sys.stderr = saved_streams
