@@ -10,11 +10,11 @@ from models.warmup import warm_up_batchnorm
 class DeepConvBN(nn.Module):
     """``depth`` conv-bn-relu blocks with weights ``gain`` times the variance-preserving scale and BatchNorm
     statistics warmed up on random inputs (not the trivial 0/1): activations grow through the stack, and
-    so does float32's round-off (about 5e-4 on a per-pixel output of scale 15 at the defaults). Seeded:
+    so does float32's round-off (about 4.5e-4 on a per-pixel output of scale 70 at the defaults). Seeded:
     the same weights every time."""
 
     def __init__(self, in_channels: int = 1, input_shape=(1, 16, 16), depth: int = 32, channels: int = 8,
-                 gain: float = 2.0, out_channels: int = 4, seed: int = 0):
+                 gain: float = 1.8, out_channels: int = 4, seed: int = 0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]

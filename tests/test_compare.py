@@ -29,7 +29,7 @@ BROKEN_CONV = 16
 
 @pytest.fixture(scope="module")
 def deep():
-    net = DeepConvBN(gain=1.8)
+    net = DeepConvBN()
     feeds = {"input": torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(1)).numpy()}
     with torch.inference_mode():
         reference = {"output": net(torch.from_numpy(feeds["input"])).numpy()}
@@ -165,7 +165,7 @@ def test_integer_inputs_stay_integer_in_the_float64_copy():
     assert next(embedding.parameters()).dtype == torch.float32
 
 
-DEEP = ("model.net._target_=tests.deep_nets.DeepConvBN", "model.net.gain=1.8", "model.output=value",
+DEEP = ("model.net._target_=tests.deep_nets.DeepConvBN", "model.output=value",
         "model.weights=init", "dataset=synthetic", "dataset.shape=[1,16,16]", "dataset.samples=32",
         "stages=[export,check,convert,parity]", "parity.timing=false")
 
@@ -187,3 +187,31 @@ def test_a_deep_net_is_in_parity_with_the_noise_floor_and_drifts_without_it(tmp_
                                                  "reason": "parity.noise_floor=false: the fixed rtol/atol only"}
     assert {e["runtime"] for e in fixed["parity"] if not e["in_tolerance"]} == {"onnxruntime", "keras"}
     assert fixed["targets"]["keras"]["attempts"][0]["status"] == "drifted"  # convert's check: same rule
+
+
+@pytest.mark.slow
+def test_a_keras_artifact_broken_after_conversion_fails_with_the_noise_floor(tmp_path, deep):
+    """The run's converted model.keras, by its runtime adapter: in tolerance as converted, out of it with two
+    input channels of one conv swapped in the artifact, under the same noise floor."""
+    from pipeline import runtimes, tf_env
+
+    net, feeds, reference, _, floor = deep
+    source = tmp_path / "source"
+    report = run_composed(*DEEP, "export=keras", run_dir=source)
+    assert report["status"] == "ok"
+    layout = {k: report["targets"]["keras"].get(k) for k in ("input_perms", "output_perms")}
+
+    def keras_outputs() -> dict:
+        return runtimes.load("keras", source / "model.keras", ["input"], ["output"], **layout).predict(feeds)
+
+    assert compare.compare_outputs(keras_outputs(), reference, "value", PARITY, floor)["in_tolerance"] is True
+    tf_env.prepare()
+    import keras
+
+    model = keras.saving.load_model(str(source / "model.keras"), safe_mode=True, compile=False)
+    conv = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][BROKEN_CONV]
+    kernel, *rest = conv.get_weights()  # HWIO
+    conv.set_weights([kernel[:, :, [1, 0, *range(2, kernel.shape[2])]], *rest])
+    model.save(str(source / "model.keras"))
+    verdict = compare.compare_outputs(keras_outputs(), reference, "value", PARITY, floor)
+    assert not verdict["in_tolerance"] and verdict["max_abs_err"] > floor.atol("output", PARITY.atol), verdict
