@@ -44,3 +44,13 @@ def timm_model(name: str = "dla34", in_channels: int = 3, num_classes: int = 10,
 
     net = timm.create_model(name, pretrained=False, in_chans=in_channels, num_classes=num_classes)
     return warm_up_batchnorm(net, tuple(input_shape), batches=bn_warmup_batches).eval()
+
+
+def smp_model(arch: str = "FPN", encoder_name: str = "resnet18", in_channels: int = 3, classes: int = 2,
+              input_shape=(3, 64, 64), bn_warmup_batches: int = 4) -> nn.Module:
+    """A segmentation_models_pytorch model (``FPN``, ``UPerNet``, ...) with random weights (no download)."""
+    import segmentation_models_pytorch as smp
+
+    net = getattr(smp, arch)(encoder_name=encoder_name, encoder_weights=None, in_channels=in_channels,
+                             classes=classes)
+    return warm_up_batchnorm(net, tuple(input_shape), batches=bn_warmup_batches).eval()
