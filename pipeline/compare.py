@@ -59,7 +59,7 @@ def floor_of_run(ctx, feeds: dict, float32_outputs: dict | None = None) -> Noise
     settings = ctx.cfg.parity
     if not settings.get("noise_floor", True):
         return off("parity.noise_floor=false: the fixed rtol/atol only")
-    count = min(len(next(iter(feeds.values()))), int(settings.get("noise_samples") or 256))
+    count = min(len(next(iter(feeds.values()))), int(settings.get("noise_samples") or 64))
     rows = {name: value[:count] for name, value in feeds.items()}
     try:
         net = ctx.net

@@ -275,7 +275,7 @@ class ParityConfig:
     # float32's max abs error against a float64 copy of the model, on noise_samples held-out inputs
     noise_floor: bool = True
     noise_multiple: float = ranged(8.0, between(1, 1000))
-    noise_samples: int = ranged(256, between(1, 100_000, integer=True))
+    noise_samples: int = ranged(64, between(1, 100_000, integer=True))
     samples: int | None = ranged(None, at_least(1, integer=True))  # null: the whole test split
     batch_size: int = ranged(256, at_least(1, integer=True))  # at most the samples compared
     timing: bool = True  # false: outputs only, no latency or throughput
