@@ -21,6 +21,10 @@ from pipeline import tasks
 
 log = logging.getLogger(__name__)
 TINY = float(np.finfo(np.float32).tiny)  # stands in for an atol of 0 in a relative error's denominator
+# Round-off is this small a part of an output's largest value (float32's epsilon is 1.2e-7; a deep net
+# amplifies it 10-1000x). A larger gap between float32 and float64 is a discrete decision that flipped (an
+# argmax, a threshold): not noise, and a floor that large would hide a broken conversion.
+MAX_NOISE_SCALE = 1e-3
 AGAINST = "PyTorch float32 against a float64 copy of model.net"
 
 
@@ -37,7 +41,9 @@ class NoiseFloor:
     def atol(self, name: str, fixed: float) -> float:
         """The absolute tolerance applied to output ``name``: the fixed one or the floor, the looser."""
         noise = self.outputs.get(name)
-        return float(fixed) if noise is None else max(float(fixed), self.multiple * noise["max_abs_err"])
+        if noise is None or not noise.get("applied", True):
+            return float(fixed)
+        return max(float(fixed), self.multiple * noise["max_abs_err"])
 
     def report(self, atol: float) -> dict:
         """``reference.noise_floor`` in report.json."""
@@ -89,8 +95,14 @@ def measure_noise(net, feeds: dict, float32_outputs: dict, multiple: float, batc
         if not np.issubdtype(measured.dtype, np.floating) or truth.shape != measured.shape:
             continue  # integer outputs (indices) are compared as they are
         max_abs, max_rel = errors(measured, truth, atol)
-        if np.isfinite(max_abs):
-            outputs[name] = {"max_abs_err": max_abs, "max_rel_err": max_rel}
+        if not np.isfinite(max_abs):
+            continue
+        outputs[name] = {"max_abs_err": max_abs, "max_rel_err": max_rel}
+        scale = float(np.max(np.abs(truth), initial=0.0))
+        if max_abs > MAX_NOISE_SCALE * scale:
+            outputs[name].update(applied=False, reason=f"float32 differs from float64 by {max_abs:.3g}, more than "
+                                 f"{MAX_NOISE_SCALE:g} of the output's largest value {scale:.3g}: not round-off "
+                                 "(a discrete decision flipped), the fixed rtol/atol only")
     if not outputs:
         return off("no float output to measure the float32 noise on: the fixed rtol/atol only")
     return NoiseFloor(multiple=float(multiple), outputs=outputs, samples=samples)

@@ -155,6 +155,26 @@ def test_a_model_whose_float64_copy_cannot_run_keeps_the_fixed_tolerances_and_sa
     assert net.linear.weight.dtype == torch.float32 if hasattr(net, "linear") else True  # the run's net untouched
 
 
+class ThresholdNet(nn.Module):
+    """A threshold on a value float32 and float64 round differently: the outputs differ by 1000 where the
+    decision flips, which is no round-off to allow."""
+
+    def forward(self, x):
+        return x + 1000.0 * ((x * 0.1) * 10.0 > x).to(x.dtype)
+
+
+def test_a_flipped_decision_is_not_taken_for_round_off():
+    net = ThresholdNet()
+    feeds = {"input": np.linspace(1, 2, 512, dtype=np.float32).reshape(8, 64)}
+    with torch.inference_mode():
+        reference = {"output": net(torch.from_numpy(feeds["input"])).numpy()}
+    floor = compare.measure_noise(net, feeds, reference, MULTIPLE)
+    noise = floor.outputs["output"]
+    assert noise["max_abs_err"] > 999  # the premise: float32 and float64 decide differently somewhere
+    assert noise["applied"] is False and "not round-off" in noise["reason"]
+    assert floor.atol("output", 1e-5) == 1e-5 and floor.report(1e-5)["outputs"]["output"]["atol"] == 1e-5
+
+
 def test_integer_inputs_stay_integer_in_the_float64_copy():
     embedding = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
     feeds = {"ids": np.array([[1, 2, 3], [4, 5, 9]], np.int64)}
