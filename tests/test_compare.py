@@ -191,6 +191,7 @@ DEEP = ("model.net._target_=tests.deep_nets.DeepConvBN", "model.output=value",
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_a_deep_net_is_in_parity_with_the_noise_floor_and_drifts_without_it(tmp_path):
     report = run_composed(*DEEP, "export=keras", run_dir=tmp_path / "floor")
     assert report["status"] == "ok", report["stages"]
@@ -210,6 +211,7 @@ def test_a_deep_net_is_in_parity_with_the_noise_floor_and_drifts_without_it(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_a_keras_artifact_broken_after_conversion_fails_with_the_noise_floor(tmp_path, deep):
     """The run's converted model.keras, by its runtime adapter: in tolerance as converted, out of it with two
     input channels of one conv swapped in the artifact, under the same noise floor."""
@@ -238,6 +240,7 @@ def test_a_keras_artifact_broken_after_conversion_fails_with_the_noise_floor(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.tf
 def test_timm_dla34_is_in_parity_with_the_noise_floor_and_drifts_without_it(tmp_path):
     """A real deep net (timm dla34, random weights, warmed-up BatchNorm) at 64x64: onnxruntime and Keras
     differ from PyTorch by more than 1e-5 + 1e-3 |ref| (6e-5 measured) from round-off alone."""
