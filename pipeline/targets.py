@@ -78,6 +78,7 @@ class TargetSpec:
     diagnosable: bool = True
     # the signature is called by ONNX tensor name (a SavedModel's or a TFLite model's): recorded in the report
     named_signature: bool = False
+    instead: str = ""  # what to use when its quantization loses too much (a quantized target's failure says it)
 
 
 TARGETS: Registry[TargetSpec] = Registry("export target")
@@ -103,11 +104,13 @@ for _spec in (
                "TFLite full integer (int8 weights and activations), calibrated on training inputs",
                f"{_LITERT}; with int8 I/O, quantize float inputs and dequantize float outputs with each tensor's "
                "`quantization` (scale, zero point); integer tensors (ids, indices) are not scaled", TFLiteInt8Options,
-               quantized=True, float_twin="tflite", diagnosable=False, named_signature=True),
+               quantized=True, float_twin="tflite", diagnosable=False, named_signature=True,
+               instead="use tflite_int8_dynamic, tflite_fp16 or onnx_int8 (in export=deploy)"),
     TargetSpec("onnx_int8", "model_int8.onnx", "onnxruntime",
                "ONNX quantized by onnxruntime: static int8 (QDQ) calibrated on training inputs, dynamic for recurrent "
                "models", "`onnxruntime.InferenceSession(path)`; inputs and outputs as model.onnx's (names, dtypes)",
-               OnnxInt8Options, quantized=True, float_twin=ONNX, needs_tensorflow=False, diagnosable=False),
+               OnnxInt8Options, quantized=True, float_twin=ONNX, needs_tensorflow=False, diagnosable=False,
+               instead="use export.onnx_int8.mode=dynamic, or tflite_int8_dynamic / tflite_fp16"),
 ):
     TARGETS.add(_spec)
 
