@@ -25,6 +25,7 @@ layout or scale, never a tolerance a sound int8 model could miss.
 import numpy as np
 
 from pipeline import tasks
+from pipeline.compare import max_abs_err, relative_rmse, shape_mismatch, top1_agreement
 
 SANITY_MIN_AGREEMENT = 0.5
 SANITY_MAX_RELATIVE_RMSE = 0.5
@@ -35,13 +36,6 @@ LAYERS_NAMED = 3
 ABSURD_RANGE = 1e30
 
 
-def relative_rmse(out: np.ndarray, ref: np.ndarray) -> float:
-    """RMS of the error over the reference's RMS (0 when both are zero)."""
-    diff = np.sqrt(np.mean((out.astype(np.float64) - ref.astype(np.float64)) ** 2)) if ref.size else 0.0
-    scale = np.sqrt(np.mean(ref.astype(np.float64) ** 2)) if ref.size else 0.0
-    return float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
-
-
 def sanity(outputs: dict, reference: dict, kind: str, against: str = "onnxruntime") -> dict:
     """The convert stage's check of a quantized artifact against onnxruntime on a few held-out samples (parity's
     at another size of a free axis: ``against`` PyTorch)."""
@@ -49,15 +43,14 @@ def sanity(outputs: dict, reference: dict, kind: str, against: str = "onnxruntim
     worst = 0.0
     for index, (name, ref) in enumerate(reference.items()):
         out = outputs[name]
-        if out.shape != ref.shape:
+        if shape_mismatch(out, ref):
             return {"ok": False, "reason": f"output {name} has shape {list(out.shape)}, {against} gives "
                     f"{list(ref.shape)}"}
         if not np.all(np.isfinite(out)):
             return {"ok": False, "reason": f"output {name} has non-finite values"}
-        worst = max(worst, float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0)
-        labels = tasks.predictions(kind, ref) if index == 0 else None
-        if labels is not None:
-            agreement = float((tasks.predictions(kind, out) == labels).mean())
+        worst = max(worst, max_abs_err(out, ref))
+        agreement = top1_agreement(kind, out, ref) if index == 0 else None
+        if agreement is not None:
             if agreement < SANITY_MIN_AGREEMENT:
                 return {"ok": False, "reason": f"output {name}: top-1 agreement with {against} {agreement:.2f} on "
                         f"{samples} held-out samples (a quantized artifact needs >= {SANITY_MIN_AGREEMENT})"}
@@ -140,7 +133,7 @@ def judge_outputs(outputs: dict, reference: dict, settings) -> dict:
     verdicts = {}
     for name, ref in list(reference.items())[1:]:
         out = outputs.get(name)
-        if out is None or out.shape != ref.shape:
+        if shape_mismatch(out, ref):
             shape = None if out is None else list(out.shape)
             verdicts[name] = {"judged_by": "shape", "in_tolerance": False,
                               "judgement": f"shape {shape}, PyTorch gives {list(ref.shape)}"}

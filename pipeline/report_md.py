@@ -61,6 +61,7 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
         if ref:
             lines += [f"PyTorch itself: metric {_fmt(ref['metric'])}, latency b1 {_fmt(ref['latency_ms_batch1'])} ms, "
                       f"throughput {_fmt(_rounded(ref['throughput_per_s']))}/s.", ""]
+        lines += noise_floor_section(ref.get("noise_floor"))
     lines += sizes_section(report)
     lines += quantized_section(report, cfg)
     diagnosed = [e for e in report["parity"] if e.get("divergence")]
@@ -84,6 +85,18 @@ def render(report: dict, cfg: DictConfig, plots: list[Path]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def noise_floor_section(floor: dict | None) -> list[str]:
+    """float32's own noise per output and the atol it allowed (``pipeline.compare``), or why it was not measured."""
+    if not floor:
+        return []
+    if not floor.get("measured"):
+        return [f"Noise floor: not applied ({floor.get('reason')}).", ""]
+    shown = "; ".join(f"{name}: {_fmt(noise['max_abs_err'])} -> atol {_fmt(noise['atol'])}"
+                      for name, noise in floor["outputs"].items())
+    return [f"Noise floor (PyTorch float32 against float64, {floor['samples']} samples, x{floor['multiple']:g}): "
+            f"{shown}.", ""]
 
 
 def sizes_section(report: dict) -> list[str]:

@@ -140,6 +140,11 @@ class ParityConfig:
     rtol: float = ranged(1e-3, at_least(0))
     atol: float = ranged(1e-5, at_least(0))
     min_top1_agreement: float = ranged(0.999, between(0, 1))
+    # float32's own round-off (pipeline/compare.py): each output's atol is at least noise_multiple x PyTorch
+    # float32's max abs error against a float64 copy of the model, on noise_samples held-out inputs
+    noise_floor: bool = True
+    noise_multiple: float = ranged(8.0, between(1, 1000))
+    noise_samples: int = ranged(64, between(1, 100_000, integer=True))
     samples: int | None = ranged(None, at_least(1, integer=True))  # null: the whole test split
     batch_size: int = ranged(256, at_least(1, integer=True))  # at most the samples compared
     timing: bool = True  # false: outputs only, no latency or throughput

@@ -56,7 +56,7 @@ def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_r
     run_dir = tmp_path / "run"
     with pytest.raises(ParityError):
         run_composed("model=mnist_cnn", mnist_root_override(), "export=tflite", "parity.atol=1e-9", "parity.rtol=0",
-                       *SHORT, run_dir=run_dir)
+                     "parity.noise_floor=false", *SHORT, run_dir=run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     for entry in report["parity"]:
         assert entry["divergence"]["node"], entry  # onnxruntime's is against the ONNX reference implementation
@@ -73,7 +73,8 @@ def test_diagnose_on_demand_and_off(tmp_path):
     for entry in on["parity"]:
         assert entry["divergence"]["node"] is None and entry["divergence"]["compared_nodes"] > 0
     off = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
-                         "parity.diagnose=false", "parity.atol=0", "parity.rtol=0", "parity.latency_repeats=3",
+                         "parity.diagnose=false", "parity.atol=0", "parity.rtol=0", "parity.noise_floor=false",
+                         "parity.latency_repeats=3",
                          run_dir=tmp_path / "off", expect_failure=True)
     assert all("divergence" not in entry for entry in off["parity"])
 

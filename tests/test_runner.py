@@ -62,7 +62,7 @@ def test_exported_onnx_has_named_io_dynamic_batch_and_runs_at_batch_1_and_7(defa
 def test_parity_out_of_tolerance_fails_the_run_after_writing_the_report(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     proc = run_cli("model=mnist_mlp", mnist_root_override(), "trainer.max_epochs=1", "parity.samples=200",
-                   "parity.atol=0", "parity.rtol=0", run_dir=run_dir)
+                   "parity.atol=0", "parity.rtol=0", "parity.noise_floor=false", run_dir=run_dir)
     assert proc.returncode != 0
     assert "Parity failed for onnxruntime" in proc.stderr
     assert "Traceback" not in proc.stderr

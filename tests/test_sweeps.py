@@ -28,7 +28,7 @@ def test_two_job_multirun_writes_job_dirs_and_a_summary(tmp_path, mnist_root):
 @pytest.mark.slow
 def test_a_failing_job_is_in_the_summary_and_fails_the_sweep(tmp_path, mnist_root):
     sweep = tmp_path / "sweep"
-    proc = run_cli("parity.atol=1e-5,0", "parity.rtol=0", "model=mnist_mlp", "export=onnx",
+    proc = run_cli("parity.atol=1e-5,0", "parity.rtol=0", "parity.noise_floor=false", "model=mnist_mlp", "export=onnx",
                    mnist_root_override(), *SHORT, f"hydra.sweep.dir={sweep}", multirun=True)
     assert proc.returncode == 1
     statuses = [r["status"] for r in csv.DictReader((sweep / "summary.csv").open())]

@@ -1,9 +1,11 @@
 """parity: every runtime runs the same held-out data; outputs are compared with PyTorch's, by name.
 
 Per runtime: max abs error, max rel error (|out - ref| / max(|ref|, atol)), ``np.allclose`` at
-rtol/atol, top-1 agreement (classifiers, on the first output), the task metric, batch-1 latency
-(median) and batched throughput. Outputs are matched by ONNX name and brought back to the ONNX
-layout by the runtime adapters; a shape that does not match is a parity failure of that runtime.
+rtol and each output's atol (``parity.atol``, or ``parity.noise_multiple`` x the float32 noise that
+output has against a float64 copy of the model where looser: ``pipeline.compare``), top-1 agreement
+(classifiers, on the first output), the task metric, batch-1 latency (median) and batched throughput.
+Outputs are matched by ONNX name and brought back to the ONNX layout by the runtime adapters; a shape
+that does not match is a parity failure of that runtime.
 The stage fails after the report is written if any runtime drifts. Quantized and half-precision
 targets are judged by the task metric and top-1 agreement on the first output, and every other output
 by its error against PyTorch's, by name (``pipeline.quantized``, ``parity.quantized``); their max abs
@@ -15,6 +17,7 @@ import time
 
 import numpy as np
 
+from pipeline import compare as comparator
 from pipeline import diagnose, free_axes, quantized, runtimes, tasks
 from pipeline.context import RunContext
 from pipeline.contracts import TARGETS as CONVERTED_TARGETS
@@ -39,6 +42,8 @@ def run(ctx: RunContext) -> None:
     samples = len(next(iter(feeds.values())))
     ctx.report.data["reference"] = {"runtime": REFERENCE, "samples": samples, "metric": _metric(ctx, ref_out, labels),
                                     **ref_timing}
+    floor = comparator.floor_of_run(ctx, feeds, ref_out)  # float32's own round-off, per output
+    ctx.report.data["reference"]["noise_floor"] = floor.report(settings.atol)
     sizes = _other_sizes(ctx, feeds, reference, settings)
     if sizes:
         ctx.report.data["reference"]["shapes"] = [free_axes.describe(shapes) for shapes, _, _ in sizes]
@@ -53,7 +58,7 @@ def run(ctx: RunContext) -> None:
             entry.update(failure_entry(f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
         else:
             ctx.results.outputs[name] = out
-            entry.update(compare(out, ref_out, ctx.output_kind, settings))
+            entry.update(compare(out, ref_out, ctx.output_kind, settings, floor))
             entry["metric"] = _metric(ctx, out, labels) if entry.get("error") is None else None
             entry.update(timing)
         target = TARGETS.get(name.split("@")[0])
@@ -62,7 +67,7 @@ def run(ctx: RunContext) -> None:
             quantized.judge(entry, ctx.report.data["reference"]["metric"], ctx.output_kind, settings.quantized,
                             ctx.results.converted[target.name].facts, ctx.results.outputs.get(name), ref_out)
         if sizes and adapter is not None:
-            _judge_sizes(entry, adapter, sizes, ctx.output_kind, settings, is_quantized)
+            _judge_sizes(entry, adapter, sizes, ctx.output_kind, settings, is_quantized, floor)
         entries.append(entry)
         log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
@@ -72,7 +77,7 @@ def run(ctx: RunContext) -> None:
     missed = [e for e in entries if not e["in_tolerance"] and e.get("quantized")]
     if drifted or missed:
         parts = [f"Parity failed for {', '.join(e['runtime'] for e in drifted)} "
-                 f"({'; '.join(_describe(e) for e in drifted)}) at rtol={settings.rtol}, atol={settings.atol}."
+                 f"({'; '.join(_describe(e) for e in drifted)}) at {comparator.rule(settings, floor)}."
                  ] if drifted else []
         parts += [f"Quantized target {quantized.describe(e, e['runtime'])}." for e in missed]
         hints = ["loosen parity.rtol/atol only if the drift is acceptable"] if drifted else []
@@ -126,9 +131,11 @@ def _other_sizes(ctx: RunContext, feeds: dict, reference, settings) -> list[tupl
     return result
 
 
-def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quantized: bool) -> None:
-    """The runtime at each other size against PyTorch there: allclose (quantized targets: the loose sanity
-    rule, shapes and finite values). ``entry['sizes']`` lists each; a miss takes the entry out of tolerance."""
+def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quantized: bool,
+                 floor: comparator.NoiseFloor) -> None:
+    """The runtime at each other size against PyTorch there: allclose, with the noise floor measured at the
+    trained size (quantized targets: the loose sanity rule, shapes and finite values). ``entry['sizes']``
+    lists each; a miss takes the entry out of tolerance."""
     entry["sizes"] = []
     for shapes, inputs, expected in sizes:
         where = f"at {free_axes.describe(shapes)}"
@@ -138,7 +145,7 @@ def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quan
             verdict = {"in_tolerance": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
         else:
             verdict = quantized.sanity(got, expected, kind, "PyTorch") if is_quantized else \
-                compare(got, expected, kind, settings)
+                compare(got, expected, kind, settings, floor)
             verdict["in_tolerance"] = verdict.pop("ok", verdict.get("in_tolerance"))
         entry["sizes"].append({"shapes": {n: list(s[1:]) for n, s in shapes.items()}, **verdict})
         if not verdict["in_tolerance"] and not entry.get("size_failure"):
@@ -181,35 +188,9 @@ def _runtimes_under_test(ctx: RunContext):
             yield f"{label}@{other.name}", lambda r=other.name, p=path, o=options: runtimes.load(r, p, *names, **o)
 
 
-def failure_entry(error: str) -> dict:
-    return {"max_abs_err": None, "max_rel_err": None, "allclose": False, "top1_agreement": None,
-            "in_tolerance": False, "error": error, "metric": None}
-
-
-def compare(out: dict, ref: dict, kind: str, settings) -> dict:
-    """Errors over every output (matched by name); top-1 agreement on the first, for classifiers."""
-    per_output, worst_abs, worst_rel, allclose = {}, 0.0, 0.0, True
-    for name, expected in ref.items():
-        got = out.get(name)
-        if got is None or got.shape != expected.shape:
-            shape = None if got is None else list(got.shape)
-            return failure_entry(f"output {name}: shape {shape}, PyTorch gives {list(expected.shape)}")
-        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-        # atol=0 must not divide by an exact zero: the smallest float32 stands in for it.
-        rel = diff / np.maximum(np.abs(expected), max(float(settings.atol), float(np.finfo(np.float32).tiny)))
-        close = bool(np.allclose(got, expected, rtol=settings.rtol, atol=settings.atol))
-        per_output[name] = {"max_abs_err": float(diff.max(initial=0.0)), "max_rel_err": float(rel.max(initial=0.0)),
-                            "allclose": close}
-        worst_abs = max(worst_abs, per_output[name]["max_abs_err"])
-        worst_rel = max(worst_rel, per_output[name]["max_rel_err"])
-        allclose &= close
-    first = next(iter(ref))
-    ref_labels, labels = tasks.predictions(kind, ref[first]), tasks.predictions(kind, out[first])
-    agreement = None if ref_labels is None else float((ref_labels == labels).mean())
-    in_tolerance = allclose and (agreement is None or agreement >= settings.min_top1_agreement)
-    entry = {"max_abs_err": worst_abs, "max_rel_err": worst_rel, "allclose": allclose, "top1_agreement": agreement,
-             "in_tolerance": in_tolerance}
-    return {**entry, "outputs": per_output} if len(per_output) > 1 else entry
+# The comparison is pipeline.compare's (one rule for convert, parity and the quantized checks).
+failure_entry = comparator.failure_entry
+compare = comparator.compare_outputs
 
 
 def _rows(feeds: dict, start: int, stop: int) -> dict:
