@@ -29,20 +29,27 @@ class _TextModel(nn.Module):
     kind = ""
     head = "causal"
 
-    def __init__(self, vocab: int = VOCAB, hidden: int = 32, layers: int = 2, seq: int = 16):
+    def __init__(self, vocab: int = VOCAB, hidden: int = 32, layers: int = 2, seq: int = 16,
+                 attention: str = "sdpa"):
         super().__init__()
         import transformers
 
         torch.manual_seed(0)
         config = _config(self.kind, vocab, hidden, layers, seq)
-        config._attn_implementation = "eager"  # what the exporter traces the same on every version
+        # Wider than the default 0.02: logits of random weights spread enough that top-1 is not a tie.
+        config.initializer_range = 0.1
+        config._attn_implementation = attention  # transformers' default ("sdpa"), or "eager"
         auto = (transformers.AutoModelForSequenceClassification if self.head == "classify"
                 else transformers.AutoModelForCausalLM)
         self.model = auto.from_config(config).eval()
 
-    def forward(self, input_ids, attention_mask):
-        kwargs = {} if self.head == "classify" else {"use_cache": False}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    def forward(self, input_ids, attention_mask=None):
+        if self.head == "classify":
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        # [N, vocab, T]: the classes on dim 1, as cross-entropy takes them, so that parity's top-1 agreement
+        # compares the predicted token of each position (on [N, T, vocab] it would compare positions).
+        return logits.transpose(1, 2)
 
 
 class TinyBert(_TextModel):
