@@ -14,6 +14,9 @@ def _config(kind: str, vocab: int, hidden: int, layers: int, seq: int):
               "max_position_embeddings": max(64, seq)}
     if kind == "bert":
         return transformers.BertConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_labels=3, **common)
+    if kind == "mamba":
+        return transformers.MambaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, state_size=8,
+                                        use_cache=False)
     if kind == "gpt2":
         return transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4,
                                        n_positions=max(64, seq), use_cache=False,
@@ -38,7 +41,8 @@ class _TextModel(nn.Module):
         config = _config(self.kind, vocab, hidden, layers, seq)
         # Wider than the default 0.02: logits of random weights spread enough that top-1 is not a tie.
         config.initializer_range = 0.1
-        config._attn_implementation = attention  # transformers' default ("sdpa"), or "eager"
+        if self.kind != "mamba":  # no attention
+            config._attn_implementation = attention  # transformers' default ("sdpa"), or "eager"
         auto = (transformers.AutoModelForSequenceClassification if self.head == "classify"
                 else transformers.AutoModelForCausalLM)
         self.model = auto.from_config(config).eval()
@@ -74,3 +78,9 @@ class TinyQwen2(_TextModel):
 
 class TinyMistral(_TextModel):
     kind = "mistral"
+
+
+class TinyMamba(_TextModel):
+    """Mamba (selective state space, transformers' sequential path): ids only, it takes no attention mask."""
+
+    kind = "mamba"
