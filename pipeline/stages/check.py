@@ -1,4 +1,6 @@
 """check: onnx.checker (full), strict shape inference, and an onnxruntime session at batch 1 and N."""
+import re
+
 import numpy as np
 import onnx
 
@@ -8,6 +10,26 @@ from pipeline.errors import PipelineError
 CHECK_BATCH_SIZES = (1, 7)
 
 
+# onnx's own messages: "(op_type:CumSum, node name: /model/CumSum): x typestr: T, has unsupported type:
+# tensor(bool)"
+_INVALID_NODE = re.compile(r"op_type:(\w+), node name: ([^)]*)\)")
+_UNSUPPORTED_TYPE = re.compile(r"unsupported type: tensor\((\w+)\)")
+
+
+def invalid_model_hint(message: str) -> str:
+    """The op the exporter wrote wrong, and what to change in the model (another opset writes the same)."""
+    node = _INVALID_NODE.search(message)
+    if node is None:
+        return "The exporter wrote a graph onnx cannot check; name the model in a bug report (pipeline.log)."
+    op_type, name = node.groups()
+    dtype = _UNSUPPORTED_TYPE.search(message)
+    if dtype:
+        return (f"The exporter wrote {op_type} ({name}) on {dtype.group(1)} values, which ONNX's {op_type} does "
+                f"not take: cast that op's input in the model (e.g. x.long() or x.float() before it).")
+    return (f"The exporter wrote an invalid {op_type} ({name}): replace the PyTorch op that exports as "
+            f"{op_type} in the model, or name the model in a bug report (pipeline.log).")
+
+
 def run(ctx: RunContext) -> None:
     path = ctx.onnx_path
     model = load_onnx(path)
@@ -15,8 +37,7 @@ def run(ctx: RunContext) -> None:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise PipelineError(f"{path} is not a valid ONNX model: {exc}",
-                            "Re-run the export stage; try another export.opset.") from exc
+        raise PipelineError(f"{path} is not a valid ONNX model: {exc}", invalid_model_hint(str(exc))) from exc
     session = onnxruntime_session(path)
     feeds = ctx.held_out_inputs(max(CHECK_BATCH_SIZES), [i.name for i in session.get_inputs()])
     shapes = {}
