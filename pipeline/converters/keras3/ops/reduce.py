@@ -108,10 +108,12 @@ def _nan_checked(ctx) -> bool:
 
 
 def _nan_on_masked_rows(x, result, axis: int):
-    """ONNX's softmax of a row of ``-inf`` (every position masked): NaN, on every runtime."""
+    """ONNX's softmax of a row of ``-inf`` (every position masked): NaN, on every runtime. At or below the
+    lowest finite float: TFLite may hold a ``-inf`` constant as that (``where(mask, 0, -inf)`` alone does)."""
     from keras import ops
 
-    masked = ops.equal(ops.max(x, axis=axis, keepdims=True), np.asarray(-np.inf, dtype=str(x.dtype)))
+    lowest = np.asarray(np.finfo(str(x.dtype)).min, dtype=str(x.dtype))
+    masked = ops.less_equal(ops.max(x, axis=axis, keepdims=True), lowest)
     return ops.where(masked, np.asarray(np.nan, dtype=str(x.dtype)), result)
 
 
