@@ -200,3 +200,60 @@ def test_the_same_conversion_twice_gives_the_same_tflite_bytes(tmp_path):
     assert all(r["status"] == "ok" for r in reports)
     first, second = ((tmp_path / name / "model.tflite").read_bytes() for name in ("a", "b"))
     assert first == second
+
+
+def _graph(nodes, inputs, outputs, opset: int = 13) -> onnx.ModelProto:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_an_invalid_onnx_node_is_named_with_what_to_change_not_another_opset():
+    """A bool CumSum (what the exporter wrote for transformers' packed-sequence count) fails onnx's check:
+    the hint names the op and says to cast its input."""
+    from onnx import TensorProto, helper
+
+    from pipeline.stages.check import invalid_model_hint
+
+    model = _graph([helper.make_node("Constant", [], ["axis"], value=helper.make_tensor("a", TensorProto.INT64, [],
+                                                                                        [1])),
+                    helper.make_node("CumSum", ["x", "axis"], ["y"], name="/model/CumSum")],
+                   [helper.make_tensor_value_info("x", TensorProto.BOOL, ["N", 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.BOOL, ["N", 4])])
+    with pytest.raises(Exception) as raised:
+        onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
+    hint = invalid_model_hint(str(raised.value))
+    assert "CumSum (/model/CumSum) on bool values" in hint and "x.long()" in hint and "opset" not in hint
+
+
+def test_a_node_onnxruntime_refuses_at_the_check_is_named_with_its_batch():
+    """A Tile whose repeats are 2-D (the exporter's tensor_split of computed positions) passes onnx's
+    checker and fails in onnxruntime: the check names the node and op."""
+    from onnx import TensorProto, helper
+
+    from pipeline.errors import PipelineError
+    from pipeline.stages.check import _run
+
+    model = _graph([helper.make_node("Shape", ["x"], ["shape"]),
+                    helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.INT64, [1],
+                                                                                        [0])),
+                    helper.make_node("Unsqueeze", ["shape", "zero"], ["repeats"]),
+                    helper.make_node("Tile", ["x", "repeats"], ["y"], name="/mixer/Tile_9")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(PipelineError) as raised:
+        _run(session, {"x": np.ones((7, 4), np.float32)}, 7)
+    assert "Tile node /mixer/Tile_9" in str(raised.value) and "batch 7" in str(raised.value)
+    assert "Tile (/mixer/Tile_9)" in raised.value.hint
+
+
+def test_an_op_tflite_has_no_kernel_for_gets_its_own_hint():
+    from pipeline.converters.backends.tflite_tf_converter import explain
+
+    bias_add = explain(RuntimeError("... TF Select ops: BiasAdd ..."))
+    assert "BiasAdd of integers" in bias_add.hint and "GELU" not in bias_add.hint
+    assert "approximate='tanh'" in explain(RuntimeError("TF Select ops: Erf")).hint
+    other = explain(RuntimeError("TF Select ops: Bincount"))
+    assert other.hint.startswith("Replace Bincount") and other.unsupported_op == "Bincount"

@@ -42,7 +42,7 @@ def run(ctx: RunContext) -> None:
     feeds = ctx.held_out_inputs(max(CHECK_BATCH_SIZES), [i.name for i in session.get_inputs()])
     shapes = {}
     for batch in CHECK_BATCH_SIZES:
-        outs = session.run(None, {name: value[:batch] for name, value in feeds.items()})
+        outs = _run(session, {name: value[:batch] for name, value in feeds.items()}, batch)
         rows = min(batch, len(next(iter(feeds.values()))))
         for out in outs:
             if out.shape[:1] != (rows,):
@@ -60,6 +60,30 @@ def run(ctx: RunContext) -> None:
         "outputs": [_value_info(v) for v in inferred.graph.output],
         "onnxruntime_output_shapes": shapes,
     }
+
+
+# onnxruntime's message: "Non-zero status code returned while running Tile node. Name:'/a/Tile_9' Status
+# Message: 'repeat' input tensor must be 1 dimensional"
+_FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
+
+
+def _run(session, feeds: dict, batch: int) -> list:
+    """The session on ``feeds``; a node onnxruntime refuses is named, with the batch size it was run at."""
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # onnxruntime's own error types are not importable by a stable name
+        failed = _FAILED_NODE.search(str(exc))
+        if failed is None:
+            raise
+        op_type, name, message = failed.group(1), failed.group(2), failed.group(3).strip().splitlines()[0]
+        hint = (f"Find the PyTorch op that exports as {op_type} ({name}) and write it another way, or name the "
+                "model in a bug report (pipeline.log).")
+        if batch > 1:
+            hint += (f" It fails at batch {batch}: a Python branch or size computed from the traced sample may be "
+                     "frozen into the graph (the export's TracerWarnings in report.json stages.export.warnings "
+                     "name the lines).")
+        raise PipelineError(f"onnxruntime cannot run the exported model at batch {batch}: {op_type} node {name}: "
+                            f"{message}", hint) from exc
 
 
 def _not_finite(ctx: RunContext, feeds: dict, batch: int) -> PipelineError:
