@@ -278,8 +278,8 @@ def _name_the_model(cfg: DictConfig, overrides: list[str]) -> bool:
 def check_target_options(cfg: DictConfig, overrides: list[str]) -> None:
     """``export.<target>.*`` on the command line for a target that ``export=`` does not select would be
     ignored without a word (``export=keras export.tflite_int8.int8_io=true``)."""
-    from pipeline.converters import TARGETS
-    from pipeline.stages.convert import selected_targets
+    from pipeline.converters import selected_targets
+    from pipeline.targets import TARGETS
 
     selected = selected_targets(cfg)
     for override in overrides:

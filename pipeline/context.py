@@ -2,17 +2,18 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from pipeline import weights
+from pipeline.artifacts import ArtifactStore
 from pipeline.errors import PipelineError
+from pipeline.onnx_model import io_names
 from pipeline.report import Report, sha256_of
+from pipeline.results import RunResults
 
-ONNX_NAME = "model.onnx"
-WEIGHTS_NAME = "model.pt"
 # model.weights=init: the network as its constructor builds it (random, or weights it loads itself).
 INIT_WEIGHTS = "init"
 TRAINED = "trained"  # what the shared network holds once the train stage has had it
@@ -25,15 +26,8 @@ class RunContext:
     report: Report
     # Intra-op threads for torch/onnxruntime/TensorFlow (0 = library default); see pipeline.threads.
     threads: int = 0
-    # Converted artifacts that parity runs: target name -> path.
-    converted: dict[str, Path] = field(default_factory=dict)
-    # A checkpoint of an unfinished run to resume training from (from_run).
-    resume_from: Path | None = None
-    # Parity's outputs on the held-out data, per runtime ("torch" is the reference): {output name: array}.
-    outputs: dict = field(default_factory=dict)
-    held_out_targets: object = None
-    # Per diagnosed runtime: [(node index, max abs error)] along the graph (pipeline.diagnose).
-    divergence_curves: dict = field(default_factory=dict)
+    # What one stage hands the next (pipeline.results): the only mutable state besides the report.
+    results: RunResults = field(default_factory=RunResults)
     _data: object = None
     _net: torch.nn.Module | None = None
     # model.net as constructed: once per run, shared by the parameter count, preflight, train and the later
@@ -44,19 +38,22 @@ class RunContext:
     _built_holds: str | None = None
     _rng_after_build: torch.Tensor | None = None  # torch's random state right after the construction
     _onnx_io: tuple | None = None
-    _calibration: dict = field(default_factory=dict)  # calibration inputs by count
+    _samples: object = None
 
     @property
     def output_kind(self) -> str:
         return str(self.cfg.model.output)  # a plain string: it is pickled into DDP workers
 
+    def __post_init__(self):
+        self.store = ArtifactStore(self.run_dir, self.report.data["artifacts"])
+
     @property
     def onnx_path(self) -> Path:
-        return self.run_dir / ONNX_NAME
+        return self.store.path("onnx")
 
     @property
     def weights_path(self) -> Path:
-        return self.run_dir / WEIGHTS_NAME
+        return self.store.path("weights")
 
     @property
     def data(self):
@@ -113,15 +110,14 @@ class RunContext:
 
     def _does_not_fit(self, filled: dict, exc: PipelineError) -> PipelineError:
         """A network that cannot be built with the arguments the data gave it: the data is named."""
-        from pipeline.network import dataset_name
-        from pipeline.preflight import model_hint
+        from pipeline.network import dataset_name, model_hint
 
         dataset = dataset_name(self.cfg)
         given = ", ".join(f"model.net.{k}={v}" for k, v in filled.items())
         return PipelineError(f"model={self.cfg.model.name} cannot take dataset={dataset}'s input: built with the "
                              f"arguments the data gives it ({given}), {str(exc.message)[0].lower()}"
                              f"{str(exc.message)[1:]}",
-                             f"For dataset={dataset}, {model_hint(dataset)}, or set those model.net.* keys yourself.")
+                             f"For dataset={dataset}, {model_hint(self.cfg)}, or set those model.net.* keys yourself.")
 
     def _materialize(self, net: torch.nn.Module) -> None:
         """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``...) take their shapes on a first forward: one
@@ -168,7 +164,7 @@ class RunContext:
         """The network to export: from the train stage, this run dir's weights, or ``model.weights``."""
         if self._net is None:
             trained = self.weights_path.is_file() or not self.cfg.model.get("weights")
-            copied = (self.report.data.get("artifacts", {}).get("weights") or {}).get("copied_from")
+            copied = (self.store.records.get("weights") or {}).get("copied_from")
             key = f"from_run={self.cfg.get('from_run')}'s {Path(copied).name}" if copied else None
             self._net = self.load_weights(self.weights_path, key) if trained else self.initial_net().eval()
         return self._net
@@ -193,39 +189,16 @@ class RunContext:
         else:
             fix = f"model.weights={INIT_WEIGHTS} takes the network as its constructor builds it."
         fix = "Give a state_dict (torch.save(net.state_dict(), path)) or a Lightning checkpoint (.ckpt); " + fix
-        problem = _not_torch_file(path)
-        if problem:
-            raise PipelineError(f"{what} is not PyTorch weights: {problem}.", fix)
+        weights.check_file(path, what, fix)
         holds = str(path.resolve())
         if self._built is not None and self._built_holds == holds:
             return self._built.eval()  # loaded once: preflight's network is the one train and export get
         net = self._built if self._built is not None else self.new_net()
         self._built_holds = None  # a load that fails half way leaves weights of neither kind
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            if _truncated_zip(path):  # torch's own message: "[Errno 22] Invalid argument"
-                reason = ("it starts as a torch.save zip archive but is truncated or corrupt (no zip directory at its "
-                          "end: an interrupted copy, download or save?)")
-            elif "weights_only" in str(exc) or type(exc).__name__ == "UnpicklingError":
-                reason = ("it holds Python objects other than tensors and plain containers, which are never "
-                          "loaded (unpickling them could run arbitrary code)")
-            else:
-                reason = f"{type(exc).__name__}: {_first_line(exc)[:300]}"
-            raise PipelineError(f"{what} is unreadable as PyTorch weights: {reason}.", fix) from exc
         # model.weights_prefix picks a network of model.weights' file; the pipeline's own model.pt has one.
         prefix = self.cfg.model.get("weights_prefix") if key and key.startswith("model.weights") else None
-        try:
-            net.load_state_dict(state_dict_of(state, net, prefix))
-        except PipelineError as exc:  # several networks in one checkpoint: named, with the key that picks one
-            raise PipelineError(f"{what}: {exc.message}", exc.hint) from None
-        except Exception as exc:
-            raise PipelineError(
-                f"{what}: the weights in {path} do not fit model={self.cfg.model.name} "
-                f"({self.cfg.model.net.get('_target_')}): {_mismatch(state, net, exc, prefix)}",
-                "Check that model= (and its model.net.* arguments) match the network that produced them "
-                "(with from_run, drop model= to use that run's model).",
-            ) from exc
+        model = f"model={self.cfg.model.name} ({self.cfg.model.net.get('_target_')})"
+        weights.load_into(net, path, what, fix, prefix, model)
         self._built_holds = holds
         return net.eval()
 
@@ -233,10 +206,7 @@ class RunContext:
 
     def _io(self) -> tuple[list[str], list[str]]:
         if self._onnx_io is None:
-            graph = read_onnx(self.onnx_path).graph
-            initializers = {init.name for init in graph.initializer}
-            self._onnx_io = ([i.name for i in graph.input if i.name not in initializers],
-                             [o.name for o in graph.output])
+            self._onnx_io = io_names(self.onnx_path)
         return self._onnx_io
 
     @property
@@ -247,148 +217,14 @@ class RunContext:
     def output_names(self) -> list[str]:
         return self._io()[1]
 
-    def held_out_inputs(self, count: int | None = None, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The first ``count`` held-out inputs (all when None), by ONNX input name, as NumPy arrays."""
-        x = self.data.head("test", count)[0]
-        return self._by_name(x, names or self.input_names)
+    @property
+    def samples(self):
+        """Real inputs for the runtimes, by ONNX input name (``pipeline.samples``)."""
+        if self._samples is None:
+            from pipeline.samples import Samples
 
-    def _by_name(self, x, names: list[str]) -> dict[str, np.ndarray]:
-        if isinstance(x, dict):
-            missing = sorted(set(names) - set(x))
-            if missing:
-                raise PipelineError(f"The dataset gives inputs {sorted(x)}; the model takes {names}.",
-                                    "Name the dataset's inputs after the model's (dataset.inputs).")
-            return {name: x[name].numpy().copy() for name in names}
-        return {names[0]: x.numpy().copy()}  # copies: the caller's runtimes never change the split
-
-    def calibration_inputs(self, count: int) -> dict[str, np.ndarray]:
-        """``count`` training-split inputs by ONNX input name, drawn at random (seeded by ``seed``) so that a
-        split stored in class or time order is represented as a whole: what quantization calibrates on,
-        never the test split that parity measures on."""
-        if count not in self._calibration:  # read once for every target that calibrates
-            inputs = self.data.draw("train", count, int(self.cfg.seed))
-            if inputs is None:
-                raise PipelineError("The training split is empty: there is nothing to calibrate the quantized "
-                                    "targets on.", "Use a dataset with training data, or drop the int8 targets.")
-            self._calibration[count] = self._by_name(inputs, self.input_names)
-        return self._calibration[count]
-
-    def validation_inputs(self, count: int) -> dict[str, np.ndarray] | None:
-        """``count`` validation-split inputs (drawn as ``calibration_inputs``), None when it is empty: data the
-        calibration never saw, on which the per-layer quantization error is measured."""
-        inputs = self.data.draw("val", count, int(self.cfg.seed))
-        return None if inputs is None else self._by_name(inputs, self.input_names)
-
-    def onnx_reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline import runtimes
-
-        session = runtimes.load("onnxruntime", self.onnx_path, self.input_names, self.output_names,
-                                threads=self.threads)
-        return session.predict(feeds)
-
-
-def read_onnx(path: Path):
-    """The ONNX model at ``path`` (external data not loaded); a missing, truncated or foreign file is a
-    PipelineError naming it."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"No ONNX model at {path} (or it is not a file).",
-                            "Run the export stage first (or pick a from_run whose export finished).")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError on a truncated or foreign file
-        raise PipelineError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {_first_line(exc)[:200]}).",
-                            "The file is corrupt or truncated: re-run the export stage (or pick another "
-                            "from_run).") from exc
-
-
-def state_dict_of(loaded, net: torch.nn.Module, prefix: str | None = None) -> dict:
-    """A plain state_dict from what torch.load returned: a state_dict, or a Lightning checkpoint whose
-    keys carry the LightningModule's attribute prefix (``net.``, ``model.``). ``prefix`` (model.weights_prefix)
-    picks one; without it, a checkpoint in which several prefixes fit (``net.`` and ``ema.``) is refused,
-    never picked from by chance."""
-    if not isinstance(loaded, dict):
-        raise TypeError(f"expected a state_dict (a dict of tensors), got {type(loaded).__name__}")
-    state = loaded.get("state_dict", loaded)
-    if not isinstance(state, dict):
-        raise TypeError(f"expected a state_dict (a dict of tensors), got {type(state).__name__} under 'state_dict'")
-    odd = [k for k, v in state.items() if not isinstance(k, str)
-           or not (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))]
-    if odd:
-        raise TypeError(f"expected a state_dict (names -> tensors), but {len(odd)} of its entries "
-                        f"{'is' if len(odd) == 1 else 'are'} not: {', '.join(map(repr, odd[:3]))}"
-                        f"{', ...' if len(odd) > 3 else ''}")
-    if prefix:
-        picked = _under_prefix(state, prefix.rstrip(".") + ".")
-        if not picked:
-            found = sorted({key.split(".", 1)[0] for key in state if "." in key})
-            raise PipelineError(f"model.weights_prefix={prefix} names no weights in it (its prefixes: "
-                                f"{', '.join(found) or 'none'}).",
-                                "Set model.weights_prefix to one of those, or drop it for a plain state_dict.")
-        return picked
-    expected = set(net.state_dict())
-    if set(state) == expected:
-        return state
-    prefixes = sorted({key.split(".", 1)[0] + "." for key in state if "." in key})
-    fitting = [p for p in prefixes if set(_under_prefix(state, p)) == expected]
-    if len(fitting) > 1:
-        names = ", ".join(f"{p}*" for p in fitting)
-        raise PipelineError(f"it holds {len(fitting)} networks that fit ({names}); which one to load is not "
-                            "guessed.",
-                            f"Pick one with model.weights_prefix=<prefix>, e.g. model.weights_prefix="
-                            f"{fitting[0].rstrip('.')}.")
-    return _under_prefix(state, fitting[0]) if fitting else state
-
-
-def _under_prefix(state: dict, prefix: str) -> dict:
-    """The entries of ``state`` whose names start with ``prefix``, without it."""
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-
-
-def _truncated_zip(path: Path) -> bool:
-    import zipfile
-
-    with open(path, "rb") as handle:
-        return handle.read(2) == b"PK" and not zipfile.is_zipfile(path)
-
-
-def _not_torch_file(path: Path) -> str | None:
-    """Why ``path`` cannot be a torch.save file, from its first bytes (None: it may be one)."""
-    size = path.stat().st_size
-    if size == 0:
-        return "the file is empty (0 bytes)"
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol byte (0x80).
-    if head.startswith(b"PK") or head[:1] == b"\x80":
-        return None
-    onnx_magic = len(head) > 1 and head[0] == 0x08 and 1 <= head[1] <= 20  # a protobuf's ir_version field
-    if path.suffix.lower() == ".onnx" or onnx_magic:
-        return ("it looks like an ONNX model; the pipeline exports ONNX itself from PyTorch weights "
-                "(to convert an existing run's model.onnx use from_run=<run dir> stages=[convert,parity])")
-    if head.startswith(b"\x89HDF") or path.suffix.lower() in (".h5", ".keras", ".tflite", ".pb", ".safetensors"):
-        return f"a {path.suffix or 'non-PyTorch'} file is not a torch.save state_dict"
-    return "it is neither a torch.save zip archive nor a pickle (first bytes " + repr(head) + ")"
-
-
-def _mismatch(state, net: torch.nn.Module, exc: Exception, prefix: str | None = None) -> str:
-    """What does not fit, in one line: missing and unexpected names, shapes that differ."""
-    try:
-        state = state_dict_of(state, net, prefix)
-    except TypeError as type_error:
-        return str(type_error)
-    ours = net.state_dict()
-    missing = [k for k in ours if k not in state]
-    unexpected = [k for k in state if k not in ours]
-    shapes = [f"{k} {list(state[k].shape)} vs {list(ours[k].shape)}" for k in ours
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(ours[k].shape)]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape differs (file vs model)", shapes)):
-        if items:
-            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}")
-    return "; ".join(parts) if parts else _first_line(exc)[:400]
+            self._samples = Samples(self.data, self.input_names, int(self.cfg.seed))
+        return self._samples
 
 
 def _build(node, key: str):

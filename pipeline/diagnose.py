@@ -36,7 +36,7 @@ def run(ctx, entries: list[dict]) -> dict[str, list]:
     mode = ctx.cfg.parity.get("diagnose")  # None: the runtimes that drift; True: all; False: none
     curves = {}
     for entry in entries:
-        if mode is False or (mode is None and entry["in_tolerance"]) or entry.get("quantized"):
+        if mode is False or (mode is None and entry["in_tolerance"]) or not diagnosable(entry["runtime"]):
             continue  # a quantized target's losses are per layer by design: its report names the worst
         start = time.perf_counter()
         try:
@@ -47,6 +47,14 @@ def run(ctx, entries: list[dict]) -> dict[str, list]:
     return curves
 
 
+def diagnosable(runtime: str) -> bool:
+    """onnxruntime (against the ONNX reference implementation) and the targets that declare it."""
+    from pipeline.runtimes import ONNX_RUNTIME
+    from pipeline.targets import TARGETS
+
+    return runtime == ONNX_RUNTIME or (runtime in TARGETS and TARGETS[runtime].diagnosable)
+
+
 def localise(ctx, runtime: str) -> tuple[dict, list[tuple[int, float]]]:
     import onnx
 
@@ -54,7 +62,7 @@ def localise(ctx, runtime: str) -> tuple[dict, list[tuple[int, float]]]:
 
     model = onnx.load(str(ctx.onnx_path))
     settings = ctx.cfg.parity
-    feeds = ctx.held_out_inputs(int(settings.get("diagnose_samples", 4)))
+    feeds = ctx.samples.held_out(int(settings.get("diagnose_samples", 4)))
     tensors = traced_tensors(model)
     onnx_values = {**feeds, **intermediates(model, feeds)}
     float64 = False
@@ -205,13 +213,13 @@ def as_float64(model):
 def converted_values(ctx, target: str, names: list[str], feeds: dict) -> dict[str, np.ndarray]:
     """The tensors ``names`` as the target's runtime computes them, from a copy of its artifact made by
     the same backends with those tensors exposed as outputs."""
-    entry = ctx.report.data["targets"][target]
+    converted = ctx.results.converted[target]
     work = Path(tempfile.mkdtemp(prefix=".diagnose.", dir=ctx.run_dir))
     try:
-        backends = {t: e.get("backend") for t, e in ctx.report.data["targets"].items()}
+        backends = {t: c.backend for t, c in ctx.results.converted.items()}
         path, info = rebuild(ctx.onnx_path, target, backends, names, feeds, work)
         exposed = artifact_outputs(target, path, info)
-        return run_artifact(target, path, info, ctx.input_names, exposed, feeds, entry.get("input_perms"))
+        return run_artifact(target, path, info, ctx.input_names, exposed, feeds, converted.input_perms)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -219,8 +227,9 @@ def converted_values(ctx, target: str, names: list[str], feeds: dict) -> dict[st
 def rebuild(onnx_path: Path, target: str, backends: dict, names: list[str], feeds: dict, work: Path,
             options: dict | None = None) -> tuple[Path, dict]:
     """Convert ``onnx_path`` to ``target`` with the named backends (and what they convert from)."""
-    from pipeline.converters import TARGETS, ConvertJob, backends_for, prepare_tensorflow
+    from pipeline.converters import ConvertJob, backends_for, prepare_tensorflow
     from pipeline.errors import PipelineError
+    from pipeline.targets import TARGETS
 
     prepare_tensorflow()
     chosen = next((b for b in backends_for(target) if b.name == backends.get(target)), None)
@@ -236,22 +245,19 @@ def rebuild(onnx_path: Path, target: str, backends: dict, names: list[str], feed
 
 def artifact_outputs(target: str, path: Path, info: dict) -> list[str]:
     """The output names a converted artifact has, in its own order."""
-    if "output_perms" in info:
-        return list(info["output_perms"])
-    if target == "tensorflow":
-        import tensorflow as tf
+    from pipeline.runtimes import RUNTIMES
+    from pipeline.targets import TARGETS
 
-        return list(tf.saved_model.load(str(path)).signatures["serving_default"].structured_outputs)
-    from pipeline.runtimes.tflite_runtime import _interpreter_class
-
-    signatures = _interpreter_class()(model_path=str(path)).get_signature_list()
-    return list(next(iter(signatures.values()))["outputs"])
+    runtime = RUNTIMES[TARGETS[target].runtime]
+    if "output_perms" in info or runtime.output_names is None:
+        return list(info.get("output_perms") or {})
+    return runtime.output_names(path)
 
 
 def run_artifact(target: str, path: Path, info: dict, inputs: list[str], outputs: list[str], feeds: dict,
                  input_perms=None) -> dict[str, np.ndarray]:
     from pipeline import runtimes
-    from pipeline.converters import TARGETS
+    from pipeline.targets import TARGETS
 
     adapter = runtimes.load(TARGETS[target].runtime, path, inputs, outputs,
                             input_perms=info.get("input_perms", input_perms), output_perms=info.get("output_perms"))
@@ -290,7 +296,7 @@ def write_reproducer(ctx, model, runtime: str, node, data_inputs: list[str], val
     for index, name in enumerate(batched):
         files[name] = f"input_{index}.npy"
         np.save(directory / files[name], values[name])
-    backends = {t: e.get("backend") for t, e in ctx.report.data["targets"].items()}
+    backends = {t: c.backend for t, c in ctx.results.converted.items()}
     write_json(directory / MANIFEST, {
         "runtime": runtime, "node": node.name, "op_type": node.op_type, "inputs": files, "constants": constants,
         "outputs": outputs,
@@ -346,7 +352,8 @@ def _refuse(directory: Path, problem: str):
 
 def read_manifest(directory: Path) -> dict:
     """manifest.json, checked: the keys and types written by ``write_reproducer``, a known runtime."""
-    from pipeline.converters import TARGETS
+    from pipeline.runtimes import ONNX_RUNTIME
+    from pipeline.targets import TARGETS
 
     try:
         manifest = json.loads(_inside(directory, MANIFEST, MANIFEST).read_text())
@@ -357,7 +364,7 @@ def read_manifest(directory: Path) -> dict:
     for key, kind in MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
             _refuse(directory, f"{MANIFEST} has no valid {key!r}")
-    runtimes = ["onnxruntime", *TARGETS]
+    runtimes = [ONNX_RUNTIME, *TARGETS]
     if manifest["runtime"] not in runtimes:
         _refuse(directory, f"its runtime {manifest['runtime']!r} is not one of {', '.join(runtimes)}")
     if not all(isinstance(v, str) for v in [*manifest["inputs"].values(), *manifest["outputs"]]):

@@ -21,10 +21,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from pipeline import foreign_config, limits, schema
 from pipeline import run_dir as run_dirs
-from pipeline.context import ONNX_NAME, WEIGHTS_NAME, RunContext
-from pipeline.converters import TARGETS
+from pipeline.artifacts import FOLDER, spec_of
+from pipeline.context import RunContext
+from pipeline.contracts import TARGETS as CONVERTED_TARGETS
 from pipeline.errors import PipelineError
 from pipeline.report import REPORT_NAME, STAGES
+from pipeline.results import Converted
+from pipeline.targets import TARGETS
 
 # Adopted from the source run: what its artifacts and checkpoints were made with.
 ADOPTED_KEYS = ("model", "dataset", "trainer", "optimizer", "scheduler", "export", "seed")
@@ -50,15 +53,16 @@ class SourceRun:
         entry = self.report.get("stages", {}).get(stage)
         return entry.get("status") if isinstance(entry, dict) else None
 
-    def artifact(self, name: str, needed_for: str) -> Path:
+    def artifact(self, name: str, needed_for: str, folder: bool | None = None) -> Path:
         path = self.path / name
         if not path.exists():
             raise PipelineError(
                 f"from_run={self.path} has no {name}, which the {needed_for} stage needs "
                 f"(its train stage: {self.stage_status('train')}, status: {self.status}).",
                 "Add the stage that makes it to stages=[...], or pick a run that finished it.")
-        # A file artifact (model.pt, model.onnx, model.tflite) must be one; a SavedModel is a dir.
-        expected_file = bool(Path(name).suffix)
+        # A file artifact (model.pt, model.onnx, model.tflite) must be one; a SavedModel is a dir (the artifact's
+        # spec says which; without one, a name with a suffix is a file).
+        expected_file = not folder if folder is not None else bool(Path(name).suffix)
         if (expected_file and not path.is_file()) or (not expected_file and not path.is_dir()):
             found = ("a directory" if path.is_dir() else "something else") + (" via a symlink" if path.is_symlink()
                                                                                else "")
@@ -373,50 +377,66 @@ def _resume_stages(source: SourceRun) -> list[str]:
 # --- the artifacts ---
 
 def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> None:
-    """Copy what the unselected stages would have made; set the checkpoint to resume from."""
+    """Copy what the selected stages need (their contracts) and no selected stage makes; set the checkpoint
+    to resume from."""
+    from pipeline import stages
+
     entry = {"path": str(source.path), "adopted_config": list(source.adopted), "source_status": source.status,
              "stages": selected, "trusted": bool(ctx.cfg.get("from_run_trust"))}
     ctx.report.data["from_run"] = entry
     if "train" in selected:
         if not source.training_finished and source.resume_checkpoint():
             check_resumable(ctx.cfg, source)
-            ctx.resume_from = source.resume_checkpoint()
-            entry["resumed_from"] = str(ctx.resume_from)
+            ctx.results.resume_from = source.resume_checkpoint()
+            entry["resumed_from"] = str(ctx.results.resume_from)
     else:
         ctx.report.data["metrics"].update(source.report.get("metrics", {}))  # the model's, measured there
         if "trainer" in source.report:
             ctx.report.data["trainer"] = source.report["trainer"]
-        if set(selected) & {"export", "check", "convert", "parity"}:
-            _copy(source.artifact(WEIGHTS_NAME, "export/parity"), ctx.weights_path, ctx, "weights")
-    if "export" not in selected and set(selected) & {"check", "convert", "parity"}:
-        onnx_model = source.artifact(ONNX_NAME, "check/convert/parity")
-        _check_onnx(onnx_model, source)
-        _copy(onnx_model, ctx.onnx_path, ctx, "onnx")
-    if "convert" not in selected and "parity" in selected:
-        converted = {target: entry for target, entry in (source.report.get("targets") or {}).items()
-                     if isinstance(entry, dict) and entry.get("status") == "ok" and target in TARGETS}
-        refused = {target: entry for target, entry in (source.report.get("targets") or {}).items()
-                   if isinstance(entry, dict) and entry.get("status") == "refused" and target in TARGETS}
-        _check_converted(ctx.cfg, source, {**converted, **refused})  # a refused target has nothing to measure
-        picked = _selected_targets(ctx.cfg)  # export=keras measures keras only, not every target of the source
-        converted = {t: e for t, e in converted.items() if t in picked}
-        refused = {t: e for t, e in refused.items() if t in picked}
-        ctx.report.data["targets"].update(refused)
-        for target, target_entry in converted.items():
-            out = ctx.run_dir / TARGETS[target].artifact
-            artifact = source.artifact(TARGETS[target].artifact, "parity")
-            if artifact.suffix == ".onnx":
-                _check_onnx(artifact, source)
-            elif artifact.is_dir():  # a SavedModel: its graph must not read or write files
-                foreign_config.check_saved_model(artifact, f"from_run={source.path}'s {artifact.name}")
-            _copy(artifact, out, ctx, target)
+    contracts = stages.contracts()
+    made_here = {artifact for name in selected for artifact in contracts[name].makes}
+    wanted: dict[str, list[str]] = {}  # artifact -> the stages that read it
+    for name in selected:
+        for artifact in (*contracts[name].needs, *contracts[name].uses):
+            if artifact not in made_here:
+                wanted.setdefault(artifact, []).append(name)
+    for artifact, readers in wanted.items():
+        if artifact == CONVERTED_TARGETS:
+            _adopt_targets(ctx, source)
+        else:
+            _adopt(ctx, source, artifact, "/".join(readers))
+
+
+def _adopt(ctx: RunContext, source: SourceRun, key: str, needed_for: str) -> None:
+    spec = spec_of(key)
+    path = source.artifact(spec.name, needed_for, folder=spec.kind == FOLDER)
+    if path.suffix == ".onnx":
+        _check_onnx(path, source)
+    elif path.is_dir():  # a SavedModel: its graph must not read or write files
+        foreign_config.check_saved_model(path, f"from_run={source.path}'s {path.name}")
+    _copy(path, ctx.store.path(key), ctx, key)
+
+
+def _adopt_targets(ctx: RunContext, source: SourceRun) -> None:
+    """The source's conversions of the selected targets, for parity to measure (a refused one is reported)."""
+    targets = source.report.get("targets") or {}
+    converted = {target: entry for target, entry in targets.items()
+                 if isinstance(entry, dict) and entry.get("status") == "ok" and target in TARGETS}
+    refused = {target: entry for target, entry in targets.items()
+               if isinstance(entry, dict) and entry.get("status") == "refused" and target in TARGETS}
+    _check_converted(ctx.cfg, source, {**converted, **refused})  # a refused target has nothing to measure
+    picked = _selected_targets(ctx.cfg)  # export=keras measures keras only, not every target of the source
+    ctx.report.data["targets"].update({t: e for t, e in refused.items() if t in picked})
+    for target, target_entry in converted.items():
+        if target in picked:
+            _adopt(ctx, source, target, "parity")
             ctx.report.data["targets"][target] = target_entry
-            ctx.converted[target] = out
+            ctx.results.converted[target] = Converted(target, ctx.store.path(target), target_entry)
 
 
 def _check_onnx(path: Path, source: SourceRun) -> None:
     """A source's ONNX model within limits.* (file size, the tensors it declares), read from its file only."""
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     key = f"from_run={source.path}'s {path.name}"
     limits.check_file(path, key)
@@ -424,14 +444,14 @@ def _check_onnx(path: Path, source: SourceRun) -> None:
 
 
 def _selected_targets(cfg: DictConfig) -> list[str]:
-    from pipeline.stages.convert import selected_targets
+    from pipeline.converters import selected_targets
 
     return selected_targets(cfg)
 
 
 def _check_converted(cfg: DictConfig, source: SourceRun, converted: dict) -> None:
     """Parity without convert measures the source's conversions: each target asked for must be there."""
-    from pipeline.stages.convert import selected_targets
+    from pipeline.converters import selected_targets
 
     missing = [t for t in selected_targets(cfg) if t not in converted]
     if missing:
@@ -458,4 +478,4 @@ def _copy(src: Path, dst: Path, ctx: RunContext, key: str) -> None:
         shutil.copytree(src, dst)
     else:
         shutil.copy2(src, dst)
-    ctx.report.add_artifact(key, dst, copied_from=str(src))
+    ctx.store.put(key, "from_run", dst, copied_from=str(src))

@@ -5,9 +5,11 @@
 """
 from pathlib import Path
 
-from pipeline.converters import TARGETS
+from pipeline.runtimes import ONNX_RUNTIME
+from pipeline.targets import ONNX, TARGETS
 
-RUNTIMES = ("onnxruntime", "keras", "tensorflow", "tflite")
+# the columns: onnxruntime on model.onnx, then every float target; the quantized ones get a table of their own
+RUNTIMES = (ONNX_RUNTIME, *(name for name, target in TARGETS.items() if not target.quantized))
 QUANTIZED = tuple(name for name, target in TARGETS.items() if target.quantized)
 INTROS = {
     "seeds": ("Support matrix", "the five seed systems, trained with their tutorials' recipes"),
@@ -35,7 +37,7 @@ def render(sweep_dir: Path, jobs: list[tuple[str, str, dict]], kind: str = "seed
              "max abs error vs PyTorch on the held-out inputs, top-1 agreement (classifiers) and the backend that",
              "made the artifact; ✅ when `allclose` (rtol 1e-3, atol 1e-5) and top-1 agreement hold, or the op and",
              "backend that failed.", "",
-             f"**{green} of {cells_total} conversion cells (keras, tensorflow, tflite) are green.**", "",
+             f"**{green} of {cells_total} conversion cells ({', '.join(RUNTIMES[1:])}) are green.**", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if any(t in QUANTIZED for _, _, report in jobs for t in report.get("targets", {})):
@@ -61,7 +63,10 @@ def quantized_table(jobs: list[tuple[str, str, dict]]) -> list[str]:
 
 def _float_baseline(report: dict) -> str:
     parts = []
-    for runtime, artifact, label in (("tflite", "tflite", "TFLite"), ("onnxruntime", "onnx", "ONNX")):
+    twins = dict.fromkeys(TARGETS[name].float_twin for name in QUANTIZED if name in report.get("targets", {}))
+    for artifact in twins:  # the float32 models of the same formats (model.tflite, model.onnx)
+        runtime = ONNX_RUNTIME if artifact == ONNX else artifact
+        label = "ONNX" if artifact == ONNX else artifact.replace("tflite", "TFLite")
         entry = next((e for e in report["parity"] if e["runtime"] == runtime), None)
         size = report["artifacts"].get(artifact, {}).get("bytes")
         if entry is None or size is None or entry.get("latency_ms_batch1") is None:

@@ -94,3 +94,14 @@ def dataset_name(cfg) -> str:
     target = str(cfg.dataset.get("_target_", "?"))
     parts = target.split(".")
     return parts[-2] if len(parts) >= 2 else target
+
+
+def model_hint(cfg) -> str:
+    """The models made for the dataset (its class's ``suggested_models``), for a network that does not fit."""
+    from hydra.utils import get_class
+
+    try:
+        suggested = getattr(get_class(str(cfg.dataset._target_)), "suggested_models", None)
+    except Exception:  # noqa: BLE001 - a dataset class that cannot be imported: no suggestion
+        suggested = None
+    return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"

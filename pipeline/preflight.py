@@ -11,18 +11,13 @@ from pipeline import tasks
 from pipeline.context import RunContext
 from pipeline.datasets.base import SPLITS
 from pipeline.errors import PipelineError
-from pipeline.network import dataset_name
+from pipeline.network import dataset_name, model_hint
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 BATCH = 16
-# Models made for each dataset (conf/model/*.yaml): suggested when a network does not fit.
-MODELS_FOR = {"mnist": "mnist_cnn or mnist_mlp", "synthetic_tabular": "tabular_mlp", "italy_power": "ts_cnn",
-              "series": "lstm_forecaster", "image_folder": "mnist_cnn, mnist_mlp or torchvision",
-              "table": "tabular_mlp"}
-
-
-def check(ctx: RunContext, selected: list[str]) -> None:
-    if not set(selected) & {"train", "export", "check", "parity"}:
+def check(ctx: RunContext, selected: list[str], needs_network: bool = True) -> None:
+    """``needs_network``: a selected stage builds model.net (the stage contracts say which)."""
+    if not needs_network:
         return  # convert alone reads model.onnx only
     data = ctx.data
     dataset = dataset_name(ctx.cfg)
@@ -128,11 +123,6 @@ def _check_optimizer(cfg, net: torch.nn.Module) -> None:
                                 f"Check the {key}.* keys against that class's arguments.") from exc
 
 
-def model_hint(dataset: str) -> str:
-    suggested = MODELS_FOR.get(dataset)
-    return f"pick a model made for it (model={suggested})" if suggested else "pick a model made for it"
-
-
 DTYPE_ERRORS = ("dtype", "scalar type", "Double", "Long", "Int", "Half")
 
 
@@ -179,7 +169,7 @@ def _forward(ctx: RunContext, net: torch.nn.Module, x, dataset: str, exporting: 
         raise PipelineError(
             f"model={ctx.cfg.model.name} cannot take dataset={dataset}'s input (a batch of shape "
             f"{shape}): {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            f"For dataset={dataset}, {model_hint(dataset)}, or change model.net.* to fit that input.") from exc
+            f"For dataset={dataset}, {model_hint(ctx.cfg)}, or change model.net.* to fit that input.") from exc
     first = check_returned(ctx.cfg, out, exporting)
     _check_finite(ctx.cfg, first)
     return first
@@ -326,7 +316,7 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
         if not per_sample:
             raise PipelineError(f"model.output=value needs one value per sample ([N, 1]), but model.net returns "
                                 f"{shape}.",
-                                f"Make model.net return [N, 1] for dataset={dataset}, or {model_hint(dataset)}.")
+                                f"Make model.net return [N, 1] for dataset={dataset}, or {model_hint(cfg)}.")
         return
     if not classes:
         raise PipelineError(f"model.output={kind} is for classification, but dataset={dataset} has real-valued "
@@ -359,7 +349,7 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
         raise PipelineError(f"model.net returns {out.shape[1]} class scores per sample, but dataset={dataset} has "
                             f"{classes_in_data} classes.",
                             f"Set the model's number of classes (e.g. model.net.num_classes={classes_in_data}), "
-                            f"or {model_hint(dataset)}.")
+                            f"or {model_hint(cfg)}.")
     if kind == "log_probs":
         totals = out.double().exp().sum(dim=1)
         if not torch.allclose(totals, torch.ones_like(totals), atol=1e-3):
@@ -377,7 +367,7 @@ def _check_loss(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str
             f"model={cfg.model.name} (model.output={kind}, returns {list(out.shape)}) does not fit dataset={dataset}'s "
             f"targets (shape {list(y.shape)}, {_describe_targets(targets)}): {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            f"Make model.net's output match the targets (e.g. its number of classes), or {model_hint(dataset)}.") \
+            f"Make model.net's output match the targets (e.g. its number of classes), or {model_hint(cfg)}.") \
             from exc
     if not torch.isfinite(loss):
         raise PipelineError(f"The loss of the first batch is {float(loss)} for model={cfg.model.name} "

@@ -194,15 +194,20 @@ def describe(entry: dict, target: str) -> str:
                      "int8 output error: the loss is spread over the model, lies in integer index arithmetic the "
                      "per-layer statistics do not see (grid_sample, gathers by computed indices), or the held-out "
                      "inputs leave the range calibrated on the training split (a trending series); "
-                     f"{ALTERNATIVES.get(target, 'use a float target')}")
+                     f"{_instead(target)}")
     return text
 
 
 # Below this share of the int8 output error removed by the best single layer kept in float, naming layers to
 # keep in float is no help: the failure says so, and what to use instead.
 SMALL_GAIN = 0.1
-ALTERNATIVES = {"tflite_int8": "use tflite_int8_dynamic, tflite_fp16 or onnx_int8 (in export=deploy)",
-                "onnx_int8": "use export.onnx_int8.mode=dynamic, or tflite_int8_dynamic / tflite_fp16"}
+
+
+def _instead(target: str) -> str:
+    from pipeline.targets import TARGETS
+
+    spec = TARGETS.get(target)
+    return (spec.instead if spec is not None else "") or "use a float target"
 
 
 def refusal(target: dict) -> str:

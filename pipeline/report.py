@@ -6,9 +6,22 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.atomic import write_json
+from pipeline.contracts import STAGES  # noqa: F401 - report.json has an entry per stage
 
 REPORT_NAME = "report.json"
-STAGES = ("train", "export", "check", "convert", "parity")
+# report.json's layout: raised when a key is removed or changes meaning (keys are only ever added).
+SCHEMA_VERSION = 1
+# Its top-level keys and who writes them (docs/report-schema.md describes every key below them).
+TOP_LEVEL_KEYS = {
+    "schema_version": "this layout's version", "status": "the run: running, ok, failed, interrupted",
+    "model": "name, parameters, constructor arguments from the data", "data": "what the artifacts take",
+    "stages": "each stage's status, seconds, reason, warnings", "metrics": "the train stage's test metrics",
+    "parity": "per runtime: errors, agreement, metric, timing", "reference": "PyTorch on the held-out data",
+    "targets": "each export target's conversion", "artifacts": "the artifact store: path, sha256, bytes",
+    "export": "opset, inputs, outputs, free axes", "check": "the ONNX model as checked",
+    "trainer": "epochs, devices, strategy", "plots": "the images report.md shows",
+    "from_run": "the source run, for from_run", "environment": "versions, threads, data files",
+}
 TRACKED_PACKAGES = (
     "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "numpy", "onnx",
     "onnxruntime", "onnx-tf", "onnx2keras", "tensorflow", "keras", "ai-edge-litert", "aeon",
@@ -64,6 +77,7 @@ class Report:
     def __init__(self, run_dir: Path, model_name: str):
         self.run_dir = Path(run_dir)
         self.data = {
+            "schema_version": SCHEMA_VERSION,
             "status": "running",
             "model": {"name": model_name, "parameters": None},
             "stages": {name: {"status": "pending", "seconds": None} for name in STAGES},
@@ -87,6 +101,15 @@ class Report:
             "bytes": size_of(path),
             **extra,
         }
+
+    def record(self, result) -> None:
+        """A stage's typed result (``pipeline.results``) into its report sections (metrics are merged: a
+        from_run source's stay where this run measures none)."""
+        for key, value in result.sections().items():
+            if key == "metrics":
+                self.data["metrics"].update(value)
+            else:
+                self.data[key] = value
 
     def save(self) -> None:
         write_json(self.path, self.data)

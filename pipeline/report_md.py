@@ -6,24 +6,6 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.atomic import write_with
 from pipeline.quantized import refusal
 
-LOAD_HINTS = {
-    "onnx": "`onnxruntime.InferenceSession(path)`; input `input`, output `output`, dynamic batch",
-    "keras": "`keras.saving.load_model(path, safe_mode=True)`",
-    "tensorflow": "`tf.saved_model.load(path).signatures['serving_default'](input=x)['output']`",
-    "tflite": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`",
-    "tflite_fp16": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (float16 weights; I/O as "
-                   "model.tflite: float32, integer ids stay integer)",
-    "tflite_int8_dynamic": "`ai_edge_litert.interpreter.Interpreter(model_path=path)` (I/O as model.tflite: float32, "
-                           "integer ids stay integer)",
-    "tflite_int8": "`ai_edge_litert.interpreter.Interpreter(model_path=path)`; with int8 I/O, quantize float inputs "
-                   "and dequantize float outputs with each tensor's `quantization` (scale, zero point); integer "
-                   "tensors (ids, indices) are not scaled",
-    "onnx_int8": "`onnxruntime.InferenceSession(path)`; inputs and outputs as model.onnx's (names, dtypes)",
-    "weights": "`model.load_state_dict(torch.load(path, weights_only=True))`",
-    "checkpoint": "Lightning checkpoint: `from_run=<this dir>` resumes from it",
-    "labels": "class names, one per line, in output index order",
-}
-
 
 def _fmt(value) -> str:
     if isinstance(value, float):
@@ -209,10 +191,9 @@ def _rounded(value):
 
 
 def _load_hint(key: str, report: dict) -> str:
-    from pipeline.converters import TARGETS
+    from pipeline.targets import load_hint
 
-    runtime = TARGETS[key].runtime if key in TARGETS else key
-    hint = LOAD_HINTS.get(key) or LOAD_HINTS.get({"onnxruntime": "onnx"}.get(runtime, runtime), "")
+    hint = load_hint(key)
     target = report["targets"].get(key, {})
     layout = target.get("input_layout")
     text = f"{hint}; input layout **{layout}**" if layout else hint

@@ -1,44 +1,46 @@
 """Runs the selected stages in order, rewriting report.json after each one."""
-import importlib
 import logging
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import disk, from_run, interrupts, limits, preflight, quiet, runtimes, schema, tasks, threads
+from pipeline import disk, from_run, interrupts, limits, preflight, quiet, runtimes, schema, stages, tasks, threads
 from pipeline import run_dir as run_dirs
+from pipeline.artifacts import spec_of
 from pipeline.context import RunContext
+from pipeline.contracts import STAGES
+from pipeline.contracts import producer as contracts_producer
 from pipeline.errors import PipelineError, RunInterrupted, StageCrashed, StageFailed
-from pipeline.report import STAGES, Report
+from pipeline.report import Report
 from pipeline.runtimes.torch_runtime import standard_paths
 
 log = logging.getLogger(__name__)
 logfile = logging.getLogger("pipeline.logfile")  # pipeline.log only (conf/config.yaml)
 
-# What a stage reads that an earlier stage writes into the run dir (or from_run copies in).
-MADE_BY = {"train": "model.pt (the trained weights)", "export": "model.onnx"}
-NEEDS = {"export": ("train",), "check": ("export",), "convert": ("export",), "parity": ("train", "export")}
 # Stages that load TensorFlow/LiteRT/onnxruntime, whose native output goes to pipeline.log.
 NATIVE_CHATTER = {"export", "check", "convert", "parity"}
 
 
 def check_inputs(selected: list[str], has_source: bool, has_weights: bool = False) -> None:
-    """Each stage's input is made by an earlier selected stage, comes from from_run, or (the trained
-    weights) from model.weights."""
+    """Each artifact a selected stage needs (its contract) is made by an earlier selected stage, comes from
+    from_run, or (the trained weights) from model.weights."""
     if has_source:
         return  # from_run.adopt_artifacts checks that the source run has them
+    contracts = stages.contracts()
     for stage in selected:
-        for producer in NEEDS.get(stage, ()):
-            if producer not in selected and not (producer == "train" and has_weights):
-                shown = f"[{','.join(selected)}]"
-                raise PipelineError(
-                    f"stages={shown} runs {stage}, which needs {MADE_BY[producer]} from the {producer} stage; "
-                    "this run does not make it and there is no from_run to take it from.",
-                    f"Add {producer} to stages (stages=[{','.join(s for s in STAGES if s in {*selected, producer})}]), "
-                    f"or take it from an earlier run: from_run=<run dir> stages={shown}"
-                    + (", or give model.weights=<state_dict or checkpoint> (init: the constructor's own)."
-                       if producer == "train" else "."))
+        for artifact in contracts[stage].needs:
+            producer = contracts_producer(contracts, artifact)
+            if producer in selected or (artifact == "weights" and has_weights):
+                continue
+            shown = f"[{','.join(selected)}]"
+            raise PipelineError(
+                f"stages={shown} runs {stage}, which needs {spec_of(artifact).description} from the {producer} "
+                "stage; this run does not make it and there is no from_run to take it from.",
+                f"Add {producer} to stages (stages=[{','.join(s for s in STAGES if s in {*selected, producer})}]), "
+                f"or take it from an earlier run: from_run=<run dir> stages={shown}"
+                + (", or give model.weights=<state_dict or checkpoint> (init: the constructor's own)."
+                   if artifact == "weights" else "."))
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
@@ -52,10 +54,11 @@ def check_optimized_metric(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> list[str]:
     """Checks the schema cannot express; all before any work. Returns the selected stages in run order."""
-    from pipeline.stages.convert import selected_targets
+    from pipeline.converters import selected_targets
 
     tasks.check_output_kind(cfg.model.output)
     selected_targets(cfg)
+    runtimes.check_alternatives(cfg.parity.get("runtimes") or [])
     selected = schema.check_stages(cfg.stages)
     if "train" in selected and (OmegaConf.is_missing(cfg, "optimizer") or cfg.get("optimizer") is None):
         raise PipelineError("optimizer is not set (optimizer=null), but the train stage needs one.",
@@ -172,7 +175,8 @@ def _prepare(ctx: RunContext, selected: list[str]) -> PipelineError | None:
 
 def _before_first_stage(ctx: RunContext, selected: list[str]) -> None:
     ctx.report.data["model"]["parameters"] = count_parameters(ctx.new_net())
-    preflight.check(ctx, selected)
+    contracts = stages.contracts()
+    preflight.check(ctx, selected, needs_network=any(contracts[s].needs_network for s in selected))
 
 
 def _check_metric_available(ctx: RunContext) -> None:
@@ -203,14 +207,14 @@ def draw_plots(ctx: RunContext) -> list[Path]:
     from pipeline import plots
 
     drawn = [plots.training_curves(ctx.run_dir / "metrics.csv", ctx.run_dir / "training_curves.png")]
-    if ctx.outputs:
+    if ctx.results.outputs:
         first = ctx.output_names[0]  # the output the task metric is computed on
-        reference = ctx.outputs["torch"][first]
-        others = {k: v[first] for k, v in ctx.outputs.items() if k != "torch"}
+        reference = ctx.results.outputs["torch"][first]
+        others = {k: v[first] for k, v in ctx.results.outputs.items() if k != "torch"}
         drawn.append(plots.parity(reference, others, ctx.run_dir / "parity.png"))
-        if ctx.divergence_curves:
-            drawn.append(plots.divergence(ctx.divergence_curves, ctx.run_dir / "divergence.png"))
-        labels = ctx.held_out_targets
+        if ctx.results.divergence_curves:
+            drawn.append(plots.divergence(ctx.results.divergence_curves, ctx.run_dir / "divergence.png"))
+        labels = ctx.results.held_out_targets
         predicted = tasks.predictions(ctx.output_kind, reference)
         if labels is None:
             pass  # generated inputs: no task to plot
@@ -234,7 +238,9 @@ def _run_stage(ctx: RunContext, name: str, stage: dict, before=None) -> Pipeline
         if before is not None:
             before()
         with quiet.recorded_warnings(stage), _native_output(name):
-            importlib.import_module(f"pipeline.stages.{name}").run(ctx)
+            result = stages.module(name).run(ctx)
+        if result is not None:  # a typed result (pipeline.results): its report sections
+            ctx.report.record(result)
         stage["status"] = "ok"
         return None
     except PipelineError as exc:

@@ -11,8 +11,6 @@ Types alone cannot say ``parity.samples >= 1``: fields carry a ``check`` in thei
 composed config, naming the key, the value and the valid range. Unknown choices (``model=nope``) are
 Hydra's own check, listing the options.
 """
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from enum import StrEnum
 from typing import Any
@@ -20,103 +18,28 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from pipeline.converters import TARGETS
 from pipeline.errors import PipelineError
-
-# --- range checks: each returns None when the value is valid, else what a valid value looks like ---
-
-Check = Callable[[Any], str | None]
-
-
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# Integers go to C code (torch, numpy, itertools): beyond int64 they overflow there instead of failing here.
-MAX_INT = 2**63 - 1
-
-
-def at_least(low: float, *, integer: bool = False, most: int = MAX_INT) -> Check:
-    """``low`` or more; an integer also at most ``most`` (int64, or a sane limit)."""
-    def check(value):
-        if value is None or (_number(value) and value >= low and (not integer or (isinstance(value, int)
-                                                                                   and value <= most))):
-            return None
-        return f"{'an integer' if integer else 'a number'} >= {low}" + (f" (at most {most})" if integer else "")
-    return check
-
-
-def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False,
-            integer: bool = False) -> Check:
-    def check(value):
-        if value is None or (_number(value) and (not integer or isinstance(value, int))
-                             and (low < value if low_open else low <= value)
-                             and (value < high if high_open else value <= high)):
-            return None
-        return (f"{'an integer' if integer else 'a number'} in {'(' if low_open else '['}{low}, "
-                f"{high}{')' if high_open else ']'}")
-    return check
-
-
-def one_of(*choices) -> Check:
-    def check(value):
-        return None if value is None or value in choices else f"one of: {', '.join(map(str, choices))}"
-    return check
-
-
-def batches_limit(*, zero_ok: bool) -> Check:
-    """Lightning's limit_*_batches: a fraction of the batches (float) or a number of batches (int)."""
-    def check(value):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero_ok else 1):
-            return None
-        if isinstance(value, float) and math.isfinite(value) and (0.0 <= value if zero_ok else 0.0 < value) \
-                and value <= 1.0:
-            return None
-        return (f"a fraction in {'[' if zero_ok else '('}0, 1] (e.g. 0.25) or a whole number of batches "
-                f">= {0 if zero_ok else 1} (e.g. 10)")
-    return check
-
-
-def a_path(value) -> str | None:
-    """A file or dir named on the command line: null, or a name (``''`` or spaces would be read as
-    "not given" and silently ignored, or as the working directory)."""
-    if value is None or (isinstance(value, str) and value.strip()):
-        return None
-    return "a path (a file or directory name)"
-
-
-def devices(value) -> str | None:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)):
-        return None
-    if isinstance(value, list | ListConfig) and value and all(isinstance(v, int) and v >= 0 for v in value):
-        return None
-    return "a number of devices >= 1, -1 (all), 'auto', or a list of device indices such as [0, 1]"
-
-
-# A run of more epochs or steps than this is a typo (trainer.max_epochs=1000000000 never ends), not a plan.
-MAX_EPOCHS, MAX_STEPS = 1_000_000, 1_000_000_000
-
-
-def not_zero_steps(value) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool) and (value == -1 or 1 <= value <= MAX_STEPS):
-        return None
-    return f"-1 (no limit) or an integer in [1, {MAX_STEPS}]"
-
-
-def ranged(default, check: Check, **kwargs):
-    """A dataclass field whose value ``check_ranges`` validates."""
-    return field(default=default, metadata={"check": check}, **kwargs)
-
+from pipeline.ranges import (  # noqa: F401 - the checks are part of the schema's vocabulary
+    MAX_EPOCHS,
+    MAX_INT,
+    MAX_STEPS,
+    Check,
+    a_path,
+    at_least,
+    batches_limit,
+    between,
+    devices,
+    not_zero_steps,
+    one_of,
+    ranged,
+)
+from pipeline.targets import TARGETS, IOLayout
+from pipeline.tasks import TASKS
 
 # --- the schema ---
 
-class OutputKind(StrEnum):
-    """What the network returns; picks the loss and the metric (see pipeline/tasks.py)."""
-
-    log_probs = "log_probs"  # class log-probabilities [N, C]: NLL loss, accuracy
-    logits = "logits"  # class scores [N, C]: cross-entropy, accuracy
-    probability = "probability"  # one sigmoid probability per sample [N, 1]: BCE, accuracy at 0.5
-    value = "value"  # one regression value per sample [N, 1]: MSE, MSE/MAE in original units
+# What the network returns (model.output): one per task (pipeline/tasks.py), which picks the loss and metric.
+OutputKind = StrEnum("OutputKind", {name: name for name in TASKS})
 
 
 class MissingValues(StrEnum):
@@ -176,56 +99,6 @@ MIN_OPSET, MAX_OPSET = 7, 20
 
 
 @dataclass
-class TargetOptions:
-    backend: str = "auto"  # auto: the target's backends in order (pipeline/converters/backends), or one by name
-
-
-class OnnxInt8Mode(StrEnum):
-    """How onnxruntime quantizes onnx_int8."""
-
-    auto = "auto"  # dynamic for recurrent models (LSTM/GRU/RNN), static otherwise
-    static = "static"  # int8 weights and activations (QDQ), calibrated on export.calibration_samples
-    dynamic = "dynamic"  # int8 weights, activation ranges computed per call
-
-
-class IOLayout(StrEnum):
-    """The layout a TensorFlow or TFLite artifact takes and returns (pipeline/converters/io_layout.py)."""
-
-    nchw = "nchw"  # PyTorch's, channels first (the signature transposes at the boundary)
-    nhwc = "nhwc"  # channels last: image tensors [N, H, W, C] in and out, no transpose at the boundary
-
-
-@dataclass
-class LayoutOptions(TargetOptions):
-    layout: IOLayout | None = None  # null: export.layout
-
-
-@dataclass
-class FloatFallbackOptions(TargetOptions):
-    """Layers of a quantized model kept in float32 (pipeline/converters/tflite_quantize.py)."""
-
-    float_fallback: list[str] = field(default_factory=list)  # names (report: worst_layers[].node/.layer) or parts
-    float_fallback_top_k: int = ranged(0, between(0, 10_000, integer=True))  # the k layers that lose most
-
-
-@dataclass
-class TFLiteInt8Options(FloatFallbackOptions, LayoutOptions):
-    int8_io: bool = False  # int8 input and output tensors (the runtime quantizes and dequantizes around them)
-
-
-@dataclass
-class OnnxInt8Options(FloatFallbackOptions):
-    mode: OnnxInt8Mode = OnnxInt8Mode.auto
-
-
-FullIntegerOptions = TFLiteInt8Options  # its first name
-
-# Targets with options beyond the backend; the others take TargetOptions.
-TARGET_OPTIONS = {"tflite_int8": TFLiteInt8Options, "onnx_int8": OnnxInt8Options,
-                  **{t: LayoutOptions for t in ("tensorflow", "tflite", "tflite_fp16", "tflite_int8_dynamic")}}
-
-
-@dataclass
 class VerifyConfig:
     """Each converted artifact against onnxruntime on a few held-out inputs, before parity: within
     rtol * max|onnx output| + atol, or ``auto`` tries the next backend."""
@@ -235,14 +108,10 @@ class VerifyConfig:
     atol: float = ranged(1e-6, at_least(0))
 
 
-# export.<target> for every registered target: adding a target adds its options.
-_ExportBase = make_dataclass("_ExportBase", [
-    (name, TARGET_OPTIONS.get(name, TargetOptions), field(default_factory=TARGET_OPTIONS.get(name, TargetOptions)))
-    for name in TARGETS])
-
-
 @dataclass
-class ExportConfig(_ExportBase):
+class ExportSettings:
+    """export.*: the settings of every target (each target's own options are added by ``_with_targets``)."""
+
     opset: int = ranged(13, between(MIN_OPSET, MAX_OPSET, integer=True))  # the lowest tried (raised as needed)
     targets: dict[str, bool] = field(default_factory=dict)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -283,6 +152,9 @@ class ParityConfig:
     shapes: Any = None
     shapes_samples: int = ranged(16, between(1, 100_000, integer=True))  # held-out samples run at each
     quantized: QuantizedParityConfig = field(default_factory=QuantizedParityConfig)
+    # Runtimes run besides each artifact's own (pipeline/runtimes: an alternative_to it), e.g. another
+    # onnxruntime execution provider; reported as <target>@<runtime>.
+    runtimes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -298,14 +170,15 @@ MAX_SEED = 2**32 - 1
 
 
 @dataclass
-class PipelineConfig:
+class PipelineSettings:
+    """The top-level keys but export (``_with_targets`` adds it, with an export.<target> per target)."""
+
     model: ModelConfig = MISSING
     dataset: Any = MISSING  # typed per option: schema/dataset/*
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: Any = MISSING  # typed per option: schema/optimizer/*
     scheduler: Any = None  # typed per option: schema/scheduler/*
     logger: Any = None
-    export: ExportConfig = field(default_factory=ExportConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     seed: int = ranged(42, between(0, MAX_SEED, integer=True))
     stages: list[str] = field(default_factory=lambda: ["train", "export", "check", "convert", "parity"])
@@ -474,7 +347,25 @@ GROUP_SCHEMAS = {
 }
 
 
+def _with_targets() -> tuple[type, type]:
+    """ExportConfig and PipelineConfig for the targets registered now (pipeline.targets): adding a
+    target adds export.<target> with its options."""
+    export = make_dataclass("ExportConfig", [(name, spec.options, field(default_factory=spec.options))
+                                             for name, spec in TARGETS.items()], bases=(ExportSettings,))
+    pipeline = make_dataclass("PipelineConfig", [("export", export, field(default_factory=export))],
+                              bases=(PipelineSettings,))
+    return export, pipeline
+
+
+ExportConfig, PipelineConfig = _with_targets()
+
+
 def register() -> None:
+    """The schema into Hydra's ConfigStore, for the targets registered by now."""
+    global ExportConfig, PipelineConfig
+    settings = {f.name for f in fields(ExportSettings)}
+    if [f.name for f in fields(ExportConfig) if f.name not in settings] != list(TARGETS):
+        ExportConfig, PipelineConfig = _with_targets()
     store = ConfigStore.instance()
     store.store(name="schema", node=PipelineConfig)
     for group, options in GROUP_SCHEMAS.items():
@@ -508,7 +399,7 @@ def check_ranges(cfg: DictConfig) -> None:
 
 def check_stages(stages) -> list[str]:
     """The selected stages in run order; unknown names, repeated names and an empty list are refused."""
-    from pipeline.report import STAGES
+    from pipeline.contracts import STAGES
 
     stages = list(stages)
     unknown = [s for s in stages if s not in STAGES]

@@ -1,84 +1,141 @@
-"""What a network's output means: it picks the training loss, the predictions and the metric.
-
-``output`` in ``conf/model/*.yaml`` is one of:
+"""What a network's output means, one ``Task`` per output kind: it picks the training loss, the predictions and
+the metric. ``output`` in ``conf/model/*.yaml`` names one (the schema's ``OutputKind`` is made from these):
 - ``log_probs``: class log-probabilities [N, C] (NLL loss, accuracy)
 - ``logits``: class scores [N, C] (cross-entropy loss, accuracy)
 - ``probability``: one sigmoid probability per sample [N, 1] (BCE loss, accuracy at 0.5)
 - ``value``: a regression value [N, 1] (MSE loss, MSE/MAE)
+torch is imported where a loss is computed: the schema reads the kinds at start-up.
 """
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
-from pipeline.schema import OutputKind
+from pipeline.registry import Registry
 
-OUTPUT_KINDS = tuple(kind.value for kind in OutputKind)
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    loss: Callable  # (outputs, targets) -> a scalar tensor
+    labels: Callable[[np.ndarray], np.ndarray] | None = None  # class labels from outputs; None: a regressor
+
+    @property
+    def classifier(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric report.json ``metrics`` holds for it (the first is the task metric)."""
+        return ("test_accuracy",) if self.classifier else ("test_mse", "test_mae")
+
+    def evaluate(self, outputs: np.ndarray, targets: np.ndarray, inverse=None) -> dict:
+        """Task metrics from raw outputs; ``inverse`` maps regression values back to original units."""
+        outputs, targets = np.asarray(outputs), np.asarray(targets)
+        if self.classifier:
+            return {"test_accuracy": float((self.labels(outputs) == targets.reshape(-1)).mean())}
+        values, truth = outputs.reshape(-1), targets.reshape(-1)
+        if inverse is not None:
+            values, truth = inverse(values), inverse(truth)
+        err = values - truth
+        return {"test_mse": float(np.mean(err**2)), "test_mae": float(np.mean(np.abs(err)))}
+
+    def training_metric(self, outputs, targets):
+        """Accuracy for classifiers, MSE (scaled units) for regressors: logged every epoch."""
+        import torch.nn.functional as F
+
+        if self.classifier:
+            predicted = (outputs.reshape(-1) > 0.5).long() if self.name == "probability" else outputs.argmax(dim=1)
+            return (predicted == targets.reshape(-1)).float().mean()
+        return F.mse_loss(outputs.reshape(-1), targets.float().reshape(-1))
+
+
+def _nll(outputs, targets):
+    import torch.nn.functional as F
+
+    return F.nll_loss(outputs, targets)
+
+
+def _cross_entropy(outputs, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(outputs, targets)
+
+
+# Targets in the output's float type: a network that computes in float64 trains as one in float32.
+def _binary_cross_entropy(outputs, targets):
+    import torch
+    import torch.nn.functional as F
+
+    if not torch.isfinite(outputs).all():  # BCE raises on them ("between 0 and 1"): a NaN loss, like the others
+        return (outputs * float("nan")).mean()
+    return F.binary_cross_entropy(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
+
+
+def _mse(outputs, targets):
+    import torch.nn.functional as F
+
+    return F.mse_loss(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
+
+
+def _argmax(outputs: np.ndarray) -> np.ndarray:
+    return outputs.argmax(axis=1)
+
+
+def _above_half(outputs: np.ndarray) -> np.ndarray:
+    return (outputs.reshape(-1) > 0.5).astype(np.int64)
+
+
+TASKS: Registry[Task] = Registry("output kind")
+for _task in (Task("log_probs", "class log-probabilities [N, C]: NLL loss, accuracy", _nll, _argmax),
+              Task("logits", "class scores [N, C]: cross-entropy, accuracy", _cross_entropy, _argmax),
+              Task("probability", "one sigmoid probability per sample [N, 1]: BCE, accuracy at 0.5",
+                   _binary_cross_entropy, _above_half),
+              Task("value", "one regression value per sample [N, 1]: MSE, MSE/MAE in original units", _mse)):
+    TASKS.add(_task)
+OUTPUT_KINDS = tuple(TASKS)
+
+
+def task(kind: str) -> Task:
+    return TASKS[str(kind)]
 
 
 def check_output_kind(kind: str) -> str:
     """The kind as a plain string (the schema's Enum already refuses unknown kinds from the config)."""
-    if kind not in OUTPUT_KINDS:
-        raise PipelineError(
-            f"model.output={kind} is not a known output kind.",
-            f"Use one of: {', '.join(OUTPUT_KINDS)}.",
-        )
+    if kind not in TASKS:
+        raise PipelineError(f"model.output={kind} is not a known output kind.",
+                            f"Use one of: {', '.join(OUTPUT_KINDS)}.")
     return str(kind)
 
 
+# The task's functions by kind name, as the stages call them.
 def is_classifier(kind: str) -> bool:
-    return kind != "value"
+    return task(kind).classifier
 
 
 def metric_name(kind: str) -> str:
-    return "test_accuracy" if is_classifier(kind) else "test_mse"
+    return task(kind).metric_names[0]
 
 
 def metric_names(kind: str) -> tuple[str, ...]:
-    """Every metric report.json ``metrics`` holds for this output kind (see ``evaluate``)."""
-    return ("test_accuracy",) if is_classifier(kind) else ("test_mse", "test_mae")
+    return task(kind).metric_names
 
 
-def loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if kind == "log_probs":
-        return F.nll_loss(outputs, targets)
-    if kind == "logits":
-        return F.cross_entropy(outputs, targets)
-    # Targets in the output's float type: a network that computes in float64 trains as one in float32.
-    if kind == "probability":
-        if not torch.isfinite(outputs).all():  # BCE raises on them ("between 0 and 1"): a NaN loss, like the others
-            return (outputs * float("nan")).mean()
-        return F.binary_cross_entropy(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
-    return F.mse_loss(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
+def loss(kind: str, outputs, targets):
+    return task(kind).loss(outputs, targets)
 
 
 def predictions(kind: str, outputs: np.ndarray) -> np.ndarray | None:
     """Class labels for classifiers, None for regressors (top-1 means nothing there)."""
-    if kind == "probability":
-        return (outputs.reshape(-1) > 0.5).astype(np.int64)
-    if kind in ("log_probs", "logits"):
-        return outputs.argmax(axis=1)
-    return None
+    labels = task(kind).labels
+    return None if labels is None else labels(outputs)
 
 
 def evaluate(kind: str, outputs: np.ndarray, targets: np.ndarray, inverse=None) -> dict:
-    """Task metrics from raw outputs; ``inverse`` maps regression values back to original units."""
-    outputs = np.asarray(outputs)
-    targets = np.asarray(targets)
-    labels = predictions(kind, outputs)
-    if labels is not None:
-        return {"test_accuracy": float((labels == targets.reshape(-1)).mean())}
-    values, truth = outputs.reshape(-1), targets.reshape(-1)
-    if inverse is not None:
-        values, truth = inverse(values), inverse(truth)
-    err = values - truth
-    return {"test_mse": float(np.mean(err**2)), "test_mae": float(np.mean(np.abs(err)))}
+    return task(kind).evaluate(outputs, targets, inverse)
 
 
-def training_metric(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Accuracy for classifiers, MSE (scaled units) for regressors: logged every epoch."""
-    if kind == "probability":
-        return ((outputs.reshape(-1) > 0.5).long() == targets.reshape(-1)).float().mean()
-    if kind in ("log_probs", "logits"):
-        return (outputs.argmax(dim=1) == targets).float().mean()
-    return F.mse_loss(outputs.reshape(-1), targets.float().reshape(-1))
+def training_metric(kind: str, outputs, targets):
+    return task(kind).training_metric(outputs, targets)

@@ -54,6 +54,8 @@ def raw_pixels(paths, rgb: bool) -> np.ndarray:
     return stacked.transpose(0, 3, 1, 2) if rgb else stacked[:, None]
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_image_folder_trains_converts_and_its_artifacts_take_raw_pixels(tmp_path, mnist_root):
     folder = tmp_path / "digits"
     written = write_digit_folder(folder, mnist_root, per_class=80, split=True)
@@ -164,6 +166,8 @@ def write_table(path, rows: int = 400, seed: int = 0):
     return frame
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_a_csv_with_a_text_label_and_a_text_column_trains_and_its_onnx_takes_the_raw_columns(tmp_path):
     frame = write_table(tmp_path / "flowers.csv")
     run_dir = tmp_path / "run"
@@ -192,6 +196,7 @@ def test_a_csv_with_a_text_label_and_a_text_column_trains_and_its_onnx_takes_the
     assert np.isfinite(session.run(None, unseen)[0]).all()
 
 
+@pytest.mark.slow
 def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_path):
     import pandas as pd
 
@@ -231,6 +236,7 @@ def test_a_bad_table_is_a_clear_error_naming_the_column(tmp_path, change, overri
     assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
 
 
+@pytest.mark.tf
 def test_npz_arrays_train_with_class_names_and_a_pickled_file_is_refused(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 8)).astype(np.float32)
@@ -287,6 +293,7 @@ class BlobsModule(pl.LightningDataModule):
 '''
 
 
+@pytest.mark.tf
 def test_a_users_own_datamodule_trains_and_feeds_parity(tmp_path, monkeypatch):
     (tmp_path / "user_blobs.py").write_text(textwrap.dedent(DATAMODULE))
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -9,7 +9,10 @@ import pytest
 from pipeline import diagnose
 from pipeline.converters.keras3.ops import HANDLERS
 from pipeline.errors import ParityError
+from pipeline.results import Converted, RunResults
 from tests.conftest import ROOT, mnist_root_override, run_composed
+
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
 
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2",
          "parity.samples=200", "parity.latency_repeats=3")
@@ -23,6 +26,7 @@ def _wrong_relu(ctx):
     ctx.set(ops.relu(x.keras) * np.float32(1.05), x.perm)
 
 
+@pytest.mark.slow
 def test_an_injected_wrong_op_is_found_in_keras_tensorflow_and_tflite(tmp_path, mnist_root, monkeypatch):
     monkeypatch.setitem(HANDLERS, "Relu", _wrong_relu)
     run_dir = tmp_path / "run"
@@ -47,6 +51,7 @@ def test_an_injected_wrong_op_is_found_in_keras_tensorflow_and_tflite(tmp_path, 
     assert "Where parity drifts" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_reproduces_it(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     with pytest.raises(ParityError):
@@ -60,6 +65,7 @@ def test_a_too_strict_tolerance_names_a_node_for_every_runtime_and_the_command_r
     assert proc.returncode == 1 and "drift reproduced" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_diagnose_on_demand_and_off(tmp_path):
     on = run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1", "export=keras",
                         "parity.diagnose=true", "parity.latency_repeats=3", run_dir=tmp_path / "on")
@@ -137,7 +143,8 @@ def test_a_reproducer_input_without_a_batch_axis_goes_in_as_a_constant(tmp_path)
     rng = np.random.default_rng(0)
     values = {"mask": rng.random((4, 12)) < 0.3, "x": rng.normal(size=(4, 12)).astype(np.float32),
               "fill": np.float32(-1e4)}
-    ctx = SimpleNamespace(report=SimpleNamespace(data={"targets": {"tensorflow": {"backend": "keras3"}}}),
+    converted = {"tensorflow": Converted("tensorflow", tmp_path / "saved_model", {"backend": "keras3"})}
+    ctx = SimpleNamespace(results=RunResults(converted=converted),
                           cfg=OmegaConf.create({"parity": {"rtol": 0.0, "atol": 1e-9}, "export": {}}))
     directory = tmp_path / "tensorflow"
     diagnose.write_reproducer(ctx, model, "tensorflow", model.graph.node[1], ["mask", "fill", "x"], values,

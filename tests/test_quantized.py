@@ -17,6 +17,8 @@ from pipeline import quantized
 from pipeline.matrix import render
 from tests.conftest import MNIST_ROOT, read_report, run_in_process
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 QUANTIZED = ("tflite_fp16", "tflite_int8_dynamic", "tflite_int8", "onnx_int8")
 TABULAR = ("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=3", "parity.latency_repeats=5")
 
@@ -56,6 +58,7 @@ def lstm_deploy(tmp_path_factory) -> Path:
 
 # --- the MNIST CNN: every deploy target ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mnist_cnn_int8_tflite_loses_at_most_0_3_points_at_under_30_percent_of_the_size(cnn_deploy):
     report = read_report(cnn_deploy)
     entry = parity_of(report)["tflite_int8"]
@@ -130,7 +133,7 @@ def test_calibration_inputs_are_drawn_from_the_training_split_and_never_the_test
 
     cfg = OmegaConf.load(default_run / ".hydra" / "config.yaml")
     ctx = RunContext(cfg=cfg, run_dir=default_run, report=Report(default_run, "mnist_cnn"))
-    drawn = ctx.calibration_inputs(200)["input"]
+    drawn = ctx.samples.calibration(200)["input"]
     assert drawn.shape == (200, 1, 28, 28)
 
     def rows(a):
@@ -140,8 +143,8 @@ def test_calibration_inputs_are_drawn_from_the_training_split_and_never_the_test
     assert rows(drawn) <= rows(splits.train[0].numpy())
     assert not rows(drawn) & rows(splits.test[0].numpy())
     assert not np.array_equal(drawn, splits.train[0][:200].numpy())  # drawn across the split, not its head
-    assert np.array_equal(drawn, ctx.calibration_inputs(200)["input"])  # seeded
-    assert rows(ctx.validation_inputs(64)["input"]) <= rows(splits.val[0].numpy())
+    assert np.array_equal(drawn, ctx.samples.calibration(200)["input"])  # seeded
+    assert rows(ctx.samples.validation(64)["input"]) <= rows(splits.val[0].numpy())
 
 
 def test_int8_io_quantizes_inputs_and_dequantizes_outputs_with_the_tensors_scales(default_run, tmp_path):
@@ -177,6 +180,7 @@ def test_int8_io_quantizes_inputs_and_dequantizes_outputs_with_the_tensors_scale
 
 # --- a target that misses its threshold, and the float fallback ----------------------------------------
 
+@pytest.mark.slow
 def test_a_quantized_target_that_misses_its_threshold_fails_naming_the_layers_that_lose_most(tmp_path):
     """One calibration sample gives activation ranges far too narrow: the classic int8 accuracy collapse."""
     run_dir = tmp_path / "collapsed"
@@ -204,6 +208,7 @@ def test_a_quantized_target_that_misses_its_threshold_fails_naming_the_layers_th
     assert all(parity_of(read_report(fixed))[t]["in_tolerance"] for t in ("tflite_int8", "onnx_int8"))
 
 
+@pytest.mark.slow
 def test_float_fallback_of_the_layer_that_loses_most_is_measured_to_help(tmp_path):
     """Seed 003's MNIST MLP (3 of its 10 epochs): keeping its output layer in float (1,290 of 101,770 weights)
     removes most of the int8 error (measured: top-1 agreement 0.9950 -> 0.9975, max abs error 0.67 -> 0.02)."""
@@ -236,6 +241,7 @@ def test_float_fallback_of_the_layer_that_loses_most_is_measured_to_help(tmp_pat
 
 # --- onnxruntime: static and dynamic ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_onnx_int8_dynamic_and_a_static_float_fallback(default_run, tmp_path):
     dynamic = tmp_path / "dynamic"
     assert_ok(run_in_process(f"from_run={default_run}", "stages=[convert,parity]", "export=onnx_int8",
@@ -281,6 +287,7 @@ def test_a_bad_quantization_setting_is_refused_before_any_work(tmp_path, overrid
 
 # --- a recurrent seed ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_deploy_on_the_recurrent_seed_refuses_the_target_that_does_not_apply_by_name(lstm_deploy):
     report = read_report(lstm_deploy)
     assert report["status"] == "ok"
@@ -489,6 +496,7 @@ class ImageAndIds(torch.nn.Module):
         return self.head(torch.cat([torch.relu(self.conv(image)).mean((2, 3)), self.embed(ids).mean(1)], 1))
 
 
+@pytest.mark.slow
 def test_int8_with_an_image_and_token_ids_keeps_the_ids_integer_and_ranks_its_layers(tmp_path):
     """The QuantizationDebugger feeds a list in the interpreter's input order (ids before image here), not
     the ONNX model's: the per-layer statistics failed ("XNNPack delegate failed to reshape") and no layer
@@ -528,6 +536,7 @@ class LogitsAndEmbedding(torch.nn.Module):
 
 
 @pytest.mark.parametrize("target", ["tflite_int8", "onnx_int8"])
+@pytest.mark.slow
 def test_the_layers_that_lose_most_are_ranked_on_the_task_output_alone(tmp_path, target):
     """The quantized target is judged on the first output; the ranking compared every output concatenated,
     so the (large) embedding's own layer came first with most of the "gain" while keeping it in float
@@ -564,6 +573,7 @@ class PaddedAttention(torch.nn.Module):
         return self.head((h + self.attention(h, h, h, key_padding_mask=pad, need_weights=False)[0]).mean(1))
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_ops_around_an_attention_padding_mask_in_float_by_name(tmp_path):
     """nn.MultiheadAttention's key_padding_mask fills -inf: calibration gives those tensors a range of +-3.4e38.
     The per-layer statistics ran first and TFLite's QuantizationDebugger aborted the process (SIGABRT, no

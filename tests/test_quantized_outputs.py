@@ -7,6 +7,8 @@ import torch
 from pipeline import quantized
 from tests.conftest import read_report, run_composed
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 TWO_HEADS = ("model.net._target_=tests.test_quantized_outputs.TwoHeads", "model.output=logits", "model.weights=init",
              "stages=[export,check,convert,parity]", "dataset=synthetic", "dataset.shape=[16]", "dataset.samples=64",
              "export.calibration_samples=16", "parity.latency_repeats=2")

@@ -11,6 +11,7 @@ from torch import nn
 from pipeline.stages.export import export_onnx
 from tests.conftest import run_composed
 
+pytestmark = pytest.mark.tf  # TensorFlow / LiteRT in all but the export-only and hint tests
 TARGETS = ("keras", "tensorflow", "tflite")
 SEQ = 16
 IDS = f"input_ids: {{shape: [{SEQ}], distribution: integers, high: 128}}"

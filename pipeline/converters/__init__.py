@@ -1,49 +1,23 @@
-"""Export targets and the converter backends that produce them.
+"""The converter backends that produce the export targets (declared in ``pipeline.targets``).
 
-A target is an artifact kind (``keras``: model.keras, ...) declared once in ``TARGETS``. A backend is
-one module in ``pipeline/converters/backends/`` whose ``convert(job)`` function is registered for a
-target with ``@backend(...)``; the modules there are found on their own, so a new backend is one
+A backend is one module in ``pipeline/converters/backends/`` whose ``convert(job)`` function is registered
+for a target with ``@backend(...)``; the modules there are found on their own, so a new backend is one
 new module. ``export.<target>.backend`` picks one by name, or ``auto`` tries them in ``order``.
 
 Quantized and half-precision targets (``quantized=True``) are judged in parity by the task metric
 and top-1 agreement (``parity.quantized``), not by a float tolerance, and their size is compared with
 their ``float_twin``'s, the float32 artifact of the same format.
 """
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+from pipeline.registry import discover
+from pipeline.targets import TARGETS, TargetSpec  # noqa: F401 - backends look targets up here
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    artifact: str  # file or directory name in the run dir
-    runtime: str  # the runtime adapter (pipeline.runtimes) that runs it in parity
-    description: str
-    quantized: bool = False  # int8 or float16: judged by the task metric (parity.quantized), not by allclose
-    float_twin: str | None = None  # the report artifact holding the float32 model of the same format
-
-
-TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("keras", "model.keras", "keras", "Keras 3 model; loads with keras.saving.load_model(path, safe_mode=True)"),
-    Target("tensorflow", "saved_model", "tensorflow", "TensorFlow SavedModel with a serving_default signature"),
-    Target("tflite", "model.tflite", "tflite", "TFLite flatbuffer for the LiteRT interpreter"),
-    Target("tflite_fp16", "model_fp16.tflite", "tflite", "TFLite with float16 weights (computes in float32)",
-           quantized=True, float_twin="tflite"),
-    Target("tflite_int8_dynamic", "model_int8_dynamic.tflite", "tflite",
-           "TFLite with int8 weights; activations quantized on the fly (dynamic range)", quantized=True,
-           float_twin="tflite"),
-    Target("tflite_int8", "model_int8.tflite", "tflite",
-           "TFLite full integer (int8 weights and activations), calibrated on training inputs", quantized=True,
-           float_twin="tflite"),
-    Target("onnx_int8", "model_int8.onnx", "onnxruntime",
-           "ONNX quantized by onnxruntime: static int8 (QDQ) calibrated on training inputs, dynamic for recurrent "
-           "models", quantized=True, float_twin="onnx"),
-)}
 # ONNX ops that carry a recurrence: what some quantized targets do not apply to.
 RECURRENT_OPS = ("LSTM", "GRU", "RNN", "Loop", "Scan")
 
@@ -93,7 +67,9 @@ class Backend:
     convert: Callable[[ConvertJob], dict]
 
 
+AUTO = "auto"  # export.<target>.backend: try the target's backends in order
 _BACKENDS: list[Backend] = []
+_discovered = False
 
 
 def backend(target: str, name: str, order: int, needs: str | None = None):
@@ -104,16 +80,45 @@ def backend(target: str, name: str, order: int, needs: str | None = None):
     return register
 
 
+def remove_backend(target: str, name: str) -> None:
+    """Unregister a backend (a plugin tried out, a test's own)."""
+    _BACKENDS[:] = [b for b in _BACKENDS if (b.target, b.name) != (target, name)]
+
+
 def backends_for(target: str) -> list[Backend]:
     """The target's backends, in the order ``auto`` tries them."""
-    _discover()
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        discover(f"{__name__}.backends")
     return sorted((b for b in _BACKENDS if b.target == target), key=lambda b: b.order)
 
 
-def _discover() -> None:
-    package = importlib.import_module(f"{__name__}.backends")
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
+def chain(cfg, target: str) -> list[Backend]:
+    """The backends to try for ``target``: all in order under ``auto``, else the one named."""
+    options = cfg.export.get(target) or {}
+    requested = options.get("backend", AUTO) or AUTO
+    available = backends_for(target)
+    if requested == AUTO:
+        return available
+    picked = [b for b in available if b.name == requested]
+    if not picked:
+        raise PipelineError(f"export.{target}.backend={requested!r} is not a backend of the {target} target.",
+                            f"Pick one of: {AUTO}, {', '.join(b.name for b in available)}.")
+    return picked
+
+
+def selected_targets(cfg) -> list[str]:
+    """Targets in conversion order, with the targets their backends convert from (tflite <- tensorflow)."""
+    wanted = [name for name, on in (cfg.export.get("targets") or {}).items() if on]
+    unknown = sorted(set(wanted) - set(TARGETS))
+    if unknown:
+        raise PipelineError(f"Unknown export target(s) {unknown} in export.targets.",
+                            f"Valid targets: {', '.join(TARGETS)} (or export=onnx|{'|'.join(TARGETS)}|all|deploy).")
+    needed = set(wanted)
+    for target in wanted:
+        needed |= {b.needs for b in chain(cfg, target) if b.needs}
+    return [t for t in TARGETS if t in needed]
 
 
 def with_outputs(onnx_model, names: list[str]):

@@ -94,6 +94,8 @@ def seeded_rows(total: int, count: int, seed: int) -> torch.Tensor:
 class DatasetApi(pl.LightningDataModule):
     """What the stages ask of any dataset, however it stores its data (see the module docstring)."""
 
+    suggested_models: str | None = None  # the models made for it (model=...), for a network that does not fit
+
     # Maps scaled regression values back to the data's original units (None: identity).
     inverse: Callable[[np.ndarray], np.ndarray] | None = None
 

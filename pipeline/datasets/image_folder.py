@@ -120,6 +120,8 @@ def collate(samples: list):
 
 
 class ImageFolderData(DatasetApi):
+    suggested_models = "mnist_cnn, mnist_mlp or torchvision"  # the models made for it (conf/model)
+
     def __init__(self, path: str | None = None, image_size: list[int] | None = None, channels: int | None = None,
                  augment: list | None = None, mean: list[float] | None = None, std: list[float] | None = None,
                  num_workers: int = 2, skip_corrupt: bool = False, batch_size: int = 32, val_fraction: float = 0.1,

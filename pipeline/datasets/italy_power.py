@@ -8,6 +8,8 @@ from pipeline.datasets.base import InMemoryData, Splits, split_off
 
 
 class ItalyPowerData(InMemoryData):
+    suggested_models = "ts_cnn"  # the models made for it (conf/model)
+
     NAME = "ItalyPowerDemand"
 
     def load(self) -> Splits:

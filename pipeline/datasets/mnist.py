@@ -18,6 +18,8 @@ LOCK_NAME = ".pipeline-download.lock"
 
 
 class MnistData(InMemoryData):
+    suggested_models = "mnist_cnn or mnist_mlp"  # the models made for it (conf/model)
+
     def __init__(self, root: str = "data", download: bool = True, mean: float = 0.1307,
                  std: float = 0.3081, **kwargs):
         super().__init__(**kwargs)

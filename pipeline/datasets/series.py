@@ -23,6 +23,8 @@ SHOWN_LINES = 5
 
 
 class SeriesData(InMemoryData):
+    suggested_models = "lstm_forecaster"  # the models made for it (conf/model)
+
     def __init__(self, path: str | None = None, column: str | None = None, window: int = 12,
                  test_fraction: float = 0.15, missing: str = "error", **kwargs):
         super().__init__(**kwargs)

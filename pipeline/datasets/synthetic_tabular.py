@@ -7,6 +7,8 @@ from pipeline.errors import PipelineError
 
 
 class SyntheticTabularData(InMemoryData):
+    suggested_models = "tabular_mlp"  # the models made for it (conf/model)
+
     def __init__(self, samples: int = 4000, features: int = 20, informative: int = 10, noise: float = 0.5,
                  test_fraction: float = 0.2, **kwargs):
         super().__init__(**kwargs)

@@ -29,6 +29,8 @@ SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": ","}
 
 
 class TableData(InMemoryData):
+    suggested_models = "tabular_mlp"  # the models made for it (conf/model)
+
     def __init__(self, path: str | None = None, target: str | None = None, features: list[str] | None = None,
                  categorical: list[str] | None = None, task: str = "auto", missing: str = "error",
                  test_fraction: float = 0.2, **kwargs):

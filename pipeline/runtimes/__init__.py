@@ -1,21 +1,62 @@
-"""Runtime adapters, one module per runtime. Each takes inputs and returns outputs by ONNX tensor name,
-in the ONNX model's own layout (PyTorch's): an artifact stored in another layout (a Keras model
-taking NHWC) records its per-tensor axis orders, and the adapter transposes on the way in and out.
+"""Runtime adapters, one module per runtime, each declaring a ``RuntimeSpec`` (found on first use: a new
+runtime is one new module). Each takes inputs and returns outputs by ONNX tensor name, in the ONNX
+model's own layout (PyTorch's): an artifact stored in another layout (a Keras model taking NHWC)
+records its per-tensor axis orders, and the adapter transposes on the way in and out.
+
+A target names the runtime that runs its artifact in parity (``pipeline.targets``); a runtime declared
+``alternative_to`` another runs the same artifacts too (an onnxruntime execution provider, a TFLite
+delegate), in parity when ``parity.runtimes`` names it.
 """
-import importlib
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-# runtime name (as in report.json) -> module implementing ``load(artifact, io, **options)``
-ADAPTERS = {
-    "torch": "pipeline.runtimes.torch_runtime",
-    "onnxruntime": "pipeline.runtimes.onnx_runtime",
-    "keras": "pipeline.runtimes.keras_runtime",
-    "tensorflow": "pipeline.runtimes.tensorflow_runtime",
-    "tflite": "pipeline.runtimes.tflite_runtime",
-}
+from pipeline.registry import Registry
+
+# What the reference and the exported model run on: the names parity reports them under.
+REFERENCE = "torch"
+ONNX_RUNTIME = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    name: str
+    # ``load(artifact, inputs, outputs, **options) -> Adapter``; options: threads, input_perms, output_perms
+    load: Callable
+    needs_tensorflow: bool = False  # loads TensorFlow or LiteRT (prepared first: pipeline.tf_env)
+    alternative_to: str | None = None  # runs what that runtime runs, when parity.runtimes names it
+    # The output names an artifact has, in its own order, read from the artifact (the diagnosis asks a copy
+    # with extra outputs); None: the artifact records them (output_perms).
+    output_names: Callable[[Path], list[str]] | None = None
+
+
+RUNTIMES: Registry[RuntimeSpec] = Registry("runtime", __name__)
+
+
+def register(spec: RuntimeSpec) -> RuntimeSpec:
+    return RUNTIMES.add(spec)
+
+
+def check_alternatives(chosen) -> None:
+    """parity.runtimes names runtimes that run another's artifacts."""
+    from pipeline.errors import PipelineError
+
+    valid = [name for name, spec in RUNTIMES.items() if spec.alternative_to]
+    unknown = [name for name in chosen if name not in valid]
+    if unknown:
+        raise PipelineError(f"parity.runtimes={list(chosen)}: {', '.join(unknown)} "
+                            f"{'is' if len(unknown) == 1 else 'are'} not an alternative runtime.",
+                            f"Valid choices: {', '.join(valid)}." if valid else
+                            "None is registered: a runtime module in pipeline/runtimes declares one "
+                            "(RuntimeSpec(alternative_to=...)); or drop parity.runtimes.")
+
+
+def alternatives(runtime: str, chosen) -> list[RuntimeSpec]:
+    """The runtimes named in ``chosen`` (parity.runtimes) that run what ``runtime`` runs."""
+    return [RUNTIMES[name] for name in chosen if RUNTIMES[name].alternative_to == runtime]
 
 
 class OutputMismatch(ValueError):
@@ -101,11 +142,12 @@ def load(name: str, artifact, inputs: list[str], outputs: list[str], keep: bool 
     key = _artifact_key(name, artifact, inputs, outputs, options)
     if key in _kept:
         return _kept.pop(key)
-    if name not in ("torch", "onnxruntime"):
+    spec = RUNTIMES[name]
+    if spec.needs_tensorflow:
         from pipeline import tf_env
 
         tf_env.prepare()
-    adapter = importlib.import_module(ADAPTERS[name]).load(artifact, inputs, outputs, **options)
+    adapter = spec.load(artifact, inputs, outputs, **options)
     if keep and key is not None:
         _kept[key] = adapter
     return adapter

@@ -1,7 +1,7 @@
 """A ``.keras`` file loaded with ``safe_mode=True``; inputs and outputs in its recorded layouts."""
 import numpy as np
 
-from pipeline.runtimes import Adapter
+from pipeline.runtimes import Adapter, RuntimeSpec, register
 
 
 class KerasRuntime(Adapter):
@@ -21,3 +21,6 @@ class KerasRuntime(Adapter):
 
 def load(path, inputs, outputs, input_perms=None, output_perms=None, **_) -> KerasRuntime:
     return KerasRuntime(path, inputs, outputs, input_perms, output_perms)
+
+
+register(RuntimeSpec("keras", load, needs_tensorflow=True))

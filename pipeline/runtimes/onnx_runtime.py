@@ -1,7 +1,7 @@
 """onnxruntime on the CPU."""
 import numpy as np
 
-from pipeline.runtimes import Adapter
+from pipeline.runtimes import Adapter, RuntimeSpec, register
 
 
 class OnnxRuntime(Adapter):
@@ -21,3 +21,6 @@ class OnnxRuntime(Adapter):
 
 def load(path, inputs, outputs, threads: int = 0, **_) -> OnnxRuntime:
     return OnnxRuntime(path, inputs, outputs, threads)
+
+
+register(RuntimeSpec("onnxruntime", load))

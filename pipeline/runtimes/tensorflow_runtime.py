@@ -1,7 +1,7 @@
 """A TensorFlow SavedModel, called through its ``serving_default`` signature by tensor name."""
 import numpy as np
 
-from pipeline.runtimes import Adapter, feed_keys
+from pipeline.runtimes import Adapter, RuntimeSpec, feed_keys, register
 
 
 class TensorFlowRuntime(Adapter):
@@ -24,3 +24,13 @@ class TensorFlowRuntime(Adapter):
 
 def load(path, inputs, outputs, input_perms=None, output_perms=None, **_) -> TensorFlowRuntime:
     return TensorFlowRuntime(path, inputs, outputs, input_perms, output_perms)
+
+
+def signature_outputs(path) -> list[str]:
+    """The serving signature's output names, in its own order."""
+    import tensorflow as tf
+
+    return list(tf.saved_model.load(str(path)).signatures["serving_default"].structured_outputs)
+
+
+register(RuntimeSpec("tensorflow", load, needs_tensorflow=True, output_names=signature_outputs))

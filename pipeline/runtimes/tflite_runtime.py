@@ -6,7 +6,7 @@ callers, parity included, always see floats in the ONNX model's layout.
 """
 import numpy as np
 
-from pipeline.runtimes import Adapter, feed_keys
+from pipeline.runtimes import Adapter, RuntimeSpec, feed_keys, register
 
 
 def _interpreter_class():
@@ -99,3 +99,12 @@ def dequantize(array: np.ndarray, detail: dict) -> np.ndarray:
 
 def load(path, inputs, outputs, input_perms=None, output_perms=None, threads: int = 0, **_) -> TFLiteRuntime:
     return TFLiteRuntime(path, inputs, outputs, input_perms, output_perms, threads)
+
+
+def signature_outputs(path) -> list[str]:
+    """The first signature's output names, in its own order."""
+    signatures = _interpreter_class()(model_path=str(path)).get_signature_list()
+    return list(next(iter(signatures.values()))["outputs"])
+
+
+register(RuntimeSpec("tflite", load, needs_tensorflow=True, output_names=signature_outputs))

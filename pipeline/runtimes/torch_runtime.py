@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from pipeline.runtimes import Adapter
+from pipeline.runtimes import Adapter, RuntimeSpec, register
 
 
 def standard_paths() -> None:
@@ -41,3 +41,6 @@ def flatten_outputs(result) -> list[torch.Tensor]:
 
 def load(net: torch.nn.Module, inputs, outputs, **_) -> TorchRuntime:
     return TorchRuntime(net, inputs, outputs)
+
+
+register(RuntimeSpec("torch", load))

@@ -5,10 +5,14 @@ import numpy as np
 import onnx
 
 from pipeline.context import RunContext
+from pipeline.contracts import StageContract
 from pipeline.errors import PipelineError
+from pipeline.onnx_model import opset_of, read_onnx
+from pipeline.results import CheckResult
 
 CHECK_BATCH_SIZES = (1, 7)
 
+CONTRACT = StageContract("check", needs=("onnx",), uses=("weights",))
 
 # onnx's own messages: "(op_type:CumSum, node name: /model/CumSum): x typestr: T, has unsupported type:
 # tensor(bool)"
@@ -30,16 +34,16 @@ def invalid_model_hint(message: str) -> str:
             f"{op_type} in the model, or name the model in a bug report (pipeline.log).")
 
 
-def run(ctx: RunContext) -> None:
+def run(ctx: RunContext) -> CheckResult:
     path = ctx.onnx_path
-    model = load_onnx(path)
+    model = read_onnx(path, external_data=True)
     try:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise PipelineError(f"{path} is not a valid ONNX model: {exc}", invalid_model_hint(str(exc))) from exc
     session = onnxruntime_session(path)
-    feeds = ctx.held_out_inputs(max(CHECK_BATCH_SIZES), [i.name for i in session.get_inputs()])
+    feeds = ctx.samples.held_out(max(CHECK_BATCH_SIZES), [i.name for i in session.get_inputs()])
     shapes = {}
     for batch in CHECK_BATCH_SIZES:
         outs = _run(session, {name: value[:batch] for name, value in feeds.items()}, batch)
@@ -51,15 +55,9 @@ def run(ctx: RunContext) -> None:
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise _not_finite(ctx, {name: value[:batch] for name, value in feeds.items()}, batch)
         shapes[str(batch)] = list(outs[0].shape)
-    ctx.report.data["check"] = {
-        "opset": opset_of(model),
-        "ir_version": model.ir_version,
-        "bytes": path.stat().st_size,
-        "nodes": len(model.graph.node),
-        "inputs": [_value_info(v) for v in inferred.graph.input],
-        "outputs": [_value_info(v) for v in inferred.graph.output],
-        "onnxruntime_output_shapes": shapes,
-    }
+    return CheckResult(opset=opset_of(model), ir_version=model.ir_version, bytes=path.stat().st_size,
+                       nodes=len(model.graph.node), inputs=[_value_info(v) for v in inferred.graph.input],
+                       outputs=[_value_info(v) for v in inferred.graph.output], onnxruntime_output_shapes=shapes)
 
 
 # onnxruntime's message: "Non-zero status code returned while running Tile node. Name:'/a/Tile_9' Status
@@ -99,16 +97,6 @@ def _not_finite(ctx: RunContext, feeds: dict, batch: int) -> PipelineError:
                          "Re-run the export stage; try another export.opset.")
 
 
-def load_onnx(path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise PipelineError(f"No ONNX model at {path}.", "Run the export stage first.")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError on a truncated or foreign file
-        raise PipelineError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}).",
-                            "The file is corrupt or truncated: re-run the export stage.") from exc
-
-
 def onnxruntime_session(path):
     import onnxruntime as ort
 
@@ -117,10 +105,6 @@ def onnxruntime_session(path):
     except Exception as exc:
         raise PipelineError(f"onnxruntime cannot load {path}: {exc}",
                             "Re-run the export stage; try another export.opset.") from exc
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _value_info(value) -> dict:

@@ -19,55 +19,38 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import disk, quantized
+from pipeline import disk, quantized, runtimes
 from pipeline.context import RunContext
-from pipeline.converters import TARGETS, Backend, ConvertJob, backends_for, io_layout, onnx_layout, prepare_tensorflow
-from pipeline.errors import ConversionError, NotApplicable, PipelineError, StageFailed
+from pipeline.contracts import TARGETS as CONVERTED_TARGETS
+from pipeline.contracts import StageContract
+from pipeline.converters import Backend, ConvertJob, chain, io_layout, onnx_layout, prepare_tensorflow, selected_targets
+from pipeline.errors import ConversionError, NotApplicable, StageFailed
 from pipeline.report import size_of
+from pipeline.results import Converted
+from pipeline.runtimes import ONNX_RUNTIME
+from pipeline.targets import TARGETS
 
 log = logging.getLogger(__name__)
-AUTO = "auto"
 # Validation inputs on which a quantized target's per-layer error is measured (one at a time: a few suffice).
 LAYER_ERROR_SAMPLES = 64
 
-
-def chain(cfg, target: str) -> list[Backend]:
-    """The backends to try for ``target``: all in order under ``auto``, else the one named."""
-    options = cfg.export.get(target) or {}
-    requested = options.get("backend", AUTO) or AUTO
-    available = backends_for(target)
-    if requested == AUTO:
-        return available
-    picked = [b for b in available if b.name == requested]
-    if not picked:
-        raise PipelineError(f"export.{target}.backend={requested!r} is not a backend of the {target} target.",
-                            f"Pick one of: {AUTO}, {', '.join(b.name for b in available)}.")
-    return picked
-
-
-def selected_targets(cfg) -> list[str]:
-    """Targets in conversion order, with the targets their backends convert from (tflite <- tensorflow)."""
-    wanted = [name for name, on in (cfg.export.get("targets") or {}).items() if on]
-    unknown = sorted(set(wanted) - set(TARGETS))
-    if unknown:
-        raise PipelineError(f"Unknown export target(s) {unknown} in export.targets.",
-                            f"Valid targets: {', '.join(TARGETS)} (or export=onnx|{'|'.join(TARGETS)}|all|deploy).")
-    needed = set(wanted)
-    for target in wanted:
-        needed |= {b.needs for b in chain(cfg, target) if b.needs}
-    return [t for t in TARGETS if t in needed]
+CONTRACT = StageContract("convert", needs=("onnx",), uses=("weights",), makes=(CONVERTED_TARGETS,),
+                         needs_network=False)  # model.onnx is all it converts
 
 
 def run(ctx: RunContext) -> None:
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     model = read_onnx(ctx.onnx_path)
-    prepare_tensorflow()
+    targets = selected_targets(ctx.cfg)
+    if any(TARGETS[t].needs_tensorflow for t in targets):
+        prepare_tensorflow()
     default_layout = onnx_layout(model)
-    sample = ctx.held_out_inputs(int(ctx.cfg.export.verify.samples))
-    reference = ctx.onnx_reference(sample)
+    sample = ctx.samples.held_out(int(ctx.cfg.export.verify.samples))
+    reference = runtimes.load(ONNX_RUNTIME, ctx.onnx_path, ctx.input_names, ctx.output_names,
+                              threads=ctx.threads).predict(sample)
     cache: dict = {}
-    failed = [t for t in selected_targets(ctx.cfg)
+    failed = [t for t in targets
               if not _convert_target(ctx, t, default_layout, sample, reference, cache)]
     if failed:
         reasons = "; ".join(f"{t}: {ctx.report.data['targets'][t]['reason']}" for t in failed)
@@ -77,14 +60,16 @@ def run(ctx: RunContext) -> None:
 
 def _convert_target(ctx: RunContext, target: str, default_layout: str, sample, reference, cache) -> bool:
     spec = TARGETS[target]
-    out_path = ctx.run_dir / spec.artifact
+    out_path = ctx.store.path(target)
     attempts: list[dict] = []
     entry = {"status": "failed", "artifact": spec.artifact, "input_layout": default_layout, "backend": None,
              "attempts": attempts}
     ctx.report.data["targets"][target] = entry
-    job = ConvertJob(target, ctx.onnx_path, out_path, sample, dict(ctx.converted), _options(ctx.cfg, target), cache,
-                     calibration=lambda: ctx.calibration_inputs(int(ctx.cfg.export.calibration_samples)),
-                     validation=lambda: ctx.validation_inputs(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
+    # the artifacts converted so far: what a later target's backend converts from (tflite <- tensorflow)
+    made = {name: converted.path for name, converted in ctx.results.converted.items()}
+    job = ConvertJob(target, ctx.onnx_path, out_path, sample, made, _options(ctx.cfg, target), cache,
+                     calibration=lambda: ctx.samples.calibration(int(ctx.cfg.export.calibration_samples)),
+                     validation=lambda: ctx.samples.validation(LAYER_ERROR_SAMPLES), output_kind=ctx.output_kind)
     kept = None  # (attempt, info, parked path) of the first artifact that drifted
     for candidate in chain(ctx.cfg, target):
         attempt = {"backend": candidate.name}
@@ -178,15 +163,15 @@ def _accept(ctx: RunContext, target: str, entry: dict, backend: str, info: dict,
     entry.update(info, status="ok", backend=backend)
     entry.pop("reason", None)
     entry["io_layouts"] = io_layout.describe(entry, *_ranks(ctx))  # every tensor's layout, by name
-    if TARGETS[target].runtime in ("tensorflow", "tflite"):  # what an app passes and reads, by ONNX name
+    if TARGETS[target].named_signature:  # what an app passes and reads, by ONNX name
         entry["signature_names"] = _signature_names(ctx)
     if TARGETS[target].quantized:  # its size against the float32 model of the same format
         entry["bytes"] = size_of(out_path)
         if entry.get("float32_bytes"):
             entry["size_ratio"] = entry["bytes"] / entry["float32_bytes"]
             entry["size_ratio_to"] = entry.get("float32_artifact")
-    ctx.converted[target] = out_path
-    ctx.report.add_artifact(target, out_path, backend=backend)
+    ctx.results.converted[target] = Converted(target, out_path, entry)
+    ctx.store.put(target, "convert", out_path, backend=backend)
     log.info("convert %s -> %s (backend %s)", target, out_path.name, backend)
     return True
 
@@ -200,7 +185,7 @@ def _signature_names(ctx: RunContext) -> dict:
 
 
 def _ranks(ctx: RunContext) -> tuple[dict[str, int], dict[str, int]]:
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     graph = read_onnx(ctx.onnx_path).graph
     return ({i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name in ctx.input_names},
@@ -209,8 +194,6 @@ def _ranks(ctx: RunContext) -> tuple[dict[str, int], dict[str, int]]:
 
 def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, reference: dict) -> dict:
     """The artifact run on ``sample`` by its runtime adapter, against onnxruntime: shapes, then values."""
-    from pipeline import runtimes
-
     settings = ctx.cfg.export.verify
     try:
         # kept: parity runs this artifact next and takes the loaded adapter instead of loading it again
@@ -245,7 +228,7 @@ def _repeat_check(ctx: RunContext, target: str, adapter, reference: dict) -> dic
 
     if TARGETS[target].runtime not in repeat_calls.CHECKED_RUNTIMES:
         return None
-    feeds = ctx.held_out_inputs(repeat_calls.parity_batch(ctx.cfg, ctx.data.size("test")))
+    feeds = ctx.samples.held_out(repeat_calls.parity_batch(ctx.cfg, ctx.data.size("test")))
     scale = max(float(np.max(np.abs(r), initial=0.0)) for r in reference.values()) if reference else 0.0
     limit = float(ctx.cfg.export.verify.rtol) * scale + float(ctx.cfg.export.verify.atol)
     return repeat_calls.second_call_differs(adapter, feeds, limit)

@@ -16,8 +16,10 @@ import torch
 from pipeline import free_axes
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
+from pipeline.contracts import StageContract
 from pipeline.converters import torch_symbolics
 from pipeline.errors import PipelineError
+from pipeline.results import ExportResult
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
 INPUT_NAME = "input"
@@ -31,8 +33,10 @@ EXPORT_BATCH = 2
 _NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|supported in opset >=)\D{0,12}(\d+)",
                            re.IGNORECASE)
 
+CONTRACT = StageContract("export", needs=("weights",), makes=("onnx", "labels"))
 
-def run(ctx: RunContext) -> None:
+
+def run(ctx: RunContext) -> ExportResult:
     net = ctx.net.eval()
     x = ctx.data.head("test", EXPORT_BATCH)[0]
     names = list(x) if isinstance(x, dict) else [INPUT_NAME]
@@ -47,10 +51,10 @@ def run(ctx: RunContext) -> None:
     if free:  # before any converter: a graph that pins a free axis is refused here, by name
         free_axes.check_export(net, ctx.onnx_path, args, names, free)
     extra = {"requested_opset": requested} if opset != requested else {}
-    ctx.report.add_artifact("onnx", ctx.onnx_path, opset=opset, **extra)
-    ctx.report.data["export"] = {"opset": opset, "requested_opset": requested, "inputs": names, "outputs": outputs,
-                                 "dynamic_axes": {n: {str(a): label for a, label in axes[n].items()} for n in axes}}
+    ctx.store.put("onnx", "export", opset=opset, **extra)
     write_labels(ctx)
+    return ExportResult(opset, requested, names, outputs,
+                        {n: {str(a): label for a, label in axes[n].items()} for n in axes})
 
 
 LABELS_NAME = "labels.txt"
@@ -62,7 +66,7 @@ def write_labels(ctx: RunContext) -> None:
     if classes and ctx.output_kind != "value":
         path = ctx.run_dir / LABELS_NAME
         write_with(path, lambda tmp: tmp.write_text("".join(f"{name}\n" for name in classes)))
-        ctx.report.add_artifact("labels", path)
+        ctx.store.put("labels", "export", path)
 
 
 def dynamic_axes(net, args: tuple, names: list[str], outputs: list[str], free: dict) -> dict:

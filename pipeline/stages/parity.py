@@ -17,22 +17,27 @@ import numpy as np
 
 from pipeline import diagnose, free_axes, quantized, runtimes, tasks
 from pipeline.context import RunContext
-from pipeline.converters import TARGETS
+from pipeline.contracts import TARGETS as CONVERTED_TARGETS
+from pipeline.contracts import StageContract
 from pipeline.errors import ParityError
 from pipeline.preflight import check_finite_outputs
+from pipeline.runtimes import ONNX_RUNTIME, REFERENCE
+from pipeline.targets import TARGETS
 
 log = logging.getLogger(__name__)
+
+CONTRACT = StageContract("parity", needs=("weights", "onnx"), uses=(CONVERTED_TARGETS,))
 
 
 def run(ctx: RunContext) -> None:
     settings = ctx.cfg.parity
     feeds, labels = _held_out(ctx, settings.samples)
-    reference = runtimes.load("torch", ctx.net, ctx.input_names, ctx.output_names)
+    reference = runtimes.load(REFERENCE, ctx.net, ctx.input_names, ctx.output_names)
     ref_out, ref_timing = _measure(reference, feeds, settings)
     check_finite_outputs(ctx.cfg, ref_out, "held-out")
-    ctx.outputs["torch"], ctx.held_out_targets = ref_out, labels
+    ctx.results.outputs[REFERENCE], ctx.results.held_out_targets = ref_out, labels
     samples = len(next(iter(feeds.values())))
-    ctx.report.data["reference"] = {"runtime": "torch", "samples": samples, "metric": _metric(ctx, ref_out, labels),
+    ctx.report.data["reference"] = {"runtime": REFERENCE, "samples": samples, "metric": _metric(ctx, ref_out, labels),
                                     **ref_timing}
     sizes = _other_sizes(ctx, feeds, reference, settings)
     if sizes:
@@ -47,21 +52,22 @@ def run(ctx: RunContext) -> None:
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the data fails parity, clearly
             entry.update(failure_entry(f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
         else:
-            ctx.outputs[name] = out
+            ctx.results.outputs[name] = out
             entry.update(compare(out, ref_out, ctx.output_kind, settings))
             entry["metric"] = _metric(ctx, out, labels) if entry.get("error") is None else None
             entry.update(timing)
-        is_quantized = name in TARGETS and TARGETS[name].quantized
+        target = TARGETS.get(name.split("@")[0])
+        is_quantized = target is not None and target.quantized
         if is_quantized:
             quantized.judge(entry, ctx.report.data["reference"]["metric"], ctx.output_kind, settings.quantized,
-                            ctx.report.data["targets"].get(name, {}), ctx.outputs.get(name), ref_out)
+                            ctx.results.converted[target.name].facts, ctx.results.outputs.get(name), ref_out)
         if sizes and adapter is not None:
             _judge_sizes(entry, adapter, sizes, ctx.output_kind, settings, is_quantized)
         entries.append(entry)
         log.info("parity %-11s max_abs_err=%s allclose=%s", name, entry["max_abs_err"], entry["allclose"])
     ctx.report.data["parity"] = entries
     ctx.report.save()  # the measurements stand even if the diagnosis below is interrupted
-    ctx.divergence_curves = diagnose.run(ctx, entries)  # not the quantized targets: their report names layers
+    ctx.results.divergence_curves = diagnose.run(ctx, entries)  # not the quantized targets: their report names layers
     drifted = [e for e in entries if not e["in_tolerance"] and not e.get("quantized")]
     missed = [e for e in entries if not e["in_tolerance"] and e.get("quantized")]
     if drifted or missed:
@@ -71,7 +77,7 @@ def run(ctx: RunContext) -> None:
         parts += [f"Quantized target {quantized.describe(e, e['runtime'])}." for e in missed]
         hints = ["loosen parity.rtol/atol only if the drift is acceptable"] if drifted else []
         if missed:  # only what applies to the targets that missed: a dynamic target has no calibration
-            targets = ctx.report.data["targets"]
+            targets = {name: converted.facts for name, converted in ctx.results.converted.items()}
             remedies = ["keep the named layers in float"] if any(e.get("worst_layers") for e in missed) else []
             remedies += ["calibrate on more samples (export.calibration_samples)"] if any(
                 targets.get(e["runtime"], {}).get("calibration_samples") for e in missed) else []
@@ -102,7 +108,7 @@ def _describe(entry: dict) -> str:
 def _other_sizes(ctx: RunContext, feeds: dict, reference, settings) -> list[tuple[dict, dict, dict]]:
     """(shapes, inputs, PyTorch's outputs) at each other size of the free axes (``parity.shapes``), on
     ``parity.shapes_samples`` held-out samples brought to that size by repetition."""
-    from pipeline.context import read_onnx
+    from pipeline.onnx_model import read_onnx
 
     free = free_axes.of_onnx(read_onnx(ctx.onnx_path))
     if not free:
@@ -145,7 +151,7 @@ def _judge_sizes(entry: dict, adapter, sizes: list, kind: str, settings, is_quan
 
 
 def _held_out(ctx: RunContext, samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    feeds = ctx.held_out_inputs(None if samples is None else int(samples))
+    feeds = ctx.samples.held_out(None if samples is None else int(samples))
     count = len(next(iter(feeds.values())))
     labels = ctx.data.targets("test")
     return feeds, None if labels is None else labels[:count].numpy()
@@ -159,15 +165,20 @@ def _metric(ctx: RunContext, outputs: dict, labels) -> float | None:
 
 
 def _runtimes_under_test(ctx: RunContext):
-    """(name, loader) per runtime: loaded inside parity's try, so a load failure is that runtime's."""
-    threads = ctx.threads
+    """(name, loader) per runtime: loaded inside parity's try, so a load failure is that runtime's. Each
+    artifact runs on the runtime its target names, and on the alternatives ``parity.runtimes`` picks
+    (reported as ``<target>@<runtime>``)."""
     names = (ctx.input_names, ctx.output_names)
-    yield "onnxruntime", lambda: runtimes.load("onnxruntime", ctx.onnx_path, *names, threads=threads)
-    for target, path in ctx.converted.items():
-        entry = ctx.report.data["targets"].get(target, {})
-        yield target, lambda t=target, p=path, e=entry: runtimes.load(
-            TARGETS[t].runtime, p, *names, threads=threads, input_perms=e.get("input_perms"),
-            output_perms=e.get("output_perms"))
+    chosen = list(ctx.cfg.parity.get("runtimes") or [])
+    artifacts = [(ONNX_RUNTIME, ONNX_RUNTIME, ctx.onnx_path, None)]
+    artifacts += [(target, TARGETS[target].runtime, converted.path, converted)
+                  for target, converted in ctx.results.converted.items()]
+    for label, runtime, path, converted in artifacts:
+        options = {"threads": ctx.threads, "input_perms": converted and converted.input_perms,
+                   "output_perms": converted and converted.output_perms}
+        yield label, lambda r=runtime, p=path, o=options: runtimes.load(r, p, *names, **o)
+        for other in runtimes.alternatives(runtime, chosen):
+            yield f"{label}@{other.name}", lambda r=other.name, p=path, o=options: runtimes.load(r, p, *names, **o)
 
 
 def failure_entry(error: str) -> dict:

@@ -17,11 +17,14 @@ from pytorch_lightning.loggers import CSVLogger
 from pipeline import disk, tasks
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
+from pipeline.contracts import StageContract
 from pipeline.datasets.base import length_of
 from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.lit_module import TaskModule
 from pipeline.preflight import check_finite_outputs
 from pipeline.runtimes.torch_runtime import flatten_outputs
+
+CONTRACT = StageContract("train", makes=("weights", "checkpoint"))
 
 
 def run(ctx: RunContext) -> None:
@@ -38,8 +41,9 @@ def run(ctx: RunContext) -> None:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer), scheduler)
     trainer = _trainer(ctx)
+    resume = ctx.results.resume_from
     try:
-        trainer.fit(module, datamodule=ctx.data, ckpt_path=str(ctx.resume_from) if ctx.resume_from else None)
+        trainer.fit(module, datamodule=ctx.data, ckpt_path=str(resume) if resume else None)
     except MisconfigurationException as exc:
         raise PipelineError(f"Lightning rejected the training setup: {exc}", "Adjust the trainer.* keys "
                             "(e.g. trainer.max_epochs above a resumed checkpoint's epoch).") from exc
@@ -61,12 +65,12 @@ def run(ctx: RunContext) -> None:
     ctx.report.data["metrics"].update(evaluate(ctx, net, predictions))
     last = ctx.run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        ctx.report.add_artifact("checkpoint", last)
+        ctx.store.put("checkpoint", "train", last)
     check_converged(ctx, net)
     check_finite_outputs(cfg, {"output": predictions}, "test")  # finite metrics can hide NaN predictions
     ctx.net = net
     write_with(ctx.weights_path, lambda tmp: torch.save(net.state_dict(), tmp))
-    ctx.report.add_artifact("weights", ctx.weights_path)
+    ctx.store.put("weights", "train")
     ctx.report.data["trainer"] = {
         # Under ddp_spawn the loop state stays in the workers: a finished fit ran max_epochs.
         "epochs": trainer.current_epoch or int(cfg.trainer.max_epochs),

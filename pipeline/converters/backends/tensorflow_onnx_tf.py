@@ -27,7 +27,7 @@ def convert_file(onnx_path: Path, out_path: Path, debug_outputs: list[str] = ())
 
     from pipeline.converters import with_outputs
     from pipeline.converters.onnx_tf_compat import import_onnx_tf_backend
-    from pipeline.stages.check import opset_of
+    from pipeline.onnx_model import opset_of
 
     backend = import_onnx_tf_backend()
     model = onnx.load(str(onnx_path))

@@ -345,7 +345,7 @@ class Builder:
         return Sym(result, dims)
 
     def op_Add(self, node):
-        from pipeline.converters.keras3.ops.common import add
+        from pipeline.converters.keras3.arith import add
 
         return self._elementwise(node, add)
 

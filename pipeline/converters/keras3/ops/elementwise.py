@@ -3,9 +3,10 @@ import functools
 
 import numpy as np
 
+from pipeline.converters.keras3.arith import add
 from pipeline.converters.keras3.layout import Tensor
 from pipeline.converters.keras3.ops import op
-from pipeline.converters.keras3.ops.common import add, onnx_dtype, operands
+from pipeline.converters.keras3.ops.common import onnx_dtype, operands
 
 BINARY = {
     "Sub": "subtract", "Mul": "multiply", "Pow": "power",

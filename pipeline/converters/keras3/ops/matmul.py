@@ -5,9 +5,9 @@ import string
 import numpy as np
 
 from pipeline.converters.keras3 import layout
+from pipeline.converters.keras3.arith import add
 from pipeline.converters.keras3.layout import Tensor
 from pipeline.converters.keras3.ops import op
-from pipeline.converters.keras3.ops.common import add
 
 
 def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: str = "", axis: int = -1) -> tuple:

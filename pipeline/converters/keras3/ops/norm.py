@@ -2,8 +2,9 @@
 import numpy as np
 
 from pipeline.converters.keras3 import layout
+from pipeline.converters.keras3.arith import add
 from pipeline.converters.keras3.ops import op
-from pipeline.converters.keras3.ops.common import add, const_in_perm
+from pipeline.converters.keras3.ops.common import const_in_perm
 
 
 @op("BatchNormalization")

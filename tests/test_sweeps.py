@@ -2,12 +2,15 @@
 import csv
 import shutil
 
+import pytest
+
 from tests.conftest import assert_ok, mnist_root_override, read_report, run_cli
 
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2",
          "parity.samples=256")
 
 
+@pytest.mark.slow
 def test_two_job_multirun_writes_job_dirs_and_a_summary(tmp_path, mnist_root):
     sweep = tmp_path / "sweep"
     proc = run_cli("model=mnist_cnn,mnist_mlp", "export=onnx", mnist_root_override(), *SHORT,
@@ -22,6 +25,7 @@ def test_two_job_multirun_writes_job_dirs_and_a_summary(tmp_path, mnist_root):
     assert "| job | overrides | status |" in (sweep / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_in_the_summary_and_fails_the_sweep(tmp_path, mnist_root):
     sweep = tmp_path / "sweep"
     proc = run_cli("parity.atol=1e-5,0", "parity.rtol=0", "model=mnist_mlp", "export=onnx",
@@ -31,6 +35,7 @@ def test_a_failing_job_is_in_the_summary_and_fails_the_sweep(tmp_path, mnist_roo
     assert statuses == ["ok", "failed"]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_onnx_and_metrics_and_the_saved_config_reruns(tmp_path, mnist_root):
     runs = [tmp_path / name for name in ("a", "b")]
     for run_dir in runs:
@@ -45,6 +50,8 @@ def test_same_seed_gives_byte_identical_onnx_and_metrics_and_the_saved_config_re
     assert read_report(rerun)["artifacts"]["onnx"]["sha256"] == a["artifacts"]["onnx"]["sha256"]
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_from_run_converts_without_training_and_leaves_the_source_alone(tmp_path, mnist_root):
     source, later = tmp_path / "source", tmp_path / "later"
     assert_ok(run_cli("model=mnist_mlp", "export=onnx", mnist_root_override(), *SHORT, run_dir=source))
@@ -61,6 +68,8 @@ def test_from_run_converts_without_training_and_leaves_the_source_alone(tmp_path
     assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_from_run_without_the_needed_artifact_says_which(tmp_path, mnist_root):
     source = tmp_path / "source"
     assert_ok(run_cli("model=mnist_mlp", "stages=[train]", mnist_root_override(), *SHORT, run_dir=source))
@@ -72,6 +81,7 @@ def test_from_run_without_the_needed_artifact_says_which(tmp_path, mnist_root):
     assert proc.returncode == 1 and "is not a pipeline run dir" in proc.stderr
 
 
+@pytest.mark.slow
 def test_optuna_search_optimises_a_report_metric_and_writes_the_best_trial(tmp_path, mnist_root):
     from omegaconf import OmegaConf
 

@@ -324,6 +324,7 @@ def test_two_runs_started_together_into_one_dir_one_is_refused_naming_the_owner(
     assert len(list((run_dir / ".hydra").iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_a_live_run_is_refused_a_killed_one_is_recognised_and_resumed(tmp_path, mnist_root):
     run_dir, resumed = tmp_path / "run", tmp_path / "resumed"
     # A 3-epoch schedule killed after its first epoch; the resume runs 4 epochs, which made torch's
@@ -383,6 +384,7 @@ def test_from_run_command_line_keys_win_over_the_source(source_run, tmp_path):
     ("a list as report", [], ["is not a pipeline run's"]),
     ("truncated report", [], ["report.json or .hydra/config.yaml is unreadable"]),
 ])
+@pytest.mark.tf
 def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, make, extra, expected):
     source = source_run
     if make != "finished":
@@ -397,6 +399,8 @@ def test_from_run_of_an_unusable_source_is_a_clear_error(source_run, tmp_path, m
     assert tree(source) == before
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_a_run_interrupted_during_convert_resumes_with_its_targets_without_retraining(tmp_path):
     run_dir, resumed = tmp_path / "run", tmp_path / "resumed"
     proc = _start(run_dir, *TABULAR, "export=keras")
@@ -477,6 +481,7 @@ def test_report_json_is_strict_json_even_for_nan_and_numpy_values(tmp_path):
     assert strict_json(path) == {"metrics": {"test_mse": None, "inf": None, "f32": 0.5}}
 
 
+@pytest.mark.slow
 def test_the_console_shows_no_library_noise_and_pipeline_log_keeps_it(default_run):
     console = (default_run.parent / "console.txt").read_text()
     for noise in ("cuInit", "Could not find cuda drivers", "will be deleted", "absl::InitializeLog", "Traceback",
@@ -517,7 +522,7 @@ class Overflowing(torch.nn.Module):
 def test_a_diverging_training_fails_the_train_stage_and_the_report_stays_strict_json(tmp_path):
     run_dir = tmp_path / "run"
     outcome = run_in_process("model=lstm_forecaster", "dataset=series",
-                             "model.net._target_=tests.test_bad_inputs.Overflowing", "optimizer=sgd", "optimizer.lr=1",
+                             "model.net._target_=tests.test_cli_errors.Overflowing", "optimizer=sgd", "optimizer.lr=1",
                              "scheduler=null", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
                              "stages=[train,export]", run_dir=run_dir)
     assert_refused(outcome, "Training diverged", "optimizer.lr")
@@ -526,6 +531,7 @@ def test_a_diverging_training_fails_the_train_stage_and_the_report_stays_strict_
     assert None in report["metrics"].values() and not (run_dir / "model.pt").exists()
 
 
+@pytest.mark.tf
 def test_libraries_logging_through_the_root_logger_stay_off_the_console(tmp_path, capsys):
     """onnxruntime.quantization calls logging.warning() ("Please consider pre-processing ..."); the job
     logging of conf/config.yaml keeps such records in pipeline.log and the pipeline's own on the console."""
@@ -645,13 +651,13 @@ class TooBigToExport(Tabular):
 
 
 def _target(cls) -> str:
-    return f"model.net._target_=tests.test_bad_inputs.{cls}"
+    return f"model.net._target_=tests.test_cli_errors.{cls}"
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ([_target("NotAModule")], ["model.net._target_=tests.test_bad_inputs.NotAModule", "not a torch.nn.Module"]),
+    ([_target("NotAModule")], ["model.net._target_=tests.test_cli_errors.NotAModule", "not a torch.nn.Module"]),
     ([_target("builds_a_tensor")], ["built a torch.Tensor, not a torch.nn.Module"]),
-    ([_target("CtorExits")], ["model.net._target_=tests.test_bad_inputs.CtorExits", "sys.exit(4)"]),
+    ([_target("CtorExits")], ["model.net._target_=tests.test_cli_errors.CtorExits", "sys.exit(4)"]),
     ([_target("ForwardExits")], ["model=ForwardExits", "sys.exit(3)", "model.net"]),
     ([_target("ReturnsNone")], ["returns None", "tensor, or a tuple, list or dict of tensors", "model.net"]),
     ([_target("ReturnsText")], ["returns a str", "model.net"]),
@@ -664,6 +670,7 @@ def _target(cls) -> str:
                                                                             "2 GiB protobuf", "stages="]),
     (["optimizer=null"], ["optimizer is not set", "optimizer=adam"]),
 ])
+@pytest.mark.slow
 def test_a_model_that_cannot_work_is_named_before_training(tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
     assert_refused(run_in_process(*TABULAR, *overrides, run_dir=run_dir), *expected)
@@ -781,6 +788,7 @@ def _broken_source(source_run: Path, tmp_path: Path, make: str) -> Path:
     ("stages that are not entries", ["is not a pipeline run's", "stages"]),
     ("an empty config", ["is not a pipeline run's", "config.yaml", "no model"]),
 ])
+@pytest.mark.tf
 def test_from_run_of_a_broken_source_is_refused_and_not_resumed_from_scratch(source_run, tmp_path, make, expected):
     source = _broken_source(source_run, tmp_path, make)
     before = tree(source_run)
@@ -894,6 +902,7 @@ def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path):
     ("onnx is a dir", ["stages=[check]"], ["its model.onnx is not a file (a directory)"]),
     ("weights link to a dir", ["stages=[export]"], ["its model.pt is not a file (a directory via a symlink)"]),
 ])
+@pytest.mark.tf
 def test_from_run_with_damaged_artifacts_is_named_and_nothing_outside_is_copied(source_run, tmp_path, damage, extra,
                                                                                 expected):
     import shutil
@@ -1042,6 +1051,7 @@ def test_a_failed_mnist_download_leaves_nothing_behind(tmp_path):
      ["export.tflite_int8.int8_io is set", "does not select the tflite_int8 target", "export=[keras,tflite_int8]"]),
     (["export.tflite.backend=tf-converter"], ["export.tflite.backend is set", "export=[tflite]"]),
 ])
+@pytest.mark.tf
 def test_an_option_of_a_target_that_is_not_selected_is_refused_not_ignored(tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
     assert_refused(run_in_process(*TABULAR, "stages=[train]", *overrides, run_dir=run_dir), *expected)
@@ -1075,7 +1085,7 @@ def test_a_tracer_warning_is_shown_on_the_console_not_only_in_report_json(tmp_pa
     outcome = run_in_process(*TABULAR, _target("BranchOnFirstSample"), "stages=[train,export]", run_dir=run_dir)
     assert outcome.code == 0, outcome.output[-3000:]
     assert "export warning: TracerWarning: Converting a tensor to a Python boolean" in outcome.stderr
-    assert "test_bad_inputs.py:" in outcome.stderr  # where: the line of the branch
+    assert "test_cli_errors.py:" in outcome.stderr  # where: the line of the branch
     assert strict_json(run_dir / "report.json")["stages"]["export"]["warnings"]
 
 

@@ -1,12 +1,15 @@
 """Channels-last I/O (export.layout, pipeline/converters/io_layout.py, issue 22 item 2): SavedModel and the
 TFLite targets take and return [N, H, W, C] with no transpose at the boundary, in parity."""
 import numpy as np
+import pytest
 import torch
 
 from pipeline.converters import io_layout
 from tests.conftest import run_composed
 
-IMAGE = ("model.net._target_=tests.test_dynamic_axes.TinyUNet", "model.output=logits", "model.weights=init",
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
+IMAGE = ("model.net._target_=tests.test_free_axes.TinyUNet", "model.output=logits", "model.weights=init",
          "stages=[export,check,convert,parity]", "dataset=synthetic", "dataset.shape=[3,16,16]", "dataset.samples=32",
          "export.calibration_samples=16", "parity.latency_repeats=2")
 
@@ -95,7 +98,7 @@ def test_named_inputs_and_outputs_keep_their_names_in_every_signature(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     run = tmp_path / "run"
-    report = run_composed("model.net._target_=tests.test_layout.ImageAndIds", "model.output=logits",
+    report = run_composed("model.net._target_=tests.test_io_layout.ImageAndIds", "model.output=logits",
                           "model.weights=init", "stages=[export,check,convert,parity]", "dataset=synthetic",
                           "dataset.inputs={image: {shape: [3,16,16]}, ids: {shape: [8], distribution: integers, "
                           "high: 50}}", "dataset.samples=32", "export=[keras,tflite,tflite_int8]", "export.layout=nhwc",

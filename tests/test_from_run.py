@@ -86,6 +86,7 @@ HOSTILE_TARGETS = [
 
 @pytest.mark.parametrize("key, make", HOSTILE_TARGETS)
 @pytest.mark.parametrize("extra", [["stages=[export]"], []], ids=["stages", "resume"])
+@pytest.mark.slow
 def test_a_foreign_callable_in_a_source_config_is_refused_by_key_and_never_runs(tmp_path, key, make, extra):
     marker = tmp_path / "marker"
     source = craft_source(tmp_path / "source", _set(key, make(marker)), status="ok" if extra else "interrupted")
@@ -210,6 +211,7 @@ def outside_file(tmp_path: Path) -> Path:
     ("report.json", ["stages=[export]"]),
     (".hydra/config.yaml", ["stages=[export]"]),
 ])
+@pytest.mark.tf
 def test_a_link_out_of_the_source_is_refused_by_name_before_anything_is_copied(tmp_path, link, extra):
     source = source_with_artifacts(tmp_path, targets=("keras", "tensorflow"))
     (source / link).unlink(missing_ok=True)
@@ -224,6 +226,7 @@ def test_a_link_out_of_the_source_is_refused_by_name_before_anything_is_copied(t
         assert not (run_dir / link).exists()
 
 
+@pytest.mark.tf
 def test_a_link_to_a_folder_inside_a_saved_model_is_refused(tmp_path):
     source = source_with_artifacts(tmp_path, targets=("tensorflow",))
     (source / "saved_model" / "assets").symlink_to(source / "saved_model")  # a loop when followed
@@ -247,6 +250,8 @@ tf.saved_model.save(module, sys.argv[1], signatures={"serving_default": module.s
 """
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_a_saved_model_whose_graph_writes_files_is_refused_before_it_is_loaded(tmp_path):
     import subprocess
     import sys
@@ -273,6 +278,7 @@ def test_a_run_dir_through_a_link_into_another_run_is_refused_before_anything_is
     assert tree(other) == before and not list((other / "empty").iterdir())
 
 
+@pytest.mark.tf
 def test_parity_from_a_source_measures_only_the_picked_target(tmp_path):
     source = source_with_artifacts(tmp_path, targets=("keras", "tflite"))
     run_dir = tmp_path / "run"
@@ -436,6 +442,7 @@ def test_a_really_full_disk_during_training_ends_in_one_paragraph(small_disk):
     assert not list((run_dir / "checkpoints").iterdir())  # no truncated checkpoint to resume from
 
 
+@pytest.mark.tf
 def test_a_full_disk_while_converting_names_the_disk_not_an_opset(tmp_path, monkeypatch):
     from pipeline.converters.backends import keras_keras3
 
@@ -576,6 +583,7 @@ def _constant_of_shape_model(shape: list[int]):
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+@pytest.mark.tf
 def test_a_source_model_asking_for_256_gib_is_refused_before_it_is_copied_or_run(tmp_path):
     import onnx
 

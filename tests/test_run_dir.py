@@ -23,6 +23,7 @@ SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limi
     ("model.output=bogus", ["model.output", "log_probs, logits, probability, value"]),
     ("dataset.batch_size=0", ["dataset.batch_size", "integer >= 1"]),
 ])
+@pytest.mark.tf
 def test_bad_config_fails_before_any_work_naming_the_key_and_the_choices(tmp_path, override, expected):
     run_dir = tmp_path / "run"
     proc = run_cli(override, run_dir=run_dir)
@@ -33,6 +34,7 @@ def test_bad_config_fails_before_any_work_naming_the_key_and_the_choices(tmp_pat
     assert not (run_dir / "checkpoints").exists()  # no training started
 
 
+@pytest.mark.slow
 def test_no_network_for_the_download_fails_fast_and_clearly(tmp_path):
     start = time.time()
     proc = run_cli(f"dataset.root={tmp_path / 'empty'}", "dataset.download=true", run_dir=tmp_path / "run")
@@ -42,6 +44,7 @@ def test_no_network_for_the_download_fails_fast_and_clearly(tmp_path):
     assert time.time() - start < 120  # socket timeout: offline never hangs
 
 
+@pytest.mark.slow
 def test_a_job_waits_for_the_data_cache_lock_before_reading(tmp_path, mnist_root):
     """While another job holds the cache lock (downloading), a job reads nothing; then it runs normally."""
     from filelock import FileLock
@@ -85,6 +88,7 @@ def _damaged_copy(source, tmp_path, name):
     return copy
 
 
+@pytest.mark.slow
 def test_a_truncated_onnx_file_is_reported_as_corrupt(finished_run, tmp_path):
     damaged = _damaged_copy(finished_run, tmp_path, "model.onnx")
     proc = run_cli(f"from_run={damaged}", "stages=[check,parity]", run_dir=tmp_path / "run")
@@ -94,6 +98,7 @@ def test_a_truncated_onnx_file_is_reported_as_corrupt(finished_run, tmp_path):
     assert read_report(tmp_path / "run")["stages"]["check"]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_truncated_weights_are_reported_as_unreadable(finished_run, tmp_path):
     damaged = _damaged_copy(finished_run, tmp_path, "model.pt")
     proc = run_cli(f"from_run={damaged}", "stages=[export]", run_dir=tmp_path / "run")
@@ -101,6 +106,7 @@ def test_truncated_weights_are_reported_as_unreadable(finished_run, tmp_path):
     assert "model.pt is unreadable" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_mid_training_says_interrupted_and_from_run_resumes(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "pipeline", "print_config=false", "model=mnist_mlp", "trainer.max_epochs=500",

@@ -11,6 +11,8 @@ from pipeline.errors import ConversionError
 from pipeline.stages.export import export_onnx
 from tests.conftest import read_report
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 RUNTIMES = ("onnxruntime", "keras", "tensorflow", "tflite")
 
 

@@ -15,6 +15,8 @@ SYSTEMS = {
 
 
 @pytest.mark.parametrize("model", SYSTEMS)
+@pytest.mark.tf
+@pytest.mark.slow
 def test_seed_system_converts_to_every_target_in_parity(model, tmp_path, mnist_root):
     dataset, parameters, metric, short = SYSTEMS[model]
     run_dir = tmp_path / "run"

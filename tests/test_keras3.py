@@ -15,6 +15,8 @@ from pipeline.converters.keras3 import build
 from pipeline.errors import ConversionError
 from pipeline.stages.export import export_onnx
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 
 class Lambda(nn.Module):
     def __init__(self, function, *modules):
@@ -262,6 +264,7 @@ def _keras_outputs(conversion, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow
 def test_converted_op_matches_onnxruntime(case, tmp_path):
     module, shape, opset = CASES[case]
     model = _export(module, shape, opset, tmp_path / "m.onnx")
@@ -302,6 +305,7 @@ def _tflite_outputs(conversion, x: np.ndarray, tmp_path) -> np.ndarray:
                                   "fold_overlapping_strided_padded", "slice_assignment_scatter",
                                   "grid_sample_reflection", "bucketize_searchsorted_clamped_ids",
                                   "cumprod_logcumsumexp", "cummax_cummin_ties"])
+@pytest.mark.slow
 def test_tflite_runs_what_tensorflow_lowers_badly(case, tmp_path):
     """Cases where TensorFlow's own lowering of a Keras op fails in TFLite (an einsum turned into a
     BatchMatMul of the wrong shape, a flatbuffer with static [-1, ...] shapes that does not load, Keras'

@@ -16,6 +16,8 @@ from torch import nn
 from pipeline.errors import PipelineError
 from tests.conftest import mnist_root_override, run_composed
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 TARGETS = ("keras", "tensorflow", "tflite")
 SHORT = ("trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2", "parity.samples=200")
 
@@ -233,9 +235,10 @@ USER_MODELS = {
 
 
 @pytest.mark.parametrize("name", USER_MODELS)
+@pytest.mark.slow
 def test_a_users_model_trains_and_converts_to_every_target_in_parity(name, tmp_path, mnist_root):
     dataset, short = USER_MODELS[name]
-    report = run_composed(f"model.net._target_=tests.test_any_model.{name}",
+    report = run_composed(f"model.net._target_=tests.test_converters.{name}",
                             "model.output=logits", f"dataset={dataset}", "export=all", *short,
                             run_dir=tmp_path / "run")
     assert report["status"] == "ok"
@@ -266,7 +269,7 @@ class LazyNet(nn.Module):
 def test_lazy_modules_are_built_by_a_first_forward_before_any_stage_uses_them(overrides, tmp_path, mnist_root):
     """nn.LazyLinear & co. have no parameters to count, optimise or export until a forward: the network is
     built with one, and the same seed gives the same weights in every build (torch's reference = export)."""
-    report = run_composed("model.net._target_=tests.test_any_model.LazyNet", "model.output=logits", "dataset=mnist",
+    report = run_composed("model.net._target_=tests.test_converters.LazyNet", "model.output=logits", "dataset=mnist",
                           mnist_root_override(), "export=keras", "parity.samples=64", *overrides,
                           run_dir=tmp_path / "run")
     assert report["status"] == "ok" and report["model"]["parameters"] > 0
@@ -397,6 +400,7 @@ def test_a_packed_sequence_is_refused_by_name_at_export(tmp_path):
     assert "padded [N, T, F] tensor" in info.value.hint
 
 
+@pytest.mark.slow
 def test_zoo_rows_torchvision_and_a_4d_output_convert_without_a_dataset(tmp_path):
     """Two rows of +matrix=zoo: a torchvision model on generated inputs, and a UNet whose per-pixel
     output comes back channels-last from Keras and is compared in PyTorch's layout."""
@@ -427,7 +431,7 @@ class TwoHeads(nn.Module):
 
 
 def test_several_inputs_and_outputs_are_matched_by_name(tmp_path):
-    report = run_composed("model.net._target_=tests.test_any_model.TwoHeads",
+    report = run_composed("model.net._target_=tests.test_converters.TwoHeads",
                             "model.output=logits", "model.weights=init", "dataset=synthetic",
                             "dataset.inputs={image: {shape: [3, 8, 8]}, features: {shape: [6]}}", "dataset.samples=20",
                             "export=all", "stages=[export,check,convert,parity]", run_dir=tmp_path / "run")
@@ -462,7 +466,7 @@ class NormUpNet(nn.Module):
 
 
 def test_an_image_to_image_cnn_converts_every_target_in_parity(tmp_path):
-    report = run_composed("model.net._target_=tests.test_any_model.NormUpNet", "model.output=value",
+    report = run_composed("model.net._target_=tests.test_converters.NormUpNet", "model.output=value",
                           "model.weights=init", "dataset=synthetic", "dataset.shape=[3,4,4]", "dataset.samples=16",
                           "export=all", "stages=[export,check,convert,parity]", "parity.latency_repeats=3",
                           run_dir=tmp_path / "run")
@@ -488,7 +492,7 @@ class Determinant(nn.Module):
 def test_auto_falls_back_along_the_chain_and_names_the_op_and_backend_that_failed(tmp_path):
     with pytest.raises(PipelineError, match="Conversion failed for keras, tflite"):
         run_composed("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1",
-                       "model.net._target_=tests.test_any_model.Determinant", "export=all",
+                       "model.net._target_=tests.test_converters.Determinant", "export=all",
                        run_dir=tmp_path / "run")
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     keras, tensorflow, tflite = (report["targets"][t] for t in TARGETS)
@@ -516,7 +520,7 @@ def test_existing_weights_convert_without_training(tmp_path):
     net = GRUNet()
     state = tmp_path / "gru.pt"
     torch.save(net.state_dict(), state)
-    common = ("model.net._target_=tests.test_any_model.GRUNet", "model.output=logits",
+    common = ("model.net._target_=tests.test_converters.GRUNet", "model.output=logits",
               "dataset=italy_power", "export=tflite", "stages=[export,check,convert,parity]", "parity.samples=100")
     report = run_composed(*common, f"model.weights={state}", run_dir=tmp_path / "from_state")
     assert report["status"] == "ok" and report["stages"]["train"]["status"] == "skipped"

@@ -4,6 +4,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from pipeline.stages.parity import _measure
@@ -87,6 +88,7 @@ def test_the_report_says_how_many_calls_each_figure_rests_on(tmp_path):
     assert (tmp_path / "untimed" / "report.md").is_file()
 
 
+@pytest.mark.tf
 def test_parity_runs_the_artifact_convert_verified_without_loading_it_again(tmp_path, monkeypatch):
     from pipeline.runtimes import keras_runtime
 

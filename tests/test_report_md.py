@@ -32,6 +32,7 @@ def test_metrics_csv_has_one_row_per_epoch_with_loss_and_accuracy(default_run):
     assert len(rows) == epochs and all(0 < float(r["val_acc"]) <= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_tensorboard_logger_writes_event_files_and_forecaster_gets_a_forecast_plot(tmp_path):
     run_dir = tmp_path / "run"
     assert_ok(run_cli("model=lstm_forecaster", "dataset=series", "trainer.max_epochs=2", "logger=tensorboard",
@@ -41,6 +42,7 @@ def test_tensorboard_logger_writes_event_files_and_forecaster_gets_a_forecast_pl
     assert (run_dir / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_mlflow_logger_records_the_run_in_a_local_store(tmp_path):
     import mlflow
 

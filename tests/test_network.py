@@ -17,7 +17,7 @@ class CountingMLP(TabularMLP):
         super().__init__(in_features, hidden, num_classes)
 
 
-COUNTED = ("model=tabular_mlp", "model.net._target_=tests.test_context.CountingMLP", "dataset=synthetic_tabular",
+COUNTED = ("model=tabular_mlp", "model.net._target_=tests.test_network.CountingMLP", "dataset=synthetic_tabular",
            "dataset.samples=400", "export=keras", "parity.samples=32")
 
 

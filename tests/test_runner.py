@@ -4,6 +4,7 @@ import re
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from pipeline.report import STAGES, sha256_of
 from tests.conftest import assert_ok, mnist_root_override, read_report, run_cli, tree
@@ -57,6 +58,7 @@ def test_exported_onnx_has_named_io_dynamic_batch_and_runs_at_batch_1_and_7(defa
     assert (out.argmax(1) == labels).mean() >= 5 / 7
 
 
+@pytest.mark.slow
 def test_parity_out_of_tolerance_fails_the_run_after_writing_the_report(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     proc = run_cli("model=mnist_mlp", mnist_root_override(), "trainer.max_epochs=1", "parity.samples=200",
@@ -93,6 +95,7 @@ def test_a_used_run_dir_is_refused_and_left_untouched(default_run):
     assert tree(default_run) == before  # .hydra/ and pipeline.log too: refused before Hydra writes
 
 
+@pytest.mark.slow
 def test_subset_of_stages_marks_the_rest_skipped(tmp_path, mnist_root):
     run_dir = tmp_path / "run"
     assert_ok(run_cli("model=tabular_mlp", "dataset=synthetic_tabular", "trainer.max_epochs=1",

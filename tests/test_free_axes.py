@@ -9,6 +9,8 @@ from pipeline import free_axes
 from pipeline.errors import PipelineError
 from tests.conftest import run_composed
 
+pytestmark = pytest.mark.tf  # every test here converts to a TensorFlow target or runs TensorFlow
+
 
 class FullyConvClassifier(nn.Module):
     """Convolutions, an unpadded max pool and a global average pool: any height and width."""
@@ -104,7 +106,7 @@ IMAGE = ("model.output=logits", "model.weights=init", "stages=[export,check,conv
 
 
 def model(name: str) -> str:
-    return f"model.net._target_=tests.test_dynamic_axes.{name}"
+    return f"model.net._target_=tests.test_free_axes.{name}"
 
 
 def entries(report: dict) -> dict:
@@ -113,6 +115,7 @@ def entries(report: dict) -> dict:
 
 # --- end to end ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_unet_with_free_height_and_width_runs_in_every_artifact_at_three_sizes(tmp_path):
     import keras
     import tensorflow as tf
@@ -178,6 +181,7 @@ def test_a_gru_text_model_with_a_free_time_axis(tmp_path):
         assert entry["in_tolerance"] and all(size["allclose"] for size in entry["sizes"]), entry
 
 
+@pytest.mark.slow
 def test_a_3_layer_bidirectional_lstm_over_512_steps_converts_to_tflite_in_parity_without_unrolling(tmp_path):
     """The network benchmarks/sequences.py times (512 steps convert in about the time of 16: README)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -193,6 +197,7 @@ def test_a_3_layer_bidirectional_lstm_over_512_steps_converts_to_tflite_in_parit
     assert "WHILE" in ops and len(ops) < 200, ops[:20]  # one loop per layer and direction, not 512 steps unrolled
 
 
+@pytest.mark.slow
 def test_gru_with_an_initial_state_and_a_relu_rnn_over_200_steps_in_tflite(tmp_path):
     report = run_composed(model("RecurrentVariants"), "model.output=logits", "model.weights=init",
                           "stages=[export,check,convert,parity]", "dataset=synthetic", "dataset.shape=[200,8]",
