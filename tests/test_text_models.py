@@ -258,3 +258,10 @@ def test_an_op_tflite_has_no_kernel_for_gets_its_own_hint():
     assert "approximate='tanh'" in explain(RuntimeError("TF Select ops: Erf")).hint
     other = explain(RuntimeError("TF Select ops: Bincount"))
     assert other.hint.startswith("Replace Bincount") and other.unsupported_op == "Bincount"
+
+
+def test_the_convert_stage_records_the_second_call_it_checked(tmp_path):
+    report = _convert("TinyBert", f"{IDS}, {MASK}", tmp_path / "run", samples=12)
+    verified = report["targets"]["tflite"]["attempts"][-1]["verify"]
+    assert verified["ok"] and verified["second_call_batch"] == 12
+    assert "second_call_batch" not in report["targets"]["keras"]["attempts"][-1]["verify"]

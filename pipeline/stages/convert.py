@@ -216,14 +216,15 @@ def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, r
             return {"ok": False, "max_abs_err": err, "reason": f"output {name} differs from onnxruntime by up to "
                     f"{err:.3g} on {len(next(iter(sample.values())))} held-out samples (allowed {limit:.3g})"}
         worst = max(worst, err)
-    differs = _repeat_check(ctx, target, adapter, reference)
-    if differs:
-        return differs
-    return {"ok": True, "max_abs_err": worst, "samples": len(next(iter(sample.values())))}
+    repeated = _repeat_check(ctx, target, adapter, reference)
+    if repeated and not repeated.get("ok", True):
+        return repeated
+    return {"ok": True, "max_abs_err": worst, "samples": len(next(iter(sample.values()))), **(repeated or {})}
 
 
 def _repeat_check(ctx: RunContext, target: str, adapter, reference: dict) -> dict | None:
-    """Two calls at parity's batch size agree (``pipeline.repeat_calls``); tflite runtimes only."""
+    """Two calls at parity's batch size agree (``pipeline.repeat_calls``); tflite runtimes only. Returns the
+    failed verdict, or ``{"second_call_batch": n}`` when checked."""
     from pipeline import repeat_calls
 
     if TARGETS[target].runtime not in repeat_calls.CHECKED_RUNTIMES:
@@ -231,7 +232,8 @@ def _repeat_check(ctx: RunContext, target: str, adapter, reference: dict) -> dic
     feeds = ctx.samples.held_out(repeat_calls.parity_batch(ctx.cfg, ctx.data.size("test")))
     scale = max(float(np.max(np.abs(r), initial=0.0)) for r in reference.values()) if reference else 0.0
     limit = float(ctx.cfg.export.verify.rtol) * scale + float(ctx.cfg.export.verify.atol)
-    return repeat_calls.second_call_differs(adapter, feeds, limit)
+    return repeat_calls.second_call_differs(adapter, feeds, limit) or \
+        {"second_call_batch": len(next(iter(feeds.values())))}
 
 
 def _park(path: Path) -> Path:
