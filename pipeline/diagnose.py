@@ -9,7 +9,9 @@ back to the ONNX layout with the recorded axis orders, are compared in graph ord
 onnxruntime's values for the same tensors. onnxruntime itself is compared with the ONNX reference
 implementation (``onnx.reference``). The first tensor out of the parity tolerance names the node;
 its subgraph and its (correct) inputs go to ``diagnose/<runtime>/`` with a command that converts and
-runs that node alone:
+runs that node alone. A node whose reproducer clears it (it converts right alone: its value in the whole
+graph came from how the converter fused or placed it) is passed over for the next diverging one, up to
+``REPRODUCED_CANDIDATES``; the divergence lists them (``cleared_by_reproducer``):
 
     python -m pipeline.diagnose <run dir>/diagnose/<runtime>
 """
@@ -86,14 +88,44 @@ def localise(ctx, runtime: str) -> tuple[dict, list[tuple[int, float]]]:
     if first is None:
         return {**result, "node": None, "note": "every compared intermediate tensor is within tolerance: the "
                 "drift comes from an uncompared tensor or from the outputs' handling"}, curve
-    node, name, error = first
-    data_inputs = [i for i in node.input if i in onnx_values and i not in {x.name for x in model.graph.initializer}]
-    unchecked = [i for i in data_inputs if i not in compared and i not in feeds]
     directory = ctx.run_dir / DIAGNOSE_DIR / runtime
-    command = write_reproducer(ctx, model, runtime, node, data_inputs, onnx_values, directory, float64)
+    candidates = [(node, name, error) for _, node, name in tensors if name in bad
+                  for error in [_difference(actual[name], reference[name], settings.rtol, settings.atol)[0]]]
+    cleared, chosen = [], None
+    for candidate in candidates[:REPRODUCED_CANDIDATES]:
+        written = _write_for(ctx, model, runtime, candidate[0], onnx_values, directory, float64)
+        if runtime == "onnxruntime" or _reproduces(directory):
+            chosen = candidate, written
+            break
+        cleared.append(candidate[0].name)  # alone, the node converts right: its drift came from around it
+    if chosen is None:  # none reproduces alone: the first, as measured in the whole graph
+        chosen = first, _write_for(ctx, model, runtime, first[0], onnx_values, directory, float64)
+    (node, name, error), (data_inputs, command) = chosen
+    unchecked = [i for i in data_inputs if i not in compared and i not in feeds]
+    extra = {"cleared_by_reproducer": cleared, "reproduced": node.name not in cleared} if cleared else {}
     return {**result, "node": node.name, "op_type": node.op_type, "output": name, "max_abs_err": error,
             "inputs_ok": not unchecked and not (set(data_inputs) & bad), "unchecked_inputs": unchecked,
-            "reproducer": str(directory.relative_to(ctx.run_dir)), "command": command}, curve
+            "reproducer": str(directory.relative_to(ctx.run_dir)), "command": command, **extra}, curve
+
+
+# Diverging nodes whose reproducer is run before one is named: a node that converts right alone (its value
+# in the whole graph differs from how the converter fused or placed it) is passed over for the next.
+REPRODUCED_CANDIDATES = 3
+
+
+def _write_for(ctx, model, runtime: str, node, onnx_values: dict, directory: Path, float64: bool):
+    initializers = {x.name for x in model.graph.initializer}
+    data_inputs = [i for i in node.input if i in onnx_values and i not in initializers]
+    return data_inputs, write_reproducer(ctx, model, runtime, node, data_inputs, onnx_values, directory, float64)
+
+
+def _reproduces(directory: Path) -> bool:
+    """Whether the node alone drifts as in the whole graph (a reproducer that cannot run counts as one)."""
+    try:
+        return bool(reproduce(directory)["drift"])
+    except Exception as exc:  # noqa: BLE001 - a subgraph the converter refuses alone still names its node
+        log.info("diagnose: the reproducer in %s does not run (%s: %s)", directory, type(exc).__name__, exc)
+        return True
 
 
 def _first_divergence(tensors: list, actual: dict, reference: dict, settings) -> tuple[list, set, set, tuple | None]:

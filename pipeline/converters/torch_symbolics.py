@@ -7,7 +7,9 @@ indices: the opset is raised), adaptive pooling to sizes that do not divide the 
 ``nn.RMSNorm`` below opset 23, ``nn.Bilinear``, ``torch.rot90``, ``F.threshold`` with a non-zero threshold
 and ``nearest-exact`` interpolation (none).
 ``torch.searchsorted`` / ``torch.bucketize``, ``torch.cumprod`` / ``torch.logcumsumexp`` /
-``torch.cummax`` / ``torch.cummin`` (none).
+``torch.cummax`` / ``torch.cummin`` (none); ``torch.cumsum`` of bools or small integers (summed as int64,
+as PyTorch does: the exporter's ``CumSum`` of bools is not valid ONNX); ``torch.tensor_split`` at positions
+computed in ``forward`` (the exporter took them for a number of sections).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
 no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused),
 ``F.embedding`` with ``max_norm`` (the exporter drops the renormalisation, and its trace renormalises the
@@ -44,6 +46,10 @@ def register(opset: int) -> None:
         torch.onnx.register_custom_op_symbolic("aten::_upsample_nearest_exact2d", _upsample_nearest_exact2d, opset)
     if opset >= 12:  # Einsum
         torch.onnx.register_custom_op_symbolic("aten::bilinear", _bilinear, opset)
+    if opset >= 11:  # CumSum
+        torch.onnx.register_custom_op_symbolic("aten::cumsum", _cumsum, opset)
+    if opset >= 13:  # the exporter's own below is another
+        torch.onnx.register_custom_op_symbolic("aten::tensor_split", _tensor_split, opset)
     torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted, opset)
     torch.onnx.register_custom_op_symbolic("aten::bucketize", _bucketize, opset)
     torch.onnx.register_custom_op_symbolic("aten::cumprod", _cumulative("ReduceProd", 1.0), opset)
@@ -176,6 +182,55 @@ def _diff(g, x, n, dim, prepend, append):
         earlier = symbolic_helper._slice_helper(g, x, axes=[dim], starts=[0], ends=[-1])
         x = g.op("Xor" if boolean else "Sub", later, earlier)
     return x
+
+
+def _cumsum(g, x, dim, dtype=None):
+    """``torch.cumsum`` in PyTorch's result type: bools and integers summed as int64 (the exporter's
+    symbolic writes a ``CumSum`` of bools, which ONNX has no kernel for: transformers' causal LMs given ids
+    alone count packed sequences as ``(position_diff != 1).cumsum(-1)``)."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import _type_utils
+
+    axis = g.op("Constant", value_t=torch.tensor(symbolic_helper._get_const(dim, "i", "dim"), dtype=torch.int64))
+    if not symbolic_helper._is_none(dtype):
+        target = _type_utils.JitScalarType(symbolic_helper._get_const(dtype, "i", "dtype"))
+    else:
+        target = _type_utils.JitScalarType.from_value(x, _type_utils.JitScalarType.UNDEFINED)
+        if target in _INTEGRAL:
+            target = _type_utils.JitScalarType.INT64
+    if target != _type_utils.JitScalarType.from_value(x, _type_utils.JitScalarType.UNDEFINED) and \
+            target != _type_utils.JitScalarType.UNDEFINED:
+        x = g.op("Cast", x, to_i=target.onnx_type())
+    return g.op("CumSum", x, axis)
+
+
+def _tensor_split(g, x, indices_or_sections, dim, _outputs=None):
+    """``torch.tensor_split(x, [i, j, ...], dim)`` with positions computed in ``forward`` (transformers'
+    Mamba: ``tensor_split(h, [seq_len - kept], dim=2)``) as the slices it stands for: the exporter's
+    symbolic takes such a list for a number of sections (a ``Tile`` of a 2-D repeat onnxruntime rejects)."""
+    from torch.onnx import symbolic_helper
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset13
+
+    if not symbolic_helper._is_packed_list(indices_or_sections):
+        return symbolic_opset13.tensor_split(g, x, indices_or_sections, dim, _outputs)
+    axis = symbolic_helper._get_const(dim, "i", "dim")
+    positions = [symbolic_helper._unsqueeze_helper(g, g.op("Cast", v, to_i=7), [0])
+                 for v in symbolic_helper._unpack_list(indices_or_sections)]
+    bounds = [g.op("Constant", value_t=torch.tensor([0])), *positions,
+              g.op("Constant", value_t=torch.tensor([2**62]))]
+    axes = g.op("Constant", value_t=torch.tensor([axis]))
+    parts = [g.op("Slice", x, start, end, axes) for start, end in itertools.pairwise(bounds)]
+    return g.op("prim::ListConstruct", *parts)  # the ListUnpack after it takes the parts back out
+
+
+def _integral_types():
+    from torch.onnx._internal.torchscript_exporter import _type_utils
+
+    kinds = _type_utils.JitScalarType
+    return {kinds.BOOL, kinds.UINT8, kinds.INT8, kinds.INT16, kinds.INT}
+
+
+_INTEGRAL = _integral_types()
 
 
 def _attention(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

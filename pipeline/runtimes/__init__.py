@@ -31,6 +31,9 @@ class RuntimeSpec:
     # The output names an artifact has, in its own order, read from the artifact (the diagnosis asks a copy
     # with extra outputs); None: the artifact records them (output_perms).
     output_names: Callable[[Path], list[str]] | None = None
+    # its interpreter plans memory across calls: the convert stage calls an artifact twice and compares
+    # (pipeline/repeat_calls.py); the others compute each call afresh
+    reuses_memory: bool = False
 
 
 RUNTIMES: Registry[RuntimeSpec] = Registry("runtime", __name__)

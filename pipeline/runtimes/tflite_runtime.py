@@ -107,4 +107,4 @@ def signature_outputs(path) -> list[str]:
     return list(next(iter(signatures.values()))["outputs"])
 
 
-register(RuntimeSpec("tflite", load, needs_tensorflow=True, output_names=signature_outputs))
+register(RuntimeSpec("tflite", load, needs_tensorflow=True, output_names=signature_outputs, reuses_memory=True))

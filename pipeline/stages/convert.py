@@ -17,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import compare, disk, quantized, runtimes
 from pipeline.context import RunContext
 from pipeline.contracts import TARGETS as CONVERTED_TARGETS
@@ -208,8 +210,28 @@ def verify(ctx: RunContext, target: str, path: Path, info: dict, sample: dict, r
         return {"ok": False, "reason": f"the artifact does not run: {type(exc).__name__}: {str(exc)[:300]}"}
     if TARGETS[target].quantized:  # judged by the task metric in parity; here only a loose sanity check
         return quantized.sanity(outputs, reference, ctx.output_kind)
-    return compare.verify_outputs(outputs, reference, settings.rtol, settings.atol,
-                                  len(next(iter(sample.values()))), floor)
+    verdict = compare.verify_outputs(outputs, reference, settings.rtol, settings.atol,
+                                     len(next(iter(sample.values()))), floor)
+    if not verdict.get("ok"):
+        return verdict
+    repeated = _repeat_check(ctx, target, adapter, reference)
+    if repeated and not repeated.get("ok", True):
+        return repeated
+    return {**verdict, **(repeated or {})}
+
+
+def _repeat_check(ctx: RunContext, target: str, adapter, reference: dict) -> dict | None:
+    """Two calls at parity's batch size agree (``pipeline.repeat_calls``); tflite runtimes only. Returns the
+    failed verdict, or ``{"second_call_batch": n}`` when checked."""
+    from pipeline import repeat_calls
+
+    if not runtimes.RUNTIMES[TARGETS[target].runtime].reuses_memory:
+        return None
+    feeds = ctx.samples.held_out(repeat_calls.parity_batch(ctx.cfg, ctx.data.size("test")))
+    scale = max(float(np.max(np.abs(r), initial=0.0)) for r in reference.values()) if reference else 0.0
+    limit = float(ctx.cfg.export.verify.rtol) * scale + float(ctx.cfg.export.verify.atol)
+    return repeat_calls.second_call_differs(adapter, feeds, limit) or \
+        {"second_call_batch": len(next(iter(feeds.values())))}
 
 
 def _park(path: Path) -> Path:

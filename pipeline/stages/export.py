@@ -24,6 +24,10 @@ from pipeline.runtimes.torch_runtime import flatten_outputs
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+# The trace's batch: 2, not 1. A Python branch on a size that is 1 only in the traced sample is frozen into
+# the graph (transformers' causal LMs given ids alone expand their [1, T] position ids to the batch only
+# when it is not 1: traced at 1, the graph indexes out of bounds at any other batch size).
+EXPORT_BATCH = 2
 # "Support for this operator was added in version 14" / "opset version 14 is required" / a symbolic's
 # warning that its graph differs below an opset ("ROIAlign with aligned=True is only supported in opset >= 16")
 _NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|supported in opset >=)\D{0,12}(\d+)",
@@ -34,7 +38,7 @@ CONTRACT = StageContract("export", needs=("weights",), makes=("onnx", "labels"))
 
 def run(ctx: RunContext) -> ExportResult:
     net = ctx.net.eval()
-    x = ctx.data.head("test", 1)[0]
+    x = ctx.data.head("test", EXPORT_BATCH)[0]
     names = list(x) if isinstance(x, dict) else [INPUT_NAME]
     # Copies: a network that changes its input in place must not change the test split parity reads.
     args = tuple(x[n].clone() for n in names) if isinstance(x, dict) else (x.clone(),)

@@ -42,6 +42,26 @@ def convert_file(saved_model: Path, out_path: Path, configure=None) -> dict:
             "load": "ai_edge_litert.interpreter.Interpreter(model_path=path)"}
 
 
+# What to change in the model for an op TFLite has no builtin kernel for (the others: a generic hint).
+_REPLACEMENTS = {
+    "Erf": "exact GELU (Erf): use nn.GELU(approximate='tanh')",
+    # TFLite lowers a float BiasAdd to Add: the one left is an integer tensor plus a per-axis constant.
+    "BiasAdd": "BiasAdd of integers (an integer tensor plus a per-axis constant, e.g. ids + offsets or "
+               "positions): the keras3 backend writes integer adds as Sub, so name the model in a bug report "
+               "(pipeline.log has the TensorFlow op); meanwhile do that add in float in the model "
+               "(x.float() + c, then .long())",
+}
+
+
+def _replacement_hint(ops: list[str]) -> str:
+    known = [_REPLACEMENTS[op] for op in ops if op in _REPLACEMENTS]
+    others = [op for op in ops if op not in _REPLACEMENTS]
+    steps = known + ([f"replace {', '.join(others)} in the model with ops TFLite has builtin kernels for"]
+                     if others else [])
+    return f"{'; '.join(steps)[:1].upper()}{'; '.join(steps)[1:]}; or drop the tflite target " \
+           "(export=[keras,tensorflow])."
+
+
 def explain(exc: Exception) -> ConversionError:
     if "TensorListReserve" in str(exc) or "tensor list ops" in str(exc):
         layer = _RECURRENT_LAYER.search(str(exc))
@@ -62,8 +82,7 @@ def explain(exc: Exception) -> ConversionError:
         return ConversionError(
             f"TFLite has no builtin kernel for TensorFlow op(s) {', '.join(ops)} (they would need TF Select "
             "flex ops, which the LiteRT interpreter does not run).",
-            "Replace the op in the model (e.g. GELU approximate='tanh' instead of Erf), or drop the tflite target.",
-            unsupported_op=ops[0])
+            _replacement_hint(ops), unsupported_op=ops[0])
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return ConversionError(f"The TFLite converter failed: {type(exc).__name__}: {first_line}",
                            "Check that the tensorflow target converts and runs first.")

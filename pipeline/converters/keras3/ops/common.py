@@ -120,7 +120,8 @@ def _batch_materialize(ctx, index: int) -> Tensor:
         # The batch index counted along the axis (``torch.arange(N)`` for ``x[torch.arange(N), i]``).
         ones = ctx.c.batch_ones(shape)
         index = ops.cast(ops.cumsum(ones, axis=axis) - ones, row.dtype.name)
-        return Tensor(index * step + row, tuple(range(len(shape))))
+        # ``add``, not ``+``: an integer row is a bias to Keras' add, and TFLite has no integer BiasAdd.
+        return Tensor(add(index * step, row), tuple(range(len(shape))))
     raise ctx.fail(f"input {name} varies along the batch axis without depending on the data.")
 
 

@@ -18,9 +18,24 @@ def dense(ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None, suffix: s
     last = axis % x.rank
     order = [p for p in x.perm if p != last] + [last]
     layer = keras.layers.Dense(kernel.shape[1], use_bias=bias is not None, name=ctx.name(suffix or "dense"))
-    result = layer(ctx.to_perm(x, order))
+    result = _on_rows(layer, ctx.to_perm(x, order))
     layer.set_weights([kernel.astype(np.float32)] + ([bias.astype(np.float32)] if bias is not None else []))
     return result, order
+
+
+def _on_rows(layer, source):
+    """``layer(source)``; a tensor of rank 3 or more whose only dynamic axis is the batch goes in as the rows of
+    a matrix, reshaped by constant shapes. Keras' Dense on rank 3+ is a ``tensordot`` that reshapes by shapes
+    computed at run time (Shape, Gather, Prod, Pack): with those around FULLY_CONNECTED, TFLite's XNNPACK
+    delegate answers the first call at a batch of 48 or more right and every later call wrong (timm's
+    mvitv2_tiny); reshapes by constants it runs right every time."""
+    from keras import ops
+
+    shape = tuple(source.shape)
+    if len(shape) < 3 or shape[0] is not None or any(d is None for d in shape[1:]):
+        return layer(source)
+    rows = layer(ops.reshape(source, (-1, shape[-1])))
+    return ops.reshape(rows, (-1, *shape[1:-1], layer.units))
 
 
 @op("MatMul")

@@ -86,7 +86,10 @@ def softmax(ctx):
     axis = int(ctx.attr("axis", -1 if opset >= 13 else 1)) % x.rank
     function = ops.softmax if ctx.op_type == "Softmax" else ops.log_softmax
     if opset >= 13 or axis == x.rank - 1:
-        ctx.set(function(x.keras, axis=x.keras_axis(axis)), x.perm)
+        result = function(x.keras, axis=x.keras_axis(axis))
+        if ctx.op_type == "Softmax" and _nan_checked(ctx):
+            result = _nan_on_masked_rows(x.keras, result, x.keras_axis(axis))
+        ctx.set(result, x.perm)
         return
     # Before opset 13 the input is seen as 2-D: [prod(shape[:axis]), prod(shape[axis:])].
     shape = ctx.c.probe.shape(ctx.input_names[0])
@@ -95,6 +98,23 @@ def softmax(ctx):
     flat = ops.reshape(ctx.to_perm(x, layout.identity(x.rank)), [-1, int(np.prod(shape[axis:]))])
     restored = ops.reshape(function(flat, axis=-1), [-1 if d is None else d for d in shape])
     ctx.set(restored, layout.identity(x.rank))
+
+
+def _nan_checked(ctx) -> bool:
+    """Whether the softmax's output goes into ``IsNaN``: PyTorch's ``scaled_dot_product_attention`` zeroes
+    the NaN rows of fully masked queries (``where(isnan(p), 0, p)``, transformers' causal LMs with a padding
+    mask), and TFLite's softmax returns a uniform row instead of NaN for a row of ``-inf``."""
+    return any(consumer.op_type == "IsNaN" for consumer in ctx.c.consumers.get(ctx.node.output[0], []))
+
+
+def _nan_on_masked_rows(x, result, axis: int):
+    """ONNX's softmax of a row of ``-inf`` (every position masked): NaN, on every runtime. At or below the
+    lowest finite float: TFLite may hold a ``-inf`` constant as that (``where(mask, 0, -inf)`` alone does)."""
+    from keras import ops
+
+    lowest = np.asarray(np.finfo(str(x.dtype)).min, dtype=str(x.dtype))
+    masked = ops.less_equal(ops.max(x, axis=axis, keepdims=True), lowest)
+    return ops.where(masked, np.asarray(np.nan, dtype=str(x.dtype)), result)
 
 
 @op("Hardmax")
