@@ -148,8 +148,10 @@ class HfTaskModel(nn.Module):
         super().__init__()
         self.model, self.input_names, self.output = model, list(input_names), output
 
-    def forward(self, *inputs):
-        out = self.model(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
+    def forward(self, *inputs, **named):
+        # positionally in input_names order (the export, training), or by name (the pre-training check)
+        named = {**dict(zip(self.input_names, inputs, strict=False)), **named}
+        out = self.model(**named, return_dict=True)
         return {self.output: out[self.output]}
 
 
