@@ -48,6 +48,8 @@ class ModelInputs(InMemoryData):
 
     def _split(self, rng: np.random.Generator):
         x = {name: torch.from_numpy(self._draw(rng, spec)) for name, spec in self.specs.items()}
+        if list(x) == ["input"]:  # one unnamed input: a tensor, as every single-input dataset gives it
+            x = x["input"]
         y = None if self.num_classes is None else torch.from_numpy(rng.integers(0, self.num_classes, self.samples))
         return x, y
 
