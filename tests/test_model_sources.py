@@ -1,0 +1,139 @@
+"""Third-party models as sources: model=timm, model=hf (a save_pretrained folder or a config), model=smp.
+
+Real libraries, real converters: each model goes through export, every target and parity on the inputs
+that dataset=model_inputs generates as the library names them.
+"""
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.conftest import assert_ok, read_report, run_cli, run_in_process
+
+NO_TRAINING = ("model.weights=init", "stages=[export,check,convert,parity]", "dataset=model_inputs",
+               "parity.latency_repeats=3", "parity.latency_budget_s=0.2")
+TARGETS = ("keras", "tensorflow", "tflite")
+
+
+def assert_every_target_in_parity(report: dict) -> None:
+    """keras, tensorflow and tflite converted, and every runtime in tolerance of PyTorch's outputs."""
+    failed = {t: v.get("reason") for t, v in report["targets"].items() if v["status"] != "ok"}
+    assert not failed, f"targets that did not convert: {failed}"
+    by_runtime = {row["runtime"]: row for row in report["parity"]}
+    assert set(TARGETS) <= set(by_runtime), sorted(by_runtime)
+    drifting = {r: row["max_abs_err"] for r, row in by_runtime.items() if not row["allclose"]}
+    assert not drifting, drifting
+    assert report["status"] == "ok"
+
+
+def tiny_bert(folder: Path) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=128, max_position_embeddings=64, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_llama(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=128, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_timm_model_by_name_converts_to_every_target_in_parity(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("model=timm", "model.net.name=resnet10t", "model.net.input_size=[3,64,64]", "export=all",
+                   "dataset.samples=32", *NO_TRAINING, run_dir=run_dir)
+    assert_ok(proc)
+    report = read_report(run_dir)
+    assert report["data"]["inputs"][0]["shape"] == [3, 64, 64]
+    assert_every_target_in_parity(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("build", "task", "output"), [(tiny_bert, "sequence_classification", "logits"),
+                                                       (tiny_llama, "causal_lm", "logits")])
+def test_a_saved_transformers_model_converts_with_ids_and_mask_in_parity(build, task, output, tmp_path):
+    folder = build(tmp_path / "saved")
+    run_dir = tmp_path / "run"
+    proc = run_cli("model=hf", f"model.net.path={folder}", f"model.net.task={task}", "model.net.seq_len=12",
+                   "export=all", "dataset.samples=32", *NO_TRAINING, run_dir=run_dir)
+    report = read_report(run_dir)
+    graph = onnx.load(str(run_dir / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == [output]
+    inputs = {i["name"]: i for i in report["data"]["inputs"]}
+    assert inputs["input_ids"]["dtype"] == "int64" and inputs["input_ids"]["shape"] == [12]
+    assert_every_target_in_parity(report)
+    assert_ok(proc)
+
+
+def test_the_generated_attention_masks_pad_some_rows_and_ids_stay_in_the_vocabulary(tmp_path):
+    from pipeline.datasets.model_inputs import ModelInputs
+
+    folder = tiny_bert(tmp_path / "saved")
+    data = ModelInputs(net={"_target_": "models.hf.build", "path": str(folder), "seq_len": 20}, samples=64)
+    x, y = data.head("test")
+    assert list(x) == ["input_ids", "attention_mask"] and y is None
+    assert int(x["input_ids"].min()) >= 0 and int(x["input_ids"].max()) < 128
+    mask = x["attention_mask"]
+    assert (mask[0] == 1).all()  # the first row is unpadded
+    padded = (mask == 0).any(dim=1)
+    assert 0 < int(padded.sum()) < 64
+    # padding is at the tail: once 0, the rest of the row is 0
+    assert (mask[:, 1:] <= mask[:, :-1]).all()
+
+
+@pytest.mark.slow
+def test_a_segmentation_models_pytorch_model_converts_to_every_target_in_parity(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("model=smp", "model.net.arch=FPN", "model.net.encoder=resnet18", "model.net.input_size=[3,64,64]",
+                   "export=all", "dataset.samples=16", *NO_TRAINING, run_dir=run_dir)
+    assert_ok(proc)
+    assert_every_target_in_parity(read_report(run_dir))
+
+
+def _refused(tmp_path, *overrides) -> str:
+    outcome = run_in_process(*overrides, "export=onnx", *NO_TRAINING, run_dir=tmp_path / "run")
+    assert outcome.code != 0, outcome.output
+    return outcome.output
+
+
+def test_an_unknown_timm_name_lists_close_matches(tmp_path):
+    output = _refused(tmp_path, "model=timm", "model.net.name=resnet19")
+    assert "model.net.name='resnet19' is not a timm model" in output
+    assert "resnet18" in output and "Close matches" in output
+
+
+def test_a_missing_path_is_named(tmp_path):
+    output = _refused(tmp_path, "model=hf", f"model.net.path={tmp_path / 'nowhere'}")
+    assert "is not a folder" in output and "save_pretrained" in output
+
+
+def test_pickled_weights_are_refused_with_the_safe_serialization_hint(tmp_path):
+    folder = tiny_bert(tmp_path / "saved")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")  # what a pickle-only folder holds
+    output = _refused(tmp_path, "model=hf", f"model.net.path={folder}")
+    assert "pytorch_model.bin" in output and "safe_serialization=True" in output
+
+
+def test_an_unknown_task_names_the_tasks(tmp_path):
+    folder = tiny_bert(tmp_path / "saved")
+    output = _refused(tmp_path, "model=hf", f"model.net.path={folder}", "model.net.task=translation")
+    assert "model.net.task='translation'" in output and "causal_lm" in output and "sequence_classification" in output
+
+
+def test_a_missing_library_names_the_pip_command(tmp_path):
+    shadow = tmp_path / "shadow" / "timm"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('timm is not installed here')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = run_cli("model=timm", "export=onnx", *NO_TRAINING, run_dir=tmp_path / "run", env=env)
+    assert proc.returncode != 0
+    assert 'pip install -e ".[timm]"' in proc.stdout + proc.stderr
