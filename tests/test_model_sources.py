@@ -137,3 +137,31 @@ def test_a_missing_library_names_the_pip_command(tmp_path):
     proc = run_cli("model=timm", "export=onnx", *NO_TRAINING, run_dir=tmp_path / "run", env=env)
     assert proc.returncode != 0
     assert 'pip install -e ".[timm]"' in proc.stdout + proc.stderr
+
+
+class CachingNet(__import__("torch").nn.Module):
+    """Caches a tensor built in its first forward (timm's convit_tiny caches its relative positions)."""
+
+    def __init__(self, input_shape=(8,), num_classes: int = 3):
+        import torch
+
+        super().__init__()
+        self.linear = torch.nn.Linear(input_shape[0], num_classes)
+        self.positions = None
+
+    def forward(self, x):
+        import torch
+
+        y = self.linear(x)
+        if self.positions is None or self.positions.shape != y.shape:  # rebuilt at another batch size
+            self.positions = torch.linspace(0.5, 1, y.shape[1]).expand(y.shape[0], -1)
+        return y * self.positions  # saved for backward while traced: an inference tensor cannot be
+
+
+@pytest.mark.parametrize("stages", ["[export,check]", "[train,export,check]"])
+def test_a_model_that_caches_a_tensor_in_forward_exports(stages, tmp_path):
+    outcome = run_in_process("model.net._target_=tests.test_model_sources.CachingNet", "model.output=logits",
+                             "dataset=synthetic", "dataset.shape=[8]", "dataset.num_classes=3", "dataset.samples=32",
+                             "trainer.max_epochs=1", "model.weights=init" if "train" not in stages else "seed=1",
+                             f"stages={stages}", "export=onnx", run_dir=tmp_path / "run")
+    assert outcome.code == 0, outcome.output

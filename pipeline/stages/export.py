@@ -80,7 +80,9 @@ def dynamic_axes(net, args: tuple, names: list[str], outputs: list[str], free: d
 
 
 def output_names(net: torch.nn.Module, args: tuple) -> list[str]:
-    with torch.inference_mode():
+    # no_grad, not inference_mode: a tensor the network caches in forward (timm's convit_tiny) would be an
+    # inference tensor, which the exporter's trace cannot use
+    with torch.no_grad():
         result = net(*args)
     if isinstance(result, dict):
         return [str(k) for k in result]
@@ -130,7 +132,7 @@ def packed_sequence_user(net: torch.nn.Module, args: tuple) -> str | None:
         lambda _m, inputs, n=name: found.append(n or "model.net") if inputs and isinstance(inputs[0], PackedSequence)
         else None) for name, module in net.named_modules() if isinstance(module, torch.nn.RNNBase)]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: see output_names
             net(*args)
     except Exception:  # noqa: BLE001 - only looking; the export's own error is reported
         pass
