@@ -93,7 +93,7 @@ def test_the_generated_attention_masks_pad_some_rows_and_ids_stay_in_the_vocabul
 @pytest.mark.slow
 def test_a_segmentation_models_pytorch_model_converts_to_every_target_in_parity(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("model=smp", "model.net.arch=FPN", "model.net.encoder=resnet18", "model.net.input_size=[3,64,64]",
+    proc = run_cli("model=smp", "model.net.arch=Unet", "model.net.encoder=resnet18", "model.net.input_size=[3,64,64]",
                    "export=all", "dataset.samples=16", *NO_TRAINING, run_dir=run_dir)
     assert_ok(proc)
     assert_every_target_in_parity(read_report(run_dir))

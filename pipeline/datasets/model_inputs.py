@@ -21,7 +21,7 @@ def source_specs(net) -> dict:
     target = str(values.pop("_target_", ""))
     module_name = target.rpartition(".")[0]
     try:
-        specs = getattr(importlib.import_module(module_name), "input_specs")
+        specs = importlib.import_module(module_name).input_specs
     except (ImportError, AttributeError, ValueError):
         raise PipelineError(f"dataset=model_inputs: model.net._target_={target or None} declares no inputs "
                             "(only model=timm, model=hf and model=smp do).",
@@ -35,7 +35,8 @@ class ModelInputs(InMemoryData):
                  **kwargs):
         super().__init__(**kwargs)
         if not isinstance(samples, int) or samples < 1:
-            raise PipelineError(f"dataset.samples={samples!r} is not a positive integer.", "Set e.g. dataset.samples=128.")
+            raise PipelineError(f"dataset.samples={samples!r} is not a positive integer.",
+                                "Set e.g. dataset.samples=128.")
         if not isinstance(padding, int | float) or not 0 <= padding < 1:
             raise PipelineError(f"dataset.padding={padding!r} is not a fraction in [0, 1).",
                                 "Set e.g. dataset.padding=0.25 (up to a quarter of each row is padding).")

@@ -8,6 +8,7 @@ when the network returns several, or the keys of a returned dict). ``padding="sa
 which the exporter writes as ``auto_pad=SAME_UPPER``, get their explicit pads (onnxruntime refuses
 ``auto_pad`` with dilation).
 """
+import logging
 import re
 import warnings
 
@@ -24,6 +25,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 # "Support for this operator was added in version 14" / "opset version 14 is required" / a symbolic's
 # warning that its graph differs below an opset ("ROIAlign with aligned=True is only supported in opset >= 16")
+# The exporter appends the aten op it was translating when a symbolic fails: kept in our message.
+_TRANSLATING = re.compile(r"\(Occurred when translating ([\w:.]+)\)")
+logfile = logging.getLogger("pipeline.logfile")  # pipeline.log only (conf/config.yaml)
 _NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|supported in opset >=)\D{0,12}(\d+)",
                            re.IGNORECASE)
 
@@ -110,6 +114,7 @@ def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx
         except Exception as exc:  # noqa: BLE001 - torch raises many types; the message says what it needs
             needed = required_opset(exc)
             if needed is None or needed <= opset or needed > highest:
+                logfile.error("torch.onnx.export failed at opset %d:", opset, exc_info=exc)  # the full traceback
                 packed = packed_sequence_user(net, args)
                 if packed:
                     raise PipelineError(f"torch.onnx.export cannot export packed sequences: {packed} is given a "
@@ -117,9 +122,12 @@ def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx
                                         "Pass the padded [N, T, F] tensor to the recurrent layer instead (windows "
                                         "of one length need no packing), and mask padded steps if there are "
                                         "any.") from exc
-                raise PipelineError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}",
-                                    "Check that the model runs on the dataset's inputs; an op without an ONNX "
-                                    "export must be replaced in the model.") from exc
+                op = translated_op(exc)
+                hint = (f"The exporter failed on the op {op} (traceback in pipeline.log): replace that op in the "
+                        "model, or compute its arguments as constants." if op else
+                        "Check that the model runs on the dataset's inputs (traceback in pipeline.log); an op "
+                        "without an ONNX export must be replaced in the model.")
+                raise PipelineError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}", hint) from exc
             opset = needed
 
 
@@ -148,10 +156,18 @@ def required_opset(exc: Exception) -> int | None:
     return max(found) if found else None
 
 
+def translated_op(exc: Exception) -> str | None:
+    """The aten op the exporter was translating when it failed ("Occurred when translating col2im")."""
+    found = _TRANSLATING.search(str(exc))
+    return found.group(1) if found else None
+
+
 def first_line(exc: Exception) -> str:
-    """The exporter's message without the TorchScript graph it appends."""
+    """The exporter's message without the TorchScript graph it appends (the op it was translating kept)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:400] if text else ''}"
+    line = f"{type(exc).__name__}: {text[0].strip()[:400] if text else ''}"
+    op = translated_op(exc)
+    return f"{line} (occurred when translating {op})" if op and op not in line else line
 
 
 _SYMBOLICS_REGISTERED = False
