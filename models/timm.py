@@ -21,7 +21,7 @@ def check_name(name) -> str:
     """``name`` if timm knows it, else a PipelineError listing the closest names."""
     timm = require("timm")
     names = timm.list_models()
-    if isinstance(name, str) and name in names:
+    if isinstance(name, str) and name.split(".")[0] in names:  # resnet18, or with a weights tag: resnet18.a1_in1k
         return name
     close = difflib.get_close_matches(str(name), names, n=8, cutoff=0.5)
     hint = f"Close matches: {', '.join(close)}." if close else "See timm.list_models() (e.g. resnet18, convnext_atto)."

@@ -165,3 +165,54 @@ def test_a_model_that_caches_a_tensor_in_forward_exports(stages, tmp_path):
                              "trainer.max_epochs=1", "model.weights=init" if "train" not in stages else "seed=1",
                              f"stages={stages}", "export=onnx", run_dir=tmp_path / "run")
     assert outcome.code == 0, outcome.output
+
+
+class PadUnfold(__import__("torch").nn.Module):
+    """Windows over an input padded by amounts computed from its shape (timm's HaloNet): the exporter
+    does not know the padded length that ``unfold`` slides over."""
+
+    def forward(self, x):
+        from torch.nn import functional as F
+
+        pad = x.shape[-1] % 3 + 1
+        return F.pad(x, [pad, pad]).unfold(2, 4, 2).mean(-1)
+
+
+def test_unfold_over_an_axis_of_unknown_length_exports_and_converts_in_parity(tmp_path):
+    report_dir = tmp_path / "run"
+    outcome = run_in_process("model.net._target_=tests.test_model_sources.PadUnfold", "model.output=value",
+                             "dataset=synthetic", "dataset.shape=[3,10]", "dataset.samples=16", "export=all",
+                             "model.weights=init", "stages=[export,check,convert,parity]", "parity.timing=false",
+                             run_dir=report_dir)
+    assert outcome.code == 0, outcome.output
+    assert_every_target_in_parity(read_report(report_dir))
+
+
+class RollByShape(__import__("torch").nn.Module):
+    """``torch.roll`` by a tuple of shifts computed from the input's shape: the exporter cannot export it."""
+
+    def forward(self, x):
+        import torch
+
+        return torch.roll(x, shifts=(x.shape[-1] // 2,), dims=(-1,))
+
+
+def test_an_export_failure_leaves_its_traceback_in_pipeline_log(tmp_path):
+    run_dir = tmp_path / "run"
+    outcome = run_in_process("model.net._target_=tests.test_model_sources.RollByShape", "model.output=value",
+                             "dataset=synthetic", "dataset.shape=[4,10]", "dataset.samples=8", "export=onnx",
+                             "model.weights=init", "stages=[export]", run_dir=run_dir)
+    assert outcome.code != 0
+    assert "torch.onnx.export failed" in outcome.output and "pipeline.log" in outcome.output
+    log = (run_dir / "pipeline.log").read_text()
+    assert "Traceback (most recent call last)" in log and "torch/onnx" in log
+
+
+def test_the_op_the_exporter_was_translating_is_kept_in_the_message():
+    from pipeline.stages.export import first_line, translated_op
+
+    # how torch.onnx's TorchScript exporter words a symbolic's failure (utils._run_symbolic_function)
+    error = TypeError("'NoneType' object is not subscriptable \n(Occurred when translating col2im).")
+    assert translated_op(error) == "col2im"
+    assert first_line(error) == ("TypeError: 'NoneType' object is not subscriptable (occurred when translating "
+                                 "col2im)")
