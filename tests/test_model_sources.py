@@ -216,3 +216,36 @@ def test_the_op_the_exporter_was_translating_is_kept_in_the_message():
     assert translated_op(error) == "col2im"
     assert first_line(error) == ("TypeError: 'NoneType' object is not subscriptable (occurred when translating "
                                  "col2im)")
+
+
+CACHED_WEIGHTS_SCRIPT = """
+import os, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+os.environ["HF_HUB_CACHE"], os.environ["HF_HUB_OFFLINE"] = str(root), "1"
+import timm, torch
+from safetensors.torch import save_file
+reference = timm.create_model("resnet10t")  # weights as a download would leave them in the cache
+repo = root / ("models--" + timm.models.get_pretrained_cfg("resnet10t").hf_hub_id.replace("/", "--"))
+snapshot = repo / "snapshots" / ("0" * 40)
+snapshot.mkdir(parents=True)
+(repo / "refs").mkdir()
+(repo / "refs" / "main").write_text("0" * 40)
+save_file(reference.state_dict(), str(snapshot / "model.safetensors"))
+from models.timm import build
+for pretrained in ("auto", False):
+    net = build("resnet10t", input_shape=[3, 64, 64], pretrained=pretrained)
+    same = all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), reference.state_dict().values()))
+    print(pretrained, same)
+"""
+
+
+def test_timm_uses_weights_the_local_cache_holds_and_random_ones_otherwise(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", CACHED_WEIGHTS_SCRIPT, str(tmp_path / "hub")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["auto True", "False False"], proc.stdout
