@@ -20,3 +20,18 @@ def warm_up_batchnorm(net: nn.Module, input_shape, batches: int = 4, batch_size:
         for _ in range(batches):
             net(torch.randn(batch_size, *input_shape, generator=generator) * 2 + 0.5)
     return net.train(was_training)
+
+
+def untrivialise_parameters(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random-weight libraries start some layers at zero or near it: a classifier head (ViT's), the last
+    norm scale of a residual branch (timm's ``zero_init_last``), LayerScale gammas (1e-6). Their outputs
+    would be constant or the branch an identity, which compares trivially: give them ordinary values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if parameter.dim() >= 2 and not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+            elif parameter.dim() == 1 and name.rsplit(".", 1)[-1] in ("weight", "gamma", "scale") \
+                    and parameter.numel() and float(parameter.abs().max()) < 1e-4:
+                parameter.copy_(torch.rand(parameter.shape, generator=generator) + 0.5)
+    return net

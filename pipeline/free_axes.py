@@ -258,7 +258,7 @@ def torch_outputs(net, feeds: dict, names: list[str], free: dict[str, dict[int, 
         module.register_forward_pre_hook(lambda _m, _i, n=name: running.append(n)),
         module.register_forward_hook(lambda _m, _i, _o: _left(running)))]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: a tensor cached in forward must stay exportable
             result = net(*[torch.from_numpy(feeds[n].copy()) for n in names])
     except Exception as exc:  # noqa: BLE001 - the network itself pins the axis
         module = running[-1] if running else None

@@ -1,7 +1,8 @@
 """The support matrices a sweep writes: models x runtimes, each cell the parity result or why it failed.
 
 ``+matrix=seeds`` (docs/support-matrix.md) sweeps the seed experiments; ``+matrix=zoo``
-(docs/model-zoo.md) the model zoo, architectures the project has never trained.
+(docs/model-zoo.md) the model zoo, architectures the project has never trained; ``+matrix=external``
+(docs/external-zoo.md) timm, transformers and segmentation_models_pytorch models.
 """
 from pathlib import Path
 
@@ -15,6 +16,10 @@ INTROS = {
     "seeds": ("Support matrix", "the five seed systems, trained with their tutorials' recipes"),
     "zoo": ("Model zoo", "models of common shapes with random weights (BatchNorm statistics warmed up), "
                          "nothing trained"),
+    "external": ("External zoo", "third-party models as sources (`model=timm`, `model=hf`, `model=smp`) with random "
+                                 "weights, small inputs and tiny transformers configs, on generated inputs "
+                                 "(`dataset=model_inputs`: token ids with padded attention masks for text models), "
+                                 "nothing trained"),
 }
 
 

@@ -5,7 +5,8 @@ swapped the window and position axes), ``torch.diff`` and ``torch.median`` (none
 ``scaled_dot_product_attention`` (refused), ``scatter_add`` below opset 16 (a graph that loses repeated
 indices: the opset is raised), adaptive pooling to sizes that do not divide the input (refused),
 ``nn.RMSNorm`` below opset 23, ``nn.Bilinear``, ``torch.rot90``, ``F.threshold`` with a non-zero threshold
-and ``nearest-exact`` interpolation (none).
+and ``nearest-exact`` interpolation (none); ``F.fold`` whose ``output_size`` is a list of sizes
+read off the input (timm's VOLO: the exporter's ``col2im`` needs a tensor).
 ``torch.searchsorted`` / ``torch.bucketize``, ``torch.cumprod`` / ``torch.logcumsumexp`` /
 ``torch.cummax`` / ``torch.cummin`` (none); ``torch.cumsum`` of bools or small integers (summed as int64,
 as PyTorch does: the exporter's ``CumSum`` of bools is not valid ONNX); ``torch.tensor_split`` at positions
@@ -13,7 +14,8 @@ computed in ``forward`` (the exporter took them for a number of sections).
 Decompositions traced while exporting (``decompositions``): ``F.embedding_bag`` on rows of ids (a Loop
 no converter takes, refused with a ``padding_idx``), ``nn.LSTM`` with ``proj_size`` (refused),
 ``F.embedding`` with ``max_norm`` (the exporter drops the renormalisation, and its trace renormalises the
-rows of the export's sample in place).
+rows of the export's sample in place), ``F.scaled_dot_product_attention`` given ``is_causal`` as a tensor (the
+tracer turns a bool passed down to a submodule by keyword into one, as in timm's EVA-02: a bool again).
 Parametrized weights (``without_parametrizations``): exported as the value they hold in eval.
 """
 import contextlib
@@ -23,6 +25,7 @@ import torch
 
 _embedding_bag = torch.nn.functional.embedding_bag  # PyTorch's own, put back after each export
 _embedding = torch.nn.functional.embedding
+_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
 def register(opset: int) -> None:
@@ -50,6 +53,8 @@ def register(opset: int) -> None:
         torch.onnx.register_custom_op_symbolic("aten::cumsum", _cumsum, opset)
     if opset >= 13:  # the exporter's own below is another
         torch.onnx.register_custom_op_symbolic("aten::tensor_split", _tensor_split, opset)
+    if opset >= 18:  # Col2Im
+        torch.onnx.register_custom_op_symbolic("aten::col2im", _col2im, opset)
     torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted, opset)
     torch.onnx.register_custom_op_symbolic("aten::bucketize", _bucketize, opset)
     torch.onnx.register_custom_op_symbolic("aten::cumprod", _cumulative("ReduceProd", 1.0), opset)
@@ -90,15 +95,28 @@ def decompositions():
     torch.nn.functional.embedding_bag = _embedding_bag_fixed_bags
     torch.nn.functional.embedding = _embedding_max_norm
     torch.nn.LSTM.forward = _lstm_forward
+    torch.nn.functional.scaled_dot_product_attention = _attention_with_bool_causal
     try:
         yield
     finally:
         torch.nn.functional.embedding_bag = _embedding_bag
         torch.nn.functional.embedding = _embedding
+        torch.nn.functional.scaled_dot_product_attention = _sdpa
         torch.nn.LSTM.forward = _LSTM_FORWARD
 
 
 _LSTM_FORWARD = torch.nn.LSTM.forward  # PyTorch's own
+
+
+def _attention_with_bool_causal(query, key, value, *args, **kwargs):
+    """``F.scaled_dot_product_attention`` whose ``is_causal`` arrived as a 0-d tensor: the tracer turns a bool
+    that a module passes down to a submodule by keyword into one (timm's EVA-02 blocks), which the function
+    refuses. The flag is a constant of the model: its value is read back."""
+    if isinstance(kwargs.get("is_causal"), torch.Tensor):
+        kwargs["is_causal"] = bool(kwargs["is_causal"])
+    if len(args) >= 3 and isinstance(args[2], torch.Tensor):  # attn_mask, dropout_p, is_causal positionally
+        args = (*args[:2], bool(args[2]), *args[3:])
+    return _sdpa(query, key, value, *args, **kwargs)
 
 
 def _embedding_max_norm(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
@@ -162,8 +180,55 @@ def _unfold(g, x, dimension, size, step):
     rank = symbolic_helper._get_tensor_rank(x)
     if dimension < 0 and rank is not None:
         dimension += rank
-    return symbolic_opset9.unfold(g, x, dimension, symbolic_helper._get_const(size, "i", "size"),
-                                  symbolic_helper._get_const(step, "i", "step"))
+    size, step = symbolic_helper._get_const(size, "i", "size"), symbolic_helper._get_const(step, "i", "step")
+    if rank is not None and dimension >= 0 and symbolic_helper._get_tensor_dim_size(x, dimension) is None \
+            and g.opset >= 11:
+        return _unfold_unknown_length(g, x, dimension, size, step, rank)
+    return symbolic_opset9.unfold(g, x, dimension, size, step)
+
+
+def _unfold_unknown_length(g, x, dimension: int, size: int, step: int, rank: int):
+    """``Tensor.unfold`` along an axis whose length the exporter does not know (after an ``F.pad`` of
+    computed amounts: timm's HaloNet), which its symbolic refuses ("input size not accessible"): the windows
+    gathered by index, ``starts[:, None] + arange(size)`` with ``(length - size) // step + 1`` starts, and
+    the window axis moved last, as ``unfold`` returns it."""
+    from torch.onnx import symbolic_helper
+
+    def const(value):
+        return g.op("Constant", value_t=torch.tensor(value, dtype=torch.int64))
+    length = g.op("Gather", g.op("Shape", x), const(dimension), axis_i=0)
+    count = g.op("Add", g.op("Div", g.op("Sub", length, const(size)), const(step)), const(1))
+    starts = g.op("Mul", g.op("Range", const(0), count, const(1)), const(step))
+    index = g.op("Add", symbolic_helper._unsqueeze_helper(g, starts, [1]),
+                 symbolic_helper._unsqueeze_helper(g, const(list(range(size))), [0]))
+    gathered = g.op("Gather", x, index, axis_i=dimension)  # [..., count, size, ...]
+    order = [a for a in range(rank + 1) if a != dimension + 1] + [dimension + 1]
+    return g.op("Transpose", gathered, perm_i=order)
+
+
+def _col2im(g, x, output_size, kernel_size, dilation, padding, stride):
+    """``F.fold`` / ``nn.Fold`` (ONNX Col2Im, opset 18). The exporter's own symbolic reads the number of
+    spatial axes off ``output_size`` as a tensor, and fails ("'NoneType' object is not subscriptable") when
+    it is a list of sizes computed in ``forward`` from the input's shape (timm's VOLO folds back to
+    ``(H, W)``): the sizes are made a 1-D int64 tensor first."""
+    from torch.onnx import symbolic_helper
+
+    def as_tensor(value):
+        constant = symbolic_helper._maybe_get_const(value, "is")
+        if isinstance(constant, list | tuple):
+            return g.op("Constant", value_t=torch.tensor([int(v) for v in constant], dtype=torch.int64))
+        if symbolic_helper._is_packed_list(value):  # sizes computed in the graph
+            parts = [symbolic_helper._reshape_helper(g, g.op("Cast", v, to_i=7),
+                                                     g.op("Constant", value_t=torch.tensor([1])))
+                     for v in symbolic_helper._unpack_list(value)]
+            return g.op("Concat", *parts, axis_i=0)
+        return value
+
+    dilation, padding, stride = (symbolic_helper._maybe_get_const(v, "is") for v in (dilation, padding, stride))
+    axes = len(symbolic_helper._maybe_get_const(kernel_size, "is") or dilation or stride or [0, 0])
+    pads = list(padding or [0] * axes) * 2  # begins, then ends
+    return g.op("Col2Im", x, as_tensor(output_size), as_tensor(kernel_size), dilations_i=dilation or [1] * axes,
+                pads_i=pads, strides_i=stride or [1] * axes)
 
 
 def _diff(g, x, n, dim, prepend, append):

@@ -8,6 +8,7 @@ when the network returns several, or the keys of a returned dict). ``padding="sa
 which the exporter writes as ``auto_pad=SAME_UPPER``, get their explicit pads (onnxruntime refuses
 ``auto_pad`` with dilation).
 """
+import logging
 import re
 import warnings
 
@@ -30,6 +31,9 @@ OUTPUT_NAME = "output"
 EXPORT_BATCH = 2
 # "Support for this operator was added in version 14" / "opset version 14 is required" / a symbolic's
 # warning that its graph differs below an opset ("ROIAlign with aligned=True is only supported in opset >= 16")
+# The exporter appends the aten op it was translating when a symbolic fails: kept in our message.
+_TRANSLATING = re.compile(r"\(Occurred when translating ([\w:.]+)\)")
+logfile = logging.getLogger("pipeline.logfile")  # pipeline.log only (conf/config.yaml)
 _NEEDED_OPSET = re.compile(r"(?:added in version|opset version|opset_version|supported in opset >=)\D{0,12}(\d+)",
                            re.IGNORECASE)
 
@@ -88,7 +92,9 @@ def dynamic_axes(net, args: tuple, names: list[str], outputs: list[str], free: d
 
 
 def output_names(net: torch.nn.Module, args: tuple) -> list[str]:
-    with torch.inference_mode():
+    # no_grad, not inference_mode: a tensor the network caches in forward (timm's convit_tiny) would be an
+    # inference tensor, which the exporter's trace cannot use
+    with torch.no_grad():
         result = net(*args)
     if isinstance(result, dict):
         return [str(k) for k in result]
@@ -116,6 +122,7 @@ def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx
         except Exception as exc:  # noqa: BLE001 - torch raises many types; the message says what it needs
             needed = required_opset(exc)
             if needed is None or needed <= opset or needed > highest:
+                logfile.error("torch.onnx.export failed at opset %d:", opset, exc_info=exc)  # the full traceback
                 packed = packed_sequence_user(net, args)
                 if packed:
                     raise PipelineError(f"torch.onnx.export cannot export packed sequences: {packed} is given a "
@@ -123,9 +130,12 @@ def write_with_opset(net, args: tuple, names: list[str], outputs: list[str], ctx
                                         "Pass the padded [N, T, F] tensor to the recurrent layer instead (windows "
                                         "of one length need no packing), and mask padded steps if there are "
                                         "any.") from exc
-                raise PipelineError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}",
-                                    "Check that the model runs on the dataset's inputs; an op without an ONNX "
-                                    "export must be replaced in the model.") from exc
+                op = translated_op(exc)
+                hint = (f"The exporter failed on the op {op} (traceback in pipeline.log): replace that op in the "
+                        "model, or compute its arguments as constants." if op else
+                        "Check that the model runs on the dataset's inputs (traceback in pipeline.log); an op "
+                        "without an ONNX export must be replaced in the model.")
+                raise PipelineError(f"torch.onnx.export failed at opset {opset}: {first_line(exc)}", hint) from exc
             opset = needed
 
 
@@ -138,7 +148,7 @@ def packed_sequence_user(net: torch.nn.Module, args: tuple) -> str | None:
         lambda _m, inputs, n=name: found.append(n or "model.net") if inputs and isinstance(inputs[0], PackedSequence)
         else None) for name, module in net.named_modules() if isinstance(module, torch.nn.RNNBase)]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: see output_names
             net(*args)
     except Exception:  # noqa: BLE001 - only looking; the export's own error is reported
         pass
@@ -154,10 +164,18 @@ def required_opset(exc: Exception) -> int | None:
     return max(found) if found else None
 
 
+def translated_op(exc: Exception) -> str | None:
+    """The aten op the exporter was translating when it failed ("Occurred when translating col2im")."""
+    found = _TRANSLATING.search(str(exc))
+    return found.group(1) if found else None
+
+
 def first_line(exc: Exception) -> str:
-    """The exporter's message without the TorchScript graph it appends."""
+    """The exporter's message without the TorchScript graph it appends (the op it was translating kept)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:400] if text else ''}"
+    line = f"{type(exc).__name__}: {text[0].strip()[:400] if text else ''}"
+    op = translated_op(exc)
+    return f"{line} (occurred when translating {op})" if op and op not in line else line
 
 
 _SYMBOLICS_REGISTERED = False

@@ -180,7 +180,7 @@ def predict(net: torch.nn.Module, inputs, batch_size: int = 512) -> np.ndarray:
     """Run the PyTorch network in eval mode over ``inputs`` (a tensor, or a dict of them in input order) in
     batches."""
     net.eval()
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: a tensor cached in forward must stay exportable afterwards
         # Copies: a network that changes its input in place must not change the test split.
         outs = [flatten_outputs(net(*_rows(inputs, i, i + batch_size)))[0]  # the task's output: the first
                 for i in range(0, length_of(inputs), batch_size)]
