@@ -337,7 +337,8 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
                                 f"values from {float(out.min()):.3g} to {float(out.max()):.3g}.",
                                 "End model.net with a sigmoid, or pick the model.output that matches it.")
         return
-    if out.dim() < 2 or out.shape[1] < 2:
+    axis = tasks.task(kind).class_axis  # where the class scores are: [N, C, ...] or, per token, [N, ..., C]
+    if out.dim() < 2 or out.shape[axis] < 2:
         raise PipelineError(f"model.output={kind} needs one score per class ([N, classes]), but model.net returns "
                             f"{shape}.", "For one sigmoid output per sample set model.output=probability.")
     labels = all_labels if all_labels is not None else y
@@ -345,8 +346,8 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
         raise PipelineError(f"dataset={dataset} has a negative class label ({int(labels.min())}); class labels "
                             "are 0..classes-1.", "Fix the labels in the data.")
     classes_in_data = int(labels.max()) + 1
-    if out.shape[1] < classes_in_data:
-        raise PipelineError(f"model.net returns {out.shape[1]} class scores per sample, but dataset={dataset} has "
+    if out.shape[axis] < classes_in_data:
+        raise PipelineError(f"model.net returns {out.shape[axis]} class scores per sample, but dataset={dataset} has "
                             f"{classes_in_data} classes.",
                             f"Set the model's number of classes (e.g. model.net.num_classes={classes_in_data}), "
                             f"or {model_hint(cfg)}.")

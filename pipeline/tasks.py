@@ -4,6 +4,8 @@ the metric. ``output`` in ``conf/model/*.yaml`` names one (the schema's ``Output
 - ``logits``: class scores [N, C] (cross-entropy loss, accuracy)
 - ``probability``: one sigmoid probability per sample [N, 1] (BCE loss, accuracy at 0.5)
 - ``value``: a regression value [N, 1] (MSE loss, MSE/MAE)
+- ``token_logits``: class scores along the last axis [N, ..., C] (token classification, a language model's
+  logits per position: cross-entropy, accuracy per position)
 torch is imported where a loss is computed: the schema reads the kinds at start-up.
 """
 from collections.abc import Callable
@@ -21,6 +23,7 @@ class Task:
     description: str
     loss: Callable  # (outputs, targets) -> a scalar tensor
     labels: Callable[[np.ndarray], np.ndarray] | None = None  # class labels from outputs; None: a regressor
+    class_axis: int = 1  # where the class scores are (top-1 is taken along it)
 
     @property
     def classifier(self) -> bool:
@@ -35,7 +38,7 @@ class Task:
         """Task metrics from raw outputs; ``inverse`` maps regression values back to original units."""
         outputs, targets = np.asarray(outputs), np.asarray(targets)
         if self.classifier:
-            return {"test_accuracy": float((self.labels(outputs) == targets.reshape(-1)).mean())}
+            return {"test_accuracy": float((self.labels(outputs).reshape(-1) == targets.reshape(-1)).mean())}
         values, truth = outputs.reshape(-1), targets.reshape(-1)
         if inverse is not None:
             values, truth = inverse(values), inverse(truth)
@@ -47,7 +50,8 @@ class Task:
         import torch.nn.functional as F
 
         if self.classifier:
-            predicted = (outputs.reshape(-1) > 0.5).long() if self.name == "probability" else outputs.argmax(dim=1)
+            predicted = (outputs.reshape(-1) > 0.5).long() if self.name == "probability" else \
+                outputs.argmax(dim=self.class_axis).reshape(-1)
             return (predicted == targets.reshape(-1)).float().mean()
         return F.mse_loss(outputs.reshape(-1), targets.float().reshape(-1))
 
@@ -80,8 +84,18 @@ def _mse(outputs, targets):
     return F.mse_loss(outputs.reshape(-1), targets.to(outputs.dtype).reshape(-1))
 
 
+def _token_cross_entropy(outputs, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(outputs.movedim(-1, 1), targets)  # torch takes the classes on axis 1
+
+
 def _argmax(outputs: np.ndarray) -> np.ndarray:
     return outputs.argmax(axis=1)
+
+
+def _argmax_last(outputs: np.ndarray) -> np.ndarray:
+    return outputs.argmax(axis=-1)
 
 
 def _above_half(outputs: np.ndarray) -> np.ndarray:
@@ -93,7 +107,9 @@ for _task in (Task("log_probs", "class log-probabilities [N, C]: NLL loss, accur
               Task("logits", "class scores [N, C]: cross-entropy, accuracy", _cross_entropy, _argmax),
               Task("probability", "one sigmoid probability per sample [N, 1]: BCE, accuracy at 0.5",
                    _binary_cross_entropy, _above_half),
-              Task("value", "one regression value per sample [N, 1]: MSE, MSE/MAE in original units", _mse)):
+              Task("value", "one regression value per sample [N, 1]: MSE, MSE/MAE in original units", _mse),
+              Task("token_logits", "class scores along the last axis [N, ..., C]: cross-entropy, accuracy per "
+                   "position", _token_cross_entropy, _argmax_last, class_axis=-1)):
     TASKS.add(_task)
 OUTPUT_KINDS = tuple(TASKS)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pipeline import tasks
 from pipeline.errors import ConversionError
 
 # Layers listed in report.json (targets.<t>.worst_layers), ranked.
@@ -37,9 +38,10 @@ def comparable(outputs: dict[str, np.ndarray], kind: str | None) -> np.ndarray:
     value = np.asarray(next(iter(outputs.values())), dtype=np.float64)
     if kind == "log_probs":
         value = np.exp(value)
-    elif kind == "logits" and value.ndim >= 2:
-        shifted = np.exp(value - value.max(axis=1, keepdims=True))
-        value = shifted / shifted.sum(axis=1, keepdims=True)
+    elif kind in ("logits", "token_logits") and value.ndim >= 2:
+        axis = tasks.task(kind).class_axis
+        shifted = np.exp(value - value.max(axis=axis, keepdims=True))
+        value = shifted / shifted.sum(axis=axis, keepdims=True)
     return value.reshape(-1)
 
 
