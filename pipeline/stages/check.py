@@ -50,8 +50,11 @@ def run(ctx: RunContext) -> CheckResult:
         rows = min(batch, len(next(iter(feeds.values()))))
         for out in outs:
             if out.shape[:1] != (rows,):
-                raise PipelineError(f"onnxruntime returned {out.shape} for a batch of {rows}: the batch axis is lost.",
-                                    "Re-run the export stage; check that model.net keeps the batch axis first.")
+                raise PipelineError(f"onnxruntime returned {out.shape} for a batch of {rows}: the batch axis is lost "
+                                    "(the graph holds a batch size fixed when it was traced).",
+                                    "Keep the batch axis first in model.net, and take sizes from tensors inside "
+                                    "tensor ops (torch.arange(x.shape[0]), not len(x) or int(x.size(0)) used as a "
+                                    "Python number: the export's TracerWarnings name the lines).")
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise _not_finite(ctx, {name: value[:batch] for name, value in feeds.items()}, batch)
         shapes[str(batch)] = list(outs[0].shape)
