@@ -93,15 +93,6 @@ class Report:
     def path(self) -> Path:
         return self.run_dir / REPORT_NAME
 
-    def add_artifact(self, key: str, path: Path, **extra) -> None:
-        path = Path(path)
-        self.data["artifacts"][key] = {
-            "path": str(path.relative_to(self.run_dir)),
-            "sha256": sha256_of(path),
-            "bytes": size_of(path),
-            **extra,
-        }
-
     def record(self, result) -> None:
         """A stage's typed result (``pipeline.results``) into its report sections (metrics are merged: a
         from_run source's stay where this run measures none)."""
