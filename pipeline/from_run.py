@@ -353,7 +353,10 @@ def _set_node(cfg: DictConfig, key: str, value, trusted: bool = True, source: So
     if isinstance(value, dict):
         if key in TYPED_GROUPS:
             value = schema.typed_option(key, value)
-            if key == "dataset" and isinstance(value, dict) and not trusted and source is not None:
+            # a dataset of conf/ without a typed schema (a new dataset is its module and conf file) is
+            # adopted as it is: typed or not, it is what this project's own dataset=<name> would run
+            own = value.get("_target_") in foreign_config.conf_targets() if isinstance(value, dict) else True
+            if key == "dataset" and isinstance(value, dict) and not own and not trusted and source is not None:
                 raise PipelineError(
                     f"from_run={source.path}: its dataset (_target_={value.get('_target_')}) is not one of this "
                     "project's datasets, so it would be adopted without types or ranges.",
@@ -403,6 +406,9 @@ def adopt_artifacts(ctx: RunContext, source: SourceRun, selected: list[str]) -> 
     for artifact, readers in wanted.items():
         if artifact == CONVERTED_TARGETS:
             _adopt_targets(ctx, source)
+        elif artifact == "weights" and ctx.cfg.model.get("weights") and \
+                not (source.path / spec_of(artifact).name).exists():
+            continue  # a source that never trained (model.weights=init or a file): the network is built the same
         else:
             _adopt(ctx, source, artifact, "/".join(readers))
 

@@ -633,3 +633,19 @@ def test_a_run_dir_with_spaces_gets_the_hint_to_quote_it(tmp_path):
     outcome = run_in_process("stages=[train]", f"hydra.run.dir={tmp_path}/run (1)")
     assert_refused(outcome, "cannot be parsed", f"\"hydra.run.dir='{tmp_path}/run (1)'\"")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_source_that_never_trained_on_an_untyped_project_dataset_is_adopted(tmp_path):
+    """dataset=model_inputs has no typed schema (a dataset is its module and conf file) and model=timm runs with
+    model.weights=init (no model.pt): a later run of that dir checks its export without training or trust."""
+    pytest.importorskip("timm")
+    source, run_dir = tmp_path / "source", tmp_path / "run"
+    first = run_in_process("model=timm", "model.net.name=lcnet_050", "model.net.input_size=[3,64,64]",
+                           "dataset=model_inputs", "dataset.samples=8", "stages=[export]", run_dir=source)
+    assert first.code == 0, first.output[-2000:]
+    assert not (source / "model.pt").exists()
+    outcome = run_in_process(f"from_run={source}", "stages=[check,parity]", "parity.timing=false", run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-2000:]
+    report = read_report(run_dir)
+    assert report["artifacts"]["onnx"]["producer"] == "from_run" and "weights" not in report["artifacts"]
+    assert [e["runtime"] for e in report["parity"]] == ["onnxruntime"] and report["parity"][0]["in_tolerance"]
