@@ -5,7 +5,7 @@ from pipeline import interrupts
 interrupts.install()  # before the heavy imports: a signal during start-up still stops cleanly with 130
 
 try:
-    from pipeline.cli import main
+    from pipeline.cli import entry
 except KeyboardInterrupt:
     # Python resets the handlers to "terminate" while it shuts down: a repeated signal would turn 130 into -15.
     interrupts.ignore()
@@ -13,4 +13,4 @@ except KeyboardInterrupt:
     sys.exit(130)
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -2,6 +2,7 @@
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 # Only light imports here: `--cfg job`, `--help` and bad overrides must answer fast. torch,
@@ -129,6 +130,38 @@ def main() -> None:
         run_dirs.release_all()
         logging.captureWarnings(False)
         interrupts.ignore()  # the process is ending: a late signal must not turn exit 130 into 143
+
+
+def entry() -> None:
+    """``python -m pipeline`` and the console script: main(), then the process ends at once. Python's own
+    teardown of torch's and TensorFlow's modules takes about 2 s after the run's last byte is written and
+    writes nothing; what exit does that matters still runs: other threads are joined, the exit handlers
+    (logging's flush and close, temporary dirs, Ray's shutdown) run, the console streams are flushed."""
+    try:
+        main()
+    except SystemExit as exc:
+        end_process(exc.code)
+    end_process(0)
+
+
+def end_process(code: int | str | None) -> None:
+    """What ``sys.exit(code)`` does at the end of a program, without the module teardown."""
+    import atexit
+
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    shutdown = getattr(threading, "_shutdown", None)  # joins non-daemon threads, as the interpreter's exit does
+    if shutdown is None or sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)  # a profiler or debugger writes its results after main() returns
+    shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code or 0)
 
 
 def _needs_quotes(override: str | None) -> bool:

@@ -60,7 +60,7 @@ class RunContext:
         """The dataset (``pipeline.datasets.base.DatasetApi``), built once on first use; a LightningDataModule
         of the user's own is read through its loaders (``pipeline.datasets.datamodule``)."""
         if self._data is None:
-            from pipeline.datasets.datamodule import as_dataset
+            from pipeline.datasets.base import as_dataset
 
             data = as_dataset(_build(self.cfg.dataset, "dataset"))
             data.setup("fit")

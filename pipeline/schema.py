@@ -125,6 +125,15 @@ class ExportSettings:
 
 
 @dataclass
+class TrainSettings:
+    """train.*: how the train stage runs the network (trainer.* is Lightning's Trainer itself)."""
+
+    # A network with 2-D convolutions trains with its 4-D weights channels-last (NHWC strides): oneDNN's
+    # convolutions are faster so on CPUs. It is back in PyTorch's default layout before it is saved or exported.
+    channels_last: bool = True
+
+
+@dataclass
 class QuantizedParityConfig:
     """How a quantized or half-precision target is judged (pipeline/quantized.py): by the task, not allclose."""
 
@@ -184,6 +193,7 @@ class PipelineSettings:
     optimizer: Any = MISSING  # typed per option: schema/optimizer/*
     scheduler: Any = None  # typed per option: schema/scheduler/*
     logger: Any = None
+    train: TrainSettings = field(default_factory=TrainSettings)
     parity: ParityConfig = field(default_factory=ParityConfig)
     seed: int = ranged(42, between(0, MAX_SEED, integer=True))
     stages: list[str] = field(default_factory=lambda: ["train", "export", "check", "convert", "parity"])

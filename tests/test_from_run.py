@@ -396,16 +396,16 @@ def assert_disk_full(outcome, run_dir: Path, folder: Path | None = None) -> None
 
 
 def test_a_full_disk_while_training_is_one_paragraph_and_no_checkpoint_is_truncated(tmp_path, monkeypatch):
-    from pipeline.stages import train
+    from pipeline import lit_module
 
-    real = train.write_with
+    real = lit_module.write_with
 
     def full_for_checkpoints(path, writer):
         if Path(path).suffix == ".ckpt":
             raise _no_space(path)
         return real(path, writer)
 
-    monkeypatch.setattr(train, "write_with", full_for_checkpoints)
+    monkeypatch.setattr(lit_module, "write_with", full_for_checkpoints)
     run_dir = tmp_path / "run"
     outcome = run_in_process(*TABULAR, "stages=[train]", run_dir=run_dir)
     assert_disk_full(outcome, run_dir, run_dir / "checkpoints")
@@ -501,7 +501,7 @@ def test_a_full_disk_while_writing_the_report_is_one_paragraph(tmp_path, monkeyp
 
 def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     from pipeline import disk
-    from pipeline.stages.train import AtomicCheckpointIO
+    from pipeline.lit_module import AtomicCheckpointIO
 
     path = tmp_path / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO(tmp_path)

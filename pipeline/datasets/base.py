@@ -1,7 +1,8 @@
 """What every dataset gives the stages, and the in-memory datasets (tensors prepared once, batched by index).
 
-A dataset is a LightningDataModule (its loaders train the network) that also answers what the later
-stages ask without knowing how it stores its data (``DatasetApi``): the first samples of a split, a
+A dataset has a LightningDataModule's loaders and set-up (they train the network; the train stage hands
+it to Lightning as one) and answers what the later stages ask without knowing how it stores its data
+(``DatasetApi``): the first samples of a split, a
 seeded random draw, the labels, and its ``DataSpec``: each raw input (shape, dtype, layout, value
 range, columns, category ids), the task and the class names. A dataset whose values need scaling
 learned from the training split (pixel mean/std, column statistics) returns that as a module
@@ -13,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
@@ -91,13 +91,30 @@ def seeded_rows(total: int, count: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(rows)
 
 
-class DatasetApi(pl.LightningDataModule):
-    """What the stages ask of any dataset, however it stores its data (see the module docstring)."""
+class DatasetApi:
+    """What the stages ask of any dataset, however it stores its data (see the module docstring). Not a
+    LightningDataModule itself, so that a run without training never imports Lightning (seconds)."""
 
     suggested_models: str | None = None  # the models made for it (model=...), for a network that does not fit
 
     # Maps scaled regression values back to the data's original units (None: identity).
     inverse: Callable[[np.ndarray], np.ndarray] | None = None
+
+    # --- what Lightning's trainer asks (pipeline.lit_module.as_datamodule) ---
+    def prepare_data(self) -> None:
+        """Downloads and other one-time work (Lightning calls it on one process only)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the splits; called again by the trainer, so it must be cheap after the first time."""
+
+    def train_dataloader(self):
+        raise NotImplementedError
+
+    def val_dataloader(self):
+        return []
+
+    def test_dataloader(self):
+        return []
 
     def spec(self) -> DataSpec:
         raise NotImplementedError
@@ -130,6 +147,16 @@ class DatasetApi(pl.LightningDataModule):
     def report(self) -> dict:
         """What report.json records of the data beyond its spec (e.g. files skipped as corrupt)."""
         return {}
+
+
+def as_dataset(built) -> DatasetApi:
+    """``built`` (what dataset._target_ built) as a dataset the stages can ask: ours are already; a
+    LightningDataModule of the user's own is read through its loaders (``pipeline.datasets.datamodule``)."""
+    if isinstance(built, DatasetApi):
+        return built
+    from pipeline.datasets import datamodule  # Lightning: the user's module imported it already
+
+    return datamodule.as_dataset(built)
 
 
 @dataclass

@@ -22,9 +22,7 @@ MAX_HELD = 50_000
 
 
 def as_dataset(built) -> DatasetApi:
-    """``built`` as a dataset the stages can ask (ours are already)."""
-    if isinstance(built, DatasetApi):
-        return built
+    """``built``, a LightningDataModule, as a dataset the stages can ask (``base.as_dataset``)."""
     if isinstance(built, pl.LightningDataModule):
         return UserDataModule(built)
     raise PipelineError(f"dataset._target_ built a {type(built).__module__}.{type(built).__qualname__}, which is "

@@ -1,26 +1,17 @@
 """train: PyTorch Lightning fits the network on the dataset, then evaluates it on the test split."""
-import io
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 
-from pipeline import disk, tasks
+from pipeline import tasks
 from pipeline.atomic import write_with
 from pipeline.context import RunContext
 from pipeline.contracts import StageContract
 from pipeline.datasets.base import length_of
 from pipeline.errors import PipelineError, RunInterrupted
-from pipeline.lit_module import TaskModule
 from pipeline.preflight import check_finite_outputs
 from pipeline.runtimes.torch_runtime import flatten_outputs
 
@@ -28,6 +19,12 @@ CONTRACT = StageContract("train", makes=("weights", "checkpoint"))
 
 
 def run(ctx: RunContext) -> None:
+    # Lightning here, not at the top: every run reads this module's CONTRACT, few runs train (3 s of imports).
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from pipeline.lit_module import DatasetModule, TaskModule, build_trainer
+
     cfg = ctx.cfg
     if ctx.data.spec().task is None:
         raise PipelineError("This dataset has no labels: there is nothing to train on.",
@@ -40,10 +37,14 @@ def run(ctx: RunContext) -> None:
     net = ctx.net_to_train()  # the run's one network (preflight checked it), trained in place
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = TaskModule(net, ctx.output_kind, instantiate(cfg.optimizer), scheduler)
-    trainer = _trainer(ctx)
+    trainer = build_trainer(ctx)
+    datamodule = DatasetModule(ctx.data)
     resume = ctx.results.resume_from
+    channels_last = bool(cfg.train.channels_last) and has_2d_convolutions(net)
     try:
-        trainer.fit(module, datamodule=ctx.data, ckpt_path=str(resume) if resume else None)
+        if channels_last:
+            set_memory_format(net, torch.channels_last)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     except MisconfigurationException as exc:
         raise PipelineError(f"Lightning rejected the training setup: {exc}", "Adjust the trainer.* keys "
                             "(e.g. trainer.max_epochs above a resumed checkpoint's epoch).") from exc
@@ -52,10 +53,13 @@ def run(ctx: RunContext) -> None:
         if trainer.interrupted:
             raise RunInterrupted(_interrupted_message(ctx)) from None
         raise
+    finally:
+        if channels_last:
+            set_memory_format(net, torch.contiguous_format)
     if trainer.world_size == 1:
         # Under DDP, Lightning's test loop would spawn the workers again and shard the test set with a
         # padding DistributedSampler; the report's metrics come from evaluate() below in any case.
-        trainer.test(module, datamodule=ctx.data, verbose=False)
+        trainer.test(module, datamodule=datamodule, verbose=False)
     if _casts_the_network(cfg.trainer.precision):
         # Lightning converted the network to float64/float16/bfloat16 for training; the data, the export and
         # every runtime are float32: the trained weights are kept in float32 (checkpoints keep their dtype).
@@ -82,67 +86,24 @@ def run(ctx: RunContext) -> None:
     }
 
 
+def has_2d_convolutions(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.conv._ConvNd) and m.weight.dim() == 4 for m in net.modules())
+
+
+def set_memory_format(net: torch.nn.Module, memory_format: torch.memory_format) -> None:
+    """The network's 4-D parameters and buffers in ``memory_format``, in place (the optimizer holds the
+    parameters themselves); other ranks have no channels-last layout."""
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=memory_format)
+
+
 def _casts_the_network(precision) -> bool:
     """Whether Lightning's precision plugin converts the network's parameters (``64``, ``*-true``), which
     ``*-mixed`` precision leaves in float32."""
     text = str(precision)
     return text in ("64", "64-true") or (text.endswith("-true") and text != "32-true")
-
-
-def _trainer(ctx: RunContext) -> pl.Trainer:
-    folder = ctx.run_dir / "checkpoints"
-    # One rolling checkpoints/last.ckpt, rewritten at every epoch end.
-    callbacks = [ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False),
-                 # On an interrupt, keep the exact state reached so that from_run resumes from it.
-                 OnExceptionCheckpoint(dirpath=folder, filename="interrupted")]
-    loggers = _loggers(ctx)
-    try:
-        return instantiate(ctx.cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(ctx.run_dir),
-                           plugins=[AtomicCheckpointIO(ctx.run_dir)])
-    except InstantiationException as exc:
-        reason = str(exc.__cause__ or exc).strip().splitlines()[0]
-        trainer = ctx.cfg.trainer
-        raise PipelineError(f"The trainer could not be set up from trainer.* (accelerator={trainer.accelerator}, "
-                            f"devices={trainer.devices}, strategy={trainer.strategy}, "
-                            f"precision={trainer.precision}): {reason}",
-                            "Pick settings this machine supports: trainer=default runs on the CPU.") from exc
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written whole or not at all: serialised in memory, written under a temporary name, renamed
-    (Lightning's own rewrites last.ckpt in place, so a full disk or a kill left it truncated for the resume).
-    Loaded as tensors and plain containers only; a damaged one is named as such."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__()
-        self.run_dir = run_dir
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None:
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        path = Path(path)
-        try:
-            write_with(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
-        except OSError as exc:
-            if disk.is_full(exc):
-                raise disk.full_error(path.parent, f"the train stage wrote {path.name}",
-                                      needed=buffer.getbuffer().nbytes, run_dir=self.run_dir) from exc
-            raise
-        return None
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        try:
-            where = {} if map_location is None else {"map_location": map_location}
-            return super().load_checkpoint(path, weights_only=True, **where)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise PipelineError(f"The checkpoint {path} is damaged or not a Lightning checkpoint "
-                                f"({type(exc).__name__}: {str(exc).strip()[:200]}), so training cannot resume "
-                                "from it.",
-                                "Resume from another run, or train anew (a new run without from_run).") from exc
 
 
 def check_converged(ctx: RunContext, net: torch.nn.Module) -> None:
@@ -156,19 +117,6 @@ def check_converged(ctx: RunContext, net: torch.nn.Module) -> None:
                             "Lower optimizer.lr (or scheduler.max_lr), check the data for extreme values, or set "
                             "trainer.gradient_clip_val (e.g. 1.0); if model.net's forward itself returns NaN for some "
                             "inputs (a log or sqrt of a negative value), fix that.")
-
-
-def _loggers(ctx: RunContext) -> list:
-    """metrics.csv in the run dir always (the plots read it), plus the ``logger=`` choice if any."""
-    loggers = [CSVLogger(save_dir=str(ctx.run_dir), name="", version="")]
-    if ctx.cfg.get("logger"):
-        try:
-            loggers.append(instantiate(ctx.cfg.logger))
-        except Exception as exc:
-            reason = exc.__cause__ or exc  # instantiate() wraps the logger's own error
-            raise PipelineError(f"logger={ctx.cfg.logger._target_.rsplit('.', 1)[-1]} could not start: {reason}",
-                                "Install its package (pip install -e '.[mlflow]' for MLflow) or drop logger=.") from exc
-    return loggers
 
 
 def _interrupted_message(ctx: RunContext) -> str:
