@@ -60,9 +60,13 @@ class RunContext:
         """The dataset (``pipeline.datasets.base.DatasetApi``), built once on first use; a LightningDataModule
         of the user's own is read through its loaders (``pipeline.datasets.datamodule``)."""
         if self._data is None:
-            from pipeline.datasets.base import as_dataset
+            from pipeline.datasets.base import DatasetApi
 
-            data = as_dataset(_build(self.cfg.dataset, "dataset"))
+            data = _build(self.cfg.dataset, "dataset")
+            if not isinstance(data, DatasetApi):
+                from pipeline.datasets.datamodule import as_dataset  # imports Lightning: only when needed
+
+                data = as_dataset(data)
             data.setup("fit")
             self.report.data["environment"]["data_files"] = {
                 str(Path(path).resolve()): sha256_of(path) for path in data.files()}

@@ -95,6 +95,12 @@ class DatasetModule(pl.LightningDataModule):
     def test_dataloader(self):
         return self.data.test_dataloader()
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        return self.data.on_before_batch_transfer(batch, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return self.data.on_after_batch_transfer(batch, dataloader_idx)
+
 
 def build_trainer(ctx) -> pl.Trainer:
     """The run's Trainer from trainer.*, with its checkpoints, loggers and atomic checkpoint writes."""

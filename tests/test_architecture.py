@@ -2,6 +2,8 @@
 layer (cli, runner, from_run, stages) imports it, and the package has no import cycle, counting imports
 inside functions and ``importlib.import_module`` with a literal name."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,13 @@ def test_report_keys_are_held_by_the_code_and_documented():
     assert written and written <= set(report.TOP_LEVEL_KEYS), written - set(report.TOP_LEVEL_KEYS)
     fresh = report.Report(ROOT, "m").data
     assert set(fresh) <= set(report.TOP_LEVEL_KEYS) and fresh["schema_version"] == report.SCHEMA_VERSION
+
+
+def test_a_run_without_training_does_not_import_lightning():
+    # Lightning (with torchmetrics) takes seconds to import: only the train stage may import it.
+    code = ("import sys; from pipeline import runner, stages; stages.contracts(); "
+            "from pipeline.stages import export, check, convert, parity; "
+            "from pipeline.datasets import arrays, image_folder, mnist, model_inputs, series, synthetic, table; "
+            "assert 'pytorch_lightning' not in sys.modules, 'Lightning imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

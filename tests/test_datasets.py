@@ -290,6 +290,12 @@ class BlobsModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return DataLoader(self.test_set, batch_size=self.batch_size)
+
+    transferred = 0  # batches that went through the module's own hook
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        type(self).transferred += 1
+        return batch
 '''
 
 
@@ -301,8 +307,9 @@ def test_a_users_own_datamodule_trains_and_feeds_parity(tmp_path, monkeypatch):
     outcome = run_in_process("model=tabular_mlp", "model.output=logits", "dataset=datamodule",
                              "dataset._target_=user_blobs.BlobsModule", "+dataset.samples=600",
                              "trainer.max_epochs=3", "export=keras", run_dir=run_dir)
-    sys.modules.pop("user_blobs", None)
+    module = sys.modules.pop("user_blobs", None)
     assert outcome.code == 0, outcome.output[-3000:]
+    assert module.BlobsModule.transferred > 0  # Lightning ran the module's own batch hooks
     report = read_report(run_dir)
     assert report["data"]["classes"] == ["left", "right"]
     assert report["model"]["from_data"] == {"in_features": 6, "num_classes": 2}

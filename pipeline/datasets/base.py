@@ -116,6 +116,14 @@ class DatasetApi:
     def test_dataloader(self):
         return []
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """A collated batch before it goes to the device (e.g. leaving out files that did not decode)."""
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """A batch on the device, before the training step sees it."""
+        return batch
+
     def spec(self) -> DataSpec:
         raise NotImplementedError
 
@@ -147,16 +155,6 @@ class DatasetApi:
     def report(self) -> dict:
         """What report.json records of the data beyond its spec (e.g. files skipped as corrupt)."""
         return {}
-
-
-def as_dataset(built) -> DatasetApi:
-    """``built`` (what dataset._target_ built) as a dataset the stages can ask: ours are already; a
-    LightningDataModule of the user's own is read through its loaders (``pipeline.datasets.datamodule``)."""
-    if isinstance(built, DatasetApi):
-        return built
-    from pipeline.datasets import datamodule  # Lightning: the user's module imported it already
-
-    return datamodule.as_dataset(built)
 
 
 @dataclass

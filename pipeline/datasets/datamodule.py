@@ -22,7 +22,10 @@ MAX_HELD = 50_000
 
 
 def as_dataset(built) -> DatasetApi:
-    """``built``, a LightningDataModule, as a dataset the stages can ask (``base.as_dataset``)."""
+    """``built`` as a dataset the stages can ask (ours are already; the run context checks that first, so
+    that Lightning is imported only for a LightningDataModule of the user's, which imported it anyway)."""
+    if isinstance(built, DatasetApi):
+        return built
     if isinstance(built, pl.LightningDataModule):
         return UserDataModule(built)
     raise PipelineError(f"dataset._target_ built a {type(built).__module__}.{type(built).__qualname__}, which is "
@@ -51,6 +54,12 @@ class UserDataModule(DatasetApi):
 
     def train_dataloader(self):
         return self.module.train_dataloader()
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        return self.module.on_before_batch_transfer(batch, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return self.module.on_after_batch_transfer(batch, dataloader_idx)
 
     def val_dataloader(self):
         return self._loader("val") or []
