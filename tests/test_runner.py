@@ -102,3 +102,22 @@ def test_subset_of_stages_marks_the_rest_skipped(tmp_path, mnist_root):
                       "stages=[train,export,check]", run_dir=run_dir))
     stages = read_report(run_dir)["stages"]
     assert [stages[s]["status"] for s in STAGES] == ["ok", "ok", "ok", "skipped", "skipped"]
+
+
+def test_a_convolutional_network_trains_channels_last_and_is_saved_in_pytorchs_layout(default_run):
+    import torch
+    from torch import nn
+
+    from models.mnist_cnn import MnistCNN
+    from pipeline.stages.train import has_2d_convolutions, set_memory_format
+
+    net = MnistCNN()
+    assert has_2d_convolutions(net) and not has_2d_convolutions(nn.Sequential(nn.Conv1d(2, 2, 3), nn.Linear(2, 2)))
+    set_memory_format(net, torch.channels_last)
+    weight = net.conv2.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    set_memory_format(net, torch.contiguous_format)
+    assert net.conv2.weight is weight and weight.is_contiguous()  # the same parameter: the optimizer holds it
+    state = torch.load(default_run / "model.pt", weights_only=True)
+    four_d = [name for name, tensor in state.items() if tensor.dim() == 4]
+    assert four_d and all(state[name].is_contiguous() for name in four_d)

@@ -100,7 +100,7 @@ class DatasetApi:
     # Maps scaled regression values back to the data's original units (None: identity).
     inverse: Callable[[np.ndarray], np.ndarray] | None = None
 
-    # --- what Lightning's trainer asks (pipeline.lit_module.as_datamodule) ---
+    # --- what Lightning's trainer asks (through pipeline.lit_module.DatasetModule) ---
     def prepare_data(self) -> None:
         """Downloads and other one-time work (Lightning calls it on one process only)."""
 

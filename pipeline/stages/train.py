@@ -19,7 +19,8 @@ CONTRACT = StageContract("train", makes=("weights", "checkpoint"))
 
 
 def run(ctx: RunContext) -> None:
-    # Lightning here, not at the top: every run reads this module's CONTRACT, few runs train (3 s of imports).
+    # Lightning here, not at the top: every run reads this module's CONTRACT, and a run that does not train
+    # (conversion only, from_run, the zoo) must not pay Lightning's 3 s of imports.
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
@@ -40,7 +41,8 @@ def run(ctx: RunContext) -> None:
     trainer = build_trainer(ctx)
     datamodule = DatasetModule(ctx.data)
     resume = ctx.results.resume_from
-    channels_last = bool(cfg.train.channels_last) and has_2d_convolutions(net)
+    # .get: a config saved before train.* existed (--config-path <run>/.hydra) has no such key
+    channels_last = bool((cfg.get("train") or {}).get("channels_last", True)) and has_2d_convolutions(net)
     try:
         if channels_last:
             set_memory_format(net, torch.channels_last)
