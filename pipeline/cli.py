@@ -2,7 +2,6 @@
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 
 # Only light imports here: `--cfg job`, `--help` and bad overrides must answer fast. torch,
@@ -16,6 +15,7 @@ from pipeline import disk, interrupts, schema
 from pipeline import run_dir as run_dirs
 from pipeline.atomic import write_with
 from pipeline.errors import PipelineError, RunInterrupted, explain
+from pipeline.process_end import end_process
 
 log = logging.getLogger("pipeline")
 # Records for pipeline.log only (conf/config.yaml routes this logger to the file handler).
@@ -133,35 +133,13 @@ def main() -> None:
 
 
 def entry() -> None:
-    """``python -m pipeline`` and the console script: main(), then the process ends at once. Python's own
-    teardown of torch's and TensorFlow's modules takes about 2 s after the run's last byte is written and
-    writes nothing; what exit does that matters still runs: other threads are joined, the exit handlers
-    (logging's flush and close, temporary dirs, Ray's shutdown) run, the console streams are flushed."""
+    """``python -m pipeline`` and the console script: main(), then the process ends at once
+    (``pipeline.process_end``: no 2 s teardown of torch and TensorFlow after the run is written)."""
     try:
         main()
     except SystemExit as exc:
         end_process(exc.code)
     end_process(0)
-
-
-def end_process(code: int | str | None) -> None:
-    """What ``sys.exit(code)`` does at the end of a program, without the module teardown."""
-    import atexit
-
-    if code is not None and not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    shutdown = getattr(threading, "_shutdown", None)  # joins non-daemon threads, as the interpreter's exit does
-    if shutdown is None or sys.getprofile() is not None or sys.gettrace() is not None:
-        sys.exit(code)  # a profiler or debugger writes its results after main() returns
-    shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said
-            pass
-    os._exit(code or 0)
 
 
 def _needs_quotes(override: str | None) -> bool:

@@ -426,4 +426,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.process_end import end_process
+
+    end_process(main())
