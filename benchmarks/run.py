@@ -144,8 +144,8 @@ def markdown(r: dict) -> str:
              f"| pipeline default (in-memory tensors, Adam + OneCycle, batch 128) | {ours['epochs']} | "
              f"{ours['seconds']:.1f} | {ours['test_accuracy']:.4f} |", "",
              f"Time ratio {t['time_ratio']:.2f} (1/{1 / t['time_ratio']:.1f}), accuracy "
-             f"{t['accuracy_delta']:+.4f}. The pipeline's seconds are its whole train stage (Lightning set-up, "
-             "fit, test, saving).", "",
+             f"{t['accuracy_delta']:+.4f}. The pipeline's seconds are its whole train stage (since "
+             "2026-12-05 Lightning's import, about 3 s, too; set-up, fit, test, saving).", "",
              "**2. Stage seconds, `model=mnist_cnn export=[all,deploy]`** (convert: 7 targets)", "",
              "| " + " | ".join(r["stages_seconds"]) + " | after train |", "|" + "---|" * (len(r["stages_seconds"]) + 1),
              "| " + " | ".join(f"{v:.1f}" for v in r["stages_seconds"].values()) +
