@@ -442,14 +442,19 @@ def test_a_really_full_disk_during_training_ends_in_one_paragraph(small_disk):
     assert not list((run_dir / "checkpoints").iterdir())  # no truncated checkpoint to resume from
 
 
+def _writes_fill_the_disk(monkeypatch, module) -> None:
+    """Every file ``module`` writes through ``write_with`` fails as on a full disk."""
+    def full(path, writer):
+        raise _no_space(path)
+
+    monkeypatch.setattr(module, "write_with", full)
+
+
 @pytest.mark.tf
 def test_a_full_disk_while_converting_names_the_disk_not_an_opset(tmp_path, monkeypatch):
     from pipeline.converters.backends import keras_keras3
 
-    def full(path, writer):
-        raise _no_space(path)
-
-    monkeypatch.setattr(keras_keras3, "write_with", full)
+    _writes_fill_the_disk(monkeypatch, keras_keras3)
     run_dir = tmp_path / "run"
     outcome = run_in_process(*TABULAR, "stages=[train,export,convert]", "export=keras", run_dir=run_dir)
     assert_disk_full(outcome, run_dir)
@@ -460,10 +465,7 @@ def test_a_full_disk_while_converting_names_the_disk_not_an_opset(tmp_path, monk
 def test_a_full_disk_while_exporting_is_named_as_such(tmp_path, monkeypatch):
     from pipeline.stages import export
 
-    def full(path, writer):
-        raise _no_space(path)
-
-    monkeypatch.setattr(export, "write_with", full)
+    _writes_fill_the_disk(monkeypatch, export)
     run_dir = tmp_path / "run"
     outcome = run_in_process(*TABULAR, "model.weights=init", "stages=[export]", run_dir=run_dir)
     assert_disk_full(outcome, run_dir)

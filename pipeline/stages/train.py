@@ -89,7 +89,7 @@ def run(ctx: RunContext) -> None:
 
 
 def has_2d_convolutions(net: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.conv._ConvNd) and m.weight.dim() == 4 for m in net.modules())
+    return any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in net.modules())
 
 
 def set_memory_format(net: torch.nn.Module, memory_format: torch.memory_format) -> None:
