@@ -7,7 +7,9 @@ conversion (ONNX -> Keras 3) and saving model.keras, ``model.export`` to a Saved
 converter, and one inference per runtime (torch, onnxruntime, Keras, TFLite). Prints one JSON line:
 {"seconds": {call: s}, "total_s": sum, "process_s": the whole process, imports included}.
 """
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ def main(experiment: str) -> dict:
     x = data.head("test", 8)[0]
     filled = network.from_data(cfg.model.net, data.spec(), str(cfg.model.output))
     seconds, work = {}, Path(tempfile.mkdtemp(prefix="bare-"))
+    atexit.register(shutil.rmtree, work, True)  # the artifacts are only timed, not kept
 
     def timed(name, call):
         tick = time.perf_counter()

@@ -11,9 +11,11 @@
    in float (``export.tflite_int8.float_fallback_top_k=1``).
 """
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     root = f"dataset.root={args.mnist_root}"
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    atexit.register(shutil.rmtree, work, True)  # gigabytes of run dirs: the results are in benchmarks/results
 
     print("1/5 seed 000 recipe (10 epochs) ...", flush=True)
     seed = seed000_recipe.run(args.mnist_root)

@@ -9,7 +9,9 @@ the recurrence, beyond it the SavedModel and TFLite hold one while loop per laye
 seconds, the TFLite and onnxruntime batch-1 latencies and TFLite's max abs error against PyTorch.
 """
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[16, 128, 512])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-seq-"))
+    atexit.register(shutil.rmtree, work, True)  # the run dirs are only measured, not kept
     rows = []
     for steps in args.steps:
         print(f"{steps} steps ...", flush=True)

@@ -14,9 +14,11 @@
 The machine's load average is recorded before and after: timings on a loaded machine are not comparable.
 """
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--skip-matrix", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pipeline-verdict-"))
+    atexit.register(shutil.rmtree, work, True)  # gigabytes of run dirs: the results are in benchmarks/results
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version()},
                "load_before": [round(v, 2) for v in os.getloadavg()]}
