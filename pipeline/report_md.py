@@ -116,6 +116,13 @@ def sizes_section(report: dict) -> list[str]:
             *_table(["runtime", *(f"{shape}: in tolerance, max abs err" for shape in shapes)], rows), ""]
 
 
+def _value_range(bounds) -> str | None:
+    """[low, high] with 6 significant digits: the bounds were float32 ([-8.489999771118164, ...])."""
+    if not bounds or len(bounds) != 2 or not all(isinstance(b, int | float) for b in bounds):
+        return bounds
+    return f"[{bounds[0]:.6g}, {bounds[1]:.6g}]"
+
+
 def data_section(data: dict) -> list[str]:
     """What every artifact takes (raw values: the preprocessing is in the graph) and the classes it returns."""
     if not data.get("inputs"):
@@ -127,7 +134,7 @@ def data_section(data: dict) -> list[str]:
             if columns else "-"
         categories = spec.get("categories")
         rows.append([f"`{spec['name']}`", spec["shape"], spec["dtype"], spec.get("layout"),
-                     spec.get("value_range"), shown,
+                     _value_range(spec.get("value_range")), shown,
                      "; ".join(f"{c}: {len(v) - 1} + unknown (0)" for c, v in categories.items()) if categories
                      else "-"])
     lines = ["## Data: what the artifacts take", "",
@@ -143,6 +150,14 @@ def data_section(data: dict) -> list[str]:
     if data.get("skipped_files"):
         lines += [f"Skipped as corrupt ({len(data['skipped_files'])}): "
                   + ", ".join(f"`{f}`" for f in data["skipped_files"][:10]), ""]
+    if data.get("read_as", {}).get("detected"):
+        read_as = data["read_as"]
+        lines += [f"The file was read with separator {read_as['separator']!r} and decimal mark {read_as['decimal']!r} "
+                  f"({' and '.join(read_as['detected'])} found in the file).", ""]
+    if data.get("target_scaling"):
+        scaling = data["target_scaling"]
+        lines += [f"The artifacts return `{scaling['column']}` scaled: the value is `output * {scaling['std']:.6g} + "
+                  f"{scaling['mean']:.6g}`.", ""]
     return lines
 
 

@@ -309,6 +309,8 @@ class TableDataConfig(DataConfig):
     task: TableTask = TableTask.auto
     missing: MissingValues = MissingValues.error
     test_fraction: float = ranged(0.2, between(0, 1, low_open=True, high_open=True))
+    separator: str | None = None  # null: by extension, or the one the header holds (checked by TableData)
+    decimal: str | None = None  # null: '.', or ',' for columns of decimal-comma numbers in a non-comma file
 
 
 @dataclass

@@ -215,6 +215,53 @@ def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_p
     assert scaling["column"] == "price" and abs(scaling["mean"] - 1000) < 30 and 150 < scaling["std"] < 250
 
 
+def test_a_spreadsheet_export_with_semicolons_and_decimal_commas_reads_as_the_same_numbers(tmp_path):
+    """Excel in locales with a decimal comma writes ``5,1;marsh;...``: found from the header and the cells,
+    read to the values the comma-separated original holds, and said so in report.json ``data.read_as``."""
+    import torch
+
+    from pipeline.datasets.table import TableData
+
+    frame = write_table(tmp_path / "flowers.csv", rows=60)
+    frame.to_csv(tmp_path / "flowers_excel.csv", sep=";", decimal=",", index=False, encoding="utf-8-sig")
+    assert "5," in (tmp_path / "flowers_excel.csv").read_text().splitlines()[1]  # the decimal commas are there
+
+    def read(name: str, **options):
+        data = TableData(path=str(tmp_path / name), target="species", seed=0, **options)
+        return data, data.splits
+
+    original, expected = read("flowers.csv")
+    excel, splits = read("flowers_excel.csv")
+    for split in ("train", "test"):
+        for name in ("numeric", "categorical"):
+            assert torch.equal(getattr(splits, split)[0][name], getattr(expected, split)[0][name])
+        assert torch.equal(getattr(splits, split)[1], getattr(expected, split)[1])
+    assert excel.report()["read_as"] == {"separator": ";", "decimal": ",", "detected": ["separator", "decimal"]}
+    assert original.report()["read_as"] == {"separator": ",", "decimal": ".", "detected": []}
+    # Said explicitly, with the names a command line can carry: the same reading, nothing detected.
+    explicit, _ = read("flowers_excel.csv", separator="semicolon", decimal="comma")
+    assert explicit.report()["read_as"] == {"separator": ";", "decimal": ",", "detected": []}
+
+
+@pytest.mark.parametrize("change, override, expected", [
+    ("decimal_commas", "dataset.target=species", "holds numbers written with a decimal comma"),
+    ("semicolons", "dataset.separator=tab", "Set dataset.separator=semicolon"),
+    ("semicolons", "dataset.separator=ab", "is not a field separator"),
+    ("semicolons", "dataset.decimal=x", "is not a decimal mark"),
+])
+def test_numbers_in_another_notation_are_never_taken_for_categories(tmp_path, change, override, expected):
+    """A quoted "5,1" in a comma-separated file is ambiguous (a decimal comma, or a thousands separator): not
+    guessed, and never read as a text category; a wrong separator or mark names the setting."""
+    frame = write_table(tmp_path / "flowers.csv", rows=60)
+    if change == "decimal_commas":
+        frame.to_csv(tmp_path / "flowers.csv", decimal=",", index=False)
+    else:
+        frame.to_csv(tmp_path / "flowers.csv", sep=";", index=False)
+    outcome = run_in_process("model=tabular_mlp", "dataset=table", f"dataset.path={tmp_path / 'flowers.csv'}",
+                             "dataset.target=species", override, "stages=[train]", run_dir=tmp_path / "run")
+    assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
+
+
 @pytest.mark.parametrize("change, override, expected", [
     (None, "dataset.target=colour", "dataset.target='colour' is not a column"),
     ("one_class", "dataset.target=species", "has one value ('setosa')"),

@@ -130,7 +130,7 @@ def read_csv_column(path: Path, column: str | None, missing: str = "error") -> n
     return _checked_values(frame[column], path, column, missing)
 
 
-def _read_csv(path: Path, separator: str = ","):
+def _read_csv(path: Path, separator: str = ",", decimal: str = "."):
     import pandas as pd
 
     if path.is_dir():
@@ -144,7 +144,7 @@ def _read_csv(path: Path, separator: str = ","):
     limits.check_file(path, "dataset.path")  # a gzip bomb is refused before pandas expands it
     try:
         # An empty cell of a one-column file is a blank line: kept (as missing), never silently skipped.
-        frame = pd.read_csv(path, sep=separator, skip_blank_lines=False)
+        frame = pd.read_csv(path, sep=separator, decimal=decimal, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"dataset.path={str(path)!r} is empty.", "Point dataset.path at a CSV file with a "
                             "header line and one value per line.") from None

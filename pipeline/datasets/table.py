@@ -8,6 +8,12 @@ split's mean/std; metrics in the original units). Text feature columns are categ
 sorted training value, 0 for a value training never saw); numeric columns are fed raw and standardised
 inside the exported graph (``pipeline.preprocessing.TableEncoding``) with training-split statistics.
 
+A delimited file's separator follows its extension (``,`` for .csv, tab for .tsv/.tab); a file that then
+reads as one column whose name holds ``;``, a tab or ``|`` is read with that separator (Excel's export in
+locales with a decimal comma). Numbers with a decimal comma (``58,44``) are read as such when every
+value of their column is written so, never taken for text categories; ``dataset.separator`` and
+``dataset.decimal`` set both explicitly.
+
 The artifacts take ``input`` [N, numeric columns] float32 in file order, or, when there are text
 columns, ``numeric`` (float32) and ``categorical`` (int64 ids) in file order. Missing cells follow
 ``dataset.missing``: ``error`` (naming column and lines), ``drop`` (those rows) or ``interpolate``
@@ -26,6 +32,11 @@ from pipeline.errors import PipelineError
 TASKS = ("auto", "classification", "regression")
 MAX_CLASSES_FROM_INTEGERS = 20  # an integer target with more distinct values is a regression (auto)
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": ","}
+# What dataset.separator may name besides a single character (a tab is hard to type on a command line).
+SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+# Separators tried when a file read by its extension has one column whose name holds one of them.
+OTHER_SEPARATORS = (";", "\t", "|")
+DECIMALS = {".": ".", ",": ",", "point": ".", "dot": ".", "comma": ","}  # a ',' needs quoting for Hydra
 
 
 class TableData(InMemoryData):
@@ -33,7 +44,7 @@ class TableData(InMemoryData):
 
     def __init__(self, path: str | None = None, target: str | None = None, features: list[str] | None = None,
                  categorical: list[str] | None = None, task: str = "auto", missing: str = "error",
-                 test_fraction: float = 0.2, **kwargs):
+                 test_fraction: float = 0.2, separator: str | None = None, decimal: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if path is None or not str(path).strip():
             raise PipelineError("dataset=table needs dataset.path: a CSV, TSV or Parquet file.",
@@ -47,13 +58,16 @@ class TableData(InMemoryData):
         self.features = None if features is None else [str(f) for f in features]
         self.categorical = [str(c) for c in categorical or []]
         self.task, self.missing, self.test_fraction = task, str(missing), test_fraction
+        self.separator, self.decimal = _separator(separator), _decimal(decimal)
+        self._read_as: dict = {}
         self._spec: DataSpec | None = None
         self._encoding = None
         self._target_scaling: dict | None = None
 
     # --- reading and checking ---
     def load(self) -> Splits:
-        frame = self._checked_frame(read_table(self.path))
+        frame, self._read_as = read_table(self.path, self.separator, self.decimal)
+        frame = self._checked_frame(frame)
         task = self._task(frame[self.target])
         frame = self._without_missing(frame)
         y, classes, inverse = self._targets(frame[self.target], task)
@@ -88,9 +102,11 @@ class TableData(InMemoryData):
         frame.columns = columns
         separator = next((sep for sep in (";", "\t", "|", ",") if len(columns) == 1 and sep in columns[0]), None)
         if separator:
+            used = self._read_as.get("separator", ",")
             raise PipelineError(f"{self.path} reads as one column named {columns[0][:80]!r}: its fields look "
-                                f"separated by {separator!r}, not by what its extension says.",
-                                "Save it with commas (.csv) or tabs (.tsv) between fields.")
+                                f"separated by {separator!r}, not by {used!r}.",
+                                f"Set dataset.separator={_spelled(separator)} (or leave it unset: the separator "
+                                "is then found from the header).")
         if self.target not in columns:
             near = [c for c in columns if c.strip().casefold() == self.target.strip().casefold()]
             hint = (f"Set dataset.target={near[0]!r} (spaces or case differ)." if near
@@ -107,6 +123,8 @@ class TableData(InMemoryData):
         if not self.features:
             raise PipelineError(f"{self.path} has no column besides the target {self.target!r}.",
                                 "Add feature columns, or name them with dataset.features=[...].")
+        for column in [c for c in [*self.features, self.target] if c not in self.categorical]:
+            _check_number_notation(frame[column], self.path, column, self._read_as.get("decimal", "."))
         self._text_columns = {c for c in self.features if c in self.categorical or _is_text(frame[c])}
         for column in self.features:
             if column not in self._text_columns:
@@ -228,11 +246,13 @@ class TableData(InMemoryData):
 
     def report(self) -> dict:
         self.splits  # noqa: B018
-        return {"target_scaling": self._target_scaling} if self._target_scaling else {}
+        scaling = {"target_scaling": self._target_scaling} if self._target_scaling else {}
+        return {**scaling, **({"read_as": self._read_as} if self._read_as else {})}
 
 
-def read_table(path: Path):
-    """A CSV/TSV (by extension; .gz and friends too) or Parquet file as a DataFrame, with clear errors."""
+def read_table(path: Path, separator: str | None = None, decimal: str | None = None):
+    """A CSV/TSV (by extension; .gz and friends too) or Parquet file as a DataFrame, with clear errors, and
+    how a delimited file was read: ``{"separator", "decimal", "detected": [...]}`` ({} for Parquet)."""
     import pandas as pd
 
     suffixes = [s.lower() for s in path.suffixes]
@@ -247,9 +267,95 @@ def read_table(path: Path):
                 from None
         if frame.empty:
             raise PipelineError(f"dataset.path={str(path)!r} has no rows.", "Use a table with data.")
-        return frame
-    separator = next((SEPARATORS[s] for s in suffixes if s in SEPARATORS), ",")
-    return _read_csv(path, separator)
+        return frame, {}
+    detected = []
+    if separator is None:
+        separator = next((SEPARATORS[s] for s in suffixes if s in SEPARATORS), ",")
+        found = _separator_in_header(path, separator)
+        if found:  # "a;b;c" would read as one column: the file's own separator is in its header
+            separator = found
+            detected.append("separator")
+    frame = _read_csv(path, separator, decimal or ".")
+    if decimal is None:
+        decimal = "."
+        if separator != "," and _decimal_comma_columns(frame):  # a comma cannot be both separator and decimal
+            decimal, frame = ",", _read_csv(path, separator, ",")
+            detected.append("decimal")
+    return frame, {"separator": separator, "decimal": decimal, "detected": detected}
+
+
+def _separator_in_header(path: Path, separator: str) -> str | None:
+    """Another separator when the header read with ``separator`` is one name holding it."""
+    import pandas as pd
+
+    try:
+        columns = pd.read_csv(path, sep=separator, nrows=0).columns
+    except Exception:  # noqa: BLE001 - unreadable: _read_csv says why, with the path
+        return None
+    header = str(columns[0]) if len(columns) == 1 else ""
+    return next((sep for sep in OTHER_SEPARATORS if sep in header), None)
+
+
+def _decimal_comma_columns(frame) -> list[str]:
+    """Text columns whose every value is a number written with a decimal comma (at least one has one)."""
+    return [str(c) for c in frame.columns if _notation(frame[c]) == ","]
+
+
+def _notation(column) -> str | None:
+    """For a text column whose every present value is a number: the decimal mark it is written with
+    (``","`` when some value has a decimal comma and no value reads as a number as it is); else None."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    present = column.dropna().astype(str).str.strip()
+    if present.empty:
+        return None
+    if pd.to_numeric(present, errors="coerce").notna().all():
+        return "."
+    commas = present.str.fullmatch(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
+    plain = present.str.fullmatch(r"[+-]?\d+")
+    return "," if commas.any() and (commas | plain).all() else None
+
+
+def _check_number_notation(column, path: Path, name: str, decimal: str) -> None:
+    """A column of numbers with a decimal comma, read with a decimal point, would silently become text
+    categories (or a target with one class per value): refused, with the setting that reads it as numbers.
+    (Numbers with a decimal point read with a comma are text to pandas but numbers to ``pd.to_numeric``.)"""
+    if decimal == "," or _notation(column) != ",":
+        return
+    example = str(column.dropna().iloc[0])
+    raise PipelineError(f"Column {name!r} of {path} holds numbers written with a decimal comma ({example!r}), but "
+                        "the file is read with a decimal point: they would be taken for text categories.",
+                        f"Set dataset.decimal=comma if {example!r} is a decimal number; if the comma separates "
+                        f"thousands, write the numbers without it; to treat the values as categories, list the "
+                        f"column in dataset.categorical=[{name}].")
+
+
+def _separator(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = SEPARATOR_NAMES.get(str(value).casefold(), str(value))
+    if len(text) != 1 or text in "\"\r\n" or text.isalnum():
+        raise PipelineError(f"dataset.separator={value!r} is not a field separator.",
+                            "Use one character (',' ';' '|'), or tab, semicolon, comma, pipe or space; "
+                            "null finds it from the file's extension and header.")
+    return text
+
+
+def _decimal(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if str(value).casefold() in DECIMALS:
+        return DECIMALS[str(value).casefold()]
+    raise PipelineError(f"dataset.decimal={value!r} is not a decimal mark.",
+                        "Use point or comma ('.' or ','); null reads a column whose every number has a decimal "
+                        "comma as such when the separator is not a comma.")
+
+
+def _spelled(separator: str) -> str:
+    return next((name for name, sep in SEPARATOR_NAMES.items() if sep == separator and name.isalpha()),
+                repr(separator))
 
 
 def _is_text(column) -> bool:
