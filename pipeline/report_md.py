@@ -150,6 +150,9 @@ def data_section(data: dict) -> list[str]:
     if data.get("skipped_files"):
         lines += [f"Skipped as corrupt ({len(data['skipped_files'])}): "
                   + ", ".join(f"`{f}`" for f in data["skipped_files"][:10]), ""]
+    if data.get("ignored_files"):
+        lines += ["Left out of the image folder (not images of a kind read here): "
+                  + ", ".join(f"{kind} ({n})" for kind, n in data["ignored_files"].items()), ""]
     if data.get("read_as", {}).get("detected"):
         read_as = data["read_as"]
         lines += [f"The file was read with separator {read_as['separator']!r} and decimal mark {read_as['decimal']!r} "

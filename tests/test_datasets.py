@@ -3,6 +3,7 @@ trained, converted and compared on files written here, with artifacts that take 
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,42 @@ def write_digit_folder(root, mnist_root, per_class: int, split: bool, rgb: bool 
     return written
 
 
+def test_tiff_avif_and_16_bit_images_decode_to_the_pixels_an_app_reads(tmp_path):
+    """TIFF (16-bit grey, multi-page) and AVIF go through PIL: 16-bit values are scaled to [0, 255] as
+    torchvision scales a 16-bit PNG (PIL's own convert("L") would clip them to 255); a float image has no
+    range and is refused naming the file; other files are counted, not read."""
+    from PIL import Image
+
+    from pipeline.datasets.image_folder import CorruptImage, ImageFolderData, decode
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    for name in ("a", "b"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "set" / "a" / "wide.tiff")  # PIL mode I;16
+    first, second = Image.fromarray(rgb), Image.fromarray(255 - rgb)
+    first.save(tmp_path / "set" / "a" / "pages.tif", save_all=True, append_images=[second])
+    first.save(tmp_path / "set" / "b" / "pic.avif")
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "set" / "b" / "float.tif")  # mode F
+    (tmp_path / "set" / "b" / "photo.heic").write_bytes(b"HEIC needs pillow-heif: not read here")
+    (tmp_path / "set" / "b" / ".DS_Store").write_bytes(b"\x00")
+
+    assert np.array_equal(decode(str(tmp_path / "set" / "a" / "wide.tiff"), 1).numpy()[0], grey)
+    assert np.array_equal(decode(str(tmp_path / "set" / "a" / "wide.tiff"), 3).numpy(), np.stack([grey] * 3))
+    assert np.array_equal(decode(str(tmp_path / "set" / "a" / "pages.tif"), 3).numpy(), rgb.transpose(2, 0, 1))
+    avif = decode(str(tmp_path / "set" / "b" / "pic.avif"), 3).numpy().astype(int)  # lossy: against PIL's reading
+    with Image.open(tmp_path / "set" / "b" / "pic.avif") as opened:
+        assert np.abs(avif - np.asarray(opened.convert("RGB")).transpose(2, 0, 1)).max() <= 2
+    with pytest.raises(CorruptImage, match="float.tif: a floating-point image"):
+        decode(str(tmp_path / "set" / "b" / "float.tif"), 1)
+    data = ImageFolderData(path=str(tmp_path / "set"), image_size=[20, 24], channels=1, skip_corrupt=True,
+                           test_fraction=0.34, val_fraction=0.0)
+    files = sorted(Path(f).name for items in data.items.values() for f, _ in items)
+    assert files == ["float.tif", "pages.tif", "pic.avif", "wide.tiff"]  # float.tif: skipped once decoded
+    assert data.report()["ignored_files"] == {".heic": 1}
+
+
 def run_ok(run_dir, *overrides: str) -> dict:
     """The CLI in this process; it must succeed. Returns report.json."""
     outcome = run_in_process(*overrides, run_dir=run_dir)
@@ -71,6 +108,7 @@ def test_image_folder_trains_converts_and_its_artifacts_take_raw_pixels(tmp_path
     assert data["inputs"] == [{"name": "input", "shape": [1, 28, 28], "dtype": "float32", "layout": "NCHW",
                                "value_range": [0.0, 255.0]}]
     assert data["images"] == {"train": 162, "val": 18, "test": 60}  # val: 10 % of train/, per class
+    assert data["ignored_files"] == {".txt": 1}  # README.txt, counted; the hidden .DS_Store not even that
     assert report["model"]["from_data"] == {"num_classes": 3, "input_shape": [1, 28, 28]}
     assert (run_dir / "labels.txt").read_text().splitlines() == ["one", "seven", "zero"]
     assert report["metrics"]["test_accuracy"] >= 0.9

@@ -1,6 +1,7 @@
 """A folder of labelled images: ``DIR/<class>/*`` (split here) or ``DIR/train|val|test/<class>/*`` (split by you).
 
-Images (png, jpg/jpeg, bmp, gif, webp; other files such as ``.DS_Store`` are ignored) are decoded from
+Images (png, jpg/jpeg, bmp, gif, webp, tif/tiff, avif; other files are left out, counted by extension in
+report.json ``data.ignored_files``, hidden ones such as ``.DS_Store`` not even counted) are decoded from
 disk by the DataLoader's workers (``dataset.num_workers``) with ``torchvision.io.decode_image``,
 resized to ``dataset.image_size`` and, for training only, augmented by ``dataset.augment`` (a list of
 ``torchvision.transforms.v2`` configs); nothing is held in memory but the file list, so a folder larger
@@ -9,6 +10,7 @@ scaling ``(x / 255 - mean) / std`` (per channel, measured on training images unl
 the exported graph (``pipeline.preprocessing.ImageScaling``). A corrupt or truncated image is an error
 naming the file, or, with ``dataset.skip_corrupt=true``, left out and listed in report.json.
 """
+import logging
 import math
 from pathlib import Path
 
@@ -19,7 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.datasets.base import DatasetApi, DataSpec, InputSpec, Pair, seeded_rows
 from pipeline.errors import PipelineError
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+log = logging.getLogger(__name__)
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif")
+# PIL modes of more than 8 bits per pixel: scaled to [0, 255] like a 16-bit PNG, never clipped (PIL's
+# own convert("L") saturates everything above 255).
+WIDE_GREY_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
 SPLIT_FOLDERS = ("train", "val", "test")
 STATS_IMAGES = 256  # training images the default mean/std are measured on
 CHANNEL_PROBES = 32  # training images whose mode decides the default channels
@@ -70,16 +76,34 @@ def _with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def _decode_with_pil(path: str, channels: int, first_error: Exception) -> torch.Tensor:
+    """BMP, TIFF, AVIF and what else torchvision does not decode; the first frame of a multi-page file."""
     from PIL import Image
 
     try:
         with Image.open(path) as opened:
             opened.load()
-            array = np.asarray(opened.convert("L" if channels == 1 else "RGB"))
+            if opened.mode in WIDE_GREY_MODES:  # 16-bit TIFFs: scaled, then given the channels asked for
+                return _with_channels(torch.from_numpy(_wide_to_uint8(np.asarray(opened), opened.mode, path))[None],
+                                      channels)
+            if opened.mode == "F":
+                raise CorruptImage(f"{path}: a floating-point image (PIL mode F) has no fixed value range to read "
+                                   "as pixels in [0, 255]; save it with 8 or 16 bits per channel")
+            array = np.array(opened.convert("L" if channels == 1 else "RGB"))  # writable: torch shares it
+    except CorruptImage:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder error means the file is not a readable image
         raise CorruptImage(f"{path}: {type(first_error).__name__}: {first_error}; PIL: {exc}") from exc
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _wide_to_uint8(array: np.ndarray, mode: str, path: str) -> np.ndarray:
+    """16-bit grey (PIL's I;16*, or I holding 16-bit values) to 8 bits, as ``to_dtype(scale=True)`` does."""
+    values = array.astype(np.int64)
+    if values.min(initial=0) < 0 or values.max(initial=0) > WIDE_GREY_MODES[mode]:
+        raise CorruptImage(f"{path}: 32-bit integer pixels outside 0..65535 (PIL mode {mode}) have no range to "
+                           "read as [0, 255]; save it with 8 or 16 bits per channel")
+    return (values // 257).astype(np.uint8)
 
 
 class ImageFiles(Dataset):
@@ -142,6 +166,7 @@ class ImageFolderData(DatasetApi):
         self._items: dict[str, list[tuple[str, int]]] | None = None
         self.classes: list[str] = []
         self.skipped: set[str] = set()
+        self.ignored: dict[str, int] = {}  # files of other kinds in the class folders, by extension
         self._pre = None
         self._held: dict[str, Pair] = {}
 
@@ -149,6 +174,10 @@ class ImageFolderData(DatasetApi):
     def setup(self, stage: str | None = None) -> None:
         if self._items is None:
             self._items = self._scan()
+            if self.ignored:  # a .heic or .jp2 folder must not look like a small dataset without a word
+                log.warning("image_folder: left out %d file(s) that are not images of a kind read here (%s): %s",
+                            sum(self.ignored.values()), ", ".join(EXTENSIONS),
+                            ", ".join(f"{kind} ({n})" for kind, n in sorted(self.ignored.items())))
             self._settle_size()
 
     @property
@@ -192,7 +221,11 @@ class ImageFolderData(DatasetApi):
         found = {}
         for child in sorted(folder.iterdir()):
             if child.is_dir() and not child.name.startswith("."):
-                files = sorted(str(f) for f in child.rglob("*") if f.suffix.lower() in EXTENSIONS and f.is_file())
+                every = [f for f in child.rglob("*") if f.is_file() and not f.name.startswith(".")]
+                files = sorted(str(f) for f in every if f.suffix.lower() in EXTENSIONS)
+                for other in (f for f in every if f.suffix.lower() not in EXTENSIONS):
+                    kind = other.suffix.lower() or "(no extension)"
+                    self.ignored[kind] = self.ignored.get(kind, 0) + 1
                 if not files:
                     raise PipelineError(f"The class folder {child} holds no images ({', '.join(EXTENSIONS)}).",
                                         "Add images to it or remove it (each sub-folder is a class).")
@@ -373,6 +406,8 @@ class ImageFolderData(DatasetApi):
         extra = {"path": str(self.root), "images": sizes, "image_size": self.image_size, "channels": self.channels}
         if self.skipped:
             extra["skipped_files"] = sorted(self.skipped)
+        if self.ignored:
+            extra["ignored_files"] = dict(sorted(self.ignored.items()))
         return extra
 
 
