@@ -281,6 +281,19 @@ def test_a_spreadsheet_export_with_semicolons_and_decimal_commas_reads_as_the_sa
     assert explicit.report()["read_as"] == {"separator": ";", "decimal": ",", "detected": []}
 
 
+def test_an_identifier_column_is_named_as_such(tmp_path, caplog):
+    """One category per row (a customer id) is noise as one-hot inputs: the log names the column."""
+    from pipeline.datasets.table import TableData
+
+    frame = write_table(tmp_path / "flowers.csv", rows=200)
+    frame.insert(0, "flower_id", [f"F{i:04d}" for i in range(len(frame))])
+    frame.to_csv(tmp_path / "flowers.csv", index=False)
+    with caplog.at_level("WARNING", logger="pipeline.datasets.table"):
+        TableData(path=str(tmp_path / "flowers.csv"), target="species", seed=0).splits  # noqa: B018
+    named = [r.getMessage() for r in caplog.records if "distinct values" in r.getMessage()]
+    assert len(named) == 1 and "'flower_id'" in named[0] and "dataset.features" in named[0]  # habitat: 3 values
+
+
 @pytest.mark.parametrize("change, override, expected", [
     ("decimal_commas", "dataset.target=species", "holds numbers written with a decimal comma"),
     ("semicolons", "dataset.separator=tab", "Set dataset.separator=semicolon"),

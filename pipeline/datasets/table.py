@@ -20,6 +20,7 @@ columns, ``numeric`` (float32) and ``categorical`` (int64 ids) in file order. Mi
 (numeric columns linear between neighbouring rows, rows still incomplete dropped; a missing category
 is the unknown one, id 0).
 """
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,13 @@ from pipeline.datasets.base import DataSpec, InMemoryData, InputSpec, Splits
 from pipeline.datasets.series import _lines, _names, _read_csv
 from pipeline.errors import PipelineError
 
+log = logging.getLogger(__name__)
 TASKS = ("auto", "classification", "regression")
 MAX_CLASSES_FROM_INTEGERS = 20  # an integer target with more distinct values is a regression (auto)
+# A text column with a distinct value in more than this share of the training rows (and more than
+# MANY_CATEGORIES of them) is most likely an identifier, a date or free text: one-hot, it is noise.
+IDENTIFIER_SHARE = 0.5
+MANY_CATEGORIES = 50
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": ","}
 # What dataset.separator may name besides a single character (a tab is hard to type on a command line).
 SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
@@ -76,6 +82,7 @@ class TableData(InMemoryData):
         text = [c for c in self.features if c in self._text_columns]
         x_num = frame[numeric].to_numpy(dtype=np.float32) if numeric else None
         categories = {c: sorted({str(v) for v in frame[c].iloc[train].dropna()}) for c in text}
+        _warn_of_identifiers(categories, len(train), self.path)
         x_cat = np.stack([_ids(frame[c], categories[c]) for c in text], axis=1) if text else None
         if inverse is not None:  # regression: scaled with the training rows' statistics
             mean, std = float(y[train].mean()), float(y[train].std() + 1e-8)
@@ -330,6 +337,17 @@ def _check_number_notation(column, path: Path, name: str, decimal: str) -> None:
                         f"Set dataset.decimal=comma if {example!r} is a decimal number; if the comma separates "
                         f"thousands, write the numbers without it; to treat the values as categories, list the "
                         f"column in dataset.categorical=[{name}].")
+
+
+def _warn_of_identifiers(categories: dict[str, list[str]], rows: int, path: Path) -> None:
+    """One category per row teaches nothing a new row can use (its id is the unknown 0), and widens the
+    network by as many inputs: named, so that the user can leave the column out."""
+    for column, values in categories.items():
+        if len(values) > MANY_CATEGORIES and len(values) > IDENTIFIER_SHARE * rows:
+            log.warning("table: column %r of %s has %d distinct values in %d training rows: an identifier, a date or "
+                        "free text? As categories it adds %d inputs that a new row cannot use; leave it out with "
+                        "dataset.features=[...] (or derive numbers from it).", column, path.name, len(values), rows,
+                        len(values))
 
 
 def _separator(value: str | None) -> str | None:
