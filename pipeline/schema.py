@@ -251,6 +251,8 @@ class SeriesDataConfig(DataConfig):
     window: int = ranged(12, at_least(1, integer=True))
     test_fraction: float = ranged(0.15, between(0, 1, low_open=True, high_open=True))
     missing: MissingValues = MissingValues.error
+    separator: str | None = None  # null: by extension, or the one the header holds (pipeline/datasets/delimited.py)
+    decimal: str | None = None  # null: '.', or ',' for a column of decimal-comma numbers in a non-comma file
 
 
 class Distribution(StrEnum):

@@ -159,8 +159,13 @@ CSV_CASES = {
     "no column given": (_csv(_series()), ["dataset.column=null"], ["dataset.column is not set", "value"]),
     "values too large": (_csv([f"{1e305 * (1 + i % 3)}" for i in range(120)]), [], ["too large to scale"]),
     # Issue 13, further hostile files: another separator, a thousands separator, true/false, a device, no path.
-    "semicolons": (_csv([f"{i};{v}" for i, v in enumerate(_series())], header="t;value"), [],
-                   ["dataset.column='value'", "separated by ';'", "commas"]),
+    # (A ';' file is read as such when the separator is left unset: see the test after this one.)
+    "semicolons, another separator set": (_csv([f"{i};{v}" for i, v in enumerate(_series())], header="t;value"),
+                                          ["dataset.separator=pipe"],
+                                          ["dataset.column='value'", "separated by ';'", "read with '|'",
+                                           "dataset.separator"]),
+    "quoted decimal commas": (_csv([f'"{v.replace(".", ",")}"' for v in _series()]), [],
+                              ["decimal comma ('", "dataset.decimal=comma"]),
     "thousands separator": (_csv([f"1,{i:03d}.5" for i in range(120)]), [],
                             ["more fields than its header", "thousands separator"]),
     "true/false column": (_csv(["true", "false"] * 60), [], ["dataset.column='value'", "true/false values"]),
@@ -186,6 +191,19 @@ def test_a_bad_csv_series_is_a_clear_error_naming_the_lines(tmp_path, case):
                              run_dir=tmp_path / "run")
     assert_refused(outcome, *expected)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_spreadsheet_series_with_semicolons_and_decimal_commas_gives_the_same_windows(tmp_path):
+    from pipeline.datasets.series import SeriesData
+
+    (tmp_path / "plain.csv").write_text(_csv([f"{i},{v}" for i, v in enumerate(_series())], header="t,value"))
+    (tmp_path / "excel.csv").write_text(_csv([f"{i};{v.replace('.', ',')}" for i, v in enumerate(_series())],
+                                             header="t;value"))
+    plain, excel = (SeriesData(path=str(tmp_path / name), column="value", window=12).splits
+                    for name in ("plain.csv", "excel.csv"))
+    for split in ("train", "val", "test"):
+        for part in (0, 1):
+            assert torch.equal(getattr(excel, split)[part], getattr(plain, split)[part])
 
 
 def test_missing_values_drop_builds_no_window_across_a_gap_and_interpolate_fills_them(tmp_path):

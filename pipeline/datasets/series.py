@@ -13,20 +13,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import limits
 from pipeline.datasets.base import InMemoryData, Splits
+from pipeline.datasets.delimited import (
+    check_number_notation,
+    lines,
+    names,
+    parse_decimal,
+    parse_separator,
+    read_delimited,
+)
 from pipeline.errors import PipelineError
 
 MIN_WINDOWS = 10  # train, validation and test need a few windows each
 MISSING_MODES = ("error", "drop", "interpolate")
-SHOWN_LINES = 5
 
 
 class SeriesData(InMemoryData):
     suggested_models = "lstm_forecaster"  # the models made for it (conf/model)
 
     def __init__(self, path: str | None = None, column: str | None = None, window: int = 12,
-                 test_fraction: float = 0.15, missing: str = "error", **kwargs):
+                 test_fraction: float = 0.15, missing: str = "error", separator: str | None = None,
+                 decimal: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if path is not None and not str(path).strip():
             raise PipelineError("dataset.path='' names no file.",
@@ -37,6 +44,7 @@ class SeriesData(InMemoryData):
         self.window = int(window)
         self.test_fraction = test_fraction
         self.missing = str(missing)
+        self.separator, self.decimal = parse_separator(separator), parse_decimal(decimal)
         if self.missing not in MISSING_MODES:
             raise PipelineError(f"dataset.missing={missing!r} is not a choice.",
                                 f"Use one of: {', '.join(MISSING_MODES)}.")
@@ -88,7 +96,7 @@ class SeriesData(InMemoryData):
             from aeon.datasets import load_airline
 
             return np.asarray(load_airline(), dtype=np.float64)
-        return read_csv_column(self.path, self.column, self.missing)
+        return read_csv_column(self.path, self.column, self.missing, self.separator, self.decimal)
 
 
 def window_starts(values: np.ndarray, window: int) -> np.ndarray:
@@ -104,20 +112,23 @@ def _airline_file() -> Path:
     return Path(aeon.datasets.__file__).parent / "data" / "Airline" / "Airline.csv"
 
 
-def read_csv_column(path: Path, column: str | None, missing: str = "error") -> np.ndarray:
-    """The column as floats, checked; with ``missing=drop`` gaps stay NaN (``window_starts`` skips them)."""
-    frame = _read_csv(path)
+def read_csv_column(path: Path, column: str | None, missing: str = "error", separator: str | None = None,
+                    decimal: str | None = None) -> np.ndarray:
+    """The column as floats, checked; with ``missing=drop`` gaps stay NaN (``window_starts`` skips them).
+    The separator and decimal mark as ``pipeline.datasets.delimited`` finds them, unless given."""
+    frame, read_as = read_delimited(path, separator, decimal)
     if column is None or column not in frame.columns:
         import pandas as pd
 
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         what = "dataset.column is not set" if column is None else f"dataset.column={column!r} is not a column of {path}"
-        separator = next((sep for sep in (";", "\t", "|") if len(frame.columns) == 1 and sep in str(frame.columns[0])),
-                         None)
-        if separator:
+        found = next((sep for sep in (";", "\t", "|", ",") if len(frame.columns) == 1 and sep in str(frame.columns[0])),
+                     None)
+        if found:
             raise PipelineError(f"{what} (dataset.path={str(path)!r}): its header {str(frame.columns[0])[:80]!r} looks "
-                                f"separated by {separator!r}, but dataset.path is read as comma-separated.",
-                                "Save the file with commas between columns (and '.' as the decimal mark).")
+                                f"separated by {found!r}, but dataset.path is read with {read_as['separator']!r}.",
+                                "Leave dataset.separator unset (it is then found from the header), or set it to "
+                                "the file's.")
         wanted = None if column is None else column.strip().casefold()
         near = [c for c in frame.columns if str(c).strip().casefold() == wanted]
         if near:  # ' value ' or 'Value' in the header: the difference is invisible in a list of names
@@ -125,46 +136,10 @@ def read_csv_column(path: Path, column: str | None, missing: str = "error") -> n
                                 "differ).",
                                 f"Set dataset.column={str(near[0])!r} (quoted as shown), or fix the header.")
         raise PipelineError(f"{what} (dataset.path={str(path)!r}).",
-                            f"Set dataset.column to one of its numeric columns: {_names(numeric) or '(none)'} "
-                            f"(all columns: {_names(frame.columns)}).")
+                            f"Set dataset.column to one of its numeric columns: {names(numeric) or '(none)'} "
+                            f"(all columns: {names(frame.columns)}).")
+    check_number_notation(frame[column], path, column, read_as["decimal"])
     return _checked_values(frame[column], path, column, missing)
-
-
-def _read_csv(path: Path, separator: str = ",", decimal: str = "."):
-    import pandas as pd
-
-    if path.is_dir():
-        raise PipelineError(f"dataset.path={str(path)!r} is a directory, not a CSV file.",
-                            "Point dataset.path at a CSV file.")
-    if path.exists() and not path.is_file():
-        raise PipelineError(f"dataset.path={str(path)!r} is not a regular file (a device, a pipe or a socket).",
-                            "Point dataset.path at a CSV file.")
-    if not path.is_file():
-        raise PipelineError(f"dataset.path={str(path)!r} does not exist.", "Point dataset.path at a CSV file.")
-    limits.check_file(path, "dataset.path")  # a gzip bomb is refused before pandas expands it
-    try:
-        # An empty cell of a one-column file is a blank line: kept (as missing), never silently skipped.
-        frame = pd.read_csv(path, sep=separator, decimal=decimal, skip_blank_lines=False)
-    except pd.errors.EmptyDataError:
-        raise PipelineError(f"dataset.path={str(path)!r} is empty.", "Point dataset.path at a CSV file with a "
-                            "header line and one value per line.") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"dataset.path={str(path)!r} is not a readable CSV text file ({reason}).",
-                            "Point dataset.path at a comma-separated text file with a header line.") from None
-    except OSError as exc:
-        raise PipelineError(f"dataset.path={str(path)!r} cannot be read: {exc.strerror or exc}.",
-                            "Check the file's permissions, or point dataset.path at another file.") from None
-    if not isinstance(frame.index, pd.RangeIndex):  # pandas takes the extra leading fields as an index
-        raise PipelineError(f"dataset.path={str(path)!r} has rows with more fields than its header has names "
-                            f"({len(frame.columns)}: {_names(frame.columns)}), so the values would shift columns.",
-                            "Check the separator (commas) and quoting: a number written with a thousands separator "
-                            "(1,000.5) must be quoted or written without it (1000.5).")
-    filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
-    frame = frame.iloc[:filled[-1] + 1] if len(filled) else frame.iloc[:0]  # blank lines at the end of the file
-    if frame.empty:
-        raise PipelineError(f"dataset.path={str(path)!r} has a header but no rows.", "Add the series' values.")
-    return frame
 
 
 def _checked_values(raw, path: Path, column: str, missing: str) -> np.ndarray:
@@ -177,19 +152,19 @@ def _checked_values(raw, path: Path, column: str, missing: str) -> np.ndarray:
     numbers = pd.to_numeric(raw, errors="coerce")
     text = raw.notna() & numbers.isna()  # present, but not a number (NaN/"n/a"/empty are missing, not text)
     if text.any():
-        raise PipelineError(f"{where} holds values that are not numbers: {_lines(raw, text, show=True)}.",
+        raise PipelineError(f"{where} holds values that are not numbers: {lines(raw, text, show=True)}.",
                             "Fix those cells, or pick a numeric column with dataset.column=...")
     values = numbers.to_numpy(dtype=np.float64)
     infinite = np.isinf(values)
     if infinite.any():
-        raise PipelineError(f"{where} holds infinite values: {_lines(raw, infinite, show=True)}.",
+        raise PipelineError(f"{where} holds infinite values: {lines(raw, infinite, show=True)}.",
                             "Replace them with real values (an infinite value is not a missing one), or delete "
                             "those lines and set dataset.missing=drop.")
     gaps = np.isnan(values)
     if not gaps.any():
         return values
     if missing == "error":
-        raise PipelineError(f"{where} has {int(gaps.sum())} missing value(s): {_lines(raw, gaps)}.",
+        raise PipelineError(f"{where} has {int(gaps.sum())} missing value(s): {lines(raw, gaps)}.",
                             "Fill them in the file, or say how to treat them: dataset.missing=drop (no window "
                             "spans a gap) or dataset.missing=interpolate (linear between neighbours).")
     if missing == "interpolate":
@@ -197,16 +172,3 @@ def _checked_values(raw, path: Path, column: str, missing: str) -> np.ndarray:
         present = np.flatnonzero(~np.isnan(filled))
         return filled[present[0]:present[-1] + 1] if len(present) else filled[:0]
     return values  # drop: the gaps stay NaN and no window spans them
-
-
-def _names(columns, limit: int = 10) -> str:
-    shown = [str(c)[:40] for c in list(columns)[:limit]]
-    return ", ".join(shown) + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
-
-
-def _lines(raw, mask, show: bool = False) -> str:
-    """'line 5 ('abc'), line 9 ('x')' in the file's own line numbers (the header is line 1)."""
-    rows = np.flatnonzero(np.asarray(mask))
-    shown = [f"line {row + 2}" + (f" ({str(raw.iloc[row])!r})" if show else "") for row in rows[:SHOWN_LINES]]
-    more = f" and {len(rows) - SHOWN_LINES} more" if len(rows) > SHOWN_LINES else ""
-    return ", ".join(shown) + more

@@ -27,7 +27,15 @@ import numpy as np
 import torch
 
 from pipeline.datasets.base import DataSpec, InMemoryData, InputSpec, Splits
-from pipeline.datasets.series import _lines, _names, _read_csv
+from pipeline.datasets.delimited import (
+    check_number_notation,
+    lines,
+    names,
+    parse_decimal,
+    parse_separator,
+    read_delimited,
+    spelled,
+)
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -38,11 +46,6 @@ MAX_CLASSES_FROM_INTEGERS = 20  # an integer target with more distinct values is
 IDENTIFIER_SHARE = 0.5
 MANY_CATEGORIES = 50
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": ","}
-# What dataset.separator may name besides a single character (a tab is hard to type on a command line).
-SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
-# Separators tried when a file read by its extension has one column whose name holds one of them.
-OTHER_SEPARATORS = (";", "\t", "|")
-DECIMALS = {".": ".", ",": ",", "point": ".", "dot": ".", "comma": ","}  # a ',' needs quoting for Hydra
 
 
 class TableData(InMemoryData):
@@ -64,7 +67,7 @@ class TableData(InMemoryData):
         self.features = None if features is None else [str(f) for f in features]
         self.categorical = [str(c) for c in categorical or []]
         self.task, self.missing, self.test_fraction = task, str(missing), test_fraction
-        self.separator, self.decimal = _separator(separator), _decimal(decimal)
+        self.separator, self.decimal = parse_separator(separator), parse_decimal(decimal)
         self._read_as: dict = {}
         self._spec: DataSpec | None = None
         self._encoding = None
@@ -112,17 +115,17 @@ class TableData(InMemoryData):
             used = self._read_as.get("separator", ",")
             raise PipelineError(f"{self.path} reads as one column named {columns[0][:80]!r}: its fields look "
                                 f"separated by {separator!r}, not by {used!r}.",
-                                f"Set dataset.separator={_spelled(separator)} (or leave it unset: the separator "
+                                f"Set dataset.separator={spelled(separator)} (or leave it unset: the separator "
                                 "is then found from the header).")
         if self.target not in columns:
             near = [c for c in columns if c.strip().casefold() == self.target.strip().casefold()]
             hint = (f"Set dataset.target={near[0]!r} (spaces or case differ)." if near
-                    else f"Set dataset.target to one of: {_names(columns, 30)}.")
+                    else f"Set dataset.target to one of: {names(columns, 30)}.")
             raise PipelineError(f"dataset.target={self.target!r} is not a column of {self.path}.", hint)
         unknown = [f for f in (self.features or []) + self.categorical if f not in columns]
         if unknown:
             raise PipelineError(f"dataset.features/categorical name column(s) {', '.join(unknown)} that {self.path} "
-                                "does not have.", f"Its columns: {_names(columns, 30)}.")
+                                "does not have.", f"Its columns: {names(columns, 30)}.")
         self.features = self.features or [c for c in columns if c != self.target]
         if self.target in self.features:
             raise PipelineError(f"dataset.features lists the target column {self.target!r}.",
@@ -131,7 +134,8 @@ class TableData(InMemoryData):
             raise PipelineError(f"{self.path} has no column besides the target {self.target!r}.",
                                 "Add feature columns, or name them with dataset.features=[...].")
         for column in [c for c in [*self.features, self.target] if c not in self.categorical]:
-            _check_number_notation(frame[column], self.path, column, self._read_as.get("decimal", "."))
+            check_number_notation(frame[column], self.path, column, self._read_as.get("decimal", "."),
+                                  as_categories=f"list the column in dataset.categorical=[{column}]")
         self._text_columns = {c for c in self.features if c in self.categorical or _is_text(frame[c])}
         for column in self.features:
             if column not in self._text_columns:
@@ -159,7 +163,7 @@ class TableData(InMemoryData):
         if self.missing == "error":
             column = next(c for c in frame.columns if gaps[c].any())
             raise PipelineError(f"Column {column!r} of {self.path} has {int(gaps[column].sum())} missing value(s): "
-                                f"{_lines(frame[column], gaps[column])}"
+                                f"{lines(frame[column], gaps[column])}"
                                 + (f" (and {int(gaps.any(axis=1).sum())} incomplete rows in all)"
                                    if gaps.to_numpy().sum() > gaps[column].sum() else "") + ".",
                                 "Fill them in the file, or set dataset.missing=drop (leave those rows out) or "
@@ -194,12 +198,12 @@ class TableData(InMemoryData):
         text = numbers.isna() & target.notna()
         if text.any():
             raise PipelineError(f"The target column {self.target!r} of {self.path} holds text, so it cannot be a "
-                                f"regression target: {_lines(target, text, show=True)}.",
+                                f"regression target: {lines(target, text, show=True)}.",
                                 "Set dataset.task=classification, or fix those cells.")
         values = numbers.to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             raise PipelineError(f"The target column {self.target!r} of {self.path} holds infinite values: "
-                                f"{_lines(target, ~np.isfinite(values), show=True)}.", "Replace them.")
+                                f"{lines(target, ~np.isfinite(values), show=True)}.", "Replace them.")
         return values, None, True
 
     def _split_rows(self, count: int, labels: np.ndarray | None):
@@ -275,68 +279,7 @@ def read_table(path: Path, separator: str | None = None, decimal: str | None = N
         if frame.empty:
             raise PipelineError(f"dataset.path={str(path)!r} has no rows.", "Use a table with data.")
         return frame, {}
-    detected = []
-    if separator is None:
-        separator = next((SEPARATORS[s] for s in suffixes if s in SEPARATORS), ",")
-        found = _separator_in_header(path, separator)
-        if found:  # "a;b;c" would read as one column: the file's own separator is in its header
-            separator = found
-            detected.append("separator")
-    frame = _read_csv(path, separator, decimal or ".")
-    if decimal is None:
-        decimal = "."
-        if separator != "," and _decimal_comma_columns(frame):  # a comma cannot be both separator and decimal
-            decimal, frame = ",", _read_csv(path, separator, ",")
-            detected.append("decimal")
-    return frame, {"separator": separator, "decimal": decimal, "detected": detected}
-
-
-def _separator_in_header(path: Path, separator: str) -> str | None:
-    """Another separator when the header read with ``separator`` is one name holding it."""
-    import pandas as pd
-
-    try:
-        columns = pd.read_csv(path, sep=separator, nrows=0).columns
-    except Exception:  # noqa: BLE001 - unreadable: _read_csv says why, with the path
-        return None
-    header = str(columns[0]) if len(columns) == 1 else ""
-    return next((sep for sep in OTHER_SEPARATORS if sep in header), None)
-
-
-def _decimal_comma_columns(frame) -> list[str]:
-    """Text columns whose every value is a number written with a decimal comma (at least one has one)."""
-    return [str(c) for c in frame.columns if _notation(frame[c]) == ","]
-
-
-def _notation(column) -> str | None:
-    """For a text column whose every present value is a number: the decimal mark it is written with
-    (``","`` when some value has a decimal comma and no value reads as a number as it is); else None."""
-    import pandas as pd
-
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        return None
-    present = column.dropna().astype(str).str.strip()
-    if present.empty:
-        return None
-    if pd.to_numeric(present, errors="coerce").notna().all():
-        return "."
-    commas = present.str.fullmatch(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
-    plain = present.str.fullmatch(r"[+-]?\d+")
-    return "," if commas.any() and (commas | plain).all() else None
-
-
-def _check_number_notation(column, path: Path, name: str, decimal: str) -> None:
-    """A column of numbers with a decimal comma, read with a decimal point, would silently become text
-    categories (or a target with one class per value): refused, with the setting that reads it as numbers.
-    (Numbers with a decimal point read with a comma are text to pandas but numbers to ``pd.to_numeric``.)"""
-    if decimal == "," or _notation(column) != ",":
-        return
-    example = str(column.dropna().iloc[0])
-    raise PipelineError(f"Column {name!r} of {path} holds numbers written with a decimal comma ({example!r}), but "
-                        "the file is read with a decimal point: they would be taken for text categories.",
-                        f"Set dataset.decimal=comma if {example!r} is a decimal number; if the comma separates "
-                        f"thousands, write the numbers without it; to treat the values as categories, list the "
-                        f"column in dataset.categorical=[{name}].")
+    return read_delimited(path, separator, decimal, SEPARATORS)
 
 
 def _warn_of_identifiers(categories: dict[str, list[str]], rows: int, path: Path) -> None:
@@ -348,32 +291,6 @@ def _warn_of_identifiers(categories: dict[str, list[str]], rows: int, path: Path
                         "free text? As categories it adds %d inputs that a new row cannot use; leave it out with "
                         "dataset.features=[...] (or derive numbers from it).", column, path.name, len(values), rows,
                         len(values))
-
-
-def _separator(value: str | None) -> str | None:
-    if value is None:
-        return None
-    text = SEPARATOR_NAMES.get(str(value).casefold(), str(value))
-    if len(text) != 1 or text in "\"\r\n" or text.isalnum():
-        raise PipelineError(f"dataset.separator={value!r} is not a field separator.",
-                            "Use one character (',' ';' '|'), or tab, semicolon, comma, pipe or space; "
-                            "null finds it from the file's extension and header.")
-    return text
-
-
-def _decimal(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if str(value).casefold() in DECIMALS:
-        return DECIMALS[str(value).casefold()]
-    raise PipelineError(f"dataset.decimal={value!r} is not a decimal mark.",
-                        "Use point or comma ('.' or ','); null reads a column whose every number has a decimal "
-                        "comma as such when the separator is not a comma.")
-
-
-def _spelled(separator: str) -> str:
-    return next((name for name, sep in SEPARATOR_NAMES.items() if sep == separator and name.isalpha()),
-                repr(separator))
 
 
 def _is_text(column) -> bool:
@@ -395,13 +312,13 @@ def _check_numeric(column, path: Path, name: str) -> None:
         numbers = pd.to_numeric(column, errors="coerce")
         text = column.notna() & numbers.isna()
         if text.any():
-            raise PipelineError(f"Column {name!r} of {path} mixes numbers and text: {_lines(column, text, show=True)}.",
+            raise PipelineError(f"Column {name!r} of {path} mixes numbers and text: {lines(column, text, show=True)}.",
                                 f"Fix those cells, or treat the whole column as categories with "
                                 f"dataset.categorical=[{name}].")
         values = numbers.to_numpy(dtype=np.float64)
     infinite = np.isinf(values)
     if infinite.any():
-        raise PipelineError(f"Column {name!r} of {path} holds infinite values: {_lines(column, infinite, show=True)}.",
+        raise PipelineError(f"Column {name!r} of {path} holds infinite values: {lines(column, infinite, show=True)}.",
                             "Replace them with real values.")
 
 

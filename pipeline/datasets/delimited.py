@@ -1,0 +1,168 @@
+"""Delimited text files (CSV, TSV, a spreadsheet's export) read as pandas frames, with errors that name the
+file, its lines and the setting to change; shared by ``dataset=table`` and ``dataset=series``.
+
+The separator follows the extension unless given; a file that would read as one column whose name holds
+``;``, a tab or ``|`` is read with that separator (what Excel writes in locales with a decimal comma).
+Columns whose every number has a decimal comma (``58,44``) are read as numbers when the separator is not
+a comma; in a comma-separated file such a column is ambiguous (a thousands separator?) and refused by
+``check_number_notation`` rather than taken for text.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import limits
+from pipeline.errors import PipelineError
+
+SHOWN_LINES = 5
+# What dataset.separator may name besides a single character (a tab is hard to type on a command line).
+SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+# Separators tried when a file read by its extension has one column whose name holds one of them.
+OTHER_SEPARATORS = (";", "\t", "|")
+DECIMALS = {".": ".", ",": ",", "point": ".", "dot": ".", "comma": ","}  # a ',' needs quoting for Hydra
+
+
+def read_delimited(path: Path, separator: str | None = None, decimal: str | None = None,
+                   by_extension: dict[str, str] | None = None):
+    """The file as a DataFrame and how it was read: ``{"separator", "decimal", "detected": [...]}``."""
+    by_extension = by_extension or {}
+    detected = []
+    if separator is None:
+        suffixes = [s.lower() for s in path.suffixes]
+        separator = next((by_extension[s] for s in suffixes if s in by_extension), ",")
+        found = _separator_in_header(path, separator)
+        if found:  # "a;b;c" would read as one column: the file's own separator is in its header
+            separator = found
+            detected.append("separator")
+    frame = read_csv(path, separator, decimal or ".")
+    if decimal is None:
+        decimal = "."
+        if separator != "," and _decimal_comma_columns(frame):  # a comma cannot be both separator and decimal
+            decimal, frame = ",", read_csv(path, separator, ",")
+            detected.append("decimal")
+    return frame, {"separator": separator, "decimal": decimal, "detected": detected}
+
+
+def _separator_in_header(path: Path, separator: str) -> str | None:
+    """Another separator when the header read with ``separator`` is one name holding it."""
+    import pandas as pd
+
+    try:
+        columns = pd.read_csv(path, sep=separator, nrows=0).columns
+    except Exception:  # noqa: BLE001 - unreadable: read_csv says why, with the path
+        return None
+    header = str(columns[0]) if len(columns) == 1 else ""
+    return next((sep for sep in OTHER_SEPARATORS if sep in header), None)
+
+
+def _decimal_comma_columns(frame) -> list[str]:
+    """Text columns whose every value is a number written with a decimal comma (at least one has one)."""
+    return [str(c) for c in frame.columns if _notation(frame[c]) == ","]
+
+
+def _notation(column) -> str | None:
+    """For a text column whose every present value is a number: the decimal mark it is written with
+    (``","`` when some value has a decimal comma and no value reads as a number as it is); else None."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    present = column.dropna().astype(str).str.strip()
+    if present.empty:
+        return None
+    if pd.to_numeric(present, errors="coerce").notna().all():
+        return "."
+    commas = present.str.fullmatch(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
+    plain = present.str.fullmatch(r"[+-]?\d+")
+    return "," if commas.any() and (commas | plain).all() else None
+
+
+def check_number_notation(column, path: Path, name: str, decimal: str, as_categories: str | None = None) -> None:
+    """A column of numbers with a decimal comma, read with a decimal point, would silently become text
+    (categories, a target with one class per value, or a series that is not numbers): refused, with the
+    setting that reads it as numbers. ``as_categories``: how this dataset would keep the values as text.
+    (Numbers with a decimal point read with a comma are text to pandas but numbers to ``pd.to_numeric``.)"""
+    if decimal == "," or _notation(column) != ",":
+        return
+    example = str(column.dropna().iloc[0])
+    raise PipelineError(f"Column {name!r} of {path} holds numbers written with a decimal comma ({example!r}), but "
+                        "the file is read with a decimal point.",
+                        f"Set dataset.decimal=comma if {example!r} is a decimal number; if the comma separates "
+                        "thousands, write the numbers without it" +
+                        (f"; to treat the values as categories, {as_categories}." if as_categories else "."))
+
+
+def parse_separator(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = SEPARATOR_NAMES.get(str(value).casefold(), str(value))
+    if len(text) != 1 or text in "\"\r\n" or text.isalnum():
+        raise PipelineError(f"dataset.separator={value!r} is not a field separator.",
+                            "Use one character (',' ';' '|'), or tab, semicolon, comma, pipe or space; "
+                            "null finds it from the file's extension and header.")
+    return text
+
+
+def parse_decimal(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if str(value).casefold() in DECIMALS:
+        return DECIMALS[str(value).casefold()]
+    raise PipelineError(f"dataset.decimal={value!r} is not a decimal mark.",
+                        "Use point or comma ('.' or ','); null reads a column whose every number has a decimal "
+                        "comma as such when the separator is not a comma.")
+
+
+def spelled(separator: str) -> str:
+    return next((name for name, sep in SEPARATOR_NAMES.items() if sep == separator and name.isalpha()),
+                repr(separator))
+
+
+def read_csv(path: Path, separator: str = ",", decimal: str = "."):
+    import pandas as pd
+
+    if path.is_dir():
+        raise PipelineError(f"dataset.path={str(path)!r} is a directory, not a CSV file.",
+                            "Point dataset.path at a CSV file.")
+    if path.exists() and not path.is_file():
+        raise PipelineError(f"dataset.path={str(path)!r} is not a regular file (a device, a pipe or a socket).",
+                            "Point dataset.path at a CSV file.")
+    if not path.is_file():
+        raise PipelineError(f"dataset.path={str(path)!r} does not exist.", "Point dataset.path at a CSV file.")
+    limits.check_file(path, "dataset.path")  # a gzip bomb is refused before pandas expands it
+    try:
+        # An empty cell of a one-column file is a blank line: kept (as missing), never silently skipped.
+        frame = pd.read_csv(path, sep=separator, decimal=decimal, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"dataset.path={str(path)!r} is empty.", "Point dataset.path at a CSV file with a "
+                            "header line and one value per line.") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"dataset.path={str(path)!r} is not a readable CSV text file ({reason}).",
+                            "Point dataset.path at a comma-separated text file with a header line.") from None
+    except OSError as exc:
+        raise PipelineError(f"dataset.path={str(path)!r} cannot be read: {exc.strerror or exc}.",
+                            "Check the file's permissions, or point dataset.path at another file.") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas takes the extra leading fields as an index
+        raise PipelineError(f"dataset.path={str(path)!r} has rows with more fields than its header has names "
+                            f"({len(frame.columns)}: {names(frame.columns)}), so the values would shift columns.",
+                            "Check the separator (commas) and quoting: a number written with a thousands separator "
+                            "(1,000.5) must be quoted or written without it (1000.5).")
+    filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
+    frame = frame.iloc[:filled[-1] + 1] if len(filled) else frame.iloc[:0]  # blank lines at the end of the file
+    if frame.empty:
+        raise PipelineError(f"dataset.path={str(path)!r} has a header but no rows.", "Add the series' values.")
+    return frame
+
+
+def names(columns, limit: int = 10) -> str:
+    shown = [str(c)[:40] for c in list(columns)[:limit]]
+    return ", ".join(shown) + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
+
+
+def lines(raw, mask, show: bool = False) -> str:
+    """'line 5 ('abc'), line 9 ('x')' in the file's own line numbers (the header is line 1)."""
+    rows = np.flatnonzero(np.asarray(mask))
+    shown = [f"line {row + 2}" + (f" ({str(raw.iloc[row])!r})" if show else "") for row in rows[:SHOWN_LINES]]
+    more = f" and {len(rows) - SHOWN_LINES} more" if len(rows) > SHOWN_LINES else ""
+    return ", ".join(shown) + more
