@@ -36,12 +36,20 @@ def print_summary(report: dict, run_dir) -> None:
     for name, stage in report["stages"].items():
         # e.g. a TracerWarning: the exported graph keeps one branch of data-dependent Python control flow,
         # which parity only catches if its held-out samples take the other one.
-        for warning in (stage.get("warnings") or [])[:3]:
+        for warning in _distinct(stage.get("warnings") or [])[:3]:
             console.print(f"[yellow]{name} warning[/]: {_gist(warning)}", highlight=False)
     for name, target in report.get("targets", {}).items():
         if target.get("status") in ("refused", "failed"):
             style = "yellow" if target["status"] == "refused" else "red"
             console.print(f"[{style}]{name} {target['status']}[/]: {target.get('reason', '')}", highlight=False)
+
+
+def _distinct(warnings: list[str]) -> list[str]:
+    """One line per message: the same warning raised from several places of a library reads as one."""
+    firsts = {}
+    for warning in warnings:
+        firsts.setdefault(re.sub(r"\s\([^()\s]+:\d+\)$", "", warning), warning)
+    return list(firsts.values())
 
 
 def _gist(warning: str, limit: int = 200) -> str:

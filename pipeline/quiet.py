@@ -21,6 +21,8 @@ from pathlib import Path
 PARITY_SOURCES = ("torch/onnx", "torch/jit", "onnx2keras", "onnx_tf", "onnxruntime", "pipeline/converters")
 PARITY_LOGGERS = ("onnx2keras", "onnx_tf")
 IGNORED_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+# Exporter notes that say nothing about what the graph computes (an optimisation it skipped): log only.
+HARMLESS_MESSAGES = ("Constant folding - Only steps=1 can be constant folded",)
 MAX_WARNINGS = 20
 # Loggers whose records reach the console; every other library's go to pipeline.log only.
 CONSOLE_LOGGERS = ("pipeline", "models", "hydra", "__main__")
@@ -115,6 +117,6 @@ def recorded_warnings(stage: dict):
 def _matters_to_parity(w: warnings.WarningMessage) -> bool:
     if w.category.__name__ == "TracerWarning":
         return True
-    if issubclass(w.category, IGNORED_CATEGORIES):
+    if issubclass(w.category, IGNORED_CATEGORIES) or str(w.message).startswith(HARMLESS_MESSAGES):
         return False
     return any(source in w.filename.replace(os.sep, "/") for source in PARITY_SOURCES)

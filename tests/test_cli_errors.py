@@ -1107,6 +1107,29 @@ def test_a_tracer_warning_is_shown_on_the_console_not_only_in_report_json(tmp_pa
     assert strict_json(run_dir / "report.json")["stages"]["export"]["warnings"]
 
 
+class StridedSlice(Tabular):
+    """A weight sliced with a step: torch.onnx notes, from three places, that it cannot constant-fold it."""
+
+    def forward(self, x):
+        scale = torch.cat([self.fc.weight[:, ::2], self.fc.weight[:, 1::2]], dim=1)
+        return torch.sigmoid(self.fc(x * scale.abs().mean()))
+
+
+def test_an_exporter_note_about_its_own_optimisation_is_not_a_parity_warning(tmp_path):
+    """Each warning on the console reads once, and the exporter's "Constant folding - Only steps=1 ..."
+    (a skipped optimisation, not a change of what the graph computes) stays in pipeline.log."""
+    from pipeline.console import _distinct
+
+    run_dir = tmp_path / "run"
+    outcome = run_in_process(*TABULAR, _target("StridedSlice"), "stages=[train,export]", run_dir=run_dir)
+    assert outcome.code == 0, outcome.output[-3000:]
+    assert "Constant folding" not in outcome.stderr
+    assert "Constant folding - Only steps=1" in (run_dir / "pipeline.log").read_text()
+    assert not strict_json(run_dir / "report.json")["stages"]["export"].get("warnings")
+    assert _distinct(["UserWarning: a. (x.py:3)", "UserWarning: a. (y.py:5)", "TracerWarning: b (m.py:1)"]) == \
+        ["UserWarning: a. (x.py:3)", "TracerWarning: b (m.py:1)"]
+
+
 class ReturnsIntKeys(Tabular):
     def forward(self, x):
         return {0: torch.sigmoid(self.fc(x))}
