@@ -44,15 +44,20 @@ def read_delimited(path: Path, separator: str | None = None, decimal: str | None
 
 
 def _separator_in_header(path: Path, separator: str) -> str | None:
-    """Another separator when the header read with ``separator`` is one name holding it."""
+    """Another separator when the header read with ``separator`` is one name holding it, and the first rows
+    split into as many fields with it (a one-column file named "price|usd" keeps its name)."""
     import pandas as pd
 
     try:
         columns = pd.read_csv(path, sep=separator, nrows=0).columns
+        header = str(columns[0]) if len(columns) == 1 else ""
+        found = next((sep for sep in OTHER_SEPARATORS if sep in header), None)
+        if found is None:
+            return None
+        rows = pd.read_csv(path, sep=found, nrows=5, header=None, skiprows=1)
     except Exception:  # noqa: BLE001 - unreadable: read_csv says why, with the path
         return None
-    header = str(columns[0]) if len(columns) == 1 else ""
-    return next((sep for sep in OTHER_SEPARATORS if sep in header), None)
+    return found if rows.shape[1] == header.count(found) + 1 else None
 
 
 def _decimal_comma_columns(frame) -> list[str]:
