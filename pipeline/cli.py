@@ -135,11 +135,20 @@ def main() -> None:
 def entry() -> None:
     """``python -m pipeline`` and the console script: main(), then the process ends at once
     (``pipeline.process_end``: no 2 s teardown of torch and TensorFlow after the run is written)."""
+    _import_from_working_dir()
     try:
         main()
     except SystemExit as exc:
         end_process(exc.code)
     end_process(0)
+
+
+def _import_from_working_dir() -> None:
+    """``model.net._target_=my_model.Net`` finds my_model.py in the directory the user runs from, with the
+    ``pipeline`` script as with ``python -m pipeline`` (which puts it first on sys.path itself)."""
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == here for entry in sys.path):
+        sys.path.insert(0, here)
 
 
 def _needs_quotes(override: str | None) -> bool:

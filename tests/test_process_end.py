@@ -45,3 +45,28 @@ def test_a_message_as_the_code_is_printed_and_exits_1(tmp_path):
 def test_the_command_line_exits_with_the_runs_code():
     result = subprocess.run([sys.executable, "-m", "pipeline", "model=nope"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "model" in result.stderr
+
+
+def test_the_pipeline_script_imports_a_model_from_the_directory_it_runs_in(tmp_path):
+    """``pipeline model.net._target_=my_net.Net`` beside my_net.py, as ``python -m pipeline`` does it: the
+    console script's sys.path does not hold the working directory by itself."""
+    script = Path(sys.executable).parent / "pipeline"
+    if not script.is_file():
+        import pytest
+
+        pytest.skip("the console script is not installed (pip install -e .)")
+    (tmp_path / "my_net.py").write_text(textwrap.dedent('''
+        import torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(6, 3)
+            def forward(self, x):
+                return self.fc(x)
+    '''))
+    result = subprocess.run([str(script), "model.net._target_=my_net.Net", "model.output=logits", "dataset=synthetic",
+                             "dataset.shape=[6]", "model.weights=init", "stages=[export]", "print_config=false",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "model.onnx").is_file()
