@@ -26,6 +26,9 @@ HARMLESS_MESSAGES = ("Constant folding - Only steps=1 can be constant folded",)
 MAX_WARNINGS = 20
 # Loggers whose records reach the console; every other library's go to pipeline.log only.
 CONSOLE_LOGGERS = ("pipeline", "models", "hydra", "__main__")
+# ... except these: hydra.utils logs an ERROR for a _target_ it cannot import, which the run then explains
+# itself (what was wrong, what to set); shown both ways, the console would say it twice.
+MUTED_LOGGERS = ("hydra.utils",)
 
 
 class ConsoleFilter(logging.Filter):
@@ -36,7 +39,11 @@ class ConsoleFilter(logging.Filter):
     records of ``CONSOLE_LOGGERS`` and their children. pipeline.log still gets everything."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return any(record.name == name or record.name.startswith(name + ".") for name in CONSOLE_LOGGERS)
+        return _under(record.name, CONSOLE_LOGGERS) and not _under(record.name, MUTED_LOGGERS)
+
+
+def _under(name: str, loggers: tuple[str, ...]) -> bool:
+    return any(name == logger or name.startswith(logger + ".") for logger in loggers)
 
 
 def log_file() -> Path | None:

@@ -707,6 +707,7 @@ def test_a_model_module_that_does_not_import_names_the_real_cause(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     outcome = run_in_process(*TABULAR, f"model.net._target_={name}.Net", run_dir=tmp_path / "run")
     assert_refused(outcome, f"model.net._target_={name}.Net", "cannot be imported", *expected)
+    assert "Error getting object" not in outcome.output  # hydra.utils' own log line: the console says it once
 
 
 def test_a_model_with_several_outputs_or_float64_trains_on_its_first(tmp_path):
