@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import read_report, run_in_process, tree
 
@@ -256,8 +257,6 @@ def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_p
 def test_a_spreadsheet_export_with_semicolons_and_decimal_commas_reads_as_the_same_numbers(tmp_path):
     """Excel in locales with a decimal comma writes ``5,1;marsh;...``: found from the header and the cells,
     read to the values the comma-separated original holds, and said so in report.json ``data.read_as``."""
-    import torch
-
     from pipeline.datasets.table import TableData
 
     frame = write_table(tmp_path / "flowers.csv", rows=60)
@@ -332,6 +331,33 @@ def test_a_bad_table_is_a_clear_error_naming_the_column(tmp_path, change, overri
     outcome = run_in_process("model=tabular_mlp", "dataset=table", f"dataset.path={tmp_path / 'flowers.csv'}",
                              override, run_dir=tmp_path / "run")
     assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
+
+
+class BatchNormMlp(torch.nn.Module):
+    def __init__(self, in_features: int = 4, num_classes: int = 2):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(in_features, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                       torch.nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_training_split_that_ends_in_a_batch_of_one_trains_a_batchnorm_network(tmp_path):
+    """BatchNorm cannot train on one sample ("Expected more than 1 value per channel"): a last training batch
+    of one sample is left out (another one each epoch: the order is shuffled), never a crash mid-epoch."""
+    from pipeline.datasets.arrays import ArraysData
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(92, 4)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    train_rows = len(ArraysData(path=str(tmp_path / "data.npz"), seed=42).splits.train[1])
+    batch_size = train_rows - 1  # batches of train_rows - 1 and 1
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, "model.net._target_=tests.test_datasets.BatchNormMlp", "model.output=logits",
+                    "dataset=arrays", f"dataset.path={tmp_path / 'data.npz'}", f"dataset.batch_size={batch_size}",
+                    "trainer.max_epochs=2", "stages=[train]")
+    assert report["trainer"]["global_step"] == 2  # one batch per epoch: the lone sample was left out
 
 
 @pytest.mark.tf

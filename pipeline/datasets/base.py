@@ -191,10 +191,19 @@ class TensorRows(Dataset):
 
 
 def index_batches(pair: Pair, batch_size: int, shuffle: bool) -> DataLoader:
-    """A DataLoader that slices whole batches out of tensors (one index op per batch)."""
+    """A DataLoader that slices whole batches out of tensors (one index op per batch). Shuffled (training), a
+    last batch of one sample is left out (``lone_last_sample``)."""
     dataset = TensorRows(*pair)
     order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False))
+    drop = shuffle and lone_last_sample(len(dataset), batch_size)
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=drop))
+
+
+def lone_last_sample(total: int, batch_size: int) -> bool:
+    """Whether training batches of ``batch_size`` end in a batch of one sample, on which BatchNorm cannot train
+    ("Expected more than 1 value per channel"): such a batch is left out. The order is shuffled every epoch,
+    so it is another sample each time; a split of one sample is left to the pre-flight check."""
+    return total > batch_size and total % batch_size == 1
 
 
 class InMemoryData(DatasetApi):

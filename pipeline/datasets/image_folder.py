@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.datasets.base import DatasetApi, DataSpec, InputSpec, Pair, seeded_rows
+from pipeline.datasets.base import DatasetApi, DataSpec, InputSpec, Pair, lone_last_sample, seeded_rows
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -303,9 +303,10 @@ class ImageFolderData(DatasetApi):
         return v2.Compose(list(self.augment_cfg))
 
     def _loader(self, split: str, shuffle: bool = False, augment: bool = False, batch_size: int | None = None):
-        workers = self.num_workers
-        return DataLoader(self._files(split, augment), batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          num_workers=workers, collate_fn=collate, persistent_workers=workers > 0 and shuffle,
+        workers, files, batch_size = self.num_workers, self._files(split, augment), batch_size or self.batch_size
+        return DataLoader(files, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+                          drop_last=shuffle and lone_last_sample(len(files), batch_size),
+                          persistent_workers=workers > 0 and shuffle,
                           generator=torch.Generator().manual_seed(int(self.seed)) if shuffle else None)
 
     def train_dataloader(self):
