@@ -155,8 +155,9 @@ def data_section(data: dict) -> list[str]:
                   + ", ".join(f"{kind} ({n})" for kind, n in data["ignored_files"].items()), ""]
     if data.get("read_as", {}).get("detected"):
         read_as = data["read_as"]
-        lines += [f"The file was read with separator {read_as['separator']!r} and decimal mark {read_as['decimal']!r} "
-                  f"({' and '.join(read_as['detected'])} found in the file).", ""]
+        lines += [f"The file was read with separator {read_as['separator']!r}, decimal mark {read_as['decimal']!r} and "
+                  f"encoding {read_as.get('encoding', 'utf-8')} ({', '.join(read_as['detected'])} found in the file).",
+                  ""]
     if data.get("target_scaling"):
         scaling = data["target_scaling"]
         lines += [f"The artifacts return `{scaling['column']}` scaled: the value is `output * {scaling['std']:.6g} + "

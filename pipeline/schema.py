@@ -253,6 +253,7 @@ class SeriesDataConfig(DataConfig):
     missing: MissingValues = MissingValues.error
     separator: str | None = None  # null: by extension, or the one the header holds (pipeline/datasets/delimited.py)
     decimal: str | None = None  # null: '.', or ',' for a column of decimal-comma numbers in a non-comma file
+    encoding: str | None = None  # null: UTF-8, else Windows-1252
 
 
 class Distribution(StrEnum):
@@ -313,6 +314,7 @@ class TableDataConfig(DataConfig):
     test_fraction: float = ranged(0.2, between(0, 1, low_open=True, high_open=True))
     separator: str | None = None  # null: by extension, or the one the header holds (checked by TableData)
     decimal: str | None = None  # null: '.', or ',' for columns of decimal-comma numbers in a non-comma file
+    encoding: str | None = None  # null: UTF-8, else Windows-1252 (pipeline/datasets/delimited.py)
 
 
 @dataclass

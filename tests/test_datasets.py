@@ -255,13 +255,16 @@ def test_a_parquet_regression_table_reports_its_metric_in_the_target_units(tmp_p
 
 
 def test_a_spreadsheet_export_with_semicolons_and_decimal_commas_reads_as_the_same_numbers(tmp_path):
-    """Excel in locales with a decimal comma writes ``5,1;marsh;...``: found from the header and the cells,
-    read to the values the comma-separated original holds, and said so in report.json ``data.read_as``."""
+    """Excel in locales with a decimal comma writes ``5,1;marécage;...`` in Windows-1252: the separator is
+    found from the header, the decimal commas from the cells and the encoding from the bytes, to the values the
+    UTF-8, comma-separated original holds; report.json ``data.read_as`` says so."""
     from pipeline.datasets.table import TableData
 
     frame = write_table(tmp_path / "flowers.csv", rows=60)
-    frame.to_csv(tmp_path / "flowers_excel.csv", sep=";", decimal=",", index=False, encoding="utf-8-sig")
-    assert "5," in (tmp_path / "flowers_excel.csv").read_text().splitlines()[1]  # the decimal commas are there
+    frame["habitat"] = frame["habitat"].replace({"marsh": "marécage"})
+    frame.to_csv(tmp_path / "flowers.csv", index=False)
+    frame.to_csv(tmp_path / "flowers_excel.csv", sep=";", decimal=",", index=False, encoding="cp1252")
+    assert "5," in (tmp_path / "flowers_excel.csv").read_text("cp1252").splitlines()[1]  # decimal commas
 
     def read(name: str, **options):
         data = TableData(path=str(tmp_path / name), target="species", seed=0, **options)
@@ -273,11 +276,18 @@ def test_a_spreadsheet_export_with_semicolons_and_decimal_commas_reads_as_the_sa
         for name in ("numeric", "categorical"):
             assert torch.equal(getattr(splits, split)[0][name], getattr(expected, split)[0][name])
         assert torch.equal(getattr(splits, split)[1], getattr(expected, split)[1])
-    assert excel.report()["read_as"] == {"separator": ";", "decimal": ",", "detected": ["separator", "decimal"]}
-    assert original.report()["read_as"] == {"separator": ",", "decimal": ".", "detected": []}
+    assert excel.spec().inputs[1].categories == original.spec().inputs[1].categories  # "marécage", decoded
+    assert "marécage" in original.spec().inputs[1].categories["habitat"]
+    assert excel.report()["read_as"] == {"separator": ";", "decimal": ",", "encoding": "cp1252",
+                                         "detected": ["separator", "decimal", "encoding"]}
+    assert original.report()["read_as"] == {"separator": ",", "decimal": ".", "encoding": "utf-8", "detected": []}
+    frame.to_csv(tmp_path / "flowers_unicode.tsv", sep="\t", index=False, encoding="utf-16")  # Excel's Unicode text
+    unicode, splits = read("flowers_unicode.tsv")
+    assert torch.equal(splits.test[0]["categorical"], expected.test[0]["categorical"])
+    assert unicode.report()["read_as"]["encoding"] == "utf-16"
     # Said explicitly, with the names a command line can carry: the same reading, nothing detected.
-    explicit, _ = read("flowers_excel.csv", separator="semicolon", decimal="comma")
-    assert explicit.report()["read_as"] == {"separator": ";", "decimal": ",", "detected": []}
+    explicit, _ = read("flowers_excel.csv", separator="semicolon", decimal="comma", encoding="windows-1252")
+    assert explicit.report()["read_as"] == {"separator": ";", "decimal": ",", "encoding": "cp1252", "detected": []}
 
 
 def test_an_identifier_column_is_named_as_such(tmp_path, caplog):
@@ -298,6 +308,8 @@ def test_an_identifier_column_is_named_as_such(tmp_path, caplog):
     ("semicolons", "dataset.separator=tab", "Set dataset.separator=semicolon"),
     ("semicolons", "dataset.separator=ab", "is not a field separator"),
     ("semicolons", "dataset.decimal=x", "is not a decimal mark"),
+    ("semicolons", "dataset.encoding=klingon", "is not an encoding Python knows"),
+    ("utf16", "dataset.encoding=utf-8", "is not text in utf-8"),
 ])
 def test_numbers_in_another_notation_are_never_taken_for_categories(tmp_path, change, override, expected):
     """A quoted "5,1" in a comma-separated file is ambiguous (a decimal comma, or a thousands separator): not
@@ -305,6 +317,8 @@ def test_numbers_in_another_notation_are_never_taken_for_categories(tmp_path, ch
     frame = write_table(tmp_path / "flowers.csv", rows=60)
     if change == "decimal_commas":
         frame.to_csv(tmp_path / "flowers.csv", decimal=",", index=False)
+    elif change == "utf16":
+        frame.to_csv(tmp_path / "flowers.csv", index=False, encoding="utf-16")
     else:
         frame.to_csv(tmp_path / "flowers.csv", sep=";", index=False)
     outcome = run_in_process("model=tabular_mlp", "dataset=table", f"dataset.path={tmp_path / 'flowers.csv'}",

@@ -20,41 +20,83 @@ SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pi
 # Separators tried when a file read by its extension has one column whose name holds one of them.
 OTHER_SEPARATORS = (";", "\t", "|")
 DECIMALS = {".": ".", ",": ",", "point": ".", "dot": ".", "comma": ","}  # a ',' needs quoting for Hydra
+FALLBACK_ENCODINGS = ("utf-8", "cp1252")  # tried in turn without dataset.encoding
+COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
+
+
+class NotDecodable(PipelineError):
+    """The file's bytes are not text in the encoding tried."""
 
 
 def read_delimited(path: Path, separator: str | None = None, decimal: str | None = None,
-                   by_extension: dict[str, str] | None = None):
-    """The file as a DataFrame and how it was read: ``{"separator", "decimal", "detected": [...]}``."""
-    by_extension = by_extension or {}
+                   by_extension: dict[str, str] | None = None, encoding: str | None = None):
+    """The file as a DataFrame and how it was read: ``{"separator", "decimal", "encoding", "detected": [...]}``.
+    Without an encoding: UTF-8 (a byte-order mark is skipped), else Windows-1252, what Excel writes in
+    Western Europe and the Americas (a file that is neither stops the run, naming ``dataset.encoding``)."""
+    candidates = [encoding] if encoding else [_encoding_by_bom(path)] if _encoding_by_bom(path) else \
+        list(FALLBACK_ENCODINGS)
+    for tried, candidate in enumerate(candidates):
+        try:
+            frame, read_as = _read_with(path, separator, decimal, by_extension or {}, candidate)
+        except NotDecodable:
+            if tried == len(candidates) - 1:
+                raise
+            continue
+        if encoding is None and candidate != "utf-8":  # by its byte-order mark, or not UTF-8
+            read_as["detected"].append("encoding")
+        return frame, read_as
+    raise AssertionError("unreachable")
+
+
+def _encoding_by_bom(path: Path) -> str | None:
+    """UTF-16 or UTF-32 by the byte-order mark (Excel's "Unicode text" is UTF-16): the Windows-1252 fallback
+    would read their bytes as characters. Compressed files are left to pandas."""
+    import codecs
+
+    if path.suffix.lower() in COMPRESSED or not path.is_file():
+        return None
+    try:
+        with path.open("rb") as file:
+            head = file.read(4)
+    except OSError:
+        return None  # read_csv says why, with the path
+    for bom, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                      (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def _read_with(path: Path, separator: str | None, decimal: str | None, by_extension: dict[str, str], encoding: str):
     detected = []
     if separator is None:
         suffixes = [s.lower() for s in path.suffixes]
         separator = next((by_extension[s] for s in suffixes if s in by_extension), ",")
-        found = _separator_in_header(path, separator)
+        found = _separator_in_header(path, separator, encoding)
         if found:  # "a;b;c" would read as one column: the file's own separator is in its header
             separator = found
             detected.append("separator")
-    frame = read_csv(path, separator, decimal or ".")
+    frame = read_csv(path, separator, decimal or ".", encoding)
     if decimal is None:
         decimal = "."
         if separator != "," and _decimal_comma_columns(frame):  # a comma cannot be both separator and decimal
-            decimal, frame = ",", read_csv(path, separator, ",")
+            decimal, frame = ",", read_csv(path, separator, ",", encoding)
             detected.append("decimal")
-    return frame, {"separator": separator, "decimal": decimal, "detected": detected}
+    return frame, {"separator": separator, "decimal": decimal, "encoding": encoding, "detected": detected}
 
 
-def _separator_in_header(path: Path, separator: str) -> str | None:
+def _separator_in_header(path: Path, separator: str, encoding: str = "utf-8") -> str | None:
     """Another separator when the header read with ``separator`` is one name holding it, and the first rows
     split into as many fields with it (a one-column file named "price|usd" keeps its name)."""
     import pandas as pd
 
     try:
-        columns = pd.read_csv(path, sep=separator, nrows=0).columns
+        columns = pd.read_csv(path, sep=separator, nrows=0, encoding=encoding).columns
         header = str(columns[0]) if len(columns) == 1 else ""
         found = next((sep for sep in OTHER_SEPARATORS if sep in header), None)
         if found is None:
             return None
-        rows = pd.read_csv(path, sep=found, nrows=5, header=None, skiprows=1)
+        rows = pd.read_csv(path, sep=found, nrows=5, header=None, skiprows=1, encoding=encoding)
     except Exception:  # noqa: BLE001 - unreadable: read_csv says why, with the path
         return None
     return found if rows.shape[1] == header.count(found) + 1 else None
@@ -108,6 +150,19 @@ def parse_separator(value: str | None) -> str | None:
     return text
 
 
+def parse_encoding(value: str | None) -> str | None:
+    import codecs
+
+    if value is None:
+        return None
+    try:
+        return codecs.lookup(str(value)).name
+    except LookupError:
+        raise PipelineError(f"dataset.encoding={value!r} is not an encoding Python knows.",
+                            "Use e.g. utf-8, utf-16, cp1252, latin-1 or shift_jis; null tries UTF-8, then "
+                            "Windows-1252.") from None
+
+
 def parse_decimal(value: str | None) -> str | None:
     if value is None:
         return None
@@ -123,7 +178,7 @@ def spelled(separator: str) -> str:
                 repr(separator))
 
 
-def read_csv(path: Path, separator: str = ",", decimal: str = "."):
+def read_csv(path: Path, separator: str = ",", decimal: str = ".", encoding: str = "utf-8"):
     import pandas as pd
 
     if path.is_dir():
@@ -137,11 +192,15 @@ def read_csv(path: Path, separator: str = ",", decimal: str = "."):
     limits.check_file(path, "dataset.path")  # a gzip bomb is refused before pandas expands it
     try:
         # An empty cell of a one-column file is a blank line: kept (as missing), never silently skipped.
-        frame = pd.read_csv(path, sep=separator, decimal=decimal, skip_blank_lines=False)
+        frame = pd.read_csv(path, sep=separator, decimal=decimal, encoding=encoding, skip_blank_lines=False)
+    except UnicodeDecodeError as exc:
+        raise NotDecodable(f"dataset.path={str(path)!r} is not text in {encoding} ({exc.reason}).",
+                           "Set dataset.encoding to the file's encoding (e.g. utf-16, latin-1, shift_jis), or save "
+                           "it as UTF-8.") from None
     except pd.errors.EmptyDataError:
         raise PipelineError(f"dataset.path={str(path)!r} is empty.", "Point dataset.path at a CSV file with a "
                             "header line and one value per line.") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+    except (pd.errors.ParserError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"dataset.path={str(path)!r} is not a readable CSV text file ({reason}).",
                             "Point dataset.path at a comma-separated text file with a header line.") from None
@@ -156,7 +215,7 @@ def read_csv(path: Path, separator: str = ",", decimal: str = "."):
     filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
     frame = frame.iloc[:filled[-1] + 1] if len(filled) else frame.iloc[:0]  # blank lines at the end of the file
     if frame.empty:
-        raise PipelineError(f"dataset.path={str(path)!r} has a header but no rows.", "Add the series' values.")
+        raise PipelineError(f"dataset.path={str(path)!r} has a header but no rows.", "Add rows of values.")
     return frame
 
 

@@ -19,6 +19,7 @@ from pipeline.datasets.delimited import (
     lines,
     names,
     parse_decimal,
+    parse_encoding,
     parse_separator,
     read_delimited,
 )
@@ -33,7 +34,7 @@ class SeriesData(InMemoryData):
 
     def __init__(self, path: str | None = None, column: str | None = None, window: int = 12,
                  test_fraction: float = 0.15, missing: str = "error", separator: str | None = None,
-                 decimal: str | None = None, **kwargs):
+                 decimal: str | None = None, encoding: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if path is not None and not str(path).strip():
             raise PipelineError("dataset.path='' names no file.",
@@ -45,6 +46,7 @@ class SeriesData(InMemoryData):
         self.test_fraction = test_fraction
         self.missing = str(missing)
         self.separator, self.decimal = parse_separator(separator), parse_decimal(decimal)
+        self.text_encoding = parse_encoding(encoding)  # the file's characters (not a category encoding)
         if self.missing not in MISSING_MODES:
             raise PipelineError(f"dataset.missing={missing!r} is not a choice.",
                                 f"Use one of: {', '.join(MISSING_MODES)}.")
@@ -96,7 +98,7 @@ class SeriesData(InMemoryData):
             from aeon.datasets import load_airline
 
             return np.asarray(load_airline(), dtype=np.float64)
-        return read_csv_column(self.path, self.column, self.missing, self.separator, self.decimal)
+        return read_csv_column(self.path, self.column, self.missing, self.separator, self.decimal, self.text_encoding)
 
 
 def window_starts(values: np.ndarray, window: int) -> np.ndarray:
@@ -113,10 +115,10 @@ def _airline_file() -> Path:
 
 
 def read_csv_column(path: Path, column: str | None, missing: str = "error", separator: str | None = None,
-                    decimal: str | None = None) -> np.ndarray:
+                    decimal: str | None = None, encoding: str | None = None) -> np.ndarray:
     """The column as floats, checked; with ``missing=drop`` gaps stay NaN (``window_starts`` skips them).
     The separator and decimal mark as ``pipeline.datasets.delimited`` finds them, unless given."""
-    frame, read_as = read_delimited(path, separator, decimal)
+    frame, read_as = read_delimited(path, separator, decimal, encoding=encoding)
     if column is None or column not in frame.columns:
         import pandas as pd
 

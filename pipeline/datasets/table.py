@@ -32,6 +32,7 @@ from pipeline.datasets.delimited import (
     lines,
     names,
     parse_decimal,
+    parse_encoding,
     parse_separator,
     read_delimited,
     spelled,
@@ -53,7 +54,8 @@ class TableData(InMemoryData):
 
     def __init__(self, path: str | None = None, target: str | None = None, features: list[str] | None = None,
                  categorical: list[str] | None = None, task: str = "auto", missing: str = "error",
-                 test_fraction: float = 0.2, separator: str | None = None, decimal: str | None = None, **kwargs):
+                 test_fraction: float = 0.2, separator: str | None = None, decimal: str | None = None,
+                 encoding: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if path is None or not str(path).strip():
             raise PipelineError("dataset=table needs dataset.path: a CSV, TSV or Parquet file.",
@@ -68,6 +70,7 @@ class TableData(InMemoryData):
         self.categorical = [str(c) for c in categorical or []]
         self.task, self.missing, self.test_fraction = task, str(missing), test_fraction
         self.separator, self.decimal = parse_separator(separator), parse_decimal(decimal)
+        self.text_encoding = parse_encoding(encoding)  # the file's characters (not a category encoding)
         self._read_as: dict = {}
         self._spec: DataSpec | None = None
         self._encoding = None
@@ -75,7 +78,7 @@ class TableData(InMemoryData):
 
     # --- reading and checking ---
     def load(self) -> Splits:
-        frame, self._read_as = read_table(self.path, self.separator, self.decimal)
+        frame, self._read_as = read_table(self.path, self.separator, self.decimal, self.text_encoding)
         frame = self._checked_frame(frame)
         task = self._task(frame[self.target])
         frame = self._without_missing(frame)
@@ -261,7 +264,7 @@ class TableData(InMemoryData):
         return {**scaling, **({"read_as": self._read_as} if self._read_as else {})}
 
 
-def read_table(path: Path, separator: str | None = None, decimal: str | None = None):
+def read_table(path: Path, separator: str | None = None, decimal: str | None = None, encoding: str | None = None):
     """A CSV/TSV (by extension; .gz and friends too) or Parquet file as a DataFrame, with clear errors, and
     how a delimited file was read: ``{"separator", "decimal", "detected": [...]}`` ({} for Parquet)."""
     import pandas as pd
@@ -279,7 +282,7 @@ def read_table(path: Path, separator: str | None = None, decimal: str | None = N
         if frame.empty:
             raise PipelineError(f"dataset.path={str(path)!r} has no rows.", "Use a table with data.")
         return frame, {}
-    return read_delimited(path, separator, decimal, SEPARATORS)
+    return read_delimited(path, separator, decimal, SEPARATORS, encoding)
 
 
 def _warn_of_identifiers(categories: dict[str, list[str]], rows: int, path: Path) -> None:
