@@ -14,7 +14,7 @@ from pipeline.datasets.base import DataSpec
 
 def _num_classes(spec: DataSpec, kind: str):
     if spec.task == "regression":
-        return 1
+        return spec.target_width
     if spec.task == "classification" and kind != "probability":
         return spec.num_classes
     return None

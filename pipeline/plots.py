@@ -1,4 +1,5 @@
-"""PNG plots for a run (matplotlib, Agg): training curves, parity, confusion matrix, forecast."""
+"""PNG plots for a run (matplotlib, Agg): training curves, parity, confusion matrix, forecast, and predicted
+against actual for a regression with several values per sample."""
 import csv
 from pathlib import Path
 
@@ -137,4 +138,30 @@ def forecast(actual: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
            ylabel="value")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, out)
+
+
+MAX_REGRESSION_PANELS = 12
+
+
+def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
+    """One panel per target value (the first ``MAX_REGRESSION_PANELS``): PyTorch's prediction against the truth,
+    with the diagonal where they agree."""
+    plt = _pyplot()
+    actual, predicted = actual.reshape(len(actual), -1), predicted.reshape(len(predicted), -1)
+    panels = min(actual.shape[1], MAX_REGRESSION_PANELS)
+    columns = min(panels, 4)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        if index >= panels:
+            ax.axis("off")
+            continue
+        truth, guess = actual[:, index], predicted[:, index]
+        low, high = float(min(truth.min(), guess.min())), float(max(truth.max(), guess.max()))
+        ax.scatter(truth, guess, s=8, alpha=0.6)
+        ax.plot([low, high], [low, high], "k--", linewidth=0.8)
+        ax.set(title=f"value {index}", xlabel="actual", ylabel="predicted (PyTorch)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Predicted vs actual (test split)")
     return _save(fig, out)

@@ -313,10 +313,11 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
                 f"model.output=value trains a regression (MSE), but dataset={dataset} has class labels.",
                 "Set model.output to what model.net returns: log_probs (log_softmax), logits (class scores) or "
                 "probability (one sigmoid output, two classes).")
-        if not per_sample:
-            raise PipelineError(f"model.output=value needs one value per sample ([N, 1]), but model.net returns "
-                                f"{shape}.",
-                                f"Make model.net return [N, 1] for dataset={dataset}, or {model_hint(cfg)}.")
+        if out.numel() != y.numel():  # one value per sample, or as many as each sample's target holds
+            wanted = [len(y), *y.shape[1:]] if y.dim() > 1 else [len(y), 1]
+            raise PipelineError(f"model.output=value needs {wanted[1:] if y.dim() > 1 else 'one value'} per sample "
+                                f"({wanted}, the targets' shape), but model.net returns {shape}.",
+                                f"Make model.net return {wanted} for dataset={dataset}, or {model_hint(cfg)}.")
         return
     if not classes:
         raise PipelineError(f"model.output={kind} is for classification, but dataset={dataset} has real-valued "

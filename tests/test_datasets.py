@@ -347,6 +347,24 @@ def test_a_bad_table_is_a_clear_error_naming_the_column(tmp_path, change, overri
     assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
 
 
+def test_several_regression_values_per_sample_train_one_output_each(tmp_path):
+    """y [N, 3] floats in an .npz: the network follows the data with 3 outputs (num_classes=3), trains on all
+    three, and report.json says the target's shape; a network with another width is refused before training."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    y = np.stack([x[:, 0] + x[:, 1], 2 * x[:, 2], -x[:, 3]], axis=1).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    common = ("model=tabular_mlp", "model.output=value", "dataset=arrays", f"dataset.path={tmp_path / 'data.npz'}")
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, *common, "trainer.max_epochs=20", "stages=[train,export,check,parity]")
+    assert report["model"]["from_data"]["num_classes"] == 3 and report["data"]["target_shape"] == [3]
+    assert report["metrics"]["test_mse"] < 0.5  # targets of variance 2-4: learnt, not the mean
+    assert all(e["in_tolerance"] for e in report["parity"]), report["parity"]
+    assert (run_dir / "predicted_vs_actual.png").is_file() and not (run_dir / "forecast.png").exists()
+    outcome = run_in_process(*common, "model.net.num_classes=1", "stages=[train]", run_dir=tmp_path / "narrow")
+    assert outcome.code == 1 and "needs [3] per sample" in outcome.output and "Traceback" not in outcome.output
+
+
 class BatchNormMlp(torch.nn.Module):
     def __init__(self, in_features: int = 4, num_classes: int = 2):
         super().__init__()

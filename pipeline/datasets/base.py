@@ -46,6 +46,8 @@ class DataSpec:
     # One sample's shape as model.net receives it (after ``preprocessing``); None: the raw input's.
     model_input_shape: list[int] | None = None
     streaming: bool = False  # read from disk by the loaders' workers, not held in memory
+    # Regression: one sample's target shape when it is more than one value ([3]: three values per sample).
+    target_shape: list[int] | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -57,9 +59,15 @@ class DataSpec:
             return list(self.model_input_shape)
         return list(self.inputs[0].shape) if len(self.inputs) == 1 else None
 
+    @property
+    def target_width(self) -> int:
+        """Values per sample a regressor returns: 1, or the product of ``target_shape``."""
+        return int(np.prod(self.target_shape)) if self.target_shape else 1
+
     def as_report(self) -> dict:
+        extra = {"target_shape": self.target_shape} if self.target_shape else {}
         return {"task": self.task, "classes": self.classes, "streaming": self.streaming,
-                "model_input_shape": self.net_input_shape,
+                "model_input_shape": self.net_input_shape, **extra,
                 "inputs": [{k: v for k, v in asdict(i).items() if v is not None} for i in self.inputs]}
 
 
@@ -71,7 +79,8 @@ def spec_of_tensors(x, y, labels: list[torch.Tensor] | None = None) -> DataSpec:
     if y is None:
         return DataSpec(inputs)
     if torch.is_floating_point(y):
-        return DataSpec(inputs, task="regression")
+        shape = list(y.shape[1:])  # several values per sample: the network returns as many
+        return DataSpec(inputs, task="regression", target_shape=shape if int(np.prod(shape)) > 1 else None)
     count = max((int(t.max()) + 1 for t in labels or [y] if t is not None and len(t)), default=0)
     return DataSpec(inputs, task="classification", classes=[str(i) for i in range(count)])
 
