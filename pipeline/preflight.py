@@ -319,6 +319,9 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
                                 f"({wanted}, the targets' shape), but model.net returns {shape}.",
                                 f"Make model.net return {wanted} for dataset={dataset}, or {model_hint(cfg)}.")
         return
+    if kind == "multi_label":
+        _check_multi_label(cfg, out, all_labels if all_labels is not None else y, dataset)
+        return
     if not classes:
         raise PipelineError(f"model.output={kind} is for classification, but dataset={dataset} has real-valued "
                             "targets.",
@@ -359,6 +362,22 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
                 "model.output=log_probs needs log-probabilities (log_softmax: exp sums to 1 per sample), "
                 f"but model.net's outputs do not (exp sums to {float(totals[0]):.3g}); NLL on raw scores diverges.",
                 "Set model.output=logits for raw class scores, or end model.net with log_softmax.")
+
+
+def _check_multi_label(cfg, out: torch.Tensor, labels: torch.Tensor, dataset: str) -> None:
+    """Targets of 0/1 per class [N, C], and one score per class from the network."""
+    flags = labels.dim() == 2 and bool(((labels == 0) | (labels == 1)).all())
+    if not flags:
+        span = f"values from {float(labels.min()):g} to {float(labels.max()):g}" if labels.numel() else "no values"
+        raise PipelineError(f"model.output=multi_label needs targets of 0/1 per class ([N, classes]), but "
+                            f"dataset={dataset} has targets of shape {list(labels.shape)} with {span}.",
+                            "Save the targets as [N, classes] of 0 and 1, or set model.output=logits for one class "
+                            "per sample.")
+    if list(out.shape[1:]) != list(labels.shape[1:]):
+        raise PipelineError(f"model.output=multi_label needs one score per class ([N, {labels.shape[1]}]), but "
+                            f"model.net returns {list(out.shape)}.",
+                            f"Set the model's number of classes (e.g. model.net.num_classes={labels.shape[1]}), or "
+                            f"{model_hint(cfg)}.")
 
 
 def _check_loss(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: str, targets: torch.Tensor) -> None:

@@ -6,6 +6,8 @@ the metric. ``output`` in ``conf/model/*.yaml`` names one (the schema's ``Output
 - ``value``: a regression value [N, 1] (MSE loss, MSE/MAE)
 - ``token_logits``: class scores along the last axis [N, ..., C] (token classification, a language model's
   logits per position: cross-entropy, accuracy per position)
+- ``multi_label``: one score (logit) per class [N, C], any number of classes per sample, targets 0/1 [N, C]
+  (binary cross-entropy per class; accuracy per label, exact match per sample, micro F1)
 torch is imported where a loss is computed: the schema reads the kinds at start-up.
 """
 from collections.abc import Callable
@@ -24,6 +26,9 @@ class Task:
     loss: Callable  # (outputs, targets) -> a scalar tensor
     labels: Callable[[np.ndarray], np.ndarray] | None = None  # class labels from outputs; None: a regressor
     class_axis: int = 1  # where the class scores are (top-1 is taken along it)
+    # Metrics beyond test_accuracy: (predicted labels, targets) -> {name: value}, and their names.
+    extra_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None
+    extra_metric_names: tuple[str, ...] = ()
 
     @property
     def classifier(self) -> bool:
@@ -32,13 +37,15 @@ class Task:
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Every metric report.json ``metrics`` holds for it (the first is the task metric)."""
-        return ("test_accuracy",) if self.classifier else ("test_mse", "test_mae")
+        return ("test_accuracy", *self.extra_metric_names) if self.classifier else ("test_mse", "test_mae")
 
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray, inverse=None) -> dict:
         """Task metrics from raw outputs; ``inverse`` maps regression values back to original units."""
         outputs, targets = np.asarray(outputs), np.asarray(targets)
-        if self.classifier:
-            return {"test_accuracy": float((self.labels(outputs).reshape(-1) == targets.reshape(-1)).mean())}
+        if self.classifier:  # multi_label: the share of right labels (each class of each sample)
+            predicted = self.labels(outputs)
+            extra = self.extra_metrics(predicted, targets) if self.extra_metrics else {}
+            return {"test_accuracy": float((predicted.reshape(-1) == targets.reshape(-1)).mean()), **extra}
         values, truth = outputs.reshape(-1), targets.reshape(-1)
         if inverse is not None:
             values, truth = inverse(values), inverse(truth)
@@ -50,8 +57,12 @@ class Task:
         import torch.nn.functional as F
 
         if self.classifier:
-            predicted = (outputs.reshape(-1) > 0.5).long() if self.name == "probability" else \
-                outputs.argmax(dim=self.class_axis).reshape(-1)
+            if self.name == "probability":
+                predicted = (outputs.reshape(-1) > 0.5).long()
+            elif self.name == "multi_label":
+                predicted = (outputs > 0).long().reshape(-1)
+            else:
+                predicted = outputs.argmax(dim=self.class_axis).reshape(-1)
             return (predicted == targets.reshape(-1)).float().mean()
         return F.mse_loss(outputs.reshape(-1), targets.float().reshape(-1))
 
@@ -90,6 +101,25 @@ def _token_cross_entropy(outputs, targets):
     return F.cross_entropy(outputs.movedim(-1, 1), targets)  # torch takes the classes on axis 1
 
 
+def _binary_cross_entropy_per_class(outputs, targets):
+    import torch.nn.functional as F
+
+    return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype).reshape(outputs.shape))
+
+
+def _positive_scores(outputs: np.ndarray) -> np.ndarray:
+    """multi_label: the classes whose score is above 0 (probability above 0.5), as 0/1 [N, C]."""
+    return (outputs > 0).astype(np.int64)
+
+
+def _multi_label_metrics(predicted: np.ndarray, targets: np.ndarray) -> dict:
+    predicted, targets = predicted.reshape(len(predicted), -1), targets.reshape(len(targets), -1).astype(np.int64)
+    true_positives = float((predicted & targets).sum())
+    called, present = float(predicted.sum()), float(targets.sum())
+    return {"test_exact_match": float((predicted == targets).all(axis=1).mean()),
+            "test_f1_micro": 2 * true_positives / (called + present) if called + present else 1.0}
+
+
 def _argmax(outputs: np.ndarray) -> np.ndarray:
     return outputs.argmax(axis=1)
 
@@ -109,7 +139,11 @@ for _task in (Task("log_probs", "class log-probabilities [N, C]: NLL loss, accur
                    _binary_cross_entropy, _above_half),
               Task("value", "one regression value per sample [N, 1]: MSE, MSE/MAE in original units", _mse),
               Task("token_logits", "class scores along the last axis [N, ..., C]: cross-entropy, accuracy per "
-                   "position", _token_cross_entropy, _argmax_last, class_axis=-1)):
+                   "position", _token_cross_entropy, _argmax_last, class_axis=-1),
+              Task("multi_label", "one logit per class [N, C], any number of classes per sample (targets 0/1 "
+                   "[N, C]): binary cross-entropy per class, accuracy per label, exact match, micro F1",
+                   _binary_cross_entropy_per_class, _positive_scores, extra_metrics=_multi_label_metrics,
+                   extra_metric_names=("test_exact_match", "test_f1_micro"))):
     TASKS.add(_task)
 OUTPUT_KINDS = tuple(TASKS)
 

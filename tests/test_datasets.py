@@ -365,6 +365,39 @@ def test_several_regression_values_per_sample_train_one_output_each(tmp_path):
     assert outcome.code == 1 and "needs [3] per sample" in outcome.output and "Traceback" not in outcome.output
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_multi_label_targets_train_one_logit_per_class(tmp_path, dtype):
+    """y [N, 4] of 0/1 (integers or floats): model.output=multi_label trains a logit per class (binary
+    cross-entropy), reports accuracy per label, exact match and micro F1, and names the classes."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    y = np.stack([x[:, 0] > 0, x[:, 1] > 0.5, (x[:, 2] + x[:, 3]) > 0, x[:, 4] < -0.5], axis=1).astype(dtype)
+    np.savez(tmp_path / "tags.npz", x=x, y=y)
+    common = ("model=tabular_mlp", "model.output=multi_label", "dataset=arrays",
+              f"dataset.path={tmp_path / 'tags.npz'}")
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, *common, "dataset.classes=[a,b,c,d]", "trainer.max_epochs=15",
+                    "stages=[train,export,check,parity]")
+    assert report["data"]["task"] == "multi_label" and report["data"]["classes"] == ["a", "b", "c", "d"]
+    assert report["model"]["from_data"]["num_classes"] == 4
+    metrics = report["metrics"]
+    assert metrics["test_accuracy"] >= 0.9 and metrics["test_f1_micro"] >= 0.85, metrics
+    assert 0.5 <= metrics["test_exact_match"] <= metrics["test_accuracy"], metrics
+    assert all(e["in_tolerance"] and e["top1_agreement"] == 1.0 for e in report["parity"]), report["parity"]
+    assert (run_dir / "labels.txt").read_text().split() == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("y, expected", [
+    (np.arange(60) % 3, "needs targets of 0/1 per class"),  # one class per sample
+    (np.stack([np.arange(60) % 5] * 3, axis=1), "with values from 0 to 4"),  # 3 columns, not 0/1
+])
+def test_multi_label_refuses_targets_that_are_not_flags(tmp_path, y, expected):
+    np.savez(tmp_path / "data.npz", x=np.zeros((60, 4), np.float32), y=y)
+    outcome = run_in_process("model=tabular_mlp", "model.output=multi_label", "dataset=arrays",
+                             f"dataset.path={tmp_path / 'data.npz'}", "stages=[train]", run_dir=tmp_path / "run")
+    assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
+
+
 class BatchNormMlp(torch.nn.Module):
     def __init__(self, in_features: int = 4, num_classes: int = 2):
         super().__init__()

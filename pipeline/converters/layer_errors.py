@@ -38,6 +38,8 @@ def comparable(outputs: dict[str, np.ndarray], kind: str | None) -> np.ndarray:
     value = np.asarray(next(iter(outputs.values())), dtype=np.float64)
     if kind == "log_probs":
         value = np.exp(value)
+    elif kind == "multi_label":
+        value = 1 / (1 + np.exp(-value))  # each class's own probability
     elif kind in ("logits", "token_logits") and value.ndim >= 2:
         axis = tasks.task(kind).class_axis
         shifted = np.exp(value - value.max(axis=axis, keepdims=True))

@@ -96,8 +96,9 @@ class ArraysData(InMemoryData):
         if len({*counts.values(), len(value)}) != 1:
             raise PipelineError(f"{self.path}: the inputs have {counts} samples but {key!r} has {len(value)}.",
                                 "Save one target per input sample.")
-        if value.dtype.kind in "biu":
-            return torch.from_numpy(value.astype(np.int64).reshape(len(value)))
+        if value.dtype.kind in "biu":  # [N] (or [N, 1]) labels; [N, C] 0/1 per class or [N, T] per token as they are
+            labels = value.astype(np.int64)
+            return torch.from_numpy(labels.reshape(len(value)) if labels[0].size == 1 else labels)
         if value.dtype.kind == "f":
             return torch.from_numpy(value.astype(np.float32).reshape(len(value), -1))
         raise PipelineError(f"Array {key!r} of {self.path} holds {value.dtype} values: targets must be integer "
@@ -105,7 +106,11 @@ class ArraysData(InMemoryData):
 
     def spec(self) -> DataSpec:
         spec = super().spec()
-        if spec.task == "classification" and self.classes:
+        if spec.task in ("classification", "multi_label") and self.classes:
+            if spec.task == "multi_label" and len(self.classes) != spec.num_classes:
+                raise PipelineError(f"dataset.classes names {len(self.classes)} classes, but the targets of "
+                                    f"{self.path} have {spec.num_classes} columns of 0/1 (one per class).",
+                                    "Name every class, in column order.")
             if len(self.classes) < (spec.num_classes or 0):
                 raise PipelineError(f"dataset.classes names {len(self.classes)} classes, but {self.path} has labels up "
                                     f"to {spec.num_classes - 1}.", "Name every class, in label order.")

@@ -41,7 +41,7 @@ class DataSpec:
     """What a dataset declares: its raw inputs, its task and classes, and what model.net receives."""
 
     inputs: list[InputSpec]
-    task: str | None = None  # classification | regression | None (no labels)
+    task: str | None = None  # classification | multi_label (0/1 per class) | regression | None (no labels)
     classes: list[str] | None = None  # class names by label id (classification)
     # One sample's shape as model.net receives it (after ``preprocessing``); None: the raw input's.
     model_input_shape: list[int] | None = None
@@ -78,10 +78,13 @@ def spec_of_tensors(x, y, labels: list[torch.Tensor] | None = None) -> DataSpec:
     inputs = [InputSpec(name, list(t.shape[1:]), str(t.dtype).replace("torch.", "")) for name, t in named]
     if y is None:
         return DataSpec(inputs)
+    every = [t for t in labels or [y] if t is not None and len(t)]
+    if y.dim() == 2 and y.shape[1] > 1 and all(bool(((t == 0) | (t == 1)).all()) for t in every):
+        return DataSpec(inputs, task="multi_label", classes=[str(i) for i in range(y.shape[1])])  # 0/1 per class
     if torch.is_floating_point(y):
         shape = list(y.shape[1:])  # several values per sample: the network returns as many
         return DataSpec(inputs, task="regression", target_shape=shape if int(np.prod(shape)) > 1 else None)
-    count = max((int(t.max()) + 1 for t in labels or [y] if t is not None and len(t)), default=0)
+    count = max((int(t.max()) + 1 for t in every), default=0)
     return DataSpec(inputs, task="classification", classes=[str(i) for i in range(count)])
 
 

@@ -72,7 +72,7 @@ class UserDataModule(DatasetApi):
         x, y = self.head(self._held_out_split())
         spec = spec_of_tensors(x, y)
         classes = getattr(self.module, "classes", None)
-        if spec.task == "classification" and isinstance(classes, list | tuple) and classes:
+        if spec.task in ("classification", "multi_label") and isinstance(classes, list | tuple) and classes:
             spec.classes = [str(c) for c in classes]
         return spec
 
