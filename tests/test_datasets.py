@@ -310,6 +310,8 @@ def test_an_identifier_column_is_named_as_such(tmp_path, caplog):
     ("semicolons", "dataset.decimal=x", "is not a decimal mark"),
     ("semicolons", "dataset.encoding=klingon", "is not an encoding Python knows"),
     ("utf16", "dataset.encoding=utf-8", "is not text in utf-8"),
+    ("grouped", "dataset.target=species", "numbers written with thousands separators ('"),
+    ("grouped_semicolons", "dataset.target=species", "numbers written with thousands separators ('"),
 ])
 def test_numbers_in_another_notation_are_never_taken_for_categories(tmp_path, change, override, expected):
     """A quoted "5,1" in a comma-separated file is ambiguous (a decimal comma, or a thousands separator): not
@@ -319,6 +321,11 @@ def test_numbers_in_another_notation_are_never_taken_for_categories(tmp_path, ch
         frame.to_csv(tmp_path / "flowers.csv", decimal=",", index=False)
     elif change == "utf16":
         frame.to_csv(tmp_path / "flowers.csv", index=False, encoding="utf-16")
+    elif change.startswith("grouped"):  # 5,012.3 (quoted in a comma-separated file) or 5.012,3
+        frame["sepal_length"] = [f"{v * 1000:,.1f}" for v in frame["sepal_length"]]
+        if change == "grouped_semicolons":
+            frame["sepal_length"] = frame["sepal_length"].str.translate(str.maketrans(",.", ".,"))
+        frame.to_csv(tmp_path / "flowers.csv", index=False, sep=";" if "semicolons" in change else ",")
     else:
         frame.to_csv(tmp_path / "flowers.csv", sep=";", index=False)
     outcome = run_in_process("model=tabular_mlp", "dataset=table", f"dataset.path={tmp_path / 'flowers.csv'}",

@@ -22,6 +22,9 @@ OTHER_SEPARATORS = (";", "\t", "|")
 DECIMALS = {".": ".", ",": ",", "point": ".", "dot": ".", "comma": ","}  # a ',' needs quoting for Hydra
 FALLBACK_ENCODINGS = ("utf-8", "cp1252")  # tried in turn without dataset.encoding
 COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
+# A number with digit groups: "1.234,5", "1,234.5", "1 234", "1'234" (no-break spaces as characters: pandas'
+# Arrow-backed strings match with RE2, which has no \u escapes).
+GROUPED_NUMBER = r"[+-]?\d{1,3}(?:[.,' " + "\u00a0\u202f" + r"]\d{3})+(?:[.,]\d+)?"
 
 
 class NotDecodable(PipelineError):
@@ -31,21 +34,21 @@ class NotDecodable(PipelineError):
 def read_delimited(path: Path, separator: str | None = None, decimal: str | None = None,
                    by_extension: dict[str, str] | None = None, encoding: str | None = None):
     """The file as a DataFrame and how it was read: ``{"separator", "decimal", "encoding", "detected": [...]}``.
-    Without an encoding: UTF-8 (a byte-order mark is skipped), else Windows-1252, what Excel writes in
-    Western Europe and the Americas (a file that is neither stops the run, naming ``dataset.encoding``)."""
-    candidates = [encoding] if encoding else [_encoding_by_bom(path)] if _encoding_by_bom(path) else \
-        list(FALLBACK_ENCODINGS)
-    for tried, candidate in enumerate(candidates):
+    Without an encoding: UTF-16/32 by a byte-order mark, else UTF-8 (its mark skipped), else Windows-1252,
+    what Excel writes in Western Europe and the Americas (a file in neither stops the run, naming
+    ``dataset.encoding``)."""
+    chosen = encoding or _encoding_by_bom(path)
+    candidates = [chosen] if chosen else list(FALLBACK_ENCODINGS)
+    for candidate in candidates:
         try:
             frame, read_as = _read_with(path, separator, decimal, by_extension or {}, candidate)
         except NotDecodable:
-            if tried == len(candidates) - 1:
+            if candidate == candidates[-1]:
                 raise
             continue
-        if encoding is None and candidate != "utf-8":  # by its byte-order mark, or not UTF-8
+        if encoding is None and candidate != "utf-8":
             read_as["detected"].append("encoding")
         return frame, read_as
-    raise AssertionError("unreachable")
 
 
 def _encoding_by_bom(path: Path) -> str | None:
@@ -125,18 +128,39 @@ def _notation(column) -> str | None:
 
 
 def check_number_notation(column, path: Path, name: str, decimal: str, as_categories: str | None = None) -> None:
-    """A column of numbers with a decimal comma, read with a decimal point, would silently become text
-    (categories, a target with one class per value, or a series that is not numbers): refused, with the
-    setting that reads it as numbers. ``as_categories``: how this dataset would keep the values as text.
-    (Numbers with a decimal point read with a comma are text to pandas but numbers to ``pd.to_numeric``.)"""
-    if decimal == "," or _notation(column) != ",":
-        return
-    example = str(column.dropna().iloc[0])
-    raise PipelineError(f"Column {name!r} of {path} holds numbers written with a decimal comma ({example!r}), but "
-                        "the file is read with a decimal point.",
-                        f"Set dataset.decimal=comma if {example!r} is a decimal number; if the comma separates "
-                        "thousands, write the numbers without it" +
-                        (f"; to treat the values as categories, {as_categories}." if as_categories else "."))
+    """Numbers that pandas read as text would silently become text (categories, a target with one class per
+    value, or a series that is not numbers): refused, naming how to read them. A decimal comma read with a
+    decimal point; numbers with thousands separators (``1.234,5``, ``1,234.5``, ``1 234``). ``as_categories``:
+    how this dataset would keep the values as text. (Numbers with a decimal point read with a comma are text
+    to pandas but numbers to ``pd.to_numeric``: they are read right.)"""
+    keep = f"; to treat the values as categories, {as_categories}." if as_categories else "."
+    if decimal != "," and _notation(column) == ",":
+        example = str(column.dropna().iloc[0])
+        raise PipelineError(f"Column {name!r} of {path} holds numbers written with a decimal comma ({example!r}), "
+                            "but the file is read with a decimal point.",
+                            f"Set dataset.decimal=comma if {example!r} is a decimal number; if the comma separates "
+                            "thousands, write the numbers without it" + keep)
+    example = _grouped_number(column)
+    if example is not None:
+        raise PipelineError(f"Column {name!r} of {path} holds numbers written with thousands separators "
+                            f"({example!r}): they would be read as text.",
+                            "Save the numbers without thousands separators (in a spreadsheet: a number format "
+                            "without them)" + keep)
+
+
+def _grouped_number(column) -> str | None:
+    """A text column whose every value is a number with digit groups (``1.234,5``, ``1,234.5``, ``1 234``,
+    ``1'234``): its first such value, else None."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    present = column.dropna().astype(str).str.strip()
+    grouped = present.str.fullmatch(GROUPED_NUMBER)
+    plain = present.str.fullmatch(r"[+-]?\d+(?:[.,]\d+)?")
+    if present.empty or not grouped.any() or not (grouped | plain).all():
+        return None
+    return str(present[grouped].iloc[0])
 
 
 def parse_separator(value: str | None) -> str | None:
