@@ -162,7 +162,7 @@ CSV_CASES = {
     # (A ';' file is read as such when the separator is left unset: see the test after this one.)
     "semicolons, another separator set": (_csv([f"{i};{v}" for i, v in enumerate(_series())], header="t;value"),
                                           ["dataset.separator=pipe"],
-                                          ["dataset.column='value'", "separated by ';'", "read with '|'",
+                                          ["dataset.column='value'", "separated by ';', not by '|'",
                                            "dataset.separator"]),
     "quoted decimal commas": (_csv([f'"{v.replace(".", ",")}"' for v in _series()]), [],
                               ["decimal comma ('", "dataset.decimal=comma"]),

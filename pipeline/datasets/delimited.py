@@ -7,6 +7,7 @@ Columns whose every number has a decimal comma (``58,44``) are read as numbers w
 a comma; in a comma-separated file such a column is ambiguous (a thousands separator?) and refused by
 ``check_number_notation`` rather than taken for text.
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,30 @@ COMPRESSED = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
 GROUPED_NUMBER = r"[+-]?\d{1,3}(?:[.,' " + "\u00a0\u202f" + r"]\d{3})+(?:[.,]\d+)?"
 
 
+@dataclass(frozen=True)
+class TextFormat:
+    """How to read a delimited file, as ``dataset.separator``/``decimal``/``encoding`` say (None: found)."""
+
+    separator: str | None = None
+    decimal: str | None = None
+    encoding: str | None = None
+
+    @classmethod
+    def from_config(cls, separator: str | None, decimal: str | None, encoding: str | None) -> "TextFormat":
+        """Checked, with the names a command line can carry (tab, semicolon, comma ...) made characters."""
+        return cls(parse_separator(separator), parse_decimal(decimal), parse_encoding(encoding))
+
+
 class NotDecodable(PipelineError):
     """The file's bytes are not text in the encoding tried."""
 
 
-def read_delimited(path: Path, separator: str | None = None, decimal: str | None = None,
-                   by_extension: dict[str, str] | None = None, encoding: str | None = None):
+def read_delimited(path: Path, text: TextFormat = TextFormat(), by_extension: dict[str, str] | None = None):
     """The file as a DataFrame and how it was read: ``{"separator", "decimal", "encoding", "detected": [...]}``.
     Without an encoding: UTF-16/32 by a byte-order mark, else UTF-8 (its mark skipped), else Windows-1252,
     what Excel writes in Western Europe and the Americas (a file in neither stops the run, naming
     ``dataset.encoding``)."""
+    separator, decimal, encoding = text.separator, text.decimal, text.encoding
     chosen = encoding or _encoding_by_bom(path)
     candidates = [chosen] if chosen else list(FALLBACK_ENCODINGS)
     for candidate in candidates:
@@ -49,6 +64,18 @@ def read_delimited(path: Path, separator: str | None = None, decimal: str | None
         if encoding is None and candidate != "utf-8":
             read_as["detected"].append("encoding")
         return frame, read_as
+
+
+def check_not_one_column(frame, path: Path, read_as: dict, what: str) -> None:
+    """A header that reads as one name holding another separator: the file was read with the wrong one
+    (``dataset.separator`` set to another). ``what``: what the run was looking for, for the message."""
+    header = str(frame.columns[0]) if len(frame.columns) == 1 else ""
+    found = next((sep for sep in (";", "\t", "|", ",") if sep in header), None)
+    if found:
+        raise PipelineError(f"{what}: {path} reads as one column named {header[:80]!r}, its fields separated by "
+                            f"{found!r}, not by {read_as.get('separator', ',')!r}.",
+                            f"Set dataset.separator={spelled(found)} (or leave it unset: the separator is then "
+                            "found from the header).")
 
 
 def _encoding_by_bom(path: Path) -> str | None:

@@ -13,16 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.datasets import delimited
 from pipeline.datasets.base import InMemoryData, Splits
-from pipeline.datasets.delimited import (
-    check_number_notation,
-    lines,
-    names,
-    parse_decimal,
-    parse_encoding,
-    parse_separator,
-    read_delimited,
-)
 from pipeline.errors import PipelineError
 
 MIN_WINDOWS = 10  # train, validation and test need a few windows each
@@ -45,8 +37,7 @@ class SeriesData(InMemoryData):
         self.window = int(window)
         self.test_fraction = test_fraction
         self.missing = str(missing)
-        self.separator, self.decimal = parse_separator(separator), parse_decimal(decimal)
-        self.text_encoding = parse_encoding(encoding)  # the file's characters (not a category encoding)
+        self.text = delimited.TextFormat.from_config(separator, decimal, encoding)
         if self.missing not in MISSING_MODES:
             raise PipelineError(f"dataset.missing={missing!r} is not a choice.",
                                 f"Use one of: {', '.join(MISSING_MODES)}.")
@@ -98,7 +89,7 @@ class SeriesData(InMemoryData):
             from aeon.datasets import load_airline
 
             return np.asarray(load_airline(), dtype=np.float64)
-        return read_csv_column(self.path, self.column, self.missing, self.separator, self.decimal, self.text_encoding)
+        return read_csv_column(self.path, self.column, self.missing, self.text)
 
 
 def window_starts(values: np.ndarray, window: int) -> np.ndarray:
@@ -114,23 +105,17 @@ def _airline_file() -> Path:
     return Path(aeon.datasets.__file__).parent / "data" / "Airline" / "Airline.csv"
 
 
-def read_csv_column(path: Path, column: str | None, missing: str = "error", separator: str | None = None,
-                    decimal: str | None = None, encoding: str | None = None) -> np.ndarray:
+def read_csv_column(path: Path, column: str | None, missing: str = "error",
+                    text: delimited.TextFormat = delimited.TextFormat()) -> np.ndarray:
     """The column as floats, checked; with ``missing=drop`` gaps stay NaN (``window_starts`` skips them).
-    The separator and decimal mark as ``pipeline.datasets.delimited`` finds them, unless given."""
-    frame, read_as = read_delimited(path, separator, decimal, encoding=encoding)
+    The separator, decimal mark and encoding as ``pipeline.datasets.delimited`` finds them, unless given."""
+    frame, read_as = delimited.read_delimited(path, text)
     if column is None or column not in frame.columns:
         import pandas as pd
 
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         what = "dataset.column is not set" if column is None else f"dataset.column={column!r} is not a column of {path}"
-        found = next((sep for sep in (";", "\t", "|", ",") if len(frame.columns) == 1 and sep in str(frame.columns[0])),
-                     None)
-        if found:
-            raise PipelineError(f"{what} (dataset.path={str(path)!r}): its header {str(frame.columns[0])[:80]!r} looks "
-                                f"separated by {found!r}, but dataset.path is read with {read_as['separator']!r}.",
-                                "Leave dataset.separator unset (it is then found from the header), or set it to "
-                                "the file's.")
+        delimited.check_not_one_column(frame, path, read_as, what)
         wanted = None if column is None else column.strip().casefold()
         near = [c for c in frame.columns if str(c).strip().casefold() == wanted]
         if near:  # ' value ' or 'Value' in the header: the difference is invisible in a list of names
@@ -138,9 +123,9 @@ def read_csv_column(path: Path, column: str | None, missing: str = "error", sepa
                                 "differ).",
                                 f"Set dataset.column={str(near[0])!r} (quoted as shown), or fix the header.")
         raise PipelineError(f"{what} (dataset.path={str(path)!r}).",
-                            f"Set dataset.column to one of its numeric columns: {names(numeric) or '(none)'} "
-                            f"(all columns: {names(frame.columns)}).")
-    check_number_notation(frame[column], path, column, read_as["decimal"])
+                            f"Set dataset.column to one of its numeric columns: {delimited.names(numeric) or '(none)'} "
+                            f"(all columns: {delimited.names(frame.columns)}).")
+    delimited.check_number_notation(frame[column], path, column, read_as["decimal"])
     return _checked_values(frame[column], path, column, missing)
 
 
@@ -154,19 +139,19 @@ def _checked_values(raw, path: Path, column: str, missing: str) -> np.ndarray:
     numbers = pd.to_numeric(raw, errors="coerce")
     text = raw.notna() & numbers.isna()  # present, but not a number (NaN/"n/a"/empty are missing, not text)
     if text.any():
-        raise PipelineError(f"{where} holds values that are not numbers: {lines(raw, text, show=True)}.",
+        raise PipelineError(f"{where} holds values that are not numbers: {delimited.lines(raw, text, show=True)}.",
                             "Fix those cells, or pick a numeric column with dataset.column=...")
     values = numbers.to_numpy(dtype=np.float64)
     infinite = np.isinf(values)
     if infinite.any():
-        raise PipelineError(f"{where} holds infinite values: {lines(raw, infinite, show=True)}.",
+        raise PipelineError(f"{where} holds infinite values: {delimited.lines(raw, infinite, show=True)}.",
                             "Replace them with real values (an infinite value is not a missing one), or delete "
                             "those lines and set dataset.missing=drop.")
     gaps = np.isnan(values)
     if not gaps.any():
         return values
     if missing == "error":
-        raise PipelineError(f"{where} has {int(gaps.sum())} missing value(s): {lines(raw, gaps)}.",
+        raise PipelineError(f"{where} has {int(gaps.sum())} missing value(s): {delimited.lines(raw, gaps)}.",
                             "Fill them in the file, or say how to treat them: dataset.missing=drop (no window "
                             "spans a gap) or dataset.missing=interpolate (linear between neighbours).")
     if missing == "interpolate":

@@ -28,14 +28,12 @@ import torch
 
 from pipeline.datasets.base import DataSpec, InMemoryData, InputSpec, Splits
 from pipeline.datasets.delimited import (
+    TextFormat,
+    check_not_one_column,
     check_number_notation,
     lines,
     names,
-    parse_decimal,
-    parse_encoding,
-    parse_separator,
     read_delimited,
-    spelled,
 )
 from pipeline.errors import PipelineError
 
@@ -69,8 +67,7 @@ class TableData(InMemoryData):
         self.features = None if features is None else [str(f) for f in features]
         self.categorical = [str(c) for c in categorical or []]
         self.task, self.missing, self.test_fraction = task, str(missing), test_fraction
-        self.separator, self.decimal = parse_separator(separator), parse_decimal(decimal)
-        self.text_encoding = parse_encoding(encoding)  # the file's characters (not a category encoding)
+        self.text = TextFormat.from_config(separator, decimal, encoding)
         self._read_as: dict = {}
         self._spec: DataSpec | None = None
         self._encoding = None
@@ -78,7 +75,7 @@ class TableData(InMemoryData):
 
     # --- reading and checking ---
     def load(self) -> Splits:
-        frame, self._read_as = read_table(self.path, self.separator, self.decimal, self.text_encoding)
+        frame, self._read_as = read_table(self.path, self.text)
         frame = self._checked_frame(frame)
         task = self._task(frame[self.target])
         frame = self._without_missing(frame)
@@ -113,13 +110,7 @@ class TableData(InMemoryData):
     def _checked_frame(self, frame):
         columns = [str(c) for c in frame.columns]
         frame.columns = columns
-        separator = next((sep for sep in (";", "\t", "|", ",") if len(columns) == 1 and sep in columns[0]), None)
-        if separator:
-            used = self._read_as.get("separator", ",")
-            raise PipelineError(f"{self.path} reads as one column named {columns[0][:80]!r}: its fields look "
-                                f"separated by {separator!r}, not by {used!r}.",
-                                f"Set dataset.separator={spelled(separator)} (or leave it unset: the separator "
-                                "is then found from the header).")
+        check_not_one_column(frame, self.path, self._read_as, f"dataset.target={self.target!r}")
         if self.target not in columns:
             near = [c for c in columns if c.strip().casefold() == self.target.strip().casefold()]
             hint = (f"Set dataset.target={near[0]!r} (spaces or case differ)." if near
@@ -264,7 +255,7 @@ class TableData(InMemoryData):
         return {**scaling, **({"read_as": self._read_as} if self._read_as else {})}
 
 
-def read_table(path: Path, separator: str | None = None, decimal: str | None = None, encoding: str | None = None):
+def read_table(path: Path, text: TextFormat = TextFormat()):
     """A CSV/TSV (by extension; .gz and friends too) or Parquet file as a DataFrame, with clear errors, and
     how a delimited file was read: ``{"separator", "decimal", "detected": [...]}`` ({} for Parquet)."""
     import pandas as pd
@@ -282,7 +273,7 @@ def read_table(path: Path, separator: str | None = None, decimal: str | None = N
         if frame.empty:
             raise PipelineError(f"dataset.path={str(path)!r} has no rows.", "Use a table with data.")
         return frame, {}
-    return read_delimited(path, separator, decimal, SEPARATORS, encoding)
+    return read_delimited(path, text, SEPARATORS)
 
 
 def _warn_of_identifiers(categories: dict[str, list[str]], rows: int, path: Path) -> None:
