@@ -28,6 +28,29 @@ GUARD_OVERRIDE = "++hydra.callbacks.run_dir_guard._target_=pipeline.run_dir.RunD
 schema.register()
 
 
+def unknown_key(exc: Exception) -> tuple[str, str] | None:
+    """An override of a key the config does not have (``trainer.max_epoch=3``): the message and hint, naming the
+    keys there are and the nearest one; Hydra's own advice ("use +trainer.max_epoch") would add a key that
+    nothing reads. None for any other error."""
+    import dataclasses
+    import difflib
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = exc.__cause__
+    kind = getattr(cause, "object_type", None)
+    if not isinstance(cause, ConfigAttributeError | ConfigKeyError) or not dataclasses.is_dataclass(kind):
+        return None
+    full_key = str(getattr(cause, "full_key", "") or "")
+    parent, _, key = full_key.rpartition(".")
+    keys = [f.name for f in dataclasses.fields(kind) if not f.name.startswith("_")]
+    near = difflib.get_close_matches(key, keys, n=1)
+    where = f"{parent}." if parent else ""
+    return (f"{full_key}: there is no such setting" + (f" ({parent} has no key {key!r})." if parent else "."),
+            (f"Did you mean {where}{near[0]}? " if near else "") +
+            f"The keys{f' of {parent}' if parent else ''}: {', '.join(keys)}.")
+
+
 def _report_hydra_errors() -> None:
     """Hydra prints a traceback for any error of its own that is not one of its "compact" ones (``=1`` on the
     command line, an OSError in a callback): those get our one paragraph and exit 1 too. ``--cfg`` checks the
@@ -53,8 +76,12 @@ def _report_hydra_errors() -> None:
                               f"Quote the value for Hydra inside the shell's quotes: \"{key}='{value}'\"."),
                       file=sys.stderr)
                 sys.exit(EXIT_FAILED)
-            except CompactHydraException:
-                raise  # Hydra prints these itself, in one paragraph
+            except CompactHydraException as exc:
+                unknown = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else unknown_key(exc)
+                if unknown is None:
+                    raise  # Hydra prints these itself, in one paragraph
+                print(explain(*unknown), file=sys.stderr)
+                sys.exit(EXIT_FAILED)
             except Exception as exc:
                 if interrupts.stopping():  # Hydra's own state cut short by a signal (a sweep's first second)
                     print(explain("Interrupted by a signal before the run started or after it ended.", "",

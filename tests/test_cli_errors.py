@@ -54,6 +54,11 @@ def source_run(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("overrides, expected", [
     (["parity.samples=-5"], ["parity.samples=-5", "integer >= 1", "(or null)"]),
+    # A key the config does not have: the nearest one and the keys there are, not Hydra's "use +key" advice.
+    (["trainer.max_epoch=3"], ["trainer.max_epoch: there is no such setting", "Did you mean trainer.max_epochs?",
+                               "accumulate_grad_batches"]),
+    (["dataset=arrays", "dataset.sepparator=tab"], ["dataset has no key 'sepparator'", "path, x, y, classes"]),
+    (["nosuchkey=1"], ["nosuchkey: there is no such setting", "model, dataset, trainer"]),
     (["parity.samples=0"], ["parity.samples=0", "integer >= 1"]),
     (["parity.batch_size=0"], ["parity.batch_size=0", "integer >= 1"]),
     (["parity.latency_repeats=0"], ["parity.latency_repeats=0", "integer in [1, 100000]"]),
