@@ -158,8 +158,13 @@ def data_section(data: dict) -> list[str]:
         lines += [f"The file was read with separator {read_as['separator']!r}, decimal mark {read_as['decimal']!r} and "
                   f"encoding {read_as.get('encoding', 'utf-8')} ({', '.join(read_as['detected'])} found in the file).",
                   ""]
-    if data.get("target_scaling"):
-        scaling = data["target_scaling"]
+    scaling = data.get("target_scaling")
+    if scaling and "columns" in scaling:  # several target columns: output i is column i
+        lines += ["The artifacts return the targets scaled: " + "; ".join(
+            f"`{column}` = `output[:, {i}] * {std:.6g} + {mean:.6g}`"
+            for i, (column, mean, std) in enumerate(zip(scaling["columns"], scaling["mean"], scaling["std"],
+                                                        strict=True))) + ".", ""]
+    elif scaling:
         lines += [f"The artifacts return `{scaling['column']}` scaled: the value is `output * {scaling['std']:.6g} + "
                   f"{scaling['mean']:.6g}`.", ""]
     return lines

@@ -223,7 +223,9 @@ def draw_plots(ctx: RunContext) -> list[Path]:
                 drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png",
                                                     ctx.data.spec().classes))
         elif ctx.data.spec().target_width > 1:  # several values per sample: a line through them means nothing
-            drawn.append(plots.predicted_vs_actual(labels, reference, ctx.run_dir / "predicted_vs_actual.png"))
+            inverse = ctx.data.inverse or (lambda v: v)  # in the targets' units
+            drawn.append(plots.predicted_vs_actual(inverse(labels), inverse(reference),
+                                                   ctx.run_dir / "predicted_vs_actual.png"))
         else:
             inverse = ctx.data.inverse or (lambda v: v)
             drawn.append(plots.forecast(inverse(labels.reshape(-1)), inverse(reference.reshape(-1)),

@@ -306,8 +306,8 @@ class TableDataConfig(DataConfig):
 
     _target_: str = "pipeline.datasets.table.TableData"
     path: str | None = ranged(None, a_path)
-    target: str | None = None
-    features: list[str] | None = None  # null: every column but the target
+    target: Any = None  # a column, or a list of them (0/1 flags: multi-label; numbers: one output each)
+    features: list[str] | None = None  # null: every column but the target(s)
     categorical: list[str] = field(default_factory=list)  # columns read as categories even if they hold numbers
     task: TableTask = TableTask.auto
     missing: MissingValues = MissingValues.error

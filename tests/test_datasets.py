@@ -333,6 +333,57 @@ def test_numbers_in_another_notation_are_never_taken_for_categories(tmp_path, ch
     assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
 
 
+def write_weather(path, rows: int = 500):
+    """A table with several targets: three 0/1 flags (multi-label) and two values (regression)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"temp": rng.normal(15, 8, rows), "rain_mm": rng.gamma(1, 3, rows),
+                          "wind": rng.normal(20, 6, rows), "region": rng.choice(["north", "south"], rows)})
+    frame["cold"] = (frame.temp < 10).astype(int)
+    frame["wet"] = (frame.rain_mm > 4).astype(int)
+    frame["stormy"] = ((frame.wind > 25) & (frame.rain_mm > 2)).astype(int)
+    frame["energy"] = 50 - 2 * frame.temp + rng.normal(0, 1, rows)
+    frame["water"] = 3 * frame.rain_mm + rng.normal(0, 1, rows)
+    frame.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("targets, output", [("[cold,wet,stormy]", "multi_label"), ("[energy,water]", "value")])
+def test_several_target_columns_of_a_table_train_one_output_each(tmp_path, targets, output):
+    """dataset.target=[a,b,c]: 0/1 columns are a multi-label classification (the columns are the classes),
+    numeric ones a regression with one output per column, each scaled on its own and reported in its units."""
+    write_weather(tmp_path / "weather.csv")
+    run_dir = tmp_path / "run"
+    report = run_ok(run_dir, "model=tabular_mlp", f"model.output={output}", "dataset=table",
+                    f"dataset.path={tmp_path / 'weather.csv'}", f"dataset.target={targets}",
+                    "dataset.features=[temp,rain_mm,wind,region]", "trainer.max_epochs=20",
+                    "stages=[train,export,check,parity]")
+    data, metrics = report["data"], report["metrics"]
+    assert report["model"]["from_data"]["num_classes"] == len(targets.split(","))
+    assert all(e["in_tolerance"] for e in report["parity"]), report["parity"]
+    if output == "multi_label":
+        assert data["task"] == "multi_label" and data["classes"] == ["cold", "wet", "stormy"]
+        assert metrics["test_accuracy"] >= 0.9 and metrics["test_f1_micro"] >= 0.8, metrics
+    else:
+        assert data["task"] == "regression" and data["target_shape"] == [2]
+        assert data["target_scaling"]["columns"] == ["energy", "water"]
+        assert metrics["test_mae"] < 3, metrics  # in the targets' units: noise of 1, spreads of 16 and 9
+        assert (run_dir / "predicted_vs_actual.png").is_file()
+        assert "`water` = `output[:, 1] *" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("targets, expected", [
+    ("[cold,region]", "neither all 0/1 flags"),
+    ("[cold,cold]", "names a column twice"),
+    ("[cold,nope]", "dataset.target='nope' is not a column"),
+])
+def test_several_target_columns_must_be_of_one_kind(tmp_path, targets, expected):
+    write_weather(tmp_path / "weather.csv", rows=60)
+    outcome = run_in_process("model=tabular_mlp", "dataset=table", f"dataset.path={tmp_path / 'weather.csv'}",
+                             f"dataset.target={targets}", "stages=[train]", run_dir=tmp_path / "run")
+    assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
+
+
 @pytest.mark.parametrize("change, override, expected", [
     (None, "dataset.target=colour", "dataset.target='colour' is not a column"),
     ("one_class", "dataset.target=species", "has one value ('setosa')"),

@@ -58,12 +58,11 @@ class TableData(InMemoryData):
         if path is None or not str(path).strip():
             raise PipelineError("dataset=table needs dataset.path: a CSV, TSV or Parquet file.",
                                 "Set dataset.path=FILE dataset.target=<the label column>.")
-        if target is None or not str(target).strip():
-            raise PipelineError("dataset=table needs dataset.target: the column to predict.",
-                                "Set dataset.target=<column name>.")
+        self.target_columns = _target_columns(target)
         if task not in TASKS:
             raise PipelineError(f"dataset.task={task!r} is not a choice.", f"Use one of: {', '.join(TASKS)}.")
-        self.path, self.target = Path(path).expanduser(), str(target)
+        # one column: the label or value; several: 0/1 flags (multi-label) or values (multi-output regression)
+        self.path, self.target = Path(path).expanduser(), ", ".join(self.target_columns)
         self.features = None if features is None else [str(f) for f in features]
         self.categorical = [str(c) for c in categorical or []]
         self.task, self.missing, self.test_fraction = task, str(missing), test_fraction
@@ -77,9 +76,11 @@ class TableData(InMemoryData):
     def load(self) -> Splits:
         frame, self._read_as = read_table(self.path, self.text)
         frame = self._checked_frame(frame)
-        task = self._task(frame[self.target])
+        several = len(self.target_columns) > 1
+        task = self._several_task(frame[self.target_columns]) if several else self._task(frame[self.target])
         frame = self._without_missing(frame)
-        y, classes, inverse = self._targets(frame[self.target], task)
+        y, classes, inverse = self._several_targets(frame[self.target_columns], task) if several else \
+            self._targets(frame[self.target], task)
         train, val, test = self._split_rows(len(frame), y if task == "classification" else None)
         numeric = [c for c in self.features if c not in self._text_columns]
         text = [c for c in self.features if c in self._text_columns]
@@ -87,16 +88,12 @@ class TableData(InMemoryData):
         categories = {c: sorted({str(v) for v in frame[c].iloc[train].dropna()}) for c in text}
         _warn_of_identifiers(categories, len(train), self.path)
         x_cat = np.stack([_ids(frame[c], categories[c]) for c in text], axis=1) if text else None
-        if inverse is not None:  # regression: scaled with the training rows' statistics
-            mean, std = float(y[train].mean()), float(y[train].std() + 1e-8)
-            y = ((y - mean) / std).astype(np.float32)[:, None]
-            inverse = _unscale(mean, std)
-            # the network learns (and its artifacts return) the scaled target: an app multiplies back
-            self._target_scaling = {"column": self.target, "mean": mean, "std": std,
-                                    "original": "output * std + mean"}
+        if inverse is not None:  # regression: scaled with the training rows' statistics, per column
+            y, inverse = self._scaled(y.reshape(len(y), -1), train)
         self._make_encoding(x_num, train, numeric, categories)
         self._spec = DataSpec(self._input_specs(numeric, x_num, categories), task=task, classes=classes,
-                              model_input_shape=[self._encoding.width])
+                              model_input_shape=[self._encoding.width],
+                              target_shape=[len(self.target_columns)] if several and task == "regression" else None)
 
         def pair(rows):
             parts = {"numeric": x_num, "categorical": x_cat}
@@ -107,34 +104,49 @@ class TableData(InMemoryData):
 
         return Splits(train=pair(train), val=pair(val), test=pair(test), inverse=inverse, files=[self.path])
 
+    def _scaled(self, y: np.ndarray, train: np.ndarray):
+        """[N, K] values standardised with the training rows' mean/std per column, and the inverse. The network
+        learns (and its artifacts return) the scaled values: an app multiplies back (data.target_scaling)."""
+        mean, std = y[train].mean(axis=0), y[train].std(axis=0) + 1e-8
+        scaled = ((y - mean) / std).astype(np.float32)
+        if len(self.target_columns) == 1:
+            self._target_scaling = {"column": self.target, "mean": float(mean[0]), "std": float(std[0]),
+                                    "original": "output * std + mean"}
+            return scaled, _unscale(float(mean[0]), float(std[0]))
+        self._target_scaling = {"columns": list(self.target_columns), "mean": [float(v) for v in mean],
+                                "std": [float(v) for v in std], "original": "output[:, i] * std[i] + mean[i]"}
+        return scaled, _unscale_columns(mean, std)
+
     def _checked_frame(self, frame):
         columns = [str(c) for c in frame.columns]
         frame.columns = columns
         check_not_one_column(frame, self.path, self._read_as, f"dataset.target={self.target!r}")
-        if self.target not in columns:
-            near = [c for c in columns if c.strip().casefold() == self.target.strip().casefold()]
-            hint = (f"Set dataset.target={near[0]!r} (spaces or case differ)." if near
-                    else f"Set dataset.target to one of: {names(columns, 30)}.")
-            raise PipelineError(f"dataset.target={self.target!r} is not a column of {self.path}.", hint)
+        for target in self.target_columns:
+            if target not in columns:
+                near = [c for c in columns if c.strip().casefold() == target.strip().casefold()]
+                hint = (f"Set dataset.target={near[0]!r} (spaces or case differ)." if near
+                        else f"Set dataset.target to one of: {names(columns, 30)}.")
+                raise PipelineError(f"dataset.target={target!r} is not a column of {self.path}.", hint)
         unknown = [f for f in (self.features or []) + self.categorical if f not in columns]
         if unknown:
             raise PipelineError(f"dataset.features/categorical name column(s) {', '.join(unknown)} that {self.path} "
                                 "does not have.", f"Its columns: {names(columns, 30)}.")
-        self.features = self.features or [c for c in columns if c != self.target]
-        if self.target in self.features:
-            raise PipelineError(f"dataset.features lists the target column {self.target!r}.",
+        self.features = self.features or [c for c in columns if c not in self.target_columns]
+        listed = [t for t in self.target_columns if t in self.features]
+        if listed:
+            raise PipelineError(f"dataset.features lists the target column {listed[0]!r}.",
                                 "Leave the target out of the features.")
         if not self.features:
             raise PipelineError(f"{self.path} has no column besides the target {self.target!r}.",
                                 "Add feature columns, or name them with dataset.features=[...].")
-        for column in [c for c in [*self.features, self.target] if c not in self.categorical]:
+        for column in [c for c in [*self.features, *self.target_columns] if c not in self.categorical]:
             check_number_notation(frame[column], self.path, column, self._read_as.get("decimal", "."),
                                   as_categories=f"list the column in dataset.categorical=[{column}]")
         self._text_columns = {c for c in self.features if c in self.categorical or _is_text(frame[c])}
         for column in self.features:
             if column not in self._text_columns:
                 _check_numeric(frame[column], self.path, column)
-        return frame[[*self.features, self.target]]
+        return frame[[*self.features, *self.target_columns]]
 
     def _task(self, target) -> str:
         if self.task != "auto":
@@ -165,7 +177,7 @@ class TableData(InMemoryData):
         if self.missing == "interpolate":
             frame = frame.copy()
             for column in frame.columns:
-                if column not in self._text_columns and column != self.target and gaps[column].any():
+                if column not in self._text_columns and column not in self.target_columns and gaps[column].any():
                     numbers = pd.to_numeric(frame[column], errors="coerce")
                     frame[column] = numbers.interpolate(method="linear", limit_area="inside")
         # interpolate: a missing category is the unknown one (id 0); drop: its row goes
@@ -175,6 +187,38 @@ class TableData(InMemoryData):
             raise PipelineError(f"Every row of {self.path} has a missing cell: nothing is left with "
                                 f"dataset.missing={self.missing}.", "Fill the missing cells in the file.")
         return frame[keep].reset_index(drop=True)
+
+    def _several_task(self, targets) -> str:
+        """Several target columns: all 0/1 (or true/false) flags make a multi-label classification, all numbers
+        a regression with one output per column."""
+        import pandas as pd
+
+        flags = all(_flags(targets[c]) for c in targets.columns)
+        numbers = all(pd.api.types.is_numeric_dtype(targets[c]) or pd.api.types.is_bool_dtype(targets[c])
+                      for c in targets.columns)
+        wanted = {"classification": flags, "regression": numbers, "auto": flags or numbers}[self.task]
+        if not wanted:
+            odd = next(c for c in targets.columns if not (_flags(targets[c]) if self.task == "classification" else
+                                                          pd.api.types.is_numeric_dtype(targets[c])))
+            raise PipelineError(f"The target columns {self.target} of {self.path} are neither all 0/1 flags (a "
+                                f"multi-label classification) nor all numbers (one regression output each): "
+                                f"{odd!r} is not" + (" 0/1." if self.task == "classification" else " numbers."),
+                                "Name target columns of one kind in dataset.target=[...], or one column for a "
+                                "classification with one class per row.")
+        return "multi_label" if flags and self.task != "regression" else "regression"
+
+    def _several_targets(self, targets, task: str):
+        """[N, K] 0/1 int64 with the columns as class names, or [N, K] values (scaled in ``load``)."""
+        if task == "multi_label":
+            return targets.to_numpy(dtype=np.float64).astype(np.int64), list(self.target_columns), None
+        values = targets.to_numpy(dtype=np.float64)
+        infinite = ~np.isfinite(values)
+        if infinite.any():
+            column = self.target_columns[int(np.flatnonzero(infinite.any(axis=0))[0])]
+            raise PipelineError(f"The target column {column!r} of {self.path} holds infinite values: "
+                                f"{lines(targets[column], infinite[:, self.target_columns.index(column)], show=True)}.",
+                                "Replace them.")
+        return values, None, True
 
     def _targets(self, target, task: str):
         import pandas as pd
@@ -329,3 +373,31 @@ def _class_order(value):
 
 def _unscale(mean: float, std: float):
     return lambda v: np.asarray(v) * std + mean
+
+
+def _unscale_columns(mean: np.ndarray, std: np.ndarray):
+    """Per column of [N, K] values, also when they come flattened row by row."""
+    return lambda v: (np.asarray(v).reshape(-1, len(mean)) * std + mean).reshape(np.shape(v))
+
+
+def _target_columns(target) -> list[str]:
+    """dataset.target as a list of column names: one, or several (a list)."""
+    several = list(target) if isinstance(target, list | tuple) or type(target).__name__ == "ListConfig" else None
+    names_given = [str(t) for t in several] if several is not None else \
+        ([] if target is None or not str(target).strip() else [str(target)])
+    if not names_given or any(not n.strip() for n in names_given):
+        raise PipelineError("dataset=table needs dataset.target: the column to predict (or a list of them).",
+                            "Set dataset.target=<column name>, or dataset.target=[a,b,c] for several.")
+    if len(set(names_given)) != len(names_given):
+        raise PipelineError(f"dataset.target names a column twice: {names_given}.", "Name each target column once.")
+    return names_given
+
+
+def _flags(column) -> bool:
+    """0/1 or true/false in every present cell."""
+    import pandas as pd
+
+    present = column.dropna()
+    if pd.api.types.is_bool_dtype(column):
+        return True
+    return bool(pd.api.types.is_numeric_dtype(column) and len(present) and present.isin([0, 1]).all())
