@@ -309,10 +309,11 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
     per_sample = out.numel() == len(y)
     if kind == "value":
         if classes:
+            flags = " (multi_label: a logit per class, for these 0/1 flags per class)" if y.dim() == 2 else ""
             raise PipelineError(
                 f"model.output=value trains a regression (MSE), but dataset={dataset} has class labels.",
-                "Set model.output to what model.net returns: log_probs (log_softmax), logits (class scores) or "
-                "probability (one sigmoid output, two classes).")
+                "Set model.output to what model.net returns: log_probs (log_softmax), logits (class scores), "
+                f"probability (one sigmoid output, two classes) or multi_label{flags}.")
         if out.numel() != y.numel():  # one value per sample, or as many as each sample's target holds
             wanted = [len(y), *y.shape[1:]] if y.dim() > 1 else [len(y), 1]
             raise PipelineError(f"model.output=value needs {wanted[1:] if y.dim() > 1 else 'one value'} per sample "
@@ -341,6 +342,10 @@ def check_output(cfg, kind: str, out: torch.Tensor, y: torch.Tensor, dataset: st
                                 f"values from {float(out.min()):.3g} to {float(out.max()):.3g}.",
                                 "End model.net with a sigmoid, or pick the model.output that matches it.")
         return
+    if kind in ("logits", "log_probs") and out.dim() == 2 and y.dim() == 2 and bool(((y == 0) | (y == 1)).all()):
+        raise PipelineError(f"model.output={kind} takes one class per sample, but dataset={dataset} has 0/1 flags per "
+                            f"class ({list(y.shape)}: any number of classes per sample).",
+                            "Set model.output=multi_label (a logit per class, binary cross-entropy each).")
     axis = tasks.task(kind).class_axis  # where the class scores are: [N, C, ...] or, per token, [N, ..., C]
     if out.dim() < 2 or out.shape[axis] < 2:
         raise PipelineError(f"model.output={kind} needs one score per class ([N, classes]), but model.net returns "

@@ -456,6 +456,14 @@ def test_multi_label_refuses_targets_that_are_not_flags(tmp_path, y, expected):
     assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
 
 
+@pytest.mark.parametrize("output", ["logits", "value"])
+def test_flags_per_class_with_a_single_label_output_name_multi_label(tmp_path, output):
+    np.savez(tmp_path / "data.npz", x=np.zeros((60, 4), np.float32), y=np.eye(3, dtype=np.int64)[np.arange(60) % 3])
+    outcome = run_in_process("model=tabular_mlp", f"model.output={output}", "dataset=arrays",
+                             f"dataset.path={tmp_path / 'data.npz'}", "stages=[train]", run_dir=tmp_path / "run")
+    assert outcome.code == 1 and "multi_label" in outcome.stderr and "Traceback" not in outcome.output, outcome.output
+
+
 class BatchNormMlp(torch.nn.Module):
     def __init__(self, in_features: int = 4, num_classes: int = 2):
         super().__init__()
