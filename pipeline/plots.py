@@ -144,9 +144,9 @@ def forecast(actual: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
 MAX_REGRESSION_PANELS = 12
 
 
-def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
-    """One panel per target value (the first ``MAX_REGRESSION_PANELS``): PyTorch's prediction against the truth,
-    with the diagonal where they agree."""
+def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, out: Path, names: list[str] | None = None) -> Path:
+    """One panel per target value (the first ``MAX_REGRESSION_PANELS``), titled by ``names`` (a table's target
+    columns) when given: PyTorch's prediction against the truth, with the diagonal where they agree."""
     plt = _pyplot()
     actual, predicted = actual.reshape(len(actual), -1), predicted.reshape(len(predicted), -1)
     panels = min(actual.shape[1], MAX_REGRESSION_PANELS)
@@ -161,7 +161,8 @@ def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, out: Path) ->
         low, high = float(min(truth.min(), guess.min())), float(max(truth.max(), guess.max()))
         ax.scatter(truth, guess, s=8, alpha=0.6)
         ax.plot([low, high], [low, high], "k--", linewidth=0.8)
-        ax.set(title=f"value {index}", xlabel="actual", ylabel="predicted (PyTorch)")
+        title = names[index] if names and index < len(names) else f"value {index}"
+        ax.set(title=title, xlabel="actual", ylabel="predicted (PyTorch)")
         ax.grid(alpha=0.3)
     fig.suptitle("Predicted vs actual (test split)")
     return _save(fig, out)

@@ -224,8 +224,9 @@ def draw_plots(ctx: RunContext) -> list[Path]:
                                                     ctx.data.spec().classes))
         elif ctx.data.spec().target_width > 1:  # several values per sample: a line through them means nothing
             inverse = ctx.data.inverse or (lambda v: v)  # in the targets' units
+            names = (ctx.report.data["data"].get("target_scaling") or {}).get("columns")  # a table's targets
             drawn.append(plots.predicted_vs_actual(inverse(labels), inverse(reference),
-                                                   ctx.run_dir / "predicted_vs_actual.png"))
+                                                   ctx.run_dir / "predicted_vs_actual.png", names))
         else:
             inverse = ctx.data.inverse or (lambda v: v)
             drawn.append(plots.forecast(inverse(labels.reshape(-1)), inverse(reference.reshape(-1)),
