@@ -70,9 +70,14 @@ class RunContext:
             data.setup("fit")
             self.report.data["environment"]["data_files"] = {
                 str(Path(path).resolve()): sha256_of(path) for path in data.files()}
-            self.report.data["data"] = {**data.spec().as_report(), **data.report()}
+            self.report.data["data"] = {**data.spec().read_as(self.output_kind).as_report(), **data.report()}
             self._data = data  # only once it reads: a data error is raised again by the next stage that asks
         return self._data
+
+    @property
+    def data_spec(self):
+        """The dataset's spec as ``model.output`` reads its targets (``DataSpec.read_as``)."""
+        return self.data.spec().read_as(self.output_kind)
 
     @property
     def data_loaded(self) -> bool:
@@ -92,7 +97,7 @@ class RunContext:
         from pipeline.preprocessing import attach
 
         net_cfg = self.cfg.model.net
-        filled = network.from_data(net_cfg, self.data.spec(), self.output_kind)
+        filled = network.from_data(net_cfg, self.data_spec, self.output_kind)
         if filled:
             self.report.data["model"]["from_data"] = filled
         # Seeded on every build, so that random weights (model.weights=init, a run without train)

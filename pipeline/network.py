@@ -15,8 +15,6 @@ from pipeline.datasets.base import DataSpec
 def _num_classes(spec: DataSpec, kind: str):
     if spec.task == "regression":
         return spec.target_width
-    if spec.task == "multi_label" and kind == "token_logits":
-        return 2  # [N, T] of 0/1: two classes per position, not T flags
     if spec.task in ("classification", "multi_label") and kind != "probability":
         return spec.num_classes
     return None

@@ -221,8 +221,8 @@ def draw_plots(ctx: RunContext) -> list[Path]:
         elif predicted is not None:
             if predicted.ndim == 1:
                 drawn.append(plots.confusion_matrix(labels, predicted, ctx.run_dir / "confusion_matrix.png",
-                                                    ctx.data.spec().classes))
-        elif ctx.data.spec().target_width > 1:  # several values per sample: a line through them means nothing
+                                                    ctx.data_spec.classes))
+        elif ctx.data_spec.target_width > 1:  # several values per sample: a line through them means nothing
             inverse = ctx.data.inverse or (lambda v: v)  # in the targets' units
             names = (ctx.report.data["data"].get("target_scaling") or {}).get("columns")  # a table's targets
             drawn.append(plots.predicted_vs_actual(inverse(labels), inverse(reference),

@@ -464,6 +464,31 @@ def test_flags_per_class_with_a_single_label_output_name_multi_label(tmp_path, o
     assert outcome.code == 1 and "multi_label" in outcome.stderr and "Traceback" not in outcome.output, outcome.output
 
 
+class StepSegmenter(torch.nn.Module):
+    """Class scores per time step: [N, C, T] on targets [N, T]."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(in_channels, num_classes, 5, padding=2)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_a_binary_mask_per_time_step_is_two_classes_for_a_single_label_output(tmp_path):
+    """y [N, T] of 0/1 reads as flags per class only for model.output=multi_label: with logits [N, 2, T] it is
+    two classes at every step, and the network follows the data with num_classes=2 (not T)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 1, 24)).astype(np.float32)
+    np.savez(tmp_path / "steps.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    report = run_ok(tmp_path / "run", "model.net._target_=tests.test_datasets.StepSegmenter", "model.output=logits",
+                    "dataset=arrays", f"dataset.path={tmp_path / 'steps.npz'}", "dataset.batch_size=16",
+                    "trainer.max_epochs=30", "stages=[train]")
+    assert report["model"]["from_data"]["num_classes"] == 2
+    assert report["data"]["task"] == "classification" and report["data"]["classes"] == ["0", "1"]
+    assert report["metrics"]["test_accuracy"] >= 0.85  # per step; chance is 0.5
+
+
 class BatchNormMlp(torch.nn.Module):
     def __init__(self, in_features: int = 4, num_classes: int = 2):
         super().__init__()

@@ -10,7 +10,7 @@ learned from the training split (pixel mean/std, column statistics) returns that
 exported artifact takes the data as it is stored.
 """
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,14 @@ class DataSpec:
         if self.model_input_shape is not None:
             return list(self.model_input_shape)
         return list(self.inputs[0].shape) if len(self.inputs) == 1 else None
+
+    def read_as(self, kind: str) -> "DataSpec":
+        """The spec as ``model.output`` reads the targets. 0/1 per column ([N, C]) is a multi-label task for
+        ``multi_label`` (and ``value``), but two classes per position for a single-label output (a binary mask
+        per time step: logits [N, 2, T] on targets [N, T])."""
+        if self.task != "multi_label" or kind in ("multi_label", "value"):
+            return self
+        return replace(self, task="classification", classes=["0", "1"])
 
     @property
     def target_width(self) -> int:

@@ -66,7 +66,7 @@ LABELS_NAME = "labels.txt"
 
 def write_labels(ctx: RunContext) -> None:
     """The class names, one per line in output index order, beside the artifacts (what an app shows)."""
-    classes = ctx.data.spec().classes
+    classes = ctx.data_spec.classes
     if classes and ctx.output_kind != "value":
         path = ctx.run_dir / LABELS_NAME
         write_with(path, lambda tmp: tmp.write_text("".join(f"{name}\n" for name in classes)))
