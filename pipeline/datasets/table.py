@@ -8,11 +8,11 @@ split's mean/std; metrics in the original units). Text feature columns are categ
 sorted training value, 0 for a value training never saw); numeric columns are fed raw and standardised
 inside the exported graph (``pipeline.preprocessing.TableEncoding``) with training-split statistics.
 
-A delimited file's separator follows its extension (``,`` for .csv, tab for .tsv/.tab); a file that then
-reads as one column whose name holds ``;``, a tab or ``|`` is read with that separator (Excel's export in
-locales with a decimal comma). Numbers with a decimal comma (``58,44``) are read as such when every
-value of their column is written so, never taken for text categories; ``dataset.separator`` and
-``dataset.decimal`` set both explicitly.
+Several target columns (``dataset.target=[a,b,c]``): 0/1 flags make a multi-label classification (the
+columns are the classes), numbers a regression with one output per column, each scaled on its own.
+
+CSV/TSV files are read by ``pipeline.datasets.delimited``: a spreadsheet's ``;``-separated export with
+decimal commas in Windows-1252 as it is; numbers are never taken for text categories.
 
 The artifacts take ``input`` [N, numeric columns] float32 in file order, or, when there are text
 columns, ``numeric`` (float32) and ``categorical`` (int64 ids) in file order. Missing cells follow
@@ -21,6 +21,7 @@ columns, ``numeric`` (float32) and ``categorical`` (int64 ids) in file order. Mi
 is the unknown one, id 0).
 """
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -301,7 +302,8 @@ class TableData(InMemoryData):
 
 def read_table(path: Path, text: TextFormat = TextFormat()):
     """A CSV/TSV (by extension; .gz and friends too) or Parquet file as a DataFrame, with clear errors, and
-    how a delimited file was read: ``{"separator", "decimal", "detected": [...]}`` ({} for Parquet)."""
+    how a delimited file was read: ``{"separator", "decimal", "encoding", "detected": [...]}`` ({} for
+    Parquet)."""
     import pandas as pd
 
     suffixes = [s.lower() for s in path.suffixes]
@@ -382,7 +384,7 @@ def _unscale_columns(mean: np.ndarray, std: np.ndarray):
 
 def _target_columns(target) -> list[str]:
     """dataset.target as a list of column names: one, or several (a list)."""
-    several = list(target) if isinstance(target, list | tuple) or type(target).__name__ == "ListConfig" else None
+    several = list(target) if isinstance(target, Sequence) and not isinstance(target, str) else None  # ListConfig
     names_given = [str(t) for t in several] if several is not None else \
         ([] if target is None or not str(target).strip() else [str(target)])
     if not names_given or any(not n.strip() for n in names_given):
