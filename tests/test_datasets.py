@@ -333,6 +333,20 @@ def test_numbers_in_another_notation_are_never_taken_for_categories(tmp_path, ch
     assert outcome.code == 1 and expected in outcome.output and "Traceback" not in outcome.output, outcome.output
 
 
+def test_a_parquet_date_column_is_refused_as_a_feature_not_fed_as_nanoseconds(tmp_path):
+    """A datetime64 column would pass as numbers (nanoseconds since 1970, in float32): named instead."""
+    import pandas as pd
+
+    frame = write_table(tmp_path / "flowers.csv", rows=60)
+    frame["seen"] = pd.date_range("2024-01-01", periods=len(frame), freq="D")
+    frame.to_parquet(tmp_path / "flowers.parquet")
+    outcome = run_in_process("model=tabular_mlp", "dataset=table", f"dataset.path={tmp_path / 'flowers.parquet'}",
+                             "dataset.target=species", "stages=[train]", run_dir=tmp_path / "run")
+    assert outcome.code == 1 and "Column 'seen'" in outcome.stderr and "dates or durations" in outcome.stderr, \
+        outcome.output
+    assert "dataset.categorical=[seen]" in outcome.stderr
+
+
 def write_weather(path, rows: int = 500):
     """A table with several targets: three 0/1 flags (multi-label) and two values (regression)."""
     import pandas as pd

@@ -343,9 +343,17 @@ def _is_text(column) -> bool:
 
 
 def _check_numeric(column, path: Path, name: str) -> None:
-    """A feature column of numbers (missing cells aside): numbers mixed with text are refused, named."""
+    """A feature column of numbers (missing cells aside): numbers mixed with text are refused, named; so are
+    dates and durations (a Parquet datetime column would otherwise be fed as float32 nanoseconds)."""
     import pandas as pd
 
+    if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column) or \
+            isinstance(column.dtype, pd.PeriodDtype):
+        raise PipelineError(f"Column {name!r} of {path} holds dates or durations ({column.dtype}), which are not "
+                            "features a network can take as they are.",
+                            f"Derive numbers from it in the file (days since a date, day of week ...) and leave it "
+                            f"out with dataset.features=[...], or read it as categories with "
+                            f"dataset.categorical=[{name}].")
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
