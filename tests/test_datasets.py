@@ -60,6 +60,12 @@ def test_tiff_avif_and_16_bit_images_decode_to_the_pixels_an_app_reads(tmp_path)
     Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "set" / "b" / "float.tif")  # mode F
     (tmp_path / "set" / "b" / "photo.heic").write_bytes(b"HEIC needs pillow-heif: not read here")
     (tmp_path / "set" / "b" / ".DS_Store").write_bytes(b"\x00")
+    # What notebooks and macOS zips leave beside the data: never images of a class, never a class.
+    (tmp_path / "set" / "a" / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(grey).save(tmp_path / "set" / "a" / ".ipynb_checkpoints" / "wide-checkpoint.png")
+    (tmp_path / "set" / "b" / "._pic.avif").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "set" / "__MACOSX" / "a").mkdir(parents=True)
+    (tmp_path / "set" / "__MACOSX" / "a" / "._wide.tiff").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
 
     assert np.array_equal(decode(str(tmp_path / "set" / "a" / "wide.tiff"), 1).numpy()[0], grey)
     assert np.array_equal(decode(str(tmp_path / "set" / "a" / "wide.tiff"), 3).numpy(), np.stack([grey] * 3))
@@ -73,6 +79,7 @@ def test_tiff_avif_and_16_bit_images_decode_to_the_pixels_an_app_reads(tmp_path)
                            test_fraction=0.34, val_fraction=0.0)
     files = sorted(Path(f).name for items in data.items.values() for f, _ in items)
     assert files == ["float.tif", "pages.tif", "pic.avif", "wide.tiff"]  # float.tif: skipped once decoded
+    assert data.classes == ["a", "b"]
     assert data.report()["ignored_files"] == {".heic": 1}
 
 

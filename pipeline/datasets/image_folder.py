@@ -1,7 +1,7 @@
 """A folder of labelled images: ``DIR/<class>/*`` (split here) or ``DIR/train|val|test/<class>/*`` (split by you).
 
 Images (png, jpg/jpeg, bmp, gif, webp, tif/tiff, avif; other files are left out, counted by extension in
-report.json ``data.ignored_files``, hidden ones such as ``.DS_Store`` not even counted) are decoded from
+report.json ``data.ignored_files``; dot files and folders and ``__MACOSX/`` are skipped) are decoded from
 disk by the DataLoader's workers (``dataset.num_workers``) with ``torchvision.io.decode_image``,
 resized to ``dataset.image_size`` and, for training only, augmented by ``dataset.augment`` (a list of
 ``torchvision.transforms.v2`` configs); nothing is held in memory but the file list, so a folder larger
@@ -32,6 +32,12 @@ CHANNEL_PROBES = 32  # training images whose mode decides the default channels
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 # Held-out images decoded into memory at once (parity's whole test split): beyond this, parity.samples.
 MAX_HELD_BYTES = 2 * 2**30
+
+
+def _hidden(name: str) -> bool:
+    """Not data: dot files and folders (.DS_Store, .ipynb_checkpoints, AppleDouble ._x.png) and the __MACOSX
+    folder a macOS zip unpacks with."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 class CorruptImage(Exception):
@@ -220,8 +226,9 @@ class ImageFolderData(DatasetApi):
     def _class_files(self, folder: Path) -> dict[str, list[str]]:
         found = {}
         for child in sorted(folder.iterdir()):
-            if child.is_dir() and not child.name.startswith("."):
-                every = [f for f in child.rglob("*") if f.is_file() and not f.name.startswith(".")]
+            if child.is_dir() and not _hidden(child.name):
+                every = [f for f in child.rglob("*")
+                         if f.is_file() and not any(_hidden(part) for part in f.relative_to(child).parts)]
                 files = sorted(str(f) for f in every if f.suffix.lower() in EXTENSIONS)
                 for other in (f for f in every if f.suffix.lower() not in EXTENSIONS):
                     kind = other.suffix.lower() or "(no extension)"
