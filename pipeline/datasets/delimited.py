@@ -134,24 +134,27 @@ def _separator_in_header(path: Path, separator: str, encoding: str = "utf-8") ->
 
 def _decimal_comma_columns(frame) -> list[str]:
     """Text columns whose every value is a number written with a decimal comma (at least one has one)."""
-    return [str(c) for c in frame.columns if _notation(frame[c]) == ","]
+    return [str(c) for c in frame.columns if _has_decimal_commas(frame[c])]
 
 
-def _notation(column) -> str | None:
-    """For a text column whose every present value is a number: the decimal mark it is written with
-    (``","`` when some value has a decimal comma and no value reads as a number as it is); else None."""
+def _text_values(column):
+    """The present cells of a column pandas read as text, stripped; None for a numeric or bool column."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         return None
-    present = column.dropna().astype(str).str.strip()
-    if present.empty:
-        return None
-    if pd.to_numeric(present, errors="coerce").notna().all():
-        return "."
+    return column.dropna().astype(str).str.strip()
+
+
+def _has_decimal_commas(column) -> bool:
+    """Every present value a number, some written with a decimal comma (``58,44``), the others integers."""
+    import pandas as pd
+
+    present = _text_values(column)
+    if present is None or present.empty or pd.to_numeric(present, errors="coerce").notna().all():
+        return False
     commas = present.str.fullmatch(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
-    plain = present.str.fullmatch(r"[+-]?\d+")
-    return "," if commas.any() and (commas | plain).all() else None
+    return bool(commas.any() and (commas | present.str.fullmatch(r"[+-]?\d+")).all())
 
 
 def check_number_notation(column, path: Path, name: str, decimal: str, as_categories: str | None = None) -> None:
@@ -161,7 +164,7 @@ def check_number_notation(column, path: Path, name: str, decimal: str, as_catego
     how this dataset would keep the values as text. (Numbers with a decimal point read with a comma are text
     to pandas but numbers to ``pd.to_numeric``: they are read right.)"""
     keep = f"; to treat the values as categories, {as_categories}." if as_categories else "."
-    if decimal != "," and _notation(column) == ",":
+    if decimal != "," and _has_decimal_commas(column):
         example = str(column.dropna().iloc[0])
         raise PipelineError(f"Column {name!r} of {path} holds numbers written with a decimal comma ({example!r}), "
                             "but the file is read with a decimal point.",
@@ -178,14 +181,11 @@ def check_number_notation(column, path: Path, name: str, decimal: str, as_catego
 def _grouped_number(column) -> str | None:
     """A text column whose every value is a number with digit groups (``1.234,5``, ``1,234.5``, ``1 234``,
     ``1'234``): its first such value, else None."""
-    import pandas as pd
-
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+    present = _text_values(column)
+    if present is None or present.empty:
         return None
-    present = column.dropna().astype(str).str.strip()
     grouped = present.str.fullmatch(GROUPED_NUMBER)
-    plain = present.str.fullmatch(r"[+-]?\d+(?:[.,]\d+)?")
-    if present.empty or not grouped.any() or not (grouped | plain).all():
+    if not grouped.any() or not (grouped | present.str.fullmatch(r"[+-]?\d+(?:[.,]\d+)?")).all():
         return None
     return str(present[grouped].iloc[0])
 
