@@ -254,7 +254,8 @@ def read_csv(path: Path, separator: str = ",", decimal: str = ".", encoding: str
     except (pd.errors.ParserError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"dataset.path={str(path)!r} is not a readable CSV text file ({reason}).",
-                            "Point dataset.path at a comma-separated text file with a header line.") from None
+                            "Fix the file where the reader stopped (an unclosed quote, a row of another separator), "
+                            "or point dataset.path at a delimited text file with a header line.") from None
     except OSError as exc:
         raise PipelineError(f"dataset.path={str(path)!r} cannot be read: {exc.strerror or exc}.",
                             "Check the file's permissions, or point dataset.path at another file.") from None
